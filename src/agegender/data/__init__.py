@@ -1,0 +1,5 @@
+"""Datasets as one record type, leakage-safe splits, and a cached fast path for CPU training."""
+
+from agegender.data.records import FaceRecord, ReadReport
+
+__all__ = ["FaceRecord", "ReadReport"]

@@ -1,0 +1,48 @@
+"""The one record type every reader yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from agegender.labels import age_to_group
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One labelled face image.
+
+    ``group_id`` is the leakage unit: records sharing it must stay on one side of every split (a subject for
+    Adience, a near-duplicate group for UTKFace, a user-given subject for CSV manifests).
+    """
+
+    path: str
+    age: float | None
+    age_group: int | None
+    gender: int | None
+    race: int | None = None
+    group_id: str = ""
+
+    @classmethod
+    def from_age(cls, path: str, age: float | None, gender: int | None, race: int | None = None,
+                 group_id: str = "") -> FaceRecord:
+        group = age_to_group(age) if age is not None else None
+        return cls(path, age, group, gender, race, group_id or path)
+
+
+@dataclass
+class ReadReport:
+    """What a reader kept and what it skipped, with reasons, so nothing is dropped silently."""
+
+    read: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, item: str) -> None:
+        self.skipped.setdefault(reason, []).append(item)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def summary(self) -> str:
+        parts = [f"{self.read} read"] + [f"{len(v)} skipped ({k})" for k, v in sorted(self.skipped.items())]
+        return ", ".join(parts)

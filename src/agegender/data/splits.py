@@ -1,0 +1,149 @@
+"""Deterministic, leakage-safe train/val/test and k-fold splits over groups of records.
+
+Each group lands in one split by a hash of its id, so a split never depends on file order, and adding images
+moves no existing group. Byte-identical copies are collapsed into one record (label rule below); near
+duplicates stay separate but share a group id.
+
+Label rule for identical copies whose names disagree: the median age and the majority gender; a group whose
+copies split evenly on gender is dropped, since its true gender cannot be told.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from agegender.data.dedup import duplicate_groups, file_fingerprints
+from agegender.data.manifest import read_manifest, write_manifest
+from agegender.data.records import FaceRecord
+from agegender.labels import age_to_group
+
+SPLITS = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+
+
+class LeakageError(AssertionError):
+    """A leakage group appears in more than one split."""
+
+
+@dataclass(frozen=True)
+class DedupStats:
+    images: int
+    identical_groups: int  # groups of byte-identical files with more than one member
+    identical_extra_copies: int
+    label_conflicts: int  # identical groups whose file names disagree on a label
+    dropped_gender_ties: int
+    near_duplicate_groups: int  # groups (beyond identical copies) holding several distinct images
+    groups: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def _bucket(group_id: str, salt: str = "agegender-v1") -> float:
+    digest = hashlib.sha1(f"{salt}:{group_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def collapse_duplicates(records: Sequence[FaceRecord], max_bits: int = 6, min_corr: float = 0.9,
+                        progress: bool = True) -> tuple[list[FaceRecord], DedupStats]:
+    """One record per byte-identical set (label rule in the module doc); group ids become the union of the
+    records' own groups (subjects) and their duplicate groups."""
+    md5s, hashes, thumbs = file_fingerprints([r.path for r in records], progress=progress)
+    group = duplicate_groups(md5s, hashes, thumbs, max_bits=max_bits, min_corr=min_corr,
+                             subjects=[r.group_id for r in records])
+    by_md5: dict[str, list[int]] = defaultdict(list)
+    for i, digest in enumerate(md5s):
+        by_md5[digest].append(i)
+    out, conflicts, ties = [], 0, 0
+    for members in by_md5.values():
+        rec = records[members[0]]
+        if len(members) > 1:
+            copies = [records[i] for i in members]
+            ages = [c.age for c in copies if c.age is not None]
+            genders = Counter(c.gender for c in copies if c.gender is not None)
+            if len(set(ages)) > 1 or len(genders) > 1:
+                conflicts += 1
+            top = genders.most_common(2)
+            if len(top) == 2 and top[0][1] == top[1][1]:
+                ties += 1
+                continue
+            age = float(np.median(ages)) if ages else None
+            rec = replace(rec, age=age, age_group=age_to_group(age) if age is not None else rec.age_group,
+                          gender=top[0][0] if top else None)
+        out.append(replace(rec, group_id=f"dup{group[members[0]]:05d}"))
+    sizes = Counter(r.group_id for r in out)
+    multi_identical = [m for m in by_md5.values() if len(m) > 1]
+    stats = DedupStats(
+        images=len(records), identical_groups=len(multi_identical),
+        identical_extra_copies=sum(len(m) - 1 for m in multi_identical), label_conflicts=conflicts,
+        dropped_gender_ties=ties, near_duplicate_groups=sum(1 for s in sizes.values() if s > 1),
+        groups=len(sizes))
+    return out, stats
+
+
+def split_records(records: Sequence[FaceRecord],
+                  fractions: tuple[float, float, float] = DEFAULT_FRACTIONS) -> dict[str, list[FaceRecord]]:
+    """Train/val/test by group hash; every group on one side."""
+    if abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    edges = np.cumsum(fractions)
+    out: dict[str, list[FaceRecord]] = {name: [] for name in SPLITS}
+    for r in records:
+        k = min(int(np.searchsorted(edges, _bucket(r.group_id), side="right")), len(SPLITS) - 1)
+        out[SPLITS[k]].append(r)
+    check_no_leakage(out)
+    return out
+
+
+def kfold_records(records: Sequence[FaceRecord], k: int) -> list[list[FaceRecord]]:
+    """k group-exclusive folds by group hash."""
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    folds: list[list[FaceRecord]] = [[] for _ in range(k)]
+    for r in records:
+        folds[min(int(_bucket(r.group_id, salt="agegender-kfold") * k), k - 1)].append(r)
+    check_no_leakage({f"fold{i}": f for i, f in enumerate(folds)})
+    return folds
+
+
+def check_no_leakage(splits: dict[str, Sequence[FaceRecord]]) -> None:
+    """Raise LeakageError if any group id appears in two splits."""
+    seen: dict[str, str] = {}
+    for name, recs in splits.items():
+        for r in recs:
+            other = seen.setdefault(r.group_id, name)
+            if other != name:
+                raise LeakageError(f"group {r.group_id!r} ({r.path}) is in both {other!r} and {name!r}")
+
+
+def dataset_key(records: Sequence[FaceRecord]) -> str:
+    """Fingerprint of a record list and its files' sizes and mtimes: changes whenever the data does."""
+    h = hashlib.sha1()
+    for r in records:
+        st = Path(r.path).stat()
+        h.update(f"{r.path}|{st.st_size}|{st.st_mtime_ns}|{r.age}|{r.gender}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_or_make_splits(records: Sequence[FaceRecord], out_dir: str | Path, max_bits: int = 6,
+                        progress: bool = True) -> tuple[dict[str, list[FaceRecord]], DedupStats]:
+    """Split manifests under ``out_dir/<dataset key>/`` (made once, re-read after), with dedup statistics."""
+    folder = Path(out_dir) / dataset_key(records)
+    stats_file = folder / "dedup.json"
+    if stats_file.is_file() and all((folder / f"{s}.csv").is_file() for s in SPLITS):
+        splits = {s: read_manifest(folder / f"{s}.csv")[0] for s in SPLITS}
+        check_no_leakage(splits)
+        return splits, DedupStats(**json.loads(stats_file.read_text()))
+    collapsed, stats = collapse_duplicates(records, max_bits=max_bits, progress=progress)
+    splits = split_records(collapsed)
+    for name, recs in splits.items():
+        write_manifest(recs, folder / f"{name}.csv")
+    stats_file.write_text(json.dumps(stats.to_dict(), indent=2))
+    return splits, stats

@@ -1,0 +1,41 @@
+"""Run a torch model over cached uint8 images with optional test-time augmentation; NumPy outputs out."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from agegender.evaluation.oversample import average_crops, flip_average, ten_crops
+from agegender.model_config import ModelConfig
+from agegender.preprocess import center_crop
+from agegender.training.batches import normalize
+
+TTA_MODES = ("none", "flip", "ten_crop")
+
+
+@torch.no_grad()
+def _forward(model: nn.Module, pixels: np.ndarray, config: ModelConfig, device: str) -> dict[str, np.ndarray]:
+    x = normalize(pixels, config).to(device).contiguous(memory_format=torch.channels_last)
+    return {k: v.float().cpu().numpy() for k, v in model(x).items()}
+
+
+def model_outputs(model: nn.Module, images: np.ndarray, config: ModelConfig, tta: str = "none",
+                  batch_size: int = 256, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Outputs for N x S x S x 3 RGB uint8 images (S = config.load_size). ``tta``: ``none`` (center crop),
+    ``flip`` (center crop and its mirror averaged) or ``ten_crop`` (Levi-Hassner oversampling)."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    model.eval()
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = np.asarray(images[start:start + batch_size])
+        if tta == "ten_crop":
+            parts.append(average_crops(_forward(model, ten_crops(chunk, config.input_size), config, device), 10))
+            continue
+        crop = center_crop(chunk, config.input_size)
+        out = _forward(model, crop, config, device)
+        if tta == "flip":
+            out = flip_average(out, _forward(model, crop[:, :, ::-1], config, device))
+        parts.append(out)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -1,0 +1,229 @@
+"""Face detection with five landmarks: OpenCV's YuNet (``cv2.FaceDetectorYN``), no torch needed.
+
+Weights are found by :func:`locate_weights`, in this order: an explicit ``model_path``, the environment
+variable ``AGEGENDER_YUNET``, the user cache (``$XDG_CACHE_HOME/agegender/`` or ``~/.cache/agegender/``),
+else a one-time download of OpenCV Zoo's ``face_detection_yunet_2023mar.onnx`` into that cache,
+verified by sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "YUNET_FILENAME",
+    "YUNET_SHA256",
+    "YUNET_URL",
+    "LANDMARK_NAMES",
+    "Detection",
+    "FaceDetector",
+    "WeightsError",
+    "cache_dir",
+    "locate_weights",
+]
+
+YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
+YUNET_URL = "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
+YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
+ENV_VAR = "AGEGENDER_YUNET"
+_DOWNLOAD_TIMEOUT_S = 60.0
+
+LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
+"""Landmark order (YuNet's). "Right" is the subject's right, i.e. the image-left side of a frontal face."""
+
+
+class WeightsError(RuntimeError):
+    """The YuNet weights could not be found, downloaded or loaded; the message says what to do."""
+
+
+def _fix_hint() -> str:
+    return (
+        f"Download {YUNET_URL} (sha256 {YUNET_SHA256}) yourself and either set {ENV_VAR}=/path/to/"
+        f"{YUNET_FILENAME} or pass model_path=... (CLI: --detector-model)."
+    )
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/agegender`` if set, else ``~/.cache/agegender``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "agegender"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def locate_weights(model_path: str | os.PathLike | None = None) -> Path:
+    """Return the path of the YuNet ONNX file, downloading it into the cache if needed.
+
+    An explicit ``model_path`` or ``$AGEGENDER_YUNET`` is used as given (any YuNet variant works) and
+    must exist. The cached file is checked against :data:`YUNET_SHA256` and fetched again if it does
+    not match. Raises :class:`WeightsError` when nothing usable can be found or downloaded.
+    """
+    for given, origin in ((model_path, "model_path"), (os.environ.get(ENV_VAR) or None, ENV_VAR)):
+        if given is not None:
+            path = Path(given).expanduser()
+            if not path.is_file():
+                raise WeightsError(f"YuNet weights not found: {origin}={str(given)!r} is not a file.")
+            return path
+    cached = cache_dir() / YUNET_FILENAME
+    if cached.is_file() and _sha256(cached) == YUNET_SHA256:
+        return cached
+    return _download(cached)
+
+
+def _download(target: Path) -> Path:
+    """Fetch :data:`YUNET_URL` to a temp file next to ``target``, verify sha256, atomically rename."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".yunet-", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise WeightsError(
+            f"cannot write to the weights cache {target.parent}: {exc}. {_fix_hint()}"
+        ) from exc
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(YUNET_URL, timeout=_DOWNLOAD_TIMEOUT_S) as resp,
+        ):
+            while chunk := resp.read(1 << 16):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != YUNET_SHA256:
+            raise WeightsError(
+                f"downloaded YuNet weights have sha256 {digest.hexdigest()}, expected {YUNET_SHA256}; "
+                f"the file was discarded. {_fix_hint()}"
+            )
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"could not download the YuNet face detector from {YUNET_URL}: {exc}. {_fix_hint()}"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """One face, in original image pixel coordinates.
+
+    ``box`` is ``(x, y, w, h)`` (top-left corner and size; it may extend past the image border),
+    ``score`` the detector confidence in [0, 1], and ``landmarks`` a read-only float32 ``(5, 2)`` array
+    of ``(x, y)`` points in YuNet's order: right eye, left eye, nose tip, right mouth corner, left mouth
+    corner, where "right" is the subject's right (image-left on a frontal face). See ``LANDMARK_NAMES``.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``{"box": [x, y, w, h], "score": s, "landmarks": {name: [x, y]}}``."""
+        return {
+            "box": [round(v, 2) for v in self.box],
+            "score": round(self.score, 4),
+            "landmarks": {
+                name: [round(float(x), 2), round(float(y), 2)]
+                for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks, strict=True)
+            },
+        }
+
+
+class FaceDetector:
+    """YuNet face detector returning boxes, scores and five landmarks.
+
+    Images whose longer side exceeds ``max_side`` are downscaled for detection (``None`` disables
+    this); results are mapped back to original coordinates. Faces whose shorter box side is below
+    ``min_face`` original pixels are dropped. ``score_threshold``, ``nms_threshold`` and ``top_k`` go
+    to ``cv2.FaceDetectorYN``.
+
+    Thread safety: one instance may be shared by threads (e.g. a web server); :meth:`detect` calls are
+    serialised by an internal lock because the OpenCV object is stateful. For parallel throughput create
+    one instance per worker thread (the model is 230 kB).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None = None,
+        *,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        top_k: int = 5000,
+        max_side: int | None = 1280,
+        min_face: float = 20.0,
+    ) -> None:
+        if not 0.0 <= score_threshold <= 1.0 or not 0.0 <= nms_threshold <= 1.0:
+            raise ValueError("score_threshold and nms_threshold must be in [0, 1]")
+        if max_side is not None and max_side < 32:
+            raise ValueError(f"max_side must be >= 32 or None, got {max_side}")
+        self.model_path = locate_weights(model_path)
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.top_k = top_k
+        self.max_side = max_side
+        self.min_face = min_face
+        try:
+            self._net = cv2.FaceDetectorYN.create(
+                str(self.model_path), "", (320, 320), score_threshold, nms_threshold, top_k
+            )
+        except cv2.error as exc:
+            raise WeightsError(
+                f"OpenCV could not load {self.model_path} as a YuNet ONNX model ({exc}). {_fix_hint()}"
+            ) from exc
+        self._lock = threading.Lock()
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        """Detect faces in a BGR ``uint8`` ``(H, W, 3)`` image; highest score first.
+
+        Use :func:`agegender.inference.images.load_image` to get such an array from a file or bytes.
+        """
+        if (
+            not isinstance(image_bgr, np.ndarray)
+            or image_bgr.dtype != np.uint8
+            or image_bgr.ndim != 3
+            or (image_bgr.shape[2] != 3)
+        ):
+            got = (
+                f"{image_bgr.dtype} array of shape {image_bgr.shape}"
+                if isinstance(image_bgr, np.ndarray)
+                else type(image_bgr).__name__
+            )
+            raise ValueError(f"detect() needs a BGR uint8 HxWx3 array, got {got}; use load_image() first")
+        height, width = image_bgr.shape[:2]
+        if height == 0 or width == 0:
+            return []
+        if self.max_side is not None and max(height, width) > self.max_side:
+            factor = self.max_side / max(height, width)
+            size = (max(1, round(width * factor)), max(1, round(height * factor)))
+            image_bgr = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+        image_bgr = np.ascontiguousarray(image_bgr)
+        scale = np.array([image_bgr.shape[1] / width, image_bgr.shape[0] / height], dtype=np.float32)
+        with self._lock:
+            self._net.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
+            _, faces = self._net.detect(image_bgr)
+        if faces is None:
+            return []
+        detections = []
+        for row in faces:
+            x, y, w, h = (float(v) for v in (row[:4].reshape(2, 2) / scale).ravel())
+            if min(w, h) < self.min_face:
+                continue
+            landmarks = (row[4:14].reshape(5, 2) / scale).astype(np.float32)
+            landmarks.flags.writeable = False
+            detections.append(Detection(box=(x, y, w, h), score=float(row[14]), landmarks=landmarks))
+        detections.sort(key=lambda d: d.score, reverse=True)
+        return detections

@@ -1,0 +1,166 @@
+"""One image loader for the CLI, the Python API and the server.
+
+:func:`load_image` turns a path, encoded bytes, a numpy array or a PIL image into a BGR ``uint8``
+``H x W x 3`` array (OpenCV's layout) in the orientation a photo viewer would display it. Anything it
+cannot turn into such an array raises :class:`ImageError` with a message meant for the end user.
+
+Decoding is done by Pillow, restricted to common raster formats (no plugins that shell out, such as
+EPS). The pixel count is read from the header and checked against ``max_pixels`` before any pixel
+data is decoded, so decompression bombs are rejected cheaply. Truncated files raise instead of being
+grey-filled, as long as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default ``False`` (this
+package never changes it).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import TypeAlias
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "ImageSource", "load_image"]
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Default upper bound on width * height (50 megapixels)."""
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+"""Pillow format names :func:`load_image` will decode."""
+
+ImageSource: TypeAlias = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
+
+
+class ImageError(ValueError):
+    """The input cannot be used as an image; the message says why."""
+
+
+def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Load ``source`` as a new BGR ``uint8`` array of shape ``(H, W, 3)``.
+
+    ``source`` may be a file path, encoded file bytes, a PIL image (RGB-like modes), or a numpy array
+    in OpenCV layout: ``H x W`` grayscale, ``H x W x 1``, ``H x W x 3`` BGR or ``H x W x 4`` BGRA,
+    ``uint8`` or ``uint16``. EXIF orientation is applied to files, bytes and PIL images. Transparent
+    pixels are composited onto white; 16-bit samples are scaled to 8 bits; for animated images the
+    first frame is used. Raises :class:`ImageError` for empty, unreadable, truncated, zero-sized or
+    over-large (more than ``max_pixels`` pixels) input.
+    """
+    if isinstance(source, np.ndarray):
+        return _from_array(source, max_pixels)
+    if isinstance(source, Image.Image):
+        return _from_pil(source, max_pixels, name="PIL image")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise ImageError("empty image data (0 bytes)")
+        return _open_and_convert(io.BytesIO(data), max_pixels, name="image data")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ImageError(f"cannot read image file {path}: {exc.strerror or exc}") from exc
+        if not path.is_file():
+            raise ImageError(f"not a regular file: {path}")
+        if size == 0:
+            raise ImageError(f"empty image file (0 bytes): {path}")
+        return _open_and_convert(path, max_pixels, name=str(path))
+    raise ImageError(
+        f"unsupported image source type {type(source).__name__}; "
+        "pass a path, bytes, a numpy array or a PIL image"
+    )
+
+
+def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str) -> np.ndarray:
+    """Open lazily (header only), then hand over to the PIL conversion."""
+    try:
+        image = Image.open(fp, formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError as exc:
+        raise ImageError(
+            f"{name}: not a recognised image (accepted formats: {', '.join(ACCEPTED_FORMATS)})"
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: image too large ({exc})") from exc
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot read image ({exc})") from exc
+    with image:
+        return _from_pil(image, max_pixels, name=name)
+
+
+def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{name}: image too large ({width}x{height} = {width * height:,} pixels; "
+            f"the limit is {max_pixels:,}). Downscale it first or raise max_pixels."
+        )
+
+
+def _from_pil(image: Image.Image, max_pixels: int, *, name: str) -> np.ndarray:
+    """Size check (header only), decode, EXIF-transpose and convert a PIL image to BGR uint8."""
+    _check_size(image.width, image.height, max_pixels, name)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise ImageError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True somewhere in this process; truncated images "
+            "would be silently grey-filled, so loading is refused. Set it back to False."
+        )
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: image data is truncated or corrupt ({exc})") from exc
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # malformed EXIF must not make otherwise readable pixels unusable
+        pass
+    return _pil_pixels_to_bgr(image)
+
+
+def _pil_pixels_to_bgr(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":
+        # 16-bit grayscale; PIL's own convert("L") would clip instead of scaling.
+        gray16 = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
+        return _array_to_bgr(_to_uint8(gray16))
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"))
+        return _composite_on_white(rgba[..., 2::-1], rgba[..., 3])
+    rgb = np.asarray(image.convert("RGB"))
+    return np.ascontiguousarray(rgb[..., ::-1])
+
+
+def _composite_on_white(bgr: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha.astype(np.float32)[..., None] / 255.0
+    out = bgr.astype(np.float32) * a + 255.0 * (1.0 - a)
+    return np.ascontiguousarray(np.rint(out).astype(np.uint8))
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    raise ImageError(f"array dtype {array.dtype} is not supported; use uint8 (or uint16)")
+
+
+def _array_to_bgr(array: np.ndarray) -> np.ndarray:
+    """HxW, HxWx1, HxWx3 (BGR) or HxWx4 (BGRA) uint8 -> new contiguous BGR uint8 array."""
+    if array.ndim == 2:
+        array = array[..., None]
+    channels = array.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
+    if channels == 4:
+        return _composite_on_white(array[..., :3], array[..., 3])
+    return np.array(array, order="C", copy=True)
+
+
+def _from_array(array: np.ndarray, max_pixels: int) -> np.ndarray:
+    """Validate an OpenCV-layout array and convert it to a new BGR uint8 array."""
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise ImageError(
+            f"array of shape {array.shape} is not an image; expected HxW, HxWx1, HxWx3 (BGR) or HxWx4 (BGRA)"
+        )
+    _check_size(array.shape[1], array.shape[0], max_pixels, "array")
+    return _array_to_bgr(_to_uint8(array))

@@ -1,0 +1,66 @@
+"""The flagship: a compact residual CNN for CPU inference with a label-distribution age head and a gender head.
+
+Not from a seed document; chosen by measurement (see configs/flagship.yaml and MODEL_CARD.md). Stages of
+basic residual blocks (3x3 conv, BN, ReLU) with stride-2 transitions, global average pooling, dropout, then a
+101-bin age distribution (ages 0..100; the expected value is the age) and a P(female) logit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from agegender.labels import MAX_AGE
+from agegender.model_config import ModelConfig
+from agegender.models.registry import register_model
+
+
+def conv_bn(cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_bn(cin, cout, stride), nn.ReLU(inplace=True), conv_bn(cout, cout))
+        self.skip = nn.Identity() if stride == 1 and cin == cout else conv_bn(cin, cout, stride, kernel=1)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+class CompactResNet(nn.Module):
+    def __init__(self, config: ModelConfig, widths: Sequence[int] = (24, 48, 96, 192),
+                 blocks: Sequence[int] = (1, 2, 2, 2), stem_width: int = 16, dropout: float = 0.2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [conv_bn(3, stem_width, stride=1), nn.ReLU(inplace=True)]
+        cin = stem_width
+        for width, n in zip(widths, blocks, strict=True):
+            for i in range(n):
+                layers.append(BasicBlock(cin, width, stride=2 if i == 0 else 1))
+                cin = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
+        self.age_dist = nn.Linear(cin, MAX_AGE + 1)
+        self.gender = nn.Linear(cin, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for block in self.modules():  # zero-init the last BN of each residual body: blocks start as identity
+            if isinstance(block, BasicBlock):
+                nn.init.zeros_(block.body[-1][1].weight)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        return {"age_dist_logits": self.age_dist(f), "gender_logit": self.gender(f).squeeze(1)}
+
+
+_OUTPUTS = ("age_dist_logits", "gender_logit")
+
+
+@register_model(ModelConfig("flagship", input_size=64, resize=72, outputs=_OUTPUTS,
+                            source="agegender flagship v1 (chosen by measurement)"))
+def flagship(config: ModelConfig, **kwargs) -> nn.Module:
+    return CompactResNet(config, **kwargs)

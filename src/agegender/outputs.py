@@ -1,0 +1,136 @@
+"""The output contract every model honours, and the one decoder that turns any model's outputs into predictions.
+
+A model's ``forward`` returns a dict holding any of these keys (batch first):
+
+- ``age_group_logits`` (N, 8): softmax over the Adience groups;
+- ``age_ordinal_logits`` (N, 8): logit of "older than group k" for k = 0..7 (seed 001's encoding);
+- ``age`` (N,): age regression in years;
+- ``age_dist_logits`` (N, 101): softmax over ages 0..100 (label-distribution learning);
+- ``joint_logits`` (N, 16): gender x age group, index ``gender * 8 + group``;
+- ``gender_logit`` (N,): logit of P(female).
+
+The decoder is plain NumPy, so inference never needs torch.
+
+>>> import numpy as np
+>>> d = decode({"age": np.array([30.0]), "gender_logit": np.array([2.0])})
+>>> round(float(d.age[0]), 1), AGE_GROUPS[int(d.age_group[0])], round(float(d.female_prob[0]), 3)
+(30.0, '25-32', 0.881)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from agegender.labels import AGE_GROUPS, MAX_AGE, NUM_AGE_GROUPS, age_to_group, group_midpoint
+
+OUTPUT_KEYS = (
+    "age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits", "gender_logit",
+)
+AGE_BINS = np.arange(MAX_AGE + 1, dtype=np.float32)
+#: Group index of every one-year bin 0..100, following the gap policy.
+BIN_GROUP = np.array([age_to_group(a) for a in range(MAX_AGE + 1)])
+GROUP_MIDPOINTS = np.array([group_midpoint(g) for g in range(NUM_AGE_GROUPS)], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Per-face predictions decoded from a batch of model outputs (arrays of length N)."""
+
+    age: np.ndarray  # years, float
+    age_low: np.ndarray  # 10th percentile in years (80% interval)
+    age_high: np.ndarray  # 90th percentile in years
+    group_probs: np.ndarray  # (N, 8)
+    female_prob: np.ndarray | None  # None when the model has no gender output
+
+    @property
+    def age_group(self) -> np.ndarray:
+        return self.group_probs.argmax(axis=1)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def ordinal_to_group_probs(logits: np.ndarray) -> np.ndarray:
+    """Group probabilities from "older than group k" logits: P(g=k) = P(>k-1) - P(>k), made monotone.
+
+    >>> ordinal_to_group_probs(np.array([[9.0, 9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0]])).argmax()
+    2
+    """
+    older = np.minimum.accumulate(sigmoid(logits)[:, : NUM_AGE_GROUPS - 1], axis=1)
+    upper = np.concatenate([np.ones((len(older), 1)), older], axis=1)
+    lower = np.concatenate([older, np.zeros((len(older), 1))], axis=1)
+    return upper - lower
+
+
+def dist_to_group_probs(age_probs: np.ndarray) -> np.ndarray:
+    """Sum a distribution over one-year bins into the 8 groups (gap ages go where the gap policy says)."""
+    out = np.zeros((len(age_probs), NUM_AGE_GROUPS))
+    np.add.at(out.T, BIN_GROUP, age_probs.T)
+    return out
+
+
+def _quantile(age_probs: np.ndarray, q: float) -> np.ndarray:
+    cdf = np.cumsum(age_probs, axis=1)
+    return (cdf < q).sum(axis=1).astype(np.float64)
+
+
+def _group_interval(group_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """80% interval in years from group probabilities, each group spread evenly over its contiguous span."""
+    spans = np.zeros((len(group_probs), MAX_AGE + 1))
+    for g in range(NUM_AGE_GROUPS):
+        members = BIN_GROUP == g
+        spans[:, members] = group_probs[:, [g]] / members.sum()
+    return _quantile(spans, 0.1), _quantile(spans, 0.9)
+
+
+def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
+    """Decode any model's outputs (see module doc) into age, age interval, group probabilities and P(female)."""
+    outputs = {k: np.asarray(v) for k, v in outputs.items() if k in OUTPUT_KEYS}
+    if not outputs:
+        raise ValueError(f"model outputs hold none of {OUTPUT_KEYS}")
+    female = sigmoid(outputs["gender_logit"]).reshape(-1) if "gender_logit" in outputs else None
+    group_probs = None
+    if "joint_logits" in outputs:
+        joint = softmax(outputs["joint_logits"]).reshape(-1, 2, NUM_AGE_GROUPS)
+        group_probs = joint.sum(axis=1)
+        if female is None:
+            female = joint[:, 1].sum(axis=1)
+    if "age_group_logits" in outputs:
+        group_probs = softmax(outputs["age_group_logits"])
+    elif "age_ordinal_logits" in outputs:
+        group_probs = ordinal_to_group_probs(outputs["age_ordinal_logits"])
+
+    if "age_dist_logits" in outputs:
+        age_probs = softmax(outputs["age_dist_logits"])
+        age = age_probs @ AGE_BINS
+        low, high = _quantile(age_probs, 0.1), _quantile(age_probs, 0.9)
+        group_probs = dist_to_group_probs(age_probs) if group_probs is None else group_probs
+    elif "age" in outputs:
+        age = np.clip(outputs["age"].reshape(-1).astype(np.float64), 0, MAX_AGE + 16)
+        if group_probs is None:
+            group_probs = np.eye(NUM_AGE_GROUPS)[[age_to_group(a) for a in age]]
+            low, high = age, age
+        else:
+            low, high = _group_interval(group_probs)
+    elif group_probs is not None:
+        age = group_probs @ GROUP_MIDPOINTS
+        low, high = _group_interval(group_probs)
+    else:
+        raise ValueError("model outputs carry no age prediction")
+    if group_probs is None:
+        raise ValueError("model outputs carry no age prediction")
+    return Decoded(age=np.asarray(age, dtype=np.float64), age_low=np.minimum(low, age),
+                   age_high=np.maximum(high, age), group_probs=group_probs, female_prob=female)
+
+
+__all__ = ["AGE_GROUPS", "Decoded", "OUTPUT_KEYS", "decode", "dist_to_group_probs", "ordinal_to_group_probs"]

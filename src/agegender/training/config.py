@@ -1,0 +1,103 @@
+"""Training configs: YAML files with ``key.sub=value`` command-line overrides, into typed sections."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agegender.data.augment import AugmentConfig
+from agegender.training.losses import LossSpec
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "utkface"  # utkface | manifest
+    root: str = "../shared/data/UTKFace"  # folder (utkface) or CSV (manifest); relative to the working directory
+    splits_dir: str | None = None  # where split manifests are written (default: the cache folder)
+    train_limit: int | None = None  # use only the first N training (and N/8 validation) records: smoke tests
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # sgd | adam | adamw | rmsprop
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "none"  # none | step | multistep | onecycle | cosine | plateau
+    step_size: int = 10  # epochs (step)
+    milestones: list[int] = field(default_factory=list)  # epochs (multistep)
+    gamma: float = 0.1
+    pct_start: float = 0.25  # onecycle warm-up share
+    patience: int = 3  # plateau
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossSpec = field(default_factory=LossSpec)
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    select: str = "val_loss"  # checkpoint selection: val_loss | val_age_loss | val_gender_loss | val_<metric>
+    early_stopping: int | None = None  # patience in epochs
+    trainable_last: int | None = None  # freeze all but the last N parameterised layers
+    unfreeze: list[list[int]] = field(default_factory=list)  # [epoch, N]: from epoch on, the last N train
+    threads: int | None = None
+    description: str = ""
+
+
+_SECTIONS = {"data": DataConfig, "optimizer": OptimConfig, "schedule": ScheduleConfig, "loss": LossSpec}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    kwargs = dict(values)
+    for name, section in _SECTIONS.items():
+        if name in kwargs and name in known and isinstance(kwargs[name], dict):
+            kwargs[name] = _build(section, kwargs[name], f"{where}.{name}")
+    if cls is DataConfig and isinstance(kwargs.get("augment"), dict):
+        kwargs["augment"] = _build(AugmentConfig, kwargs["augment"], f"{where}.augment")
+    return cls(**kwargs)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``["optimizer.lr=0.01", "epochs=2"]`` applied to a raw config dict (values parsed as YAML)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.sub=value")
+        key, value = item.split("=", 1)
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """A typed config and the raw dict it came from (saved beside the run for reproducibility)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    raw = apply_overrides(raw, overrides or [])
+    if "model" not in raw:
+        raise ValueError(f"{path}: a config needs a 'model' (see `agegender models`)")
+    return _build(TrainConfig, raw, path.name), raw

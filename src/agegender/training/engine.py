@@ -1,0 +1,230 @@
+"""One training engine for every model: config in, run folder out (checkpoints, history, curves, metrics).
+
+A run folder holds ``config.yaml``, ``last.pt`` (everything needed to resume, written atomically after each
+epoch), ``best.pt`` (the epoch chosen by ``select``), ``history.csv``, ``curves.png`` and, at the end,
+``test/`` with the held-out metrics of the best epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from agegender.evaluation.metrics import compute_metrics
+from agegender.evaluation.runner import model_outputs
+from agegender.models import create_model
+from agegender.models.freezing import freeze_all_but_last, unfreeze_last
+from agegender.outputs import decode
+from agegender.training.batches import Batches, record_targets
+from agegender.training.checkpoint import save_atomic
+from agegender.training.config import TrainConfig
+from agegender.training.data import SplitData, load_splits
+from agegender.training.distributed import Distributed
+from agegender.training.losses import multitask_loss
+from agegender.training.optim import Schedule, build_optimizer
+
+log = logging.getLogger(__name__)
+AGE_TERMS = ("age_group", "age_ordinal", "age", "age_dist", "joint")
+LOWER_IS_BETTER = ("loss", "mae")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate_split(model: nn.Module, data: SplitData, cfg: TrainConfig, epoch: int, tta: str = "none",
+                   device: str = "cpu") -> dict[str, Any]:
+    """Loss terms and metrics of a model on one split (numbers flattened for the history)."""
+    outputs = model_outputs(model, data.images, model.config, tta=tta, device=device)
+    targets = {k: torch.from_numpy(v) for k, v in record_targets(data.records).items()}
+    total, terms = multitask_loss({k: torch.from_numpy(v) for k, v in outputs.items()}, targets, cfg.loss, epoch)
+    t = record_targets(data.records)
+    metrics = compute_metrics(t["age"], t["group"], t["gender"], decode(outputs),
+                              races=[-1 if r.race is None else r.race for r in data.records])
+    overall = {k: v for k, v in metrics["overall"].items() if isinstance(v, int | float)}
+    summary = {"loss": float(total), "age_loss": sum(v for k, v in terms.items() if k in AGE_TERMS),
+               "gender_loss": terms.get("gender", 0.0), **overall}
+    return {"summary": summary, "metrics": metrics}
+
+
+def _better(select: str, value: float, best: float | None) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    lower = any(select.endswith(s) for s in LOWER_IS_BETTER)
+    return value < best if lower else value > best
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule and batches of one run; ``fit()`` trains to the end or resumes."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, raw_config: dict | None = None,
+                 progress: bool = True) -> None:
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.dist = Distributed.from_env()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        self.device = self.dist.device
+        self.model = create_model(cfg.model, **cfg.model_args).to(self.device, memory_format=torch.channels_last)
+        self.config = self.model.config
+        if cfg.trainable_last is not None:
+            freeze_all_but_last(self.model, cfg.trainable_last)
+        self.data = load_splits(cfg.data, self.config, progress=progress and self.dist.is_main)
+        self.batches = Batches(self.data["train"].images, self.data["train"].records, self.config,
+                               max(cfg.batch_size // self.dist.world, 1), augment=cfg.data.augment, shuffle=True,
+                               seed=cfg.seed, shard=(self.dist.rank, self.dist.world))
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.optimizer)
+        self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.epochs, len(self.batches))
+        self.net = self.dist.wrap(self.model)
+        self.epoch, self.best, self.stale, self.history = 0, None, 0, []
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(raw_config or {}, sort_keys=False))
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "batches": self.batches.state(),
+                "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "best": self.best, "stale": self.stale,
+                "history": self.history, "model_config": self.config.to_dict(), "model_args": self.cfg.model_args}
+
+    def resume(self) -> bool:
+        """Continue from ``last.pt`` when it exists; True if resumed."""
+        path = self.run_dir / "last.pt"
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.batches.load_state(state["batches"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.best, self.stale, self.history = (state["epoch"], state["best"], state["stale"],
+                                                           state["history"])
+        self._apply_unfreeze()
+        log.info("resumed %s at epoch %d", self.run_dir, self.epoch)
+        return True
+
+    # -- loop ------------------------------------------------------------------------------------------------
+    def _apply_unfreeze(self) -> None:
+        for start, n in sorted(self.cfg.unfreeze):
+            if self.epoch >= start:
+                unfreeze_last(self.model, n)
+                known = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+                new = [p for p in self.model.parameters() if p.requires_grad and id(p) not in known]
+                if new:
+                    self.optimizer.add_param_group({"params": new})
+
+    def train_epoch(self) -> float:
+        self.net.train()
+        total, seen = 0.0, 0
+        bar = tqdm(self.batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
+                   disable=not (self.progress and self.dist.is_main))
+        for x, targets in bar:
+            x = x.to(self.device, non_blocking=True)
+            targets = {k: v.to(self.device) for k, v in targets.items()}
+            loss, terms = multitask_loss(self.net(x), targets, self.cfg.loss, self.epoch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {float(loss)} at epoch {self.epoch + 1}: lower the "
+                                         "learning rate or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.after_step()
+            total += loss.item() * len(x)
+            seen += len(x)
+            bar.set_postfix(loss=f"{total / seen:.3f}", **{k: f"{v:.3f}" for k, v in terms.items()})
+        return total / max(seen, 1)
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        while self.epoch < cfg.epochs:
+            self._apply_unfreeze()
+            start = time.time()
+            train_loss = self.train_epoch()
+            val = evaluate_split(self.model, self.data["val"], cfg, self.epoch, device=self.device)["summary"]
+            self.epoch += 1
+            self.schedule.after_epoch(val["loss"])
+            row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                   **{f"val_{k}": v for k, v in val.items()}, "seconds": time.time() - start}
+            self.history.append(row)
+            value = row.get(cfg.select)
+            if value is None:
+                raise ValueError(f"select={cfg.select!r} is not a validation quantity; choose from "
+                                 f"{', '.join(k for k in row if k.startswith('val_'))}")
+            improved = _better(cfg.select, value, self.best)
+            self.best, self.stale = (value, 0) if improved else (self.best, self.stale + 1)
+            if self.dist.is_main:
+                if improved:
+                    save_atomic({**self.state(), "optimizer": None}, self.run_dir / "best.pt")
+                save_atomic(self.state(), self.run_dir / "last.pt")
+                self._write_history()
+                log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                              if isinstance(v, float)))
+            if cfg.early_stopping and self.stale >= cfg.early_stopping:
+                log.info("early stop: %s has not improved for %d epochs", cfg.select, self.stale)
+                break
+        return self.finish()
+
+    def _write_history(self) -> None:
+        path = self.run_dir / "history.csv"
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+        os.replace(tmp, path)
+        from agegender.evaluation.plots import plot_learning_curves
+
+        plot_learning_curves(path, self.run_dir / "curves.png")
+
+    def finish(self) -> dict[str, Any]:
+        """Evaluate the best epoch on the held-out test split (plain and flip-averaged) and write reports."""
+        results: dict[str, Any] = {}
+        if not self.dist.is_main:
+            return results
+        best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
+        self.model.load_state_dict(best["model"])
+        from agegender.evaluation.report import write_report
+
+        for tta in ("none", "flip"):
+            ev = evaluate_split(self.model, self.data["test"], self.cfg, best["epoch"], tta=tta,
+                                device=self.device)
+            results[tta] = ev["summary"]
+            write_report(ev["metrics"], self.run_dir / f"test_{tta}", title=f"{self.cfg.model}: test split",
+                         protocol=f"best epoch {best['epoch']} by {self.cfg.select}; TTA {tta}; "
+                                  f"{len(self.data['test'].records)} held-out faces (leakage-safe split)")
+        (self.run_dir / "summary.yaml").write_text(yaml.safe_dump(
+            {"model": self.cfg.model, "best_epoch": best["epoch"], "epochs_run": self.epoch,
+             "train_seconds": float(sum(r["seconds"] for r in self.history)), "test": results}, sort_keys=False))
+        return results
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, raw_config: dict | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) one run; returns the test figures of the best epoch."""
+    trainer = Trainer(cfg, run_dir, raw_config, progress)
+    if resume:
+        trainer.resume()
+    elif (Path(run_dir) / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
+                              "--run-dir")
+    try:
+        return trainer.fit()
+    finally:
+        trainer.dist.close()

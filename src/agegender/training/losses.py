@@ -1,0 +1,139 @@
+"""Heads' losses as small functions, and the weighted multi-task loss built from a config.
+
+Missing labels (age NaN, group or gender -1) are masked out of every term.
+
+>>> import torch
+>>> ordinal_targets(torch.tensor([0, 3]))
+tensor([[0., 0., 0., 0., 0., 0., 0., 0.],
+        [1., 1., 1., 0., 0., 0., 0., 0.]])
+>>> round(float(gaussian_age_targets(torch.tensor([30.0]), sigma=2.0)[0].argmax()), 1)
+30.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from agegender.labels import MAX_AGE, NUM_AGE_GROUPS
+
+Tensor = torch.Tensor
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def ordinal_targets(group: Tensor, num_thresholds: int = NUM_AGE_GROUPS) -> Tensor:
+    """Seed 001's encoding: target k is 1 when the face is older than group k."""
+    return (group[:, None] > torch.arange(num_thresholds, device=group.device)).float()
+
+
+def ordinal_loss(logits: Tensor, group: Tensor, weights: Sequence[float] | None = None) -> Tensor:
+    """Importance-weighted BCE over the "older than group k" thresholds (weights as in seed 001, Zhang et al.)."""
+    mask = (group >= 0).float()
+    per = F.binary_cross_entropy_with_logits(logits, ordinal_targets(group.clamp(min=0), logits.shape[1]),
+                                             reduction="none")
+    w = torch.as_tensor(weights if weights is not None else [1.0] * logits.shape[1], dtype=per.dtype)
+    return _masked_mean((per * w).sum(dim=1), mask)
+
+
+def group_loss(logits: Tensor, group: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Softmax cross-entropy over the age groups."""
+    mask = (group >= 0).float()
+    per = F.cross_entropy(logits, group.clamp(min=0), reduction="none", label_smoothing=label_smoothing)
+    return _masked_mean(per, mask)
+
+
+def joint_loss(logits: Tensor, group: Tensor, gender: Tensor) -> Tensor:
+    """Cross-entropy over seed 001's 16 classes, gender * 8 + group."""
+    mask = ((group >= 0) & (gender >= 0)).float()
+    target = gender.clamp(min=0) * NUM_AGE_GROUPS + group.clamp(min=0)
+    return _masked_mean(F.cross_entropy(logits, target, reduction="none"), mask)
+
+
+def gender_loss(logit: Tensor, gender: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """BCE on the P(female) logit."""
+    mask = (gender >= 0).float()
+    target = gender.clamp(min=0).float() * (1 - label_smoothing) + 0.5 * label_smoothing
+    return _masked_mean(F.binary_cross_entropy_with_logits(logit, target, reduction="none"), mask)
+
+
+def regression_loss(pred: Tensor, age: Tensor, kind: str = "l1") -> Tensor:
+    """L1 or L2 on age in years."""
+    mask = (~torch.isnan(age)).float()
+    diff = pred - torch.nan_to_num(age)
+    per = diff.abs() if kind == "l1" else diff.pow(2)
+    return _masked_mean(per, mask)
+
+
+def gaussian_age_targets(age: Tensor, sigma: float, num_bins: int = MAX_AGE + 1) -> Tensor:
+    """Discretised Gaussian label distribution over ages 0..num_bins-1."""
+    bins = torch.arange(num_bins, dtype=torch.float32, device=age.device)
+    logp = -0.5 * ((bins[None] - age.clamp(0, num_bins - 1)[:, None]) / sigma) ** 2
+    return torch.softmax(logp, dim=1)
+
+
+def distribution_loss(logits: Tensor, age: Tensor, sigma: float = 2.0, l1_weight: float = 1.0) -> Tensor:
+    """Label-distribution learning: KL to a Gaussian around the true age plus L1 on the expected age."""
+    mask = (~torch.isnan(age)).float()
+    age = torch.nan_to_num(age)
+    logp = torch.log_softmax(logits, dim=1)
+    kl = F.kl_div(logp, gaussian_age_targets(age, sigma, logits.shape[1]), reduction="none").sum(dim=1)
+    expected = logp.exp() @ torch.arange(logits.shape[1], dtype=logp.dtype, device=logp.device)
+    return _masked_mean(kl + l1_weight * (expected - age).abs(), mask)
+
+
+@dataclass
+class LossSpec:
+    """Weights of each term, and the options of the terms. ``gender_schedule`` lists ``[epoch, weight]`` pairs
+    from which on the gender weight changes (seed 001 section 4.3 lowers it after the first epochs)."""
+
+    age_group: float = 1.0
+    age_ordinal: float = 1.0
+    age: float = 1.0
+    age_dist: float = 1.0
+    joint: float = 1.0
+    gender: float = 1.0
+    ordinal_weights: list[float] | None = None
+    regression: str = "l1"
+    sigma: float = 2.0
+    l1_weight: float = 1.0
+    label_smoothing: float = 0.0
+    gender_schedule: list[list[float]] = field(default_factory=list)
+
+    def gender_weight(self, epoch: int) -> float:
+        weight = self.gender
+        for start, w in sorted(self.gender_schedule):
+            if epoch >= start:
+                weight = w
+        return weight
+
+
+def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], spec: LossSpec,
+                   epoch: int = 0) -> tuple[Tensor, dict[str, float]]:
+    """Weighted sum of the loss of every output the model has; returns it and each unweighted term."""
+    age, group, gender = targets["age"], targets["group"], targets["gender"]
+    terms: dict[str, tuple[float, Tensor]] = {}
+    if "age_group_logits" in outputs:
+        terms["age_group"] = (spec.age_group, group_loss(outputs["age_group_logits"], group, spec.label_smoothing))
+    if "age_ordinal_logits" in outputs:
+        terms["age_ordinal"] = (spec.age_ordinal,
+                                ordinal_loss(outputs["age_ordinal_logits"], group, spec.ordinal_weights))
+    if "age" in outputs:
+        terms["age"] = (spec.age, regression_loss(outputs["age"], age, spec.regression))
+    if "age_dist_logits" in outputs:
+        terms["age_dist"] = (spec.age_dist, distribution_loss(outputs["age_dist_logits"], age, spec.sigma,
+                                                              spec.l1_weight))
+    if "joint_logits" in outputs:
+        terms["joint"] = (spec.joint, joint_loss(outputs["joint_logits"], group, gender))
+    if "gender_logit" in outputs:
+        terms["gender"] = (spec.gender_weight(epoch),
+                           gender_loss(outputs["gender_logit"], gender, spec.label_smoothing))
+    if not terms:
+        raise ValueError(f"no loss applies to the outputs {sorted(outputs)}")
+    total = sum(w * t for w, t in terms.values())
+    return total, {k: float(t.detach()) for k, (_, t) in terms.items()}
