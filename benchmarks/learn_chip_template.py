@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -176,6 +177,12 @@ def evaluate(detector: FaceDetector, files: list[Path], template: np.ndarray, se
     }
 
 
+def to_json(data: dict) -> str:
+    """Indented JSON with lists of numbers kept on one line."""
+    text = json.dumps(data, indent=2)
+    return re.sub(r"\[\s+([-0-9., \n]+?)\s+\]", lambda m: "[" + " ".join(m.group(1).split()) + "]", text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -218,10 +225,10 @@ def main(argv: list[str] | None = None) -> None:
         },
         "validation": validation,
     }
-    print(json.dumps(result, indent=2))
+    print(to_json(result))
     print(f"took {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if not args.dry_run:
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        args.out.write_text(to_json(result) + "\n", encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
 
 

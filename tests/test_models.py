@@ -1,32 +1,49 @@
-"""The model zoo: every registered network honours the output contract, trains (gradients flow), and matches the
-parameter counts its source document gives; chained models give valid probabilities; freezing freezes what it says.
+"""The model zoo: every registered network honours the output contract, passes gradients, and matches the
+parameter count its source document gives; chained models give valid probabilities; freezing freezes what it
+says; real UTKFace faces go through and decode.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agegender.data.utkface import parse_utkface_name
 from agegender.labels import FEMALE, MALE
 from agegender.model_config import ModelConfig
 from agegender.models import create_model, get_config, list_models
 from agegender.models.chained import ChainedPredictor
-from agegender.models.freezing import count_parameters, freeze_all_but_last, parameterised_layers, unfreeze_last
-from agegender.models.layers import OUTPUT_SIZES
+from agegender.models.freezing import (
+    count_parameters,
+    freeze_all_but_last,
+    parameterised_layers,
+    unfreeze_last,
+)
+from agegender.models.layers import OUTPUT_SIZES, HeadedNet, Heads, SqueezeExcitation, init_weights
 from agegender.models.levi_hassner import CONV_STAGES
 from agegender.outputs import OUTPUT_KEYS, decode
+from agegender.preprocess import center_crop, chip_to_rgb
+from agegender.training.batches import normalize
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 UTKFACE = SHARED / "data" / "UTKFace"
 LH_PROTOTXT = SHARED / "peers" / "levi_hassner_2015" / "deploy_age.prototxt"
 
 torch.set_num_threads(1)
+
+
+def test_heads_cover_the_output_contract() -> None:
+    assert set(OUTPUT_SIZES) == set(OUTPUT_KEYS)
+    with pytest.raises(ValueError, match="subset"):
+        Heads(8, ("age", "age_years"))
 
 
 def check_contract(outputs: dict[str, torch.Tensor], config: ModelConfig, batch: int) -> None:
@@ -49,17 +66,17 @@ def test_forward_backward_honours_contract(name: str) -> None:
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-# Approximate figures are given to one significant digit (seed 002 "6 x 10^6", seed 004 "≈0.9M"): rounding alone
-# allows 8% and 6% relative error, so 10% is the tightest honest tolerance. Seed 003's figures are Keras' exact
-# "trainable params" (BatchNorm's moving statistics excluded, as PyTorch buffers are), so they must match exactly.
+# Approximate figures have one significant digit (seed 002 "6 x 10^6", seed 004 "≈0.9M"): rounding alone
+# allows 8% and 6% relative error, hence 10%. Seed 003's figures are Keras' exact "trainable params"
+# (BatchNorm's moving statistics excluded, as PyTorch buffers are): they must match exactly.
 EXACT_FIGURES = {"utk_model_a", "utk_vgg16"}
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if get_config(n).paper_params])
 def test_parameter_count_matches_document(name: str) -> None:
     model = create_model(name)
-    if name == "utk_vgg16":  # seed 003 counts Model B's trainable parameters with the VGG-16 base frozen
-        freeze_all_but_last(model.backbone, 0)
+    if "trainable_last" in model.config.extra:  # seed 003 counts Model B with its VGG-16 base frozen
+        freeze_all_but_last(model, model.config.extra["trainable_last"])
     figure = get_config(name).paper_params
     tolerance = 0 if name in EXACT_FIGURES else 0.10
     assert count_parameters(model, trainable_only=True) == pytest.approx(figure, rel=tolerance)
@@ -81,35 +98,36 @@ def test_levi_hassner_matches_the_deploy_prototxt() -> None:
     ) == CONV_STAGES
     model = create_model("levi_hassner_age")
     fc6 = next(m for m in model.backbone.modules() if isinstance(m, nn.Linear))
-    # peers/levi_hassner_2015/SOURCE.md: the 45.66 MB caffemodel "confirms fc6 is 18816 -> 512" (384 x 7 x 7 needs
-    # Caffe's ceil-rounded pooling); 11,415,048 float32 parameters are 45.66 MB.
+    # peers/levi_hassner_2015/SOURCE.md: the 45.66 MB caffemodel "confirms fc6 is 18816 -> 512" (384 x 7 x 7
+    # needs Caffe's ceil-rounded pooling); 11,415,048 float32 parameters are 45.66 MB.
     assert (fc6.in_features, fc6.out_features) == (18816, 512)
     assert count_parameters(model) == 11_415_048
 
 
+def probe(key: str) -> nn.Module:
+    """A tiny stand-in for a trained part: pooled pixels, then a linear head with well-spread logits."""
+    net = HeadedNet(nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten()), Heads(12, (key,)))
+    init_weights(net, partial(nn.init.normal_, std=2.0))
+    return net
+
+
 @pytest.fixture(scope="module")
-def lh_parts() -> dict[str, nn.Module]:
-    """Small-input (67 px) Levi & Hassner parts, enough to check how the chained models compose them."""
+def parts() -> dict[str, nn.Module]:
     torch.manual_seed(0)
-    parts = {"gender": create_model("levi_hassner_gender", input_size=67)}
-    parts.update({f"age{i}": create_model("levi_hassner_age", input_size=67) for i in range(3)})
-    parts.update({f"gender{i}": create_model("levi_hassner_gender", input_size=67) for i in range(8)})
-    with torch.no_grad():
-        for part in parts.values():
-            part.eval()
-            for p in part.parameters():  # the 0.01-std init gives near-uniform outputs: spread them
-                p.mul_(3.0)
-    return parts
+    return {
+        "gender": probe("gender_logit"), **{f"age{i}": probe("age_group_logits") for i in range(3)},
+        **{f"gender{i}": probe("gender_logit") for i in range(8)},
+    }
 
 
-def test_chained_mixes_gender_specific_age_nets(lh_parts: dict[str, nn.Module]) -> None:
-    model = ChainedPredictor.gender_then_age(lh_parts["gender"], lh_parts["age0"], lh_parts["age1"])
+def test_chained_mixes_gender_specific_age_nets(parts: dict[str, nn.Module]) -> None:
+    model = ChainedPredictor.gender_then_age(parts["gender"], parts["age0"], parts["age1"])
     assert model.config.name == "levi_hassner_chained" and model.config.extra["hard"] is False
-    x = torch.randn(4, 3, 67, 67)
+    x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         outputs = model(x)
-        female = torch.sigmoid(lh_parts["gender"](x)["gender_logit"])
-        male_age, female_age = (F.softmax(lh_parts[k](x)["age_group_logits"], 1) for k in ("age0", "age1"))
+        female = torch.sigmoid(parts["gender"](x)["gender_logit"])
+        male_age, female_age = (F.softmax(parts[k](x)["age_group_logits"], 1) for k in ("age0", "age1"))
     check_contract(outputs, model.config, batch=4)
     probs = F.softmax(outputs["age_group_logits"], 1)
     torch.testing.assert_close(probs.sum(1), torch.ones(4))
@@ -117,41 +135,43 @@ def test_chained_mixes_gender_specific_age_nets(lh_parts: dict[str, nn.Module]) 
     torch.testing.assert_close(torch.sigmoid(outputs["gender_logit"]), female)
 
 
-def test_chained_hard_selection_uses_the_predicted_gender_net(lh_parts: dict[str, nn.Module]) -> None:
-    model = ChainedPredictor.gender_then_age(lh_parts["gender"], lh_parts["age0"], lh_parts["age1"], hard=True)
-    x = torch.randn(6, 3, 67, 67)
+def test_chained_hard_selection_uses_the_predicted_gender_net(parts: dict[str, nn.Module]) -> None:
+    model = ChainedPredictor.gender_then_age(parts["gender"], parts["age0"], parts["age1"], hard=True)
+    x = torch.randn(6, 3, 8, 8)
     with torch.no_grad():
         outputs = model(x)
-        chosen = (lh_parts["gender"](x)["gender_logit"] > 0).long()  # FEMALE = 1 picks the second expert
-        experts = torch.stack([lh_parts[k](x)["age_group_logits"] for k in ("age0", "age1")], 1)
-    assert (MALE, FEMALE) == (0, 1)
+        chosen = (parts["gender"](x)["gender_logit"] > 0).long()  # FEMALE = 1 picks the second expert
+        experts = torch.stack([parts[k](x)["age_group_logits"] for k in ("age0", "age1")], 1)
+    assert (MALE, FEMALE) == (0, 1) and 0 < int(chosen.sum()) < 6  # both experts get picked
     expected = F.softmax(experts[torch.arange(6), chosen], 1)
     torch.testing.assert_close(F.softmax(outputs["age_group_logits"], 1), expected)
 
 
-def test_age_specific_gender_nets_give_a_valid_probability(lh_parts: dict[str, nn.Module]) -> None:
-    gender_nets = [lh_parts[f"gender{i}"] for i in range(8)]
-    model = ChainedPredictor.age_then_gender(lh_parts["age2"], gender_nets)
+def test_age_specific_gender_nets_give_a_valid_probability(parts: dict[str, nn.Module]) -> None:
+    gender_nets = [parts[f"gender{i}"] for i in range(8)]
+    model = ChainedPredictor.age_then_gender(parts["age2"], gender_nets)
     assert model.config.name == "levi_hassner_age_specific_gender"
-    x = torch.randn(4, 3, 67, 67)
+    x = torch.randn(4, 3, 8, 8)
     with torch.no_grad():
         outputs = model(x)
-        groups = F.softmax(lh_parts["age2"](x)["age_group_logits"], 1)
+        groups = F.softmax(parts["age2"](x)["age_group_logits"], 1)
         female = torch.stack([torch.sigmoid(net(x)["gender_logit"]) for net in gender_nets], 1)
     check_contract(outputs, model.config, batch=4)
     p_female = torch.sigmoid(outputs["gender_logit"])
     assert ((p_female > 0) & (p_female < 1)).all()
     torch.testing.assert_close(p_female, (groups * female).sum(1))
-    torch.testing.assert_close(outputs["age_group_logits"], lh_parts["age2"](x)["age_group_logits"])
+    torch.testing.assert_close(outputs["age_group_logits"], parts["age2"](x)["age_group_logits"])
 
 
-def test_chained_rejects_a_wrong_number_of_experts(lh_parts: dict[str, nn.Module]) -> None:
+def test_chained_rejects_a_wrong_number_of_experts(parts: dict[str, nn.Module]) -> None:
     with pytest.raises(ValueError, match="needs 8 experts"):
-        ChainedPredictor.age_then_gender(lh_parts["age0"], [lh_parts["gender0"]] * 2)
+        ChainedPredictor.age_then_gender(parts["age0"], [parts["gender0"]] * 2)
 
 
 def test_freezing_helpers_act_on_the_last_parameterised_layers() -> None:
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.BatchNorm2d(4), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 2)
+    )
     conv, bn, linear = net[0], net[2], net[5]
     assert parameterised_layers(net) == [conv, bn, linear]
     freeze_all_but_last(net, 1)
@@ -166,17 +186,21 @@ def test_freezing_helpers_act_on_the_last_parameterised_layers() -> None:
 
 def test_vgg16_gradual_unfreezing_opens_its_last_two_blocks() -> None:
     model = create_model("utk_vgg16")
+    extra = model.config.extra
+    freeze_all_but_last(model, extra["trainable_last"])
     heads = count_parameters(model.heads)
-    freeze_all_but_last(model.backbone, 0)
     assert count_parameters(model, trainable_only=True) == heads
-    unfreeze_last(model.backbone, model.config.extra["unfreeze_last"])
+    assert count_parameters(model.backbone, trainable_only=True) == 0
+    [[_, n]] = extra["unfreeze"]
+    unfreeze_last(model, n)
     block4_5 = 256 * 512 * 9 + 512 + 5 * (512 * 512 * 9 + 512)  # conv4_1 .. conv5_3
     assert count_parameters(model, trainable_only=True) == heads + block4_5
 
 
 def test_options_are_checked_and_recorded() -> None:
     model = create_model("resnet34_multitask", se=True)
-    assert model.config.extra["se"] is True and any(m.__class__.__name__ == "SqueezeExcitation" for m in model.modules())
+    assert model.config.extra["se"] is True
+    assert any(isinstance(m, SqueezeExcitation) for m in model.modules())
     rebuilt = create_model("levi_hassner_ordinal", **get_config("levi_hassner_ordinal").extra)
     assert rebuilt.config.extra["gender_weight"] == 9.6
     with pytest.raises(TypeError, match="unknown option"):
@@ -184,20 +208,13 @@ def test_options_are_checked_and_recorded() -> None:
 
 
 def load_utkface(config: ModelConfig, count: int = 6) -> tuple[torch.Tensor, list[int]]:
-    """A few real UTKFace chips as the model sees them: resize, center-crop, normalise; and their ages."""
-    cv2 = pytest.importorskip("cv2")
+    """A few real UTKFace chips as the model sees them (the project's preprocessing), and their ages."""
     if not UTKFACE.is_dir():
-        pytest.skip(f"{UTKFACE} is absent: the real-data test needs the ../shared checkout beside the repository")
-    paths = sorted(UTKFACE.glob("*.jpg"))[:: 997][:count]
-    images, ages = [], []
-    for path in paths:
-        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB).astype(np.float32)
-        image = cv2.resize(image, (config.load_size, config.load_size), interpolation=cv2.INTER_AREA)
-        offset = (config.load_size - config.input_size) // 2
-        image = image[offset:offset + config.input_size, offset:offset + config.input_size]
-        images.append((image - np.array(config.mean, np.float32)) / np.array(config.std, np.float32))
-        ages.append(int(path.name.split("_")[0]))
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), ages
+        pytest.skip(f"{UTKFACE} is absent: real-data tests need the ../shared checkout beside the repository")
+    paths = sorted(UTKFACE.glob("*.jpg"))[::997][:count]
+    rgb = np.stack([chip_to_rgb(cv2.imread(str(p)), config.load_size, config.face_crop) for p in paths])
+    ages = [parse_utkface_name(p.name)[0] for p in paths]
+    return normalize(center_crop(rgb, config.input_size), config).contiguous(), ages
 
 
 @pytest.mark.parametrize("name", ["zhu_lightweight", "utk_model_a", "vu_multitask", "levi_hassner_twohead"])

@@ -50,7 +50,7 @@ class WeightsError(RuntimeError):
 def _fix_hint() -> str:
     return (
         f"Download {YUNET_URL} (sha256 {YUNET_SHA256}) yourself and either set {ENV_VAR}=/path/to/"
-        f"{YUNET_FILENAME} or pass model_path=... (CLI: --detector-model)."
+        f"{YUNET_FILENAME} or pass model_path=..."
     )
 
 
@@ -107,6 +107,7 @@ def _download(target: Path) -> Path:
                 f"downloaded YuNet weights have sha256 {digest.hexdigest()}, expected {YUNET_SHA256}; "
                 f"the file was discarded. {_fix_hint()}"
             )
+        tmp.chmod(0o644)  # mkstemp creates 0600; the cache entry is an ordinary readable file
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise WeightsError(

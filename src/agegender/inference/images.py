@@ -78,7 +78,8 @@ def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str) -> n
         image = Image.open(fp, formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as exc:
         raise ImageError(
-            f"{name}: not a recognised image (accepted formats: {', '.join(ACCEPTED_FORMATS)})"
+            f"{name}: not a recognised image, or its header is invalid "
+            f"(accepted formats: {', '.join(ACCEPTED_FORMATS)})"
         ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: image too large ({exc})") from exc

@@ -1,14 +1,15 @@
-"""Chained predictors of seed 000 §3.3 and §5: a gate network predicts one attribute, and one expert network per
-class of that attribute (trained only on faces of that class) predicts the other.
+"""Chained predictors of seed 000 §3.3 and §5: a gate network predicts one attribute, and one expert network
+per class of that attribute (trained only on faces of that class) predicts the other.
 
 - ``levi_hassner_chained``: a gender net, then a male-only and a female-only age net (Fig. 3, Table 4).
 - ``levi_hassner_age_specific_gender``: an age net, then one gender net per age group (Table 3).
 
-Selection is soft by default: the experts' class probabilities are mixed with the gate's probabilities,
-``P(y | x) = sum_c P(c | x) P(y | x, expert_c)``, returned as log-probabilities (valid logits) for age groups or as
-``logit(P(female))``. ``hard=True`` is the paper's literal pipeline: only the expert of the gate's most likely class
-counts. The gate's own output is passed through unchanged. The engine trains the parts separately (as the
-registered ``gate_model`` and ``expert_model`` in ``config.extra``) and composes them with the classmethods.
+Selection is soft by default: the experts' class probabilities are mixed by the gate's probabilities,
+``P(y | x) = sum_c P(c | x) P(y | x, expert_c)``, returned as log-probabilities (valid logits) for age groups
+or as ``logit(P(female))``. ``hard=True`` is the paper's literal pipeline: only the expert of the gate's most
+likely class counts. The gate's own output passes through unchanged. The engine trains the parts separately
+(as the registered ``gate_model`` and ``expert_model`` of ``config.extra``) and composes them with the
+classmethods.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ def to_output(key: str, log_probs: Tensor) -> Tensor:
 
 
 class ChainedPredictor(nn.Module):
-    """A gate network and one expert network per gate class, mixed by the gate's probabilities (see module doc)."""
+    """A gate network and one expert network per gate class, mixed by the gate (see the module doc)."""
+
+    config: ModelConfig  # set by ``create_model`` or by the classmethods
 
     def __init__(
-        self, gate: nn.Module, experts: Sequence[nn.Module], gate_key: str, expert_key: str, hard: bool = False
+        self, gate: nn.Module, experts: Sequence[nn.Module], gate_key: str, expert_key: str,
+        hard: bool = False,
     ) -> None:
         super().__init__()
         if gate_key not in NUM_CLASSES or expert_key not in NUM_CLASSES or gate_key == expert_key:
@@ -64,22 +68,24 @@ class ChainedPredictor(nn.Module):
         if self.hard:
             chosen = F.one_hot(weights.argmax(dim=1), weights.shape[1]).bool()
             weights = torch.zeros_like(weights).masked_fill(~chosen, float("-inf"))
-        experts = torch.stack([class_log_probs(self.expert_key, e(x)[self.expert_key]) for e in self.experts], 1)
-        mixed = torch.logsumexp(weights[:, :, None] + experts, dim=1)  # (N, C)
+        experts = [class_log_probs(self.expert_key, net(x)[self.expert_key]) for net in self.experts]
+        mixed = torch.logsumexp(weights[:, :, None] + torch.stack(experts, dim=1), dim=1)  # (N, C)
         return {self.gate_key: gate_logits, self.expert_key: to_output(self.expert_key, mixed)}
 
     @classmethod
     def gender_then_age(
         cls, gender_net: nn.Module, male_age_net: nn.Module, female_age_net: nn.Module, hard: bool = False
     ) -> ChainedPredictor:
-        """Seed 000's chained net from three trained parts (each returning ``gender_logit`` / ``age_group_logits``)."""
+        """Seed 000's chained net from three trained parts (``gender_logit``, then ``age_group_logits``)."""
         model = cls(gender_net, [male_age_net, female_age_net], "gender_logit", "age_group_logits", hard)
         model.config = _composed_config(CHAINED, hard)
         return model
 
     @classmethod
-    def age_then_gender(cls, age_net: nn.Module, gender_nets: Sequence[nn.Module], hard: bool = False) -> ChainedPredictor:
-        """Seed 000's age-specific gender classifiers from a trained age net and 8 trained per-group gender nets."""
+    def age_then_gender(
+        cls, age_net: nn.Module, gender_nets: Sequence[nn.Module], hard: bool = False
+    ) -> ChainedPredictor:
+        """Seed 000's age-specific gender classifiers from a trained age net and 8 per-group gender nets."""
         model = cls(age_net, gender_nets, "age_group_logits", "gender_logit", hard)
         model.config = _composed_config(AGE_SPECIFIC_GENDER, hard)
         return model
@@ -102,7 +108,7 @@ AGE_SPECIFIC_GENDER = lh_config(
 
 
 def build(config: ModelConfig, **overrides: Any) -> ChainedPredictor:
-    """Registry builder: untrained parts built from the registry, at this config's input size."""
+    """Registry builder: untrained parts from the registry, at this config's input size."""
     gate_name, expert_name = config.extra["gate_model"], config.extra["expert_model"]
     gate_key, expert_key = get_config(gate_name).outputs[0], get_config(expert_name).outputs[0]
     gate = create_model(gate_name, input_size=config.input_size)

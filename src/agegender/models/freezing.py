@@ -1,10 +1,10 @@
-"""Freezing by layer for fine-tuning: seed 003 §3's gradual unfreezing of VGG-16 and seed 001 §4's "only the last
-10 layers trainable" ResNet-34.
+"""Freezing by layer for fine-tuning: seed 003 §3's gradual unfreezing of VGG-16 and seed 001 §4's ResNet-34
+with "only the last 10 layers" trainable.
 
-A layer is a module holding parameters of its own (a conv, linear or norm layer), in definition order, which is
-forward order for the sequential trunks here. Keras also counts parameter-free layers (pooling, activations), so a
-Keras "last N layers" becomes the parameterised layers among them. Frozen BatchNorm layers still update their running
-statistics in training mode; put them in eval mode if that is not wanted.
+A layer is a module holding parameters of its own (a conv, linear or norm layer), in definition order, which
+is forward order for the sequential trunks here (backbone first, then heads). Keras also counts layers without
+parameters (pooling, activations), so a Keras "last N layers" is the parameterised layers among them. Frozen
+BatchNorm layers still update their running statistics in training mode; set them to eval if unwanted.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Building blocks shared by the model zoo: the output heads, a backbone-plus-heads network, conv/dense blocks,
-the Caffe-style LRN stage, squeeze-and-excitation, and weight initialisation."""
+"""Building blocks shared by the model zoo: the output heads, a backbone-plus-heads network, conv and dense
+blocks, the Caffe-style LRN stage, squeeze-and-excitation, and weight initialisation."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ OUTPUT_SIZES: dict[str, int] = {
     "joint_logits": 2 * NUM_AGE_GROUPS,
     "gender_logit": 1,
 }
-assert set(OUTPUT_SIZES) == set(OUTPUT_KEYS)
 
 Outputs = dict[str, Tensor]
 WeightInit = Callable[[Tensor], object]
@@ -55,7 +54,7 @@ class Branches(nn.ModuleList):
 
 
 class HeadedNet(nn.Module):
-    """``heads(backbone(x))``: the shape of every single-network model. The freezing helpers act on ``backbone``."""
+    """``heads(backbone(x))``, the shape of every single-network model; fine-tuning freezes ``backbone``."""
 
     def __init__(self, backbone: nn.Module, heads: nn.Module) -> None:
         super().__init__()
@@ -66,8 +65,10 @@ class HeadedNet(nn.Module):
         return self.heads(self.backbone(x))
 
 
-def conv_block(in_channels: int, out_channels: int, dropout: float = 0.0, spatial: bool = False) -> nn.Sequential:
-    """3x3 'same' conv, BatchNorm, ReLU, 2x2 max-pool, then optional (spatial) dropout (seeds 002, 003, 004)."""
+def conv_block(
+    in_channels: int, out_channels: int, dropout: float = 0.0, spatial: bool = False
+) -> nn.Sequential:
+    """3x3 'same' conv, BatchNorm, ReLU, 2x2 max-pool, optional (spatial) dropout (seeds 002, 003, 004)."""
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, 3, padding=1),
         nn.BatchNorm2d(out_channels),
@@ -79,7 +80,9 @@ def conv_block(in_channels: int, out_channels: int, dropout: float = 0.0, spatia
     return nn.Sequential(*layers)
 
 
-def dense_block(in_features: int, out_features: int, dropout: float, batch_norm: bool = False) -> nn.Sequential:
+def dense_block(
+    in_features: int, out_features: int, dropout: float, batch_norm: bool = False
+) -> nn.Sequential:
     """Linear, optional BatchNorm, ReLU, dropout (seed 000 §3.1 fc6/fc7 without BN; seed 003 with BN)."""
     layers: list[nn.Module] = [nn.Linear(in_features, out_features)]
     if batch_norm:
@@ -91,8 +94,9 @@ def dense_block(in_features: int, out_features: int, dropout: float, batch_norm:
 def caffe_conv_stage(
     in_channels: int, out_channels: int, kernel: int, stride: int, padding: int, lrn: bool
 ) -> nn.Sequential:
-    """Conv, ReLU, 3x3/2 max-pool with Caffe's ceil rounding, then LRN(5, 1e-4, 0.75) if asked (the Levi & Hassner
-    deploy prototxts). Caffe's LRN divides alpha by the window size, as ``nn.LocalResponseNorm`` does."""
+    """Conv, ReLU, 3x3/2 max-pool with Caffe's ceil rounding, then LRN(5, 1e-4, 0.75) if asked (the Levi &
+    Hassner deploy prototxts). Caffe's LRN divides alpha by the window size, as ``nn.LocalResponseNorm``
+    does."""
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding),
         nn.ReLU(inplace=True),

@@ -1,10 +1,12 @@
-"""Levi & Hassner (2015) CNN, seed 000 §3.1, layer for layer as in ``peers/levi_hassner_2015/deploy_*.prototxt``;
+"""Levi & Hassner (2015) CNN, seed 000 §3.1, layer for layer as ``peers/levi_hassner_2015/deploy_*.prototxt``;
 seed 001's ablations (§3.1, Table 1) and joint age-gender heads (§3.3) on the same, parameterised trunk.
 
-227 x 227 input (resized to 256, center/random crop), three conv stages (96 7x7/4, 256 5x5 pad 2, 384 3x3 pad 1;
-each ReLU and 3x3/2 max-pool with Caffe's ceil rounding; LRN after the first two), two FC 512 with ReLU and dropout 0.5.
-Gaussian init with std 0.01 (Levi & Hassner §3.2); biases zero. Caffe's two-way gender softmax is one
-``gender_logit`` here (the difference of the two logits): same model, 513 fewer parameters.
+227 x 227 input (resized to 256, then cropped); three conv stages (96 7x7/4, 256 5x5 pad 2, 384 3x3 pad 1),
+each with ReLU and a 3x3/2 max-pool with Caffe's ceil rounding, LRN after the first two; two FC 512 with ReLU
+and dropout 0.5. Gaussian init with std 0.01 (Levi & Hassner §3.2), biases zero. Caffe's two-way gender
+softmax is one ``gender_logit`` here (the difference of the two logits): the same model with 513 fewer
+parameters. Seed 001's Table 1 writes "layernorm" where the original has LRN, and says it followed the
+original.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any
 from torch import nn
 
 from agegender.model_config import ModelConfig
-from agegender.models.layers import HeadedNet, Heads, caffe_conv_stage, dense_block, flat_features, init_weights
+from agegender.models.layers import (
+    HeadedNet,
+    Heads,
+    caffe_conv_stage,
+    dense_block,
+    flat_features,
+    init_weights,
+)
 from agegender.models.options import arch_options
 from agegender.models.registry import register_model
 
@@ -31,7 +40,7 @@ PROTOTXT = "peers/levi_hassner_2015/deploy_{age,gender}.prototxt"
 def levi_hassner(
     outputs: Sequence[str], conv_layers: int = 3, fc_layers: int = 2, input_size: int = 227
 ) -> HeadedNet:
-    """The Levi & Hassner network with its first ``conv_layers`` conv stages and ``fc_layers`` hidden FC layers."""
+    """The Levi & Hassner network with its first ``conv_layers`` conv stages and ``fc_layers`` FC layers."""
     if not (1 <= conv_layers <= len(CONV_STAGES) and 1 <= fc_layers <= 2):
         raise ValueError(f"need 1..3 conv and 1..2 FC layers, got {conv_layers} and {fc_layers}")
     layers: list[nn.Module] = []
@@ -50,23 +59,24 @@ def levi_hassner(
 
 
 def lh_config(name: str, outputs: tuple[str, ...], source: str, **extra: Any) -> ModelConfig:
-    """Config of a model fed like Levi & Hassner's: resize to 256, crop 227, subtract the Adience mean, no scaling."""
+    """A model fed like Levi & Hassner's: resize to 256, crop 227, subtract the Adience mean, no scaling."""
     return ModelConfig(
         name=name, input_size=227, resize=256, outputs=outputs, mean=MEAN_RGB, std=(1.0, 1.0, 1.0),
         source=source, extra=extra,
     )
 
 
+GENDER = ("gender_logit",)
 VARIANTS = (
     lh_config("levi_hassner_age", ("age_group_logits",), f"seed 000 §3.1 (8-way age); {PROTOTXT}"),
-    lh_config("levi_hassner_gender", ("gender_logit",), f"seed 000 §3.1 (gender), seed 001 Table 1 model 1; {PROTOTXT}"),
-    lh_config("levi_hassner_m2", ("gender_logit",), "seed 001 §3.1 Table 1 model 2 (conv3 removed)", conv_layers=2),
+    lh_config("levi_hassner_gender", GENDER, f"seed 000 §3.1 (gender), seed 001 Table 1 model 1; {PROTOTXT}"),
+    lh_config("levi_hassner_m2", GENDER, "seed 001 §3.1 Table 1 model 2 (conv3 removed)", conv_layers=2),
     lh_config(
-        "levi_hassner_m3", ("gender_logit",), "seed 001 §3.1 Table 1 model 3 (conv3 and fc7 removed)",
+        "levi_hassner_m3", GENDER, "seed 001 §3.1 Table 1 model 3 (conv3 and fc7 removed)",
         conv_layers=2, fc_layers=1,
     ),
     lh_config(
-        "levi_hassner_m4", ("gender_logit",), "seed 001 §3.1 Table 1 model 4 (conv2, conv3 and fc7 removed)",
+        "levi_hassner_m4", GENDER, "seed 001 §3.1 Table 1 model 4 (conv2, conv3 and fc7 removed)",
         conv_layers=1, fc_layers=1,
     ),
     lh_config("levi_hassner_joint16", ("joint_logits",), "seed 001 §3.3.1 (16 gender x age categories)"),

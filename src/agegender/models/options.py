@@ -10,9 +10,9 @@ from agegender.model_config import ModelConfig
 
 
 def arch_options(config: ModelConfig, overrides: dict[str, Any], *names: str) -> dict[str, Any]:
-    """The builder's options among ``names`` that are set, by ``overrides`` or else by ``config.extra``; the model
-    function's defaults cover the rest. Overrides may also name any other ``config.extra`` key (loss settings a
-    checkpoint carries back), so ``create_model(name, **config.extra)`` rebuilds a model; any other name is a typo."""
+    """The options among ``names`` that are set, by ``overrides`` or else by ``config.extra``; the model
+    function's defaults cover the rest. Overrides may also repeat any other ``config.extra`` key (loss
+    settings), so ``create_model(name, **config.extra)`` rebuilds a model; any other name is a typo."""
     unknown = set(overrides) - set(names) - set(config.extra)
     if unknown:
         raise TypeError(f"{config.name}: unknown option(s) {sorted(unknown)}; known: {sorted(names)}")

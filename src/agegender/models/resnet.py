@@ -1,8 +1,8 @@
-"""ResNet-34 multi-task networks of seed 001 §4 (models 9-14): the ``torchvision.models.resnet34`` trunk without its
-classifier, an optional squeeze-and-excitation block after the final activation (§4.2, "modified ResNet"), global
-average pooling, and age and gender heads; age as 8 groups (§4.1-4.2) or as 8 ordinal "older than group k" outputs
-(§4.3). Seed 001 pretrained on CelebA's 40 attributes; here ``pretrained=True`` loads ImageNet weights instead, and the
-inputs are normalised with ImageNet statistics (seed 001 scales pixels to 0..1, which from scratch is equivalent).
+"""ResNet-34 multi-task networks of seed 001 §4 (models 9-14): the ``torchvision.models.resnet34`` trunk
+without its classifier, an optional squeeze-and-excitation block after the final activation (§4.2, "modified
+ResNet"), global average pooling, and age and gender heads; age as 8 groups (§4.1-4.2) or as 8 ordinal "older
+than group k" outputs (§4.3). Seed 001 pretrained on CelebA's 40 attributes; here ``pretrained=True`` loads
+ImageNet weights instead, so inputs are normalised with ImageNet statistics (seed 001 scales pixels to 0..1).
 """
 
 from __future__ import annotations
@@ -23,37 +23,42 @@ FEATURES = 512
 
 
 def resnet34_multitask(
-    outputs: Sequence[str], se: bool = False, weights: WeightsEnum | str | None = None, pretrained: bool = False
+    outputs: Sequence[str], se: bool = False, weights: WeightsEnum | str | None = None,
+    pretrained: bool = False,
 ) -> HeadedNet:
     """ResNet-34 trunk (``model.backbone``, SE block included) and linear heads for ``outputs``.
-    ``pretrained=True`` loads ``ResNet34_Weights.IMAGENET1K_V1``; ``weights`` passes through to torchvision."""
-    net = torchvision.models.resnet34(weights=torchvision_weights(weights, pretrained, ResNet34_Weights.IMAGENET1K_V1))
+    ``pretrained=True`` loads ``ResNet34_Weights.IMAGENET1K_V1``; ``weights`` goes to torchvision as is."""
+    weights = torchvision_weights(weights, pretrained, ResNet34_Weights.IMAGENET1K_V1)
+    net = torchvision.models.resnet34(weights=weights)
     layers = [net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4]
     if se:
         layers.append(SqueezeExcitation(FEATURES))
     return HeadedNet(nn.Sequential(*layers, global_pool()), Heads(FEATURES, outputs))
 
 
-def _config(name: str, outputs: tuple[str, ...], source: str, **extra: Any) -> ModelConfig:
+def resnet_config(name: str, outputs: tuple[str, ...], source: str, **extra: Any) -> ModelConfig:
     return ModelConfig(
-        name=name, input_size=224, outputs=outputs, mean=IMAGENET_MEAN, std=IMAGENET_STD, source=source, extra=extra,
+        name=name, input_size=224, outputs=outputs, mean=IMAGENET_MEAN, std=IMAGENET_STD, source=source,
+        extra=extra,
     )
 
 
 GROUPS = ("age_group_logits", "gender_logit")
 ORDINAL = ("age_ordinal_logits", "gender_logit")
-# Table 14: per-threshold age weights; gender weight for "the first few epochs" (start) and after. The paper gives no
-# epoch count for the switch. Models 9-10 train only the last 10 layers (§4.1); 11-12 freeze likewise, 13-14 do not.
+# Models 9-10 (and 11-12) train only "the last 10 layers except output layers": the last 10 parameterised
+# trunk layers plus the 2 heads, for ``freezing.freeze_all_but_last(model, 12)``. Models 13-14 train all.
+# Table 14: per-threshold age weights, and the gender weight for "the first few epochs" (start) and after;
+# the paper gives no epoch for the switch.
 ORDINAL_WEIGHTS = [1.0, 1.0, 1.0, 1.3, 1.8, 1.8, 1.3, 1.0]
 VARIANTS = (
-    _config("resnet34_multitask", GROUPS, "seed 001 §4.1 (model 9)", trainable_last=10),
-    _config("resnet34_se_multitask", GROUPS, "seed 001 §4.2 (model 10, SE block)", se=True, trainable_last=10),
-    _config(
-        "resnet34_ordinal", ORDINAL, "seed 001 §4.3 Table 14-15 (models 11 and 13, ordinal age)",
+    resnet_config("resnet34_multitask", GROUPS, "seed 001 §4.1 (model 9)", trainable_last=12),
+    resnet_config("resnet34_se_multitask", GROUPS, "seed 001 §4.2 (model 10)", se=True, trainable_last=12),
+    resnet_config(
+        "resnet34_ordinal", ORDINAL, "seed 001 §4.3, Tables 14-15 (models 11 and 13)",
         ordinal_weights=ORDINAL_WEIGHTS, gender_weight_start=4.0, gender_weight=0.9,
     ),
-    _config(
-        "resnet34_se_ordinal", ORDINAL, "seed 001 §4.3 Table 14-15 (models 12 and 14, SE block, ordinal age)",
+    resnet_config(
+        "resnet34_se_ordinal", ORDINAL, "seed 001 §4.3, Tables 14-15 (models 12 and 14, SE block)",
         se=True, ordinal_weights=ORDINAL_WEIGHTS, gender_weight_start=2.0, gender_weight=0.5,
     ),
 )
@@ -61,7 +66,8 @@ VARIANTS = (
 
 def build(config: ModelConfig, **overrides: Any) -> HeadedNet:
     """Registry builder for every ResNet-34 variant."""
-    return resnet34_multitask(config.outputs, **arch_options(config, overrides, "se", "weights", "pretrained"))
+    options = arch_options(config, overrides, "se", "weights", "pretrained")
+    return resnet34_multitask(config.outputs, **options)
 
 
 for _variant in VARIANTS:

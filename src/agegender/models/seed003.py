@@ -1,12 +1,13 @@
-"""The two UTKFace networks of seed 003 (128 x 128 input): Model A, a two-branch CNN trained from scratch (§2), and
-Model B, a VGG-16 conv base with two dense branches, fine-tuned by gradual unfreezing (§3).
+"""The two UTKFace networks of seed 003 (128 x 128 input): Model A, a two-branch CNN trained from scratch
+(§2), and Model B, a VGG-16 conv base with two dense branches, fine-tuned by gradual unfreezing (§3).
 
 Both regress age (linear output, ``age`` in years) and classify gender (sigmoid output, here its logit
-``gender_logit``). Initialisation follows §2: He uniform for ReLU layers, Glorot normal for the sigmoid output, and
-Keras' default Glorot uniform for the linear age output; biases zero.
+``gender_logit``). Initialisation follows §2: He uniform for ReLU layers, Glorot normal for the sigmoid
+output, and Keras' default Glorot uniform for the linear age output; biases zero.
 
-The widths are not in the text (they are in its figures, which are not available); they are the ones that reproduce
-the trainable-parameter counts of §4 exactly with power-of-two layer sizes. Dropout rates are not given either.
+The widths are not in the text (they are in its figures, which are not available); they are the ones that
+reproduce the trainable-parameter counts of §4 exactly with power-of-two layer sizes. Dropout rates are not
+given either.
 """
 
 from __future__ import annotations
@@ -32,23 +33,23 @@ from agegender.models.layers import (
 from agegender.models.options import arch_options, torchvision_weights
 from agegender.models.registry import register_model
 
-#: Model A: shared conv blocks, then per-branch conv blocks and dense width. 1,015,906 trainable parameters (§4)
-#: is matched exactly by these, the only all-power-of-two choice whose last feature map is 4 x 4 (five pools of 128).
+#: Model A widths: 1,015,906 trainable parameters (§4) are matched exactly by these, the only all-power-of-two
+#: choice whose last feature map is 4 x 4 (five pools of 128).
 SHARED_FILTERS = (64, 128, 256)
 BRANCH_FILTERS = (128, 16)
 BRANCH_DENSE = 32
 
 
 def _init_keras_style(module: nn.Module, age_head: nn.Module, gender_head: nn.Module) -> None:
-    """Seed 003 §2 initialisation of ``module``'s layers (see module doc)."""
-    init_weights(module, nn.init.kaiming_uniform_)  # defaults: gain sqrt(2) on fan-in, i.e. Keras' he_uniform
+    """Seed 003 §2 initialisation of ``module``'s layers (see the module doc)."""
+    init_weights(module, nn.init.kaiming_uniform_)  # defaults: gain sqrt(2), fan-in = Keras' he_uniform
     init_weights(age_head, nn.init.xavier_uniform_)
     init_weights(gender_head, nn.init.xavier_normal_)
 
 
 def utk_model_a(spatial_dropout: float = 0.2, dropout: float = 0.5, input_size: int = 128) -> HeadedNet:
-    """Model A (§2, Fig. 1): three shared conv-BN-ReLU-pool blocks; per task two such blocks with spatial dropout,
-    flatten, dense-BN-ReLU-dropout and a one-unit output."""
+    """Model A (§2, Fig. 1): three shared conv-BN-ReLU-pool blocks; per task, two such blocks with spatial
+    dropout, flatten, dense-BN-ReLU-dropout and a one-unit output."""
     trunk = nn.Sequential(*(conv_block(i, o) for i, o in pairwise((3, *SHARED_FILTERS))))
     branches = []
     for key in ("age", "gender_logit"):
@@ -57,10 +58,8 @@ def utk_model_a(spatial_dropout: float = 0.2, dropout: float = 0.5, input_size: 
             for i, o in pairwise((SHARED_FILTERS[-1], *BRANCH_FILTERS))
         ]
         width = flat_features(nn.Sequential(trunk, *convs, nn.Flatten()), input_size)
-        branches.append(
-            nn.Sequential(*convs, nn.Flatten(), dense_block(width, BRANCH_DENSE, dropout, batch_norm=True),
-                          Heads(BRANCH_DENSE, (key,)))
-        )
+        dense = dense_block(width, BRANCH_DENSE, dropout, batch_norm=True)
+        branches.append(nn.Sequential(*convs, nn.Flatten(), dense, Heads(BRANCH_DENSE, (key,))))
     model = HeadedNet(trunk, Branches(branches))
     _init_keras_style(model, branches[0][-1], branches[1][-1])
     return model
@@ -73,11 +72,16 @@ def utk_vgg16(
     age_units: tuple[int, ...] = (1024, 512),
     gender_units: tuple[int, ...] = (512, 256),
 ) -> HeadedNet:
-    """Model B (§3, Fig. 3): VGG-16 conv base (``torchvision.models.vgg16``, its classifier dropped), global average
-    pooling and dropout; an age branch (dropout, then dense-BN-ReLU-dropout blocks, linear output) and a gender branch
-    (the same blocks, sigmoid output). ``model.backbone`` is the conv base for the freezing helpers.
-    ``pretrained=True`` loads ``VGG16_Weights.IMAGENET1K_V1``; ``weights`` passes through to torchvision."""
-    vgg = torchvision.models.vgg16(weights=torchvision_weights(weights, pretrained, VGG16_Weights.IMAGENET1K_V1))
+    """Model B (§3, Fig. 3): VGG-16 conv base (``torchvision.models.vgg16`` without its classifier), global
+    average pooling and dropout; an age branch (dropout, dense-BN-ReLU-dropout blocks, linear output) and a
+    gender branch (the same blocks, sigmoid output). ``model.backbone`` is the conv base.
+    ``pretrained=True`` loads ``VGG16_Weights.IMAGENET1K_V1``; ``weights`` goes to torchvision as is.
+
+    Four power-of-two branch widths give §4's 1,449,474: age (512, 256) or (1024, 512) or (1024, 128) or
+    (1024, 256), with gender (1024, 512), (512, 256), (1024, 256), (1024, 128) respectively. The age branch
+    is taken as the wider, since it is the one given an extra dropout layer."""
+    weights = torchvision_weights(weights, pretrained, VGG16_Weights.IMAGENET1K_V1)
+    vgg = torchvision.models.vgg16(weights=weights)
     backbone = nn.Sequential(vgg.features, global_pool(), nn.Dropout(dropout))
     features = 512
 
@@ -95,22 +99,24 @@ MODEL_A = ModelConfig(
     name="utk_model_a", input_size=128, outputs=("age", "gender_logit"), paper_params=1_015_906,
     source="seed 003 §2 (Model A, custom two-branch CNN); parameter count §4",
 )
-# §3: loss 1.0 * age + 10.0 * gender; VGG-16 frozen for 5 epochs, then its last 2 blocks unfrozen: Keras counts 8
-# layers (6 convs and 2 pools), 6 parameterised layers for ``freezing.unfreeze_last(model.backbone, 6)``.
-# paper_params (§4) counts the trainable parameters while the VGG-16 base is frozen.
+# §3: loss 1.0 * age + 10.0 * gender. The VGG-16 base is frozen for 5 epochs: only the 10 parameterised
+# layers of the branches train (``freezing.freeze_all_but_last(model, 10)``), the trainable count of §4.
+# Then its last 2 blocks are unfrozen, 8 Keras layers of which 6 are convs: ``unfreeze_last(model, 16)``.
 MODEL_B = ModelConfig(
-    name="utk_vgg16", input_size=128, outputs=("age", "gender_logit"), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-    paper_params=1_449_474, source="seed 003 §3 (Model B, VGG-16 with gradual unfreezing); parameter count §4",
-    extra={"gender_weight": 10.0, "frozen_epochs": 5, "unfreeze_last": 6},
+    name="utk_vgg16", input_size=128, outputs=("age", "gender_logit"), mean=IMAGENET_MEAN,
+    std=IMAGENET_STD, paper_params=1_449_474,
+    source="seed 003 §3 (Model B, VGG-16 with gradual unfreezing); parameter count §4",
+    extra={"gender_weight": 10.0, "trainable_last": 10, "unfreeze": [[5, 16]]},
 )
 
 
 @register_model(MODEL_A)
 def build_model_a(config: ModelConfig, **overrides: Any) -> HeadedNet:
-    return utk_model_a(input_size=config.input_size, **arch_options(config, overrides, "spatial_dropout", "dropout"))
+    options = arch_options(config, overrides, "spatial_dropout", "dropout")
+    return utk_model_a(input_size=config.input_size, **options)
 
 
 @register_model(MODEL_B)
 def build_model_b(config: ModelConfig, **overrides: Any) -> HeadedNet:
-    names = ("weights", "pretrained", "dropout", "age_units", "gender_units")
-    return utk_vgg16(**arch_options(config, overrides, *names))
+    options = arch_options(config, overrides, "weights", "pretrained", "dropout", "age_units", "gender_units")
+    return utk_vgg16(**options)

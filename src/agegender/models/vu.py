@@ -1,11 +1,12 @@
-"""Vu et al. multi-task CNN (seed 004 §III-B, Table I): 64 x 64 input; three conv-BN-ReLU-max-pool-dropout blocks
-(32, 64, 128 filters), four depthwise-separable blocks (BN and ReLU6 after the depthwise and the pointwise conv),
-global average pooling, FC 512 with ReLU and dropout 0.25. Xavier uniform weights and zero biases (§III-C).
+"""Vu et al. multi-task CNN (seed 004 §III-B, Table I): 64 x 64 input; three conv-BN-ReLU-max-pool-dropout
+blocks (32, 64, 128 filters), four depthwise-separable blocks (BN and ReLU6 after the depthwise and the
+pointwise conv), global average pooling, FC 512 with ReLU and dropout 0.25. Xavier uniform weights and zero
+biases (§III-C).
 
-Table I's last pointwise row reads "No. of Filer = 256" but "Output Size 2x2x512"; 512 is taken, as it gives the
-paper's 0.9M parameters (256 would give 0.6M). Outputs follow §III-C: a regressed 2-vector (age, gender) under L2,
-expressed as ``age`` in years and ``gender_logit`` (the paper's squared error on the gender value is the squared
-error of ``sigmoid(gender_logit)``; see ``zhu`` for the same mapping).
+Table I's last pointwise row reads "No. of Filer = 256" but "Output Size 2x2x512"; 512 is taken, as it gives
+the paper's 0.9M parameters (256 would give 0.6M). Outputs follow §III-C: a regressed 2-vector (age, gender)
+under L2, expressed as ``age`` in years and ``gender_logit`` (the paper's squared error on the gender value is
+the squared error of ``sigmoid(gender_logit)``; see ``zhu`` for the same mapping).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from typing import Any
 from torch import nn
 
 from agegender.model_config import ModelConfig
-from agegender.models.layers import HeadedNet, Heads, conv_block, dense_block, depthwise_separable, global_pool, init_weights
+from agegender.models.layers import (
+    HeadedNet,
+    Heads,
+    conv_block,
+    dense_block,
+    depthwise_separable,
+    global_pool,
+    init_weights,
+)
 from agegender.models.options import arch_options
 from agegender.models.registry import register_model
 

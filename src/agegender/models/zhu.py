@@ -1,14 +1,15 @@
 """Zhu et al. lightweight CNN (seed 002 §3.1) and its single-task depth variants (§4.3, Table 3).
 
-64 x 64 input; conv blocks of 64, 128, 256, 512 3x3 filters, each with BN, ReLU and 2x2 max-pool; two FC 512 with
-dropout 0.5 (§4.1). "single-5conv" and "single-6conv" append one or two 512-filter 3x3 conv + ReLU (no BN, no pool);
-"single-3conv" stops after the 256-filter block (the paper does not list it; dropping the last block is the reading
-that keeps the 4-block net as "the same architecture"). The paper gives no initialisation: He normal, biases zero.
+64 x 64 input; conv blocks of 64, 128, 256 and 512 3x3 filters, each with BN, ReLU and 2x2 max-pool; two FC
+512 with dropout 0.5 (§4.1). "single-5conv" and "single-6conv" append one or two 512-filter 3x3 conv + ReLU
+(no BN, no pool). "single-3conv" is not described: it stops after the 256-filter block. The paper gives no
+initialisation: He normal, biases zero.
 
-Outputs. The paper regresses a 2-vector (age label, gender label) under an L2 loss (eq. 2). Here the age component is
-``age`` in years and the gender component is ``gender_logit``: the paper's squared error on the gender value is the
-squared error between ``sigmoid(gender_logit)`` and the 0/1 label (a Brier score), and the engine may use binary
-cross-entropy on the logit instead. The paper's Adience age label is the group, which maps to years by its midpoint.
+Outputs. The paper regresses a 2-vector (age label, gender label) under an L2 loss (eq. 2). Here the age
+component is ``age`` in years and the gender component is ``gender_logit``: the paper's squared error on the
+gender value is the squared error between ``sigmoid(gender_logit)`` and the 0/1 label (a Brier score); binary
+cross-entropy on the logit is the usual alternative. The paper's Adience age label is a group, which stands
+for its midpoint in years.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from agegender.models.registry import register_model
 
 BLOCK_CHANNELS = (64, 128, 256, 512)
 FC_WIDTH = 512
-SOURCE = "seed 002 §3.1"
 
 
 def zhu_net(outputs: Sequence[str], conv_layers: int = 4, input_size: int = 64) -> HeadedNet:
@@ -57,9 +57,9 @@ def zhu_config(name: str, outputs: tuple[str, ...], conv_layers: int, source: st
 
 
 VARIANTS = (
-    zhu_config("zhu_lightweight", ("age", "gender_logit"), 4, f"{SOURCE}, §3.2 (joint age-gender regression)"),
+    zhu_config("zhu_lightweight", ("age", "gender_logit"), 4, "seed 002 §3.1-3.2 (joint regression)"),
     *(
-        zhu_config(f"zhu_{task}_{depth}conv", (key,), depth, f"seed 002 §4.3 Table 3 (single-{depth}conv, {task})")
+        zhu_config(f"zhu_{task}_{depth}conv", (key,), depth, f"seed 002 §4.3 Table 3 (single-{depth}conv)")
         for task, key in (("age", "age"), ("gender", "gender_logit"))
         for depth in (3, 4, 5, 6)
     ),

@@ -19,6 +19,7 @@ class DataConfig:
     root: str = "../shared/data/UTKFace"  # folder (utkface) or CSV (manifest); relative to the working directory
     splits_dir: str | None = None  # where split manifests are written (default: the cache folder)
     train_limit: int | None = None  # use only the first N training (and N/8 validation) records: smoke tests
+    filter: dict[str, str] = field(default_factory=dict)  # keep only e.g. {gender: male} or {age_group: 0-2}
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -91,13 +92,36 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
-    """A typed config and the raw dict it came from (saved beside the run for reproducibility)."""
-    path = Path(path)
+def merge_configs(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: nested sections merge key by key, any other value (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_configs(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a dict, with its ``base:`` file (a path relative to it) merged in underneath."""
+    path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    if path in _seen:
+        raise ValueError(f"config base cycle: {' -> '.join(p.name for p in (*_seen, path))}")
     raw = yaml.safe_load(path.read_text()) or {}
-    raw = apply_overrides(raw, overrides or [])
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return merge_configs(read_raw_config(path.parent / base, (*_seen, path)), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
+    """A typed config and the raw dict it came from, ``base:`` merged in (saved beside the run for
+    reproducibility)."""
+    path = Path(path)
+    raw = apply_overrides(read_raw_config(path), overrides or [])
     if "model" not in raw:
         raise ValueError(f"{path}: a config needs a 'model' (see `agegender models`)")
     return _build(TrainConfig, raw, path.name), raw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +14,14 @@ from agegender.data.manifest import read_manifest
 from agegender.data.records import FaceRecord
 from agegender.data.splits import SPLITS, load_or_make_splits
 from agegender.data.utkface import read_utkface
+from agegender.labels import AGE_GROUPS, GENDERS, group_of_label
 from agegender.model_config import ModelConfig
 from agegender.training.config import DataConfig
 
 log = logging.getLogger(__name__)
+FILTER_KEYS = ("gender", "age_group")
+#: Explicit records per split name (train, val, test), as cross-validation hands them to the engine.
+SplitRecords = Mapping[str, Sequence[FaceRecord]]
 
 
 @dataclass
@@ -36,21 +41,63 @@ def read_dataset(cfg: DataConfig) -> list[FaceRecord]:
     return records
 
 
-def load_splits(cfg: DataConfig, config: ModelConfig, progress: bool = True) -> dict[str, SplitData]:
-    """Leakage-safe splits of the configured dataset, decoded once at the model's load size."""
+def filter_records(records: Sequence[FaceRecord], spec: Mapping[str, str]) -> list[FaceRecord]:
+    """The records having every label ``spec`` names: ``gender`` (male or female) and/or ``age_group`` (a
+    label such as ``25-32``). Seed 000 trains age nets on one gender and gender nets on one age group."""
+    unknown = sorted(set(spec) - set(FILTER_KEYS))
+    if unknown:
+        raise ValueError(f"data.filter: unknown key(s) {', '.join(unknown)}; use gender (male or female) "
+                         f"and/or age_group (one of {', '.join(AGE_GROUPS)})")
+    wanted: dict[str, int] = {}
+    if "gender" in spec:
+        gender = str(spec["gender"]).lower()
+        if gender not in GENDERS:
+            raise ValueError(f"data.filter.gender must be male or female, got {spec['gender']!r}")
+        wanted["gender"] = GENDERS.index(gender)
+    if "age_group" in spec:
+        wanted["age_group"] = group_of_label(str(spec["age_group"]))
+    return [r for r in records if all(getattr(r, key) == value for key, value in wanted.items())]
+
+
+def dataset_splits(cfg: DataConfig, progress: bool = True) -> dict[str, list[FaceRecord]]:
+    """The configured dataset's leakage-safe train/val/test records (deduplicated; made once, then reused)."""
     records = read_dataset(cfg)
     splits_dir = Path(cfg.splits_dir) if cfg.splits_dir else default_cache_dir() / "splits"
     splits, stats = load_or_make_splits(records, splits_dir, progress=progress)
     log.info("dedup: %s", stats.to_dict())
-    if cfg.train_limit:
-        limits = {"train": cfg.train_limit, "val": max(cfg.train_limit // 8, 16), "test": max(cfg.train_limit // 8, 16)}
-        splits = {k: v[: limits[k]] for k, v in splits.items()}
+    return splits
+
+
+def select_records(splits: SplitRecords, cfg: DataConfig) -> dict[str, list[FaceRecord]]:
+    """``train_limit`` (the first N train and N/8 val and test records), then ``filter``, on each split.
+    Limiting first makes a filtered run's faces a subset of the unfiltered run's."""
     out = {}
     for name in SPLITS:
-        recs = splits[name]
-        images, ok = cached_images(recs, config.load_size, config.face_crop, progress=progress)
-        if not ok.all():
-            log.warning("%s: %d images could not be decoded and are left out", name, int((~ok).sum()))
-        keep = np.flatnonzero(ok)
-        out[name] = SplitData([recs[i] for i in keep], images if ok.all() else images[keep])
+        records = list(splits[name])
+        if cfg.train_limit:
+            records = records[: cfg.train_limit if name == "train" else max(cfg.train_limit // 8, 16)]
+        if cfg.filter:
+            records = filter_records(records, cfg.filter)
+        if not records:
+            raise ValueError(f"the {name} split has no faces left (train_limit {cfg.train_limit}, "
+                             f"filter {cfg.filter or 'none'})")
+        out[name] = records
     return out
+
+
+def decode_split(records: Sequence[FaceRecord], config: ModelConfig, progress: bool = True) -> SplitData:
+    """Records' images decoded (and cached) at the model's load size; undecodable ones are left out."""
+    images, ok = cached_images(records, config.load_size, config.face_crop, progress=progress)
+    if ok.all():
+        return SplitData(list(records), images)
+    log.warning("%d of %d images could not be decoded and are left out", int((~ok).sum()), len(records))
+    keep = np.flatnonzero(ok)
+    return SplitData([records[i] for i in keep], images[keep])
+
+
+def load_splits(cfg: DataConfig, config: ModelConfig, progress: bool = True,
+                records: SplitRecords | None = None) -> dict[str, SplitData]:
+    """Leakage-safe splits of the configured dataset, or the explicit train/val/test ``records``
+    (cross-validation folds), after ``train_limit`` and ``filter``, decoded once at the model's load size."""
+    splits = select_records(records if records is not None else dataset_splits(cfg, progress), cfg)
+    return {name: decode_split(splits[name], config, progress) for name in SPLITS}

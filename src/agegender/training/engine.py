@@ -30,7 +30,7 @@ from agegender.outputs import decode
 from agegender.training.batches import Batches, record_targets
 from agegender.training.checkpoint import save_atomic
 from agegender.training.config import TrainConfig
-from agegender.training.data import SplitData, load_splits
+from agegender.training.data import SplitData, SplitRecords, load_splits
 from agegender.training.distributed import Distributed
 from agegender.training.losses import multitask_loss
 from agegender.training.optim import Schedule, build_optimizer
@@ -69,10 +69,11 @@ def _better(select: str, value: float, best: float | None) -> bool:
 
 
 class Trainer:
-    """Owns the model, optimizer, schedule and batches of one run; ``fit()`` trains to the end or resumes."""
+    """Owns the model, optimizer, schedule and batches of one run; ``fit()`` trains to the end or resumes.
+    ``splits`` gives explicit train/val/test records (cross-validation folds) in place of the dataset's."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, raw_config: dict | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, splits: SplitRecords | None = None) -> None:
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
         self.dist = Distributed.from_env()
         if cfg.threads:
@@ -83,7 +84,7 @@ class Trainer:
         self.config = self.model.config
         if cfg.trainable_last is not None:
             freeze_all_but_last(self.model, cfg.trainable_last)
-        self.data = load_splits(cfg.data, self.config, progress=progress and self.dist.is_main)
+        self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
         self.batches = Batches(self.data["train"].images, self.data["train"].records, self.config,
                                max(cfg.batch_size // self.dist.world, 1), augment=cfg.data.augment, shuffle=True,
                                seed=cfg.seed, shard=(self.dist.rank, self.dist.world))
@@ -216,9 +217,9 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, raw_config: dict | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) one run; returns the test figures of the best epoch."""
-    trainer = Trainer(cfg, run_dir, raw_config, progress)
+          progress: bool = True, splits: SplitRecords | None = None) -> dict[str, Any]:
+    """Train (or resume) one run, on ``splits`` when given; returns the test figures of the best epoch."""
+    trainer = Trainer(cfg, run_dir, raw_config, progress, splits)
     if resume:
         trainer.resume()
     elif (Path(run_dir) / "last.pt").exists():

@@ -1,0 +1,344 @@
+"""The whole bench: our exported model (fp32 with and without flip averaging, optionally an int8 variant) and
+every peer, scored on UTKFace test chips and the Adience sample, timed per face at batch 1 and 64, and timed
+end to end on photos. :func:`run_bench` returns one JSON-ready dict; :func:`to_markdown` turns it into tables.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import itertools
+import logging
+import os
+import platform
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from agegender.benchmark.peers import FaceModel, load_peers
+from agegender.benchmark.timing import (
+    DEFAULT_MIN_SECONDS,
+    DEFAULT_RUNS,
+    DEFAULT_WARMUP,
+    per_face_latency,
+    time_call,
+)
+from agegender.data.adience import read_adience_fold
+from agegender.data.cache import default_cache_dir
+from agegender.data.records import FaceRecord
+from agegender.data.splits import load_or_make_splits
+from agegender.data.utkface import read_utkface
+from agegender.evaluation.metrics import compute_metrics, format_metric
+from agegender.inference.align import align_face
+from agegender.inference.detector import FaceDetector
+from agegender.inference.images import load_image
+from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.inference.predictor import CHIP_SIZE
+from agegender.labels import AGE_GROUPS, GENDERS
+from agegender.outputs import Decoded
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 64)
+EVAL_BATCH = 64
+SUBSET_SEED = 0
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to bench and on which data. A data path None leaves that part out; ``model`` None is the shipped
+    model."""
+
+    model: Path | None = None
+    int8: Path | None = None
+    peers: Path | None = None
+    utkface: Path | None = None
+    adience_sample: Path | None = None
+    adience_fold: Path | None = None
+    photos: Path | None = None
+    detector: Path | None = None
+    limit: int | None = None
+    threads: int = os.cpu_count() or 1
+    runs: int = DEFAULT_RUNS
+    min_seconds: float = DEFAULT_MIN_SECONDS
+
+    @property
+    def timing(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`~agegender.benchmark.timing.time_call`."""
+        return {"warmup": DEFAULT_WARMUP, "runs": self.runs, "min_seconds": self.min_seconds}
+
+
+class OursModel:
+    """An ``agegender export`` file as the bench runs it: aligned chips in, with or without flip averaging."""
+
+    def __init__(self, model: OnnxAgeGender, variant: str, flip: bool = True) -> None:
+        self.model, self.flip = model, flip
+        self.name = f"agegender {model.config.name} {variant}" + ("" if flip else ", no flip")
+        size, load = model.config.input_size, model.config.load_size
+        mirror = ", + mirror" if flip else ""
+        self.input = f"RGB {size}x{size} centre of the chip resized to {load}{mirror}"
+        self.files = (model.path,)
+
+    def predict(self, chips_bgr: Sequence[np.ndarray]) -> Decoded:
+        return self.model.predict(chips_bgr, flip=self.flip)
+
+
+def load_models(opts: BenchOptions) -> tuple[list[FaceModel], dict[str, str]]:
+    """Our model (fp32 with and without flip, int8 if given), then every peer; and why a peer cannot run."""
+    fp32 = OnnxAgeGender(opts.model, threads=opts.threads)
+    models: list[FaceModel] = [OursModel(fp32, "fp32"), OursModel(fp32, "fp32", flip=False)]
+    if opts.int8:
+        models.append(OursModel(OnnxAgeGender(opts.int8, threads=opts.threads), "int8"))
+    if opts.peers is None:
+        return models, {}
+    peers, unavailable = load_peers(opts.peers, opts.threads)
+    return models + peers, unavailable
+
+
+def subset(records: Sequence[FaceRecord], limit: int | None) -> list[FaceRecord]:
+    """A fixed random subset of ``limit`` records (seed 0, original order kept); all of them when no limit."""
+    if limit is None or limit >= len(records):
+        return list(records)
+    keep = np.random.default_rng(SUBSET_SEED).choice(len(records), size=limit, replace=False)
+    return [records[i] for i in sorted(keep)]
+
+
+def utkface_test(root: Path) -> list[FaceRecord]:
+    """Records of our leakage-safe UTKFace test split (the split training used)."""
+    records, _ = read_utkface(root)
+    splits, _ = load_or_make_splits(records, default_cache_dir() / "splits")
+    return splits["test"]
+
+
+def face_chips(image_bgr: np.ndarray, detector: FaceDetector) -> list[np.ndarray]:
+    """Aligned chips of every face, most confident first: what ``Predictor`` hands to its model."""
+    return [align_face(image_bgr, d.landmarks, CHIP_SIZE) for d in detector.detect(image_bgr)]
+
+
+def detected_faces(records: Iterable[FaceRecord], detector: FaceDetector, missed: list[str]
+                   ) -> Iterator[tuple[FaceRecord, np.ndarray]]:
+    """(record, chip of its most confident face) for images with a face; the others go to ``missed``."""
+    for record in records:
+        chips = face_chips(load_image(record.path), detector)
+        if chips:
+            yield record, chips[0]
+        else:
+            missed.append(record.path)
+
+
+def concat_decoded(parts: Sequence[Decoded]) -> Decoded:
+    """One ``Decoded`` from several batches' (all with or all without a gender output)."""
+    return Decoded(**{f.name: None if getattr(parts[0], f.name) is None
+                      else np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Decoded)})
+
+
+def predict_all(models: Sequence[FaceModel], faces: Iterable[tuple[FaceRecord, np.ndarray]]
+                ) -> tuple[list[FaceRecord], dict[str, Decoded]]:
+    """Every model's predictions for every (record, chip), in batches; the records in prediction order."""
+    records: list[FaceRecord] = []
+    parts: dict[str, list[Decoded]] = {m.name: [] for m in models}
+    iterator = iter(faces)
+    while chunk := list(itertools.islice(iterator, EVAL_BATCH)):
+        chunk_records, chips = zip(*chunk, strict=True)
+        records.extend(chunk_records)
+        for model in models:
+            parts[model.name].append(model.predict(chips))
+    if not records:
+        raise ValueError("no faces to evaluate")
+    return records, {name: concat_decoded(p) for name, p in parts.items()}
+
+
+def score(records: Sequence[FaceRecord], decoded: dict[str, Decoded], with_years: bool) -> dict[str, Any]:
+    """``compute_metrics`` of every model; ``with_years`` False scores age groups only (Adience)."""
+    true_age = [r.age for r in records] if with_years else None
+    groups, genders = [r.age_group for r in records], [r.gender for r in records]
+    races = [r.race for r in records]
+    return {name: compute_metrics(true_age, groups, genders, d, races) for name, d in decoded.items()}
+
+
+def photo_pipeline(path: Path, detector: FaceDetector, model: FaceModel) -> Decoded | None:
+    """Decode a photo, detect, align and predict every face (the steps of ``Predictor.predict``)."""
+    chips = face_chips(load_image(path), detector)
+    return model.predict(chips) if chips else None
+
+
+def photo_latency(models: Sequence[FaceModel], detector: FaceDetector, folder: Path, opts: BenchOptions
+                  ) -> list[dict[str, Any]]:
+    """Per photo: size, faces, decode + detect time, and each model's end-to-end time."""
+    rows = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES):
+        image = load_image(path)
+        logger.info("photo %s", path.name)
+        rows.append({
+            "photo": path.name, "width": image.shape[1], "height": image.shape[0],
+            "faces": len(detector.detect(image)),
+            "detect": time_call(lambda p=path: detector.detect(load_image(p)), **opts.timing).to_dict(),
+            "models": {m.name: time_call(partial(photo_pipeline, path, detector, m), **opts.timing).to_dict()
+                       for m in models},
+        })
+    return rows
+
+
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """Machine, thread count and library versions the figures were measured with."""
+    versions = {"python": platform.python_version()}
+    for package in ("numpy", "onnxruntime", "opencv-python-headless", "openvino"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": threads, "versions": versions,
+            "date": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def _label_counts(records: Sequence[FaceRecord]) -> dict[str, dict[str, int]]:
+    groups = Counter(AGE_GROUPS[r.age_group] for r in records if r.age_group is not None)
+    genders = Counter(GENDERS[r.gender] for r in records if r.gender is not None)
+    return {"age_group": {g: groups[g] for g in AGE_GROUPS if groups[g]}, "gender": dict(genders)}
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    """Run every part of the bench the options enable and return the results (JSON-ready)."""
+    cv2.setNumThreads(opts.threads)
+    models, unavailable = load_models(opts)
+    detector = FaceDetector(opts.detector) if opts.adience_sample or opts.photos else None
+    result: dict[str, Any] = {
+        "environment": environment(opts.threads),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+        "timing": opts.timing,
+        "models": [{"name": m.name, "input": m.input, "files": [str(f) for f in m.files],
+                    "size_mb": sum(f.stat().st_size for f in m.files) / 2**20} for m in models],
+        "unavailable": unavailable, "datasets": {}, "accuracy": {}, "speed": {}, "photos": [],
+    }
+    timing_chips: list[np.ndarray] = []
+    if opts.utkface:
+        test = utkface_test(opts.utkface)
+        records = subset(test, opts.limit)
+        logger.info("UTKFace: %d of %d test chips", len(records), len(test))
+        kept, decoded = predict_all(models, ((r, load_image(r.path)) for r in records))
+        result["datasets"]["utkface"] = {"folder": str(opts.utkface), "faces": len(kept),
+                                         "test_split": len(test), "labels": _label_counts(kept)}
+        result["accuracy"]["utkface"] = score(kept, decoded, with_years=True)
+        timing_chips = [load_image(r.path) for r in kept[:max(BATCH_SIZES)]]
+    if detector and opts.adience_sample and opts.adience_fold:
+        records = subset(read_adience_fold(opts.adience_fold, opts.adience_sample), opts.limit)
+        logger.info("Adience: %d images", len(records))
+        missed: list[str] = []
+        kept, decoded = predict_all(models, detected_faces(records, detector, missed))
+        result["datasets"]["adience"] = {
+            "folder": str(opts.adience_sample), "fold_file": str(opts.adience_fold), "images": len(records),
+            "faces": len(kept), "no_face": missed, "labels": _label_counts(kept)}
+        result["accuracy"]["adience"] = score(kept, decoded, with_years=False)
+    if detector and opts.photos:
+        result["photos"] = photo_latency(models, detector, opts.photos, opts)
+        if not timing_chips:
+            photos = sorted(p for p in opts.photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+            timing_chips = [c for p in photos for c in face_chips(load_image(p), detector)]
+    if not timing_chips:
+        raise ValueError("timing needs face chips: give a UTKFace folder or photos with faces")
+    for model in models:
+        logger.info("timing %s", model.name)
+        result["speed"][model.name] = {str(b): per_face_latency(model.predict, timing_chips, b, **opts.timing)
+                                       .to_dict() for b in BATCH_SIZES}
+    return result
+
+
+def _ms(stats: dict[str, Any] | None, p90: bool = True) -> str:
+    if stats is None:
+        return "–"
+    return f"{stats['median_ms']:.2f} ({stats['p90_ms']:.2f})" if p90 else f"{stats['median_ms']:.1f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+#: (data set, metric, column title) of the main table.
+ACCURACY_COLUMNS = (
+    ("utkface", "age_mae", "UTKFace age MAE"), ("utkface", "gender_accuracy", "UTKFace gender"),
+    ("adience", "group_exact", "Adience group exact"), ("adience", "group_one_off", "Adience group 1-off"),
+    ("adience", "gender_accuracy", "Adience gender"),
+)
+
+
+def _main_table(result: dict[str, Any]) -> list[str]:
+    """One row per model: size, accuracy on each data set, per-face time at batch 1 and 64, throughput."""
+    columns = [c for c in ACCURACY_COLUMNS if c[0] in result["accuracy"]]
+    header = ["Model", "Size (MB)", *(c[2] for c in columns), "ms/face, batch 1", "ms/face, batch 64",
+              "faces/s, batch 64"]
+    rows = []
+    for model in result["models"]:
+        name, speed = model["name"], result["speed"].get(model["name"], {})
+        figures = [format_metric(key, result["accuracy"][data][name]["overall"].get(key))
+                   for data, key, _ in columns]
+        b1, b64 = speed.get(str(BATCH_SIZES[0])), speed.get(str(BATCH_SIZES[-1]))
+        rate = f"{1000 / b64['median_ms']:.0f}" if b64 else "–"
+        rows.append([name, f"{model['size_mb']:.1f}", *figures, _ms(b1), _ms(b64), rate])
+    return _table(header, rows)
+
+
+def _protocol(result: dict[str, Any]) -> list[str]:
+    """How each figure was obtained, one bullet per part."""
+    env, timing_opts, datasets = result["environment"], result["timing"], result["datasets"]
+    lines = []
+    if "utkface" in datasets:
+        d = datasets["utkface"]
+        part = "" if d["faces"] == d["test_split"] else f" (a fixed random subset of {d['test_split']})"
+        lines.append(f"- UTKFace: {d['faces']} chips of our leakage-safe test split{part}. Every model gets "
+                     "the 200x200 chip as it is; peers cut their own input from it (see the model inputs).")
+    if "adience" in datasets:
+        d = datasets["adience"]
+        groups = ", ".join(f"{g} {n}" for g, n in d["labels"]["age_group"].items())
+        genders = ", ".join(f"{g} {n}" for g, n in d["labels"]["gender"].items())
+        lines.append(
+            f"- Adience: {d['faces']} of {d['images']} fold-0 images in {d['folder']} ('faces' layout, not "
+            "aligned like UTKFace). Our YuNet detector and 5-point aligner make the chip of the most "
+            f"confident face for every model; {len(d['no_face'])} images without a detected face are left "
+            f"out. Labels: {groups}; {genders}. Age groups only (Adience has no years): a model that "
+            "predicts years gets the group of its age by `agegender.labels.age_to_group`.")
+    lines.append(
+        "- Speed: per face, from aligned chip to decoded prediction (preprocessing included); median (p90) "
+        f"over at least {timing_opts['runs']} runs and {timing_opts['min_seconds']:g} s after "
+        f"{timing_opts['warmup']} warm-up calls; {env['threads']} threads on {env['cpu']} "
+        f"({env['cpu_count']} logical CPUs); faces/s = 1000 / median at batch 64.")
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    lines.append(f"- Versions: {versions}. Measured {env['date']}.")
+    return lines
+
+
+def _photo_table(result: dict[str, Any]) -> list[str]:
+    names = [m["name"] for m in result["models"]]
+    rows = [[p["photo"], f"{p['width']}x{p['height']}", str(p["faces"]), _ms(p["detect"], p90=False),
+             *(_ms(p["models"][n], p90=False) for n in names)] for p in result["photos"]]
+    return ["### End-to-end photo latency (ms, median)", "",
+            "Decode the file, detect faces (YuNet), align and predict every face; one photo per call.", "",
+            *_table(["Photo", "Pixels", "Faces", "Decode + detect", *names], rows)]
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The bench as Markdown: accuracy and speed per model, the protocol, the model inputs, and end-to-end
+    photo latency."""
+    lines = ["## Benchmark", "", *_main_table(result)]
+    lines += [f"- Not run: {name}: {reason}." for name, reason in result["unavailable"].items()]
+    lines += ["", "Protocol:", "", *_protocol(result), "", "Model inputs:", ""]
+    lines += [f"- {m['name']}: {m['input']}." for m in result["models"]]
+    if result["photos"]:
+        lines += ["", *_photo_table(result)]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,49 @@
+"""The ``agegender`` command. Each subcommand lives in its own module with ``register(subparsers)``; heavy
+imports happen only inside the command that runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from agegender.cli.common import UserError
+
+COMMANDS = ("predict", "train", "evaluate", "crossval", "export", "bench", "serve", "data", "models")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agegender", description="Age and gender for every face in a photo.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"agegender.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"agegender.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as err:
+        print(f"agegender {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+        print(f"agegender {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("agegender: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

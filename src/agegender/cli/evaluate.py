@@ -1,0 +1,60 @@
+"""``agegender evaluate MODEL``: a checkpoint or an exported model on labelled faces, as the papers report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agegender.cli.common import UserError, require_extra
+
+TTA_CHOICES = ("none", "flip", "ten_crop", "all")
+SPLIT_CHOICES = ("test", "val", "train", "all")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint or exported model on labelled faces",
+                       description=(
+        "Age MAE and CS@5, 8-group exact and 1-off accuracy, gender accuracy, precision, recall and F1, "
+        "normalised confusion matrices and breakdowns by age group, gender and race: JSON, CSV, PNG and a "
+        "Markdown report per test-time augmentation mode."))
+    p.add_argument("model", help="checkpoint (.pt, e.g. runs/<name>/best.pt) or exported model (.onnx)")
+    p.add_argument("--data", choices=("utkface", "adience", "manifest"), default="utkface",
+                   help="data set (default utkface)")
+    p.add_argument("--root", help="UTKFace folder (default ../shared/data/UTKFace), manifest CSV, or the "
+                                  "Adience image folder holding faces/ or aligned/")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="test",
+                   help="utkface/manifest: part of the leakage-safe split (default test; all = every face)")
+    p.add_argument("--folds", type=int, nargs="+", default=[0], metavar="K",
+                   help="adience: official fold number(s) (default 0)")
+    p.add_argument("--adience-folds", default="../shared/data/adience_folds",
+                   help="adience: folder holding fold_k_data.txt (default ../shared/data/adience_folds)")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="none",
+                   help="center crop (none), + mirror (flip), Levi-Hassner 10 crops (ten_crop), or all three")
+    p.add_argument("--out", help="report folder (default: eval_<data>_<split or folds> beside the model)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    require_extra("train", "torch")
+    from agegender.evaluation.evaluate import evaluate_to_reports, evaluation_records
+    from agegender.evaluation.metrics import METRIC_LABELS, format_metric
+    from agegender.evaluation.runner import TTA_MODES
+    from agegender.inference.onnx_model import ModelError
+
+    where = f"folds{'-'.join(map(str, args.folds))}" if args.data == "adience" else args.split
+    out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.data}_{where}"
+    ttas = TTA_MODES if args.tta == "all" else (args.tta,)
+    records, description = evaluation_records(args.data, args.root, args.split, args.folds,
+                                              args.adience_folds, progress=not args.quiet)
+    try:
+        results = evaluate_to_reports(args.model, records, description, ttas, out, progress=not args.quiet)
+    except ModelError as err:
+        raise UserError(str(err)) from err
+    keys = list(dict.fromkeys(k for m in results.values() for k in m["overall"]))
+    print(f"{'':34s}" + "".join(f"{tta:>12s}" for tta in results))
+    for key in keys:
+        print(f"{METRIC_LABELS.get(key, key).split(' (')[0]:34s}"
+              + "".join(f"{format_metric(key, m['overall'].get(key)):>12s}" for m in results.values()))
+    print(f"reports: {out}/<tta>/report.md")
+    return 0

@@ -1,0 +1,170 @@
+"""Evaluate a checkpoint (``.pt``) or an exported model (``.onnx``) on labelled faces, with every figure the
+seed papers report (``compute_metrics``) and Levi & Hassner's test-time oversampling.
+
+``evaluate_model`` is the Python API; ``evaluation_records`` reads the faces the CLI names (a UTKFace or
+manifest split, or official Adience folds); ``evaluate_to_reports`` writes one report per TTA mode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agegender.data.adience import read_adience_fold
+from agegender.data.records import FaceRecord, ReadReport
+from agegender.data.splits import SPLITS
+from agegender.evaluation.metrics import compute_metrics
+from agegender.evaluation.report import write_report
+from agegender.evaluation.runner import TTA_MODES, model_outputs
+from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.outputs import Decoded, decode
+from agegender.training.batches import record_targets
+from agegender.training.checkpoint import load_model
+from agegender.training.config import DataConfig
+from agegender.training.data import dataset_splits, decode_split
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("utkface", "adience", "manifest")
+DEFAULT_ADIENCE_FOLDS = "../shared/data/adience_folds"
+#: How each test-time augmentation mode is described in reports.
+TTA_TEXT = {
+    "none": "center crop",
+    "flip": "center crop and its mirror, averaged",
+    "ten_crop": "10 crops (4 corners and center, and their mirrors), averaged (Levi & Hassner)",
+}
+
+
+class OnnxModule(nn.Module):
+    """An exported model behind the torch interface ``runner.model_outputs`` drives (normalised N x 3 x S x S
+    in, output contract out), so checkpoints and exports share one evaluation path. The export normalises
+    inside its graph, so inputs are mapped back to 0..255 pixels first (exact up to float rounding)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.onnx = OnnxAgeGender(path)
+        self.config = self.onnx.config
+        self.register_buffer("mean", torch.tensor(self.config.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(self.config.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        pixels = (x.float().cpu() * self.std + self.mean).contiguous().numpy()
+        return {key: torch.from_numpy(value) for key, value in self.onnx.raw(pixels).items()}
+
+
+def load_evaluable(path: str | Path) -> nn.Module:
+    """A checkpoint the engine wrote (on the GPU when there is one) or an ONNX export (CPU), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.suffix.lower() == ".onnx":
+        return OnnxModule(path).eval()
+    try:
+        return load_model(path, "cuda" if torch.cuda.is_available() else "cpu")
+    except (KeyError, RuntimeError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not an agegender checkpoint (runs/<name>/best.pt from `agegender "
+                         f"train`) nor an .onnx export: {err}") from err
+
+
+def _device(model: nn.Module) -> str:
+    param = next(model.parameters(), None)
+    return str(param.device) if param is not None else "cpu"
+
+
+def predict_faces(model: nn.Module, images: np.ndarray, tta: str = "none") -> Decoded:
+    """Decoded predictions for cached uint8 images (N x S x S x 3 RGB at the model's load size)."""
+    return decode(model_outputs(model, images, model.config, tta=tta, device=_device(model)))
+
+
+def face_metrics(records: Sequence[FaceRecord], decoded: Decoded) -> dict[str, Any]:
+    """``compute_metrics`` of predictions against the records' labels (race breakdown where known)."""
+    t = record_targets(records)
+    return compute_metrics(t["age"], t["group"], t["gender"], decoded,
+                           races=[-1 if r.race is None else r.race for r in records])
+
+
+def evaluate_model(model: str | Path | nn.Module, records: Sequence[FaceRecord],
+                   images: np.ndarray | None = None, tta: str = "none", progress: bool = False
+                   ) -> dict[str, Any]:
+    """All figures of a model (checkpoint or ``.onnx`` path, or a loaded model) on labelled records.
+    ``images`` are the records' cached images at the model's load size; None decodes them here (records
+    whose image cannot be decoded are then left out)."""
+    net = load_evaluable(model) if isinstance(model, str | Path) else model
+    if images is None:
+        data = decode_split(records, net.config, progress)
+        records, images = data.records, data.images
+    return face_metrics(records, predict_faces(net, images, tta))
+
+
+def _adience_fold_file(folds_dir: Path, fold: int) -> Path:
+    base = folds_dir / "original_txt_files" if (folds_dir / "original_txt_files").is_dir() else folds_dir
+    path = base / f"fold_{fold}_data.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"Adience fold file not found: {path} (pass --adience-folds, the folder "
+                                "holding fold_k_data.txt)")
+    return path
+
+
+def evaluation_records(data: str, root: str | None, split: str = "test", folds: Sequence[int] = (0,),
+                       adience_folds: str | Path = DEFAULT_ADIENCE_FOLDS, progress: bool = True
+                       ) -> tuple[list[FaceRecord], str]:
+    """The faces to evaluate on, and a sentence saying which they are.
+
+    ``utkface`` / ``manifest``: the ``split`` (train, val, test or all) of the project's leakage-safe split,
+    the one training uses. ``adience``: the official folds ``folds``, images under ``root``."""
+    if data == "adience":
+        if root is None:
+            raise ValueError("--data adience needs --root: the folder holding Adience's faces/ or aligned/")
+        report = ReadReport()
+        files = [_adience_fold_file(Path(adience_folds), k) for k in folds]
+        records = [r for file in files for r in read_adience_fold(file, root, report)]
+        if not records:
+            raise ValueError(f"no Adience image of fold(s) {list(folds)} was found under {root}")
+        log.info("Adience: %s", report.summary())
+        return records, (f"Adience official fold(s) {', '.join(map(str, folds))} (subject-exclusive): the "
+                         f"{len(records)} faces with a gender and an age group whose image is under {root}")
+    if data not in DATASETS:
+        raise ValueError(f"unknown data set {data!r}: use one of {', '.join(DATASETS)}")
+    if data == "manifest" and root is None:
+        raise ValueError("--data manifest needs --root: a CSV manifest (path, age or age_group, gender)")
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"unknown split {split!r}: use train, val, test or all")
+    cfg = DataConfig(dataset=data, root=root or DataConfig.root)
+    splits = dataset_splits(cfg, progress)
+    records = [r for name in (SPLITS if split == "all" else (split,)) for r in splits[name]]
+    which = "every face" if split == "all" else f"the {split} split"
+    return records, (f"{data} {cfg.root}: {which} of the project's leakage-safe, deduplicated split "
+                     f"({len(records)} faces; 8 age groups from ages by the gap policy)")
+
+
+def evaluate_to_reports(model_path: str | Path, records: Sequence[FaceRecord], description: str,
+                        ttas: Sequence[str], out_dir: str | Path, progress: bool = True) -> dict[str, dict]:
+    """Evaluate once per TTA mode; write ``out_dir/<tta>/`` (metrics.json, report.md, confusion matrices as
+    CSV and PNG, breakdown plots) and ``out_dir/summary.json`` (overall figures per mode)."""
+    unknown = [t for t in ttas if t not in TTA_MODES]
+    if unknown:
+        raise ValueError(f"unknown TTA mode(s) {unknown}: use {', '.join(TTA_MODES)}")
+    net = load_evaluable(model_path)
+    data = decode_split(records, net.config, progress)
+    if "ten_crop" in ttas and net.config.load_size == net.config.input_size:
+        log.info("%s has no crop margin (input %d = load size): ten_crop equals flip", net.config.name,
+                 net.config.input_size)
+    out = Path(out_dir)
+    results = {}
+    for tta in ttas:
+        metrics = face_metrics(data.records, predict_faces(net, data.images, tta))
+        write_report(metrics, out / tta, title=f"{net.config.name} ({Path(model_path).name})",
+                     protocol=f"{description}. Test-time augmentation: {TTA_TEXT[tta]}.")
+        results[tta] = metrics
+    (out / "summary.json").write_text(json.dumps(
+        {"model": str(model_path), "data": description, **{t: m["overall"] for t, m in results.items()}},
+        indent=2) + "\n")
+    return results

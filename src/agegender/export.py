@@ -1,0 +1,87 @@
+"""Export a trained model to ONNX with its preprocessing config and metrics inside the file, and an optional
+static int8 (QDQ) variant calibrated on real face chips."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from agegender import __version__
+from agegender.labels import AGE_GROUPS
+from agegender.model_config import ModelConfig
+
+INPUT_NAME = "pixels"
+META_PREFIX = "agegender."
+
+
+class _Normalised(nn.Module):
+    """Takes RGB pixels on a 0..255 scale, normalises as the config says, returns the outputs in key order."""
+
+    def __init__(self, model: nn.Module, config: ModelConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = list(config.outputs)
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model((pixels - self.mean) / self.std)
+        return tuple(out[k] for k in self.keys)
+
+
+def export_onnx(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] | None = None,
+                extra_metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``model`` (which carries ``.config``) as ONNX: input ``pixels`` N x 3 x S x S float32 RGB 0..255,
+    one output per contract key; config, version, age groups and metrics stored as metadata."""
+    config: ModelConfig = model.config
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _Normalised(model.eval(), config).eval()
+    dummy = torch.rand(2, 3, config.input_size, config.input_size) * 255
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.onnx.export(wrapper, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=list(config.outputs),
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, **{k: {0: "batch"} for k in config.outputs}},
+                      opset_version=17, dynamo=False)
+    proto = onnx.load(str(tmp))
+    meta = {"config": config.to_json(), "version": __version__, "age_groups": json.dumps(AGE_GROUPS),
+            "input": "float32 N x 3 x S x S, RGB, 0..255 (normalisation is inside the graph)",
+            "metrics": json.dumps(dict(metrics or {})), **dict(extra_metadata or {})}
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, value
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray) -> Path:
+    """Static int8 QDQ quantisation calibrated on ``calibration`` (N x 3 x S x S float32, 0..255)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches: Iterator[np.ndarray] = iter(np.array_split(calibration, max(len(calibration) // 32, 1)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch.astype(np.float32)}
+
+    int8_path = Path(int8_path)
+    quantize_static(str(fp32_path), str(int8_path), _Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    source = onnx.load(str(fp32_path))
+    target = onnx.load(str(int8_path))
+    del target.metadata_props[:]
+    target.metadata_props.extend(source.metadata_props)
+    entry = target.metadata_props.add()
+    entry.key, entry.value = META_PREFIX + "quantization", "static int8 QDQ, per-channel weights"
+    onnx.save(target, str(int8_path))
+    return int8_path

@@ -1,0 +1,79 @@
+"""An exported model under ONNX Runtime: face chips in, decoded age and gender out. No torch needed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from agegender.model_config import ModelConfig
+from agegender.outputs import Decoded, decode
+from agegender.preprocess import chips_to_input
+
+META_PREFIX = "agegender."
+SHIPPED_MODEL = "flagship.onnx"
+
+
+class ModelError(RuntimeError):
+    """The model file is missing or is not an agegender export."""
+
+
+def shipped_model_path() -> Path:
+    """Path of the model that ships inside the package."""
+    path = Path(str(resources.files("agegender") / "weights" / SHIPPED_MODEL))
+    if not path.is_file():
+        raise ModelError(f"the shipped model {path} is missing: reinstall agegender, or pass a model path")
+    return path
+
+
+class OnnxAgeGender:
+    """Runs an ``agegender export`` file. ``predict(chips)`` takes aligned BGR face chips."""
+
+    def __init__(self, path: str | Path | None = None, threads: int | None = None) -> None:
+        self.path = Path(path) if path else shipped_model_path()
+        if not self.path.is_file():
+            raise ModelError(f"model file not found: {self.path}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{self.path} is not a loadable ONNX model: {err}") from err
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if META_PREFIX + "config" not in meta:
+            raise ModelError(f"{self.path} has no agegender metadata: export it with `agegender export`")
+        self.config = ModelConfig.from_dict(json.loads(meta[META_PREFIX + "config"]))
+        self.metadata: dict[str, Any] = {k[len(META_PREFIX):]: v for k, v in meta.items()
+                                         if k.startswith(META_PREFIX)}
+        self.metrics: dict[str, Any] = json.loads(self.metadata.get("metrics", "{}"))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def raw(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw outputs for a preprocessed batch (N x 3 x S x S float32 RGB 0..255)."""
+        values = self.session.run(self.output_names, {self.input_name: pixels})
+        return dict(zip(self.output_names, values, strict=True))
+
+    def predict(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> Decoded:
+        """Decoded predictions for aligned BGR chips; ``flip`` averages each chip with its mirror."""
+        if not len(chips_bgr):
+            raise ValueError("no face chips given")
+        pixels = chips_to_input(list(chips_bgr), self.config)
+        if not flip:
+            return decode(self.raw(pixels))
+        from agegender.evaluation.oversample import flip_average
+
+        both = self.raw(np.concatenate([pixels, pixels[..., ::-1]]))
+        n = len(pixels)
+        return decode(flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()}))
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "config": self.config.to_dict(), "metrics": self.metrics,
+                "version": self.metadata.get("version"), "quantization": self.metadata.get("quantization")}

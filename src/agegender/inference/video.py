@@ -1,0 +1,101 @@
+"""Per-frame prediction on videos and webcams, with each tracked face's age and gender smoothed over time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from agegender.inference.predictor import Predictor
+from agegender.inference.results import Face
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes.
+
+    >>> iou((0, 0, 10, 10), (5, 0, 10, 10))
+    0.3333333333333333
+    """
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    w = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
+    h = max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = w * h
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class Track:
+    track_id: int
+    box: tuple[float, ...]
+    age: float
+    female: float  # smoothed P(female)
+    missed: int = 0
+    hits: int = 1
+
+
+@dataclass
+class FaceTracker:
+    """Greedy IoU tracker; age and P(female) are exponential moving averages per track (``alpha`` = weight
+    of the newest frame)."""
+
+    alpha: float = 0.3
+    min_iou: float = 0.3
+    max_missed: int = 10
+    tracks: list[Track] = field(default_factory=list)
+    _next_id: int = 1
+
+    def update(self, faces: list[Face]) -> list[tuple[int, Face]]:
+        """Assign each face a track id and return it with smoothed age and gender."""
+        free = list(self.tracks)
+        out = []
+        for face in sorted(faces, key=lambda f: -f.score):
+            female = face.gender_confidence if face.gender == "female" else 1 - face.gender_confidence
+            best = max(free, key=lambda t: iou(t.box, face.box), default=None)
+            if best is not None and iou(best.box, face.box) >= self.min_iou:
+                free.remove(best)
+                best.age += self.alpha * (face.age - best.age)
+                best.female += self.alpha * (female - best.female)
+                best.box, best.missed, best.hits = face.box, 0, best.hits + 1
+                track = best
+            else:
+                track = Track(self._next_id, face.box, face.age, female)
+                self._next_id += 1
+                self.tracks.append(track)
+            shift = track.age - face.age
+            out.append((track.track_id, replace(
+                face, age=track.age, age_range=(face.age_range[0] + shift, face.age_range[1] + shift),
+                gender="female" if track.female >= 0.5 else "male",
+                gender_confidence=max(track.female, 1 - track.female))))
+        for track in free:
+            track.missed += 1
+        self.tracks = [t for t in self.tracks if t.missed <= self.max_missed]
+        return out
+
+
+def open_capture(source: str) -> cv2.VideoCapture:
+    """A video file, or a webcam given as its index (``0``)."""
+    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+    if not capture.isOpened():
+        raise ValueError(f"cannot open video or camera {source!r}")
+    return capture
+
+
+def predict_video(predictor: Predictor, source: str, every: int = 1,
+                  max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray, list[tuple[int, Face]]]]:
+    """Yield (frame index, frame, [(track id, smoothed face)]) for every ``every``-th frame."""
+    capture = open_capture(source)
+    tracker = FaceTracker()
+    index = 0
+    try:
+        while max_frames is None or index < max_frames:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                yield index, frame, tracker.update(predictor.predict_arrays([frame])[0])
+            index += 1
+    finally:
+        capture.release()

@@ -1,0 +1,222 @@
+"""The HTTP API and web page: ``create_app(settings)`` builds the FastAPI application, ``serve`` runs it.
+
+Every error is JSON ``{"detail": "..."}`` with a 4xx status for anything the client can fix: 413 (upload too
+large), 422 (not a usable image, missing field, bad parameter), 503 (too many waiting requests), 504 (timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agegender import __version__
+from agegender.inference.images import ImageError
+from agegender.serving.batching import QueueFullError
+from agegender.serving.service import InferenceService
+from agegender.serving.settings import MIB, ServeSettings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+MULTIPART_ALLOWANCE = 64 * 1024
+"""Bytes allowed on top of ``max_upload_bytes`` for the multipart envelope (boundaries, part headers)."""
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+               "frame-ancestors 'none'")
+"""Content-Security-Policy of the web page: it loads nothing from outside this server."""
+
+
+class FaceOut(BaseModel):
+    """One face, as ``Face.to_dict()`` writes it."""
+
+    box: list[float] = Field(description="x, y, width, height in image pixels")
+    score: float = Field(description="detector confidence, 0..1")
+    age: float = Field(description="estimated age in years")
+    age_range: list[float] = Field(description="80% interval of the age, in years")
+    age_group: str
+    age_group_confidence: float
+    gender: str = Field(description="'female' or 'male'")
+    gender_confidence: float = Field(description="probability of the predicted gender")
+    landmarks: dict[str, list[float]] | None = Field(description="five facial points, name -> [x, y]")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class PredictOut(BaseModel):
+    faces: list[FaceOut] = Field(description="most confident detection first")
+    image: ImageSize = Field(description="size after applying the EXIF orientation; boxes refer to it")
+    model: str
+    timing_ms: dict[str, float] = Field(description="decode, queue, inference and total milliseconds")
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text} for code, text in {
+        413: "upload larger than the server's limit",
+        422: "not a usable image (empty, unknown format, truncated, too many pixels) or a bad parameter",
+        503: "too many requests waiting; retry after the Retry-After seconds",
+        504: "no answer within the server's time limit",
+    }.items()}
+
+router = APIRouter()
+
+
+def _service(request: Request) -> InferenceService:
+    return request.app.state.service
+
+
+def _settings(request: Request) -> ServeSettings:
+    return request.app.state.settings
+
+
+@router.post("/v1/predict", response_model=PredictOut, responses=ERRORS, summary="Age and gender of every face")
+async def predict(
+    request: Request,
+    image: Annotated[UploadFile, File(description="the photo: JPEG, PNG, GIF, BMP, WEBP, TIFF or PPM")],
+    flip: Annotated[bool | None, Query(description="average each face with its mirror image "
+                                                   "(default: the server's setting)")] = None,
+) -> JSONResponse:
+    """Detect the faces in an uploaded photo (multipart field ``image``) and estimate age and gender."""
+    settings = _settings(request)
+    data = await image.read()
+    try:
+        async with asyncio.timeout(settings.timeout_s):
+            result = await _service(request).predict(data, flip)
+    except ImageError as err:
+        raise HTTPException(422, str(err)) from err
+    except QueueFullError as err:
+        raise HTTPException(503, f"server busy ({err}); retry in a moment",
+                            headers={"Retry-After": "1"}) from err
+    except TimeoutError as err:
+        raise HTTPException(504, f"no answer within the server's {settings.timeout_s:g} s limit; "
+                                 "retry later, or send a smaller image") from err
+    body = {"faces": [face.to_dict() for face in result.faces],
+            "image": {"width": result.width, "height": result.height},
+            "model": _service(request).model_name, "timing_ms": result.timing_ms}
+    return JSONResponse(body, headers={"X-Batch-Size": str(result.batch_size)})
+
+
+@router.get("/healthz", summary="Liveness: the model is loaded and the server answers")
+async def healthz(request: Request) -> dict[str, Any]:
+    return {"status": "ok", "model": _service(request).model_name, "pending": _service(request).pending}
+
+
+@router.get("/v1/models", summary="The model served: metadata, metrics and the server's limits")
+async def models(request: Request) -> dict[str, Any]:
+    settings = _settings(request)
+    limits = {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
+              "timeout_s": settings.timeout_s}
+    return {"models": [_service(request).describe()], "limits": limits}
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
+
+
+class BodyLimitMiddleware:
+    """Answers 413 for request bodies over ``max_bytes``: from Content-Length before reading anything, and by
+    counting bytes as they arrive (chunked uploads, lying headers)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, limit_text: str) -> None:
+        self.app, self.max_bytes = app, max_bytes
+        self.detail = f"upload too large: the limit is {limit_text}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self.detail)  # FastAPI passes HTTPExceptions from body parsing on
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _validation_detail(request: Request, err: RequestValidationError) -> str:
+    """One readable sentence for FastAPI's list of validation errors."""
+    messages = []
+    for error in err.errors():
+        where = ".".join(str(part) for part in error.get("loc", ())[1:]) or "request"
+        if where == "image" and error.get("type") == "missing":
+            content_type = request.headers.get("content-type", "none")
+            messages.append("no file in multipart field 'image': send the photo as multipart/form-data, e.g. "
+                            f"curl -F image=@photo.jpg (the request's content type was {content_type})")
+        elif where == "image":
+            messages.append("field 'image' must be a file upload, not a text value")
+        else:
+            messages.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(messages)
+
+
+async def _on_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": _validation_detail(request, err)}, status_code=422)
+
+
+async def _on_unexpected_error(request: Request, err: Exception) -> JSONResponse:
+    log.exception("unexpected error answering %s %s", request.method, request.url.path, exc_info=err)
+    return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the server log"},
+                        status_code=500)
+
+
+def create_app(settings: ServeSettings | None = None) -> FastAPI:
+    """The application; the model and the detector load when it starts (once per process)."""
+    settings = settings or ServeSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with InferenceService(settings) as service:
+            app.state.service = service
+            yield
+
+    app = FastAPI(title="agegender", version=__version__, lifespan=lifespan,
+                  description="Age and gender for every face in a photo. POST a photo to `/v1/predict`; "
+                              "the web page at `/` does it for you.")
+    app.state.settings = settings
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Exception, _on_unexpected_error)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,
+                       limit_text=f"{settings.max_upload_bytes / MIB:g} MiB")
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for uvicorn worker processes: settings from ``ServeSettings.from_env()``."""
+    return create_app(ServeSettings.from_env())
+
+
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the server in the foreground with ``settings.workers`` processes."""
+    import uvicorn
+
+    settings.to_env()
+    uvicorn.run("agegender.serving.app:create_app_from_env", factory=True, host=host, port=port,
+                workers=settings.workers, timeout_graceful_shutdown=5)

@@ -1,0 +1,117 @@
+"""The inference side of the server: model and detector loaded once, decoding in a thread pool, and
+concurrent requests micro-batched into one ``Predictor.predict_arrays`` call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
+
+import numpy as np
+
+from agegender.inference.detector import FaceDetector
+from agegender.inference.images import load_image
+from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.inference.predictor import CHIP_SIZE, Predictor
+from agegender.inference.results import Face
+from agegender.serving.batching import BatchStats, MicroBatcher
+from agegender.serving.settings import ServeSettings
+
+_Result = TypeVar("_Result")
+_Item = tuple[np.ndarray, bool]  # a decoded BGR image and its flip setting
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Faces found in one upload, its size after EXIF rotation, and where the time went."""
+
+    faces: list[Face]
+    width: int
+    height: int
+    timing_ms: dict[str, float]
+    batch_size: int
+
+
+class InferenceService:
+    """Everything one server process needs to answer predictions. Use as ``async with``."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        threads = settings.thread_count
+        self._model = model = OnnxAgeGender(settings.model, threads=threads)
+        self._detector = detector = FaceDetector(settings.detector)
+        # One predictor per flip setting, sharing the model and the detector.
+        self._predictors = {flip: Predictor(model, detector, flip=flip, max_pixels=settings.max_pixels)
+                            for flip in (True, False)}
+        self.model_name = model.config.name
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="agegender-decode")
+        self._batcher: MicroBatcher[_Item, list[Face]] | None = None
+        if settings.batch_max > 1:
+            self._batcher = MicroBatcher(self._predict_items, max_batch=settings.batch_max,
+                                         max_wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue)
+        self._warm_up(model, detector)
+
+    async def __aenter__(self) -> InferenceService:
+        if self._batcher is not None:
+            await self._batcher.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._batcher is not None:
+            await self._batcher.__aexit__(*exc_info)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def pending(self) -> int:
+        """Requests decoded and waiting for the model."""
+        return self._batcher.pending if self._batcher is not None else 0
+
+    def describe(self) -> dict[str, Any]:
+        """Model metadata and metrics, with file names instead of server paths, and the detector file."""
+        info = {k: v for k, v in self._model.describe().items() if k != "path"}
+        return {"name": self.model_name, "file": self._model.path.name, **info,
+                "detector": self._detector.model_path.name}
+
+    async def predict(self, data: bytes, flip: bool | None = None) -> Prediction:
+        """Decode ``data`` (raises ``ImageError``) and find its faces; ``flip=None``: the settings' default."""
+        start = time.perf_counter()
+        image = await self._in_pool(partial(load_image, data, max_pixels=self.settings.max_pixels))
+        decoded = time.perf_counter()
+        item = (image, self.settings.flip if flip is None else flip)
+        if self._batcher is not None:
+            faces, stats = await self._batcher.submit(item)
+        else:
+            faces, stats = await self._in_pool(partial(self._predict_timed, item, decoded))
+        timing = {"decode": (decoded - start) * 1000, "queue": stats.queue_ms, "inference": stats.run_ms,
+                  "total": (time.perf_counter() - start) * 1000}
+        return Prediction(faces, image.shape[1], image.shape[0], {k: round(v, 1) for k, v in timing.items()},
+                          stats.batch_size)
+
+    async def _in_pool(self, fn: Callable[[], _Result]) -> _Result:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def _predict_items(self, items: list[_Item]) -> list[list[Face]]:
+        """Faces for each (image, flip) item: one ``predict_arrays`` call per flip setting present."""
+        results: list[list[Face]] = [[] for _ in items]
+        for flip, predictor in self._predictors.items():
+            chosen = [i for i, (_, f) in enumerate(items) if f == flip]
+            if chosen:
+                for i, faces in zip(chosen, predictor.predict_arrays([items[i][0] for i in chosen]), strict=True):
+                    results[i] = faces
+        return results
+
+    def _predict_timed(self, item: _Item, queued_at: float) -> tuple[list[Face], BatchStats]:
+        """Unbatched path: one item, with the same statistics the batcher reports."""
+        start = time.perf_counter()
+        faces = self._predict_items([item])[0]
+        return faces, BatchStats((start - queued_at) * 1000, (time.perf_counter() - start) * 1000, 1)
+
+    @staticmethod
+    def _warm_up(model: OnnxAgeGender, detector: FaceDetector) -> None:
+        """Run both networks once so that the first request does not pay for their initialisation."""
+        detector.detect(np.zeros((64, 64, 3), np.uint8))
+        model.predict([np.zeros((CHIP_SIZE, CHIP_SIZE, 3), np.uint8)])

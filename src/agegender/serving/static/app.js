@@ -1,0 +1,194 @@
+// agegender web page: send a photo to POST /v1/predict, draw the faces on a canvas and list them in a table.
+"use strict";
+
+const COLORS = { female: "#e63c78", male: "#2896eb" };
+const MAX_CANVAS_SIDE = 1600; // canvas resolution cap; the photo is scaled to fit
+let maxUploadBytes = Infinity;
+let current = null; // { bitmap, result } of the photo shown
+let activeFace = -1; // face highlighted from the table
+
+const $ = (selector) => document.querySelector(selector);
+
+function setStatus(text, isError = false) {
+  const status = $("#status");
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+function faceLabel(face, index) {
+  const [low, high] = face.age_range.map(Math.round);
+  return `${index + 1} · ${face.gender === "female" ? "F" : "M"} ${Math.round(face.age)} (${low}–${high})`;
+}
+
+function percent(value) {
+  return `${Math.round(value * 100)}%`;
+}
+
+async function loadModelInfo() {
+  try {
+    const response = await fetch("/v1/models");
+    const info = await response.json();
+    const model = info.models[0];
+    maxUploadBytes = info.limits.max_upload_bytes;
+    const mib = (maxUploadBytes / 1048576).toFixed(0);
+    $("#model").textContent = `model ${model.name} ${model.version ?? ""} · uploads up to ${mib} MiB`;
+  } catch (error) {
+    $("#model").textContent = "model information unavailable";
+  }
+}
+
+async function analyse(file) {
+  if (!file) return;
+  if (file.size > maxUploadBytes) {
+    setStatus(`${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; this server accepts up to ` +
+              `${(maxUploadBytes / 1048576).toFixed(0)} MiB.`, true);
+    return;
+  }
+  setStatus(`Looking for faces in ${file.name}…`);
+  // The browser decodes the photo for display (EXIF orientation applied, as the server does).
+  const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" }).catch(() => null);
+  const form = new FormData();
+  form.append("image", file);
+  let response, body;
+  try {
+    response = await fetch(`/v1/predict?flip=${$("#flip").checked}`, { method: "POST", body: form });
+    body = await response.json().catch(() => ({ detail: `the server answered ${response.status}` }));
+  } catch (error) {
+    setStatus(`Could not reach the server (${error.message}).`, true);
+    return;
+  }
+  if (!response.ok) {
+    setStatus(`${file.name}: ${body.detail}`, true);
+    return;
+  }
+  current = { bitmap, result: body };
+  activeFace = -1;
+  render();
+  const n = body.faces.length;
+  const found = n === 0 ? "No face found" : `${n} face${n === 1 ? "" : "s"}`;
+  const preview = bitmap ? "" : " (this browser cannot display this image format; boxes shown on a blank canvas)";
+  setStatus(`${found} in ${file.name}, ${body.image.width}×${body.image.height}, ` +
+            `${Math.round(body.timing_ms.total)} ms on the server.${preview}`);
+}
+
+function render() {
+  $("#result").hidden = false;
+  drawCanvas();
+  fillTable();
+}
+
+function drawCanvas() {
+  const { bitmap, result } = current;
+  const canvas = $("#canvas");
+  const { width, height } = result.image;
+  const scale = Math.min(1, MAX_CANVAS_SIDE / Math.max(width, height));
+  canvas.width = Math.round(width * scale);
+  canvas.height = Math.round(height * scale);
+  const ctx = canvas.getContext("2d");
+  if (bitmap) {
+    ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  } else {
+    ctx.fillStyle = "#888";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+  }
+  const unit = Math.max(canvas.width, canvas.height) / 800;
+  const fontSize = Math.max(12, Math.round(14 * unit));
+  ctx.font = `600 ${fontSize}px system-ui, sans-serif`;
+  ctx.textBaseline = "top";
+  const labels = result.faces.map((face, i) => {
+    const [x, y, w, h] = face.box.map((v) => v * scale);
+    const color = COLORS[face.gender] ?? "#999";
+    const label = faceLabel(face, i);
+    ctx.lineWidth = Math.max(2, 2.5 * unit) * (i === activeFace ? 2 : 1);
+    ctx.strokeStyle = color;
+    ctx.strokeRect(x, y, w, h);
+    const pad = Math.round(fontSize / 4);
+    const tagWidth = ctx.measureText(label).width + 2 * pad;
+    const tagHeight = fontSize + 2 * pad;
+    const tagX = Math.min(Math.max(x, 0), canvas.width - tagWidth);
+    const tagY = y - tagHeight >= 0 ? y - tagHeight : Math.min(y + h, canvas.height - tagHeight);
+    ctx.fillStyle = color;
+    ctx.fillRect(tagX, tagY, tagWidth, tagHeight);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(label, tagX + pad, tagY + pad);
+    return label;
+  });
+  // What was drawn, for assistive technology and tests.
+  canvas.dataset.labels = JSON.stringify(labels);
+  canvas.setAttribute("aria-label", labels.length ? `The photo with ${labels.length} faces marked: ${labels.join("; ")}`
+                                                  : "The photo; no face was found");
+}
+
+function cell(text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+function withConfidence(text, confidence) {
+  const td = cell(`${text} `);
+  const span = document.createElement("span");
+  span.className = "conf";
+  span.textContent = percent(confidence);
+  td.append(span);
+  return td;
+}
+
+function fillTable() {
+  const tbody = $("#faces tbody");
+  tbody.replaceChildren();
+  const faces = current.result.faces;
+  if (!faces.length) {
+    const td = cell("No face found. Faces smaller than about 20 pixels, strongly turned or covered are missed.",
+                    "none");
+    td.colSpan = 6;
+    const tr = document.createElement("tr");
+    tr.append(td);
+    tbody.append(tr);
+    return;
+  }
+  faces.forEach((face, i) => {
+    const tr = document.createElement("tr");
+    const [low, high] = face.age_range.map(Math.round);
+    tr.append(
+      cell(String(i + 1)),
+      withConfidence(face.gender, face.gender_confidence),
+      cell(face.age.toFixed(1)),
+      cell(`${low}–${high}`),
+      withConfidence(face.age_group, face.age_group_confidence),
+      cell(percent(face.score)),
+    );
+    tr.children[1].classList.add(face.gender);
+    tr.addEventListener("mouseenter", () => { activeFace = i; tr.classList.add("active"); drawCanvas(); });
+    tr.addEventListener("mouseleave", () => { activeFace = -1; tr.classList.remove("active"); drawCanvas(); });
+    tbody.append(tr);
+  });
+}
+
+function setUpInput() {
+  const drop = $("#drop");
+  const input = $("#file");
+  input.addEventListener("change", () => { analyse(input.files[0]); input.value = ""; });
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); input.click(); }
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    document.addEventListener(type, (event) => { event.preventDefault(); drop.classList.add("over"); });
+  }
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget) drop.classList.remove("over"); // left the window, not just a child element
+  });
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    analyse(event.dataTransfer.files[0]);
+  });
+  document.addEventListener("paste", (event) => {
+    const file = [...event.clipboardData.files].find((f) => f.type.startsWith("image/"));
+    if (file) analyse(file);
+  });
+}
+
+setUpInput();
+loadModelInfo();

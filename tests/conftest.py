@@ -1,0 +1,151 @@
+"""Shared test set-up: the ``--runslow`` switch, paths to shared assets, a model file, and a running server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+# --- slow tests: opt in with --runslow -------------------------------------------------------------------
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run tests marked slow (fuzzing, load)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+# --- shared assets and a model ---------------------------------------------------------------------------
+
+def shared_path(*parts: str) -> Path:
+    """A path under the shared assets folder; skips the calling test when it does not exist."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared asset not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def utkface_dir() -> Path:
+    """The UTKFace chips folder in the shared assets."""
+    return shared_path("data", "UTKFace")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared assets folder (photos, YuNet weights), next to the repository."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared assets folder not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def yunet_path(shared_dir: Path) -> Path:
+    """YuNet weights from the shared folder (never downloaded by tests)."""
+    path = shared_dir / "models" / "yunet" / "yunet_s_640_640.onnx"
+    if not path.is_file():
+        pytest.skip(f"YuNet weights not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def photos_dir(shared_dir: Path) -> Path:
+    """Sample face photos from the shared folder."""
+    path = shared_dir / "photos"
+    if not path.is_dir():
+        pytest.skip(f"sample photos not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped model if it exists, else a real flagship export with random weights (needs torch).
+
+    Random weights make valid files for API and robustness tests; do not assert on predicted ages with them.
+    """
+    from agegender.inference.onnx_model import ModelError, shipped_model_path
+
+    try:
+        return shipped_model_path()
+    except ModelError:
+        pass
+    pytest.importorskip("torch", reason="no shipped model, and exporting a stand-in needs torch")
+    from agegender.export import export_onnx
+    from agegender.models import create_model
+
+    return export_onnx(create_model("flagship"), tmp_path_factory.mktemp("model") / "flagship-random.onnx")
+
+
+# --- a server in a subprocess ----------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running_server(args: list[str], log_path: Path, startup_s: float = 90.0) -> Iterator[str]:
+    """Run ``agegender serve ARGS`` on a free loopback port; yields its base URL once /healthz answers."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "agegender.cli", "serve", "--port", str(port), *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not up after {startup_s:g} s:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server_args(model_path: Path, yunet_path: Path) -> list[str]:
+    """``agegender serve`` arguments for the test model and the shared detector."""
+    return ["--model", str(model_path), "--detector", str(yunet_path)]
+
+
+@pytest.fixture(scope="session")
+def server_url(server_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server with default settings, shared by the API and browser tests."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    pytest.importorskip("httpx", reason="httpx (dev extra) is needed to talk to the server")
+    with running_server(server_args, tmp_path_factory.mktemp("server") / "server.log") as url:
+        yield url

@@ -1,0 +1,177 @@
+"""The data layer on the real data in ../shared: readers, label policy, duplicates, splits, cache, augmentation."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agegender.data.adience import read_adience_fold, read_levi_hassner_list
+from agegender.data.augment import AugmentConfig, augment_batch
+from agegender.data.cache import cached_images
+from agegender.data.manifest import read_manifest, write_manifest
+from agegender.data.records import FaceRecord, ReadReport
+from agegender.data.splits import (LeakageError, check_no_leakage, collapse_duplicates, kfold_records,
+                                   load_or_make_splits, split_records)
+from agegender.data.utkface import read_utkface
+from agegender.labels import AGE_GROUPS, adience_age_group, age_to_group
+from tests.conftest import shared_path
+
+ADIENCE_FOLD0 = ("data", "adience_folds", "original_txt_files", "fold_0_data.txt")
+
+
+# -- labels --------------------------------------------------------------------------------------------------
+def test_gap_policy_sends_every_gap_age_to_the_nearest_group_edge() -> None:
+    expected = {3: "4-6", 7: "8-13", 14: "15-20", 21: "15-20", 22: "15-20", 23: "25-32", 24: "25-32",
+                33: "25-32", 34: "25-32", 35: "38-43", 37: "38-43", 44: "38-43", 45: "38-43", 46: "48-53",
+                47: "48-53", 54: "48-53", 56: "48-53", 57: "60+", 59: "60+", 0: "0-2", 60: "60+", 116: "60+"}
+    assert {age: AGE_GROUPS[age_to_group(age)] for age in expected} == expected
+    for group, (lo, hi) in enumerate([(0, 2), (4, 6), (8, 13), (15, 20), (25, 32), (38, 43), (48, 53)]):
+        assert {age_to_group(a) for a in range(lo, hi + 1)} == {group}
+
+
+def test_adience_cleaning_table_of_seed_001() -> None:
+    table = {"2": "0-2", "3": "0-2", "(8, 23)": "8-13", "13": "8-13", "22": "15-20", "23": "25-32",
+             "(27, 32)": "25-32", "29": "25-32", "32": "25-32", "34": "25-32", "(38, 42)": "38-43",
+             "(38, 48)": "38-43", "35": "38-43", "36": "38-43", "42": "38-43", "45": "38-43", "46": "48-53",
+             "56": "48-53", "55": "60+", "57": "60+", "58": "60+", "(60, 100)": "60+", "(25, 23)": "25-32"}
+    assert {k: AGE_GROUPS[adience_age_group(k)] for k in table} == table
+    assert adience_age_group("None") is None
+
+
+# -- readers -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def utkface(utkface_dir: Path) -> list[FaceRecord]:
+    records, report = read_utkface(utkface_dir)
+    assert report.n_skipped == 0
+    return records
+
+
+def test_utkface_reads_every_chip_including_those_without_race(utkface: list[FaceRecord]) -> None:
+    assert len(utkface) == 21430
+    assert sum(r.race is None for r in utkface) == 3
+    assert Counter(r.gender for r in utkface).keys() == {0, 1}
+    assert min(r.age for r in utkface) == 1 and max(r.age for r in utkface) == 116
+
+
+def test_malformed_names_and_truncated_images_are_skipped_not_fatal(utkface: list[FaceRecord],
+                                                                    tmp_path: Path) -> None:
+    sources = [Path(r.path) for r in utkface[:3]]
+    for src in sources:
+        shutil.copy(src, tmp_path / src.name)
+    data = sources[0].read_bytes()
+    (tmp_path / "30_0_1_20170101000000000.jpg.chip.jpg").write_bytes(data[: len(data) // 2])  # truncated
+    (tmp_path / "abc_0_1_2017.jpg.chip.jpg").write_bytes(data)  # malformed: age not a number
+    (tmp_path / "30_7_1_2017.jpg.chip.jpg").write_bytes(data)  # malformed: gender 7
+    records, report = read_utkface(tmp_path)
+    assert len(records) == 4 and report.skipped["malformed name"] == ["30_7_1_2017.jpg.chip.jpg",
+                                                                      "abc_0_1_2017.jpg.chip.jpg"]
+    images, ok = cached_images(records, 32, cache_dir=tmp_path / "cache", progress=False)
+    truncated = [r.path.endswith("30_0_1_20170101000000000.jpg.chip.jpg") for r in records]
+    assert images.shape == (4, 32, 32, 3) and ok.tolist() == [not t for t in truncated]
+
+
+def test_adience_sample_reads_with_the_official_labels() -> None:
+    fold0, sample = shared_path(*ADIENCE_FOLD0), shared_path("data", "adience_sample")
+    report = ReadReport()
+    records = read_adience_fold(fold0, sample, report)
+    assert len(records) == 287  # 288 images of one user; one has a blank gender and is dropped
+    assert {r.group_id for r in records} == {"37303189@N08"}
+    assert all(Path(r.path).is_file() and r.age is None for r in records)
+    assert Counter(r.age_group for r in records) == {0: 238, 4: 30, 7: 6, 6: 6, 2: 5, 5: 2}
+    assert report.skipped["image missing"]  # other users' images are absent: reported, not fatal
+    lists = shared_path("data", "adience_folds", "train_val_txt_files_per_fold", "test_fold_is_0")
+    listed = read_levi_hassner_list(lists / "age_test.txt", sample, "age")
+    assert len(listed) == 287 and {r.age_group for r in listed} <= set(range(8))
+
+
+def test_manifest_round_trip_and_bad_rows(utkface: list[FaceRecord], tmp_path: Path) -> None:
+    write_manifest(utkface[:20], tmp_path / "m.csv")
+    back, report = read_manifest(tmp_path / "m.csv")
+    assert [(r.age, r.gender, r.race) for r in back] == [(r.age, r.gender, r.race) for r in utkface[:20]]
+    (tmp_path / "bad.csv").write_text("path,age_group,gender,subject\na.jpg,25-32,f,s1\nb.jpg,99-100,m,s2\n"
+                                      "c.jpg,,,s3\nd.jpg,0,male,s4\n")
+    records, report = read_manifest(tmp_path / "bad.csv")
+    assert [(r.age_group, r.gender, r.group_id) for r in records] == [(4, 1, "s1"), (0, 0, "s4")]
+    assert report.n_skipped == 2
+
+
+# -- duplicates and splits -----------------------------------------------------------------------------------
+def test_identical_and_reencoded_copies_group_but_different_people_do_not(utkface: list[FaceRecord],
+                                                                          tmp_path: Path) -> None:
+    a, b = utkface[100], utkface[5000]
+    copy = tmp_path / "copy.jpg"
+    shutil.copy(a.path, copy)
+    reencoded = tmp_path / "reencoded.jpg"
+    cv2.imwrite(str(reencoded), cv2.imread(a.path), [cv2.IMWRITE_JPEG_QUALITY, 70])
+    recs = [a, FaceRecord.from_age(str(copy), 50.0, 1 - a.gender), FaceRecord.from_age(str(reencoded), a.age,
+            a.gender), b]
+    collapsed, stats = collapse_duplicates(recs, progress=False)
+    assert stats.identical_groups == 1 and stats.label_conflicts == 1
+    assert stats.dropped_gender_ties == 1  # the two byte-identical copies disagree on gender: dropped
+    assert [r.path for r in collapsed] == [str(reencoded), b.path]
+    assert collapsed[0].group_id != collapsed[1].group_id
+
+
+@pytest.fixture(scope="session")
+def splits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("splits")
+
+
+@pytest.fixture(scope="session")
+def utkface_splits(utkface: list[FaceRecord], splits_dir: Path):
+    return load_or_make_splits(utkface, splits_dir, progress=False)
+
+
+def test_splits_are_80_10_10_with_no_group_crossing(utkface_splits) -> None:
+    splits, stats = utkface_splits
+    sizes = {k: len(v) for k, v in splits.items()}
+    total = sum(sizes.values())
+    assert total == stats.images - stats.identical_extra_copies - stats.dropped_gender_ties
+    assert abs(sizes["train"] / total - 0.8) < 0.02 and abs(sizes["test"] / total - 0.1) < 0.02
+    check_no_leakage(splits)
+    groups = {k: {r.group_id for r in v} for k, v in splits.items()}
+    assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"])
+    assert stats.identical_groups > 300 and stats.near_duplicate_groups > 300
+    assert max(Counter(r.group_id for v in splits.values() for r in v).values()) < 50  # no chained mega-group
+
+
+def test_splits_are_deterministic_and_reread_from_disk(utkface: list[FaceRecord], utkface_splits,
+                                                       splits_dir: Path) -> None:
+    splits, stats = utkface_splits
+    again, stats_again = load_or_make_splits(utkface, splits_dir, progress=False)  # from the manifests
+    assert stats_again == stats
+    for name in splits:
+        assert [(r.path, r.age, r.gender, r.group_id) for r in again[name]] == [
+            (str(Path(r.path).resolve()), r.age, r.gender, r.group_id) for r in splits[name]]
+    shuffled = [r for v in splits.values() for r in v][::-1]
+    assert {k: len(v) for k, v in split_records(shuffled).items()} == {k: len(v) for k, v in splits.items()}
+
+
+def test_kfold_is_group_exclusive_and_leakage_is_caught(utkface_splits) -> None:
+    records = [r for v in utkface_splits[0].values() for r in v]
+    folds = kfold_records(records, 5)
+    assert sum(map(len, folds)) == len(records) and min(map(len, folds)) > len(records) / 5 * 0.9
+    with pytest.raises(LeakageError):
+        check_no_leakage({"train": folds[0][:1], "test": folds[0][:1]})
+
+
+# -- augmentation --------------------------------------------------------------------------------------------
+def test_augmentation_shapes_identity_and_mirror() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(4, 72, 72, 3), dtype=np.uint8)
+    plain = augment_batch(images, 64, AugmentConfig(), rng)
+    assert plain.shape == (4, 64, 64, 3) and np.array_equal(plain, images[:, 4:68, 4:68])
+    flipped = augment_batch(images, 64, AugmentConfig(flip=True), np.random.default_rng(1))
+    assert all(np.array_equal(f, p) or np.array_equal(f, p[:, ::-1]) for f, p in zip(flipped, plain, strict=True))
+    full = AugmentConfig(flip=True, random_crop=True, rotation=10, zoom=0.1, translate=0.05, shear=5,
+                         brightness=0.1, contrast=0.2)
+    out = augment_batch(images, 64, full, rng)
+    assert out.shape == (4, 64, 64, 3) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 255
+    # the warp with all ranges at zero and no flip is the center crop, so geometry is consistent
+    still = augment_batch(images, 64, AugmentConfig(rotation=1e-9), rng)
+    assert np.abs(still - plain).max() < 1e-3
