@@ -40,7 +40,8 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-async def _client(http: httpx.AsyncClient, photos: list[bytes], next_index: Iterator[int], tally: Tally) -> None:
+async def _client(http: httpx.AsyncClient, photos: list[bytes], next_index: Iterator[int],
+                  tally: Tally) -> None:
     for i in next_index:
         start = time.perf_counter()
         try:
@@ -55,7 +56,8 @@ async def _client(http: httpx.AsyncClient, photos: list[bytes], next_index: Iter
         tally.batch_sizes.append(int(response.headers.get("x-batch-size", "1")))
 
 
-async def run(url: str, photos: list[bytes], clients: int, requests: int, timeout_s: float) -> dict[str, object]:
+async def run(url: str, photos: list[bytes], clients: int, requests: int,
+              timeout_s: float) -> dict[str, object]:
     """Send ``requests`` uploads from ``clients`` concurrent connections; the summary as a dict."""
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as http:
@@ -87,10 +89,10 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL, loopback only")
-    parser.add_argument("--clients", type=int, default=50, help="concurrent connections (default %(default)d)")
-    parser.add_argument("--requests", type=int, default=400, help="requests in total (default %(default)d)")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent connections (default 50)")
+    parser.add_argument("--requests", type=int, default=400, help="requests in all (default %(default)d)")
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help="folder of .jpg photos to send")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)g)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     args = parser.parse_args(argv)
     host = urlsplit(args.url).hostname
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{summary['ok']}/{args.requests} ok, {summary['errors']} errors {summary['error_kinds'] or ''}")
+        kinds = summary["error_kinds"] or ""
+        print(f"{summary['ok']}/{args.requests} ok, {summary['errors']} errors {kinds}")
         print(f"latency p50 {summary['p50_ms']} ms, p95 {summary['p95_ms']} ms, p99 {summary['p99_ms']} ms, "
               f"max {summary['max_ms']} ms")
         print(f"throughput {summary['throughput_rps']} requests/s over {summary['wall_s']} s with "

@@ -1,4 +1,4 @@
-"""Shared test set-up: the ``--runslow`` switch, paths to shared assets, a model file, and a running server."""
+"""Shared test set-up: the ``--runslow`` switch, shared assets, a model file, and a running server."""
 
 from __future__ import annotations
 
@@ -33,6 +33,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # --- shared assets and a model ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Split manifests and decoded arrays go to one per-session folder, never the user's cache."""
+    path = tmp_path_factory.mktemp("agegender-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AGEGENDER_CACHE", str(path))
+    yield path
+    mp.undo()
+
 
 def shared_path(*parts: str) -> Path:
     """A path under the shared assets folder; skips the calling test when it does not exist."""

@@ -12,7 +12,7 @@ import pytest
 
 from agegender.data.adience import read_adience_fold, read_levi_hassner_list
 from agegender.data.augment import AugmentConfig, augment_batch
-from agegender.data.cache import cached_images
+from agegender.data.cache import cached_images, default_cache_dir
 from agegender.data.manifest import read_manifest, write_manifest
 from agegender.data.records import FaceRecord, ReadReport
 from agegender.data.splits import (LeakageError, check_no_leakage, collapse_duplicates, kfold_records,
@@ -118,8 +118,8 @@ def test_identical_and_reencoded_copies_group_but_different_people_do_not(utkfac
 
 
 @pytest.fixture(scope="session")
-def splits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("splits")
+def splits_dir(isolated_cache: Path) -> Path:
+    return default_cache_dir() / "splits"  # where training runs in the tests find them too
 
 
 @pytest.fixture(scope="session")

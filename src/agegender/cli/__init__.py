@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"agegender {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, ArithmeticError) as err:
         print(f"agegender {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

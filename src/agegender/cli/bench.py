@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from agegender.inference.detector import WeightsError
     from agegender.inference.onnx_model import ModelError
 
+    for option in ("model", "int8", *DEFAULTS):
+        path = getattr(args, option)
+        if path is not None and not path.exists():
+            raise UserError(f"--{option.replace('_', '-')}: {path} not found")
     opts = BenchOptions(
         model=args.model, int8=args.int8, peers=args.peers, utkface=args.utkface,
         adience_sample=args.adience_sample, adience_fold=args.adience_fold, photos=args.photos,

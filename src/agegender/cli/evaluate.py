@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch")
-    from agegender.evaluation.evaluate import evaluate_to_reports, evaluation_records
+    from agegender.evaluation.evaluate import evaluate_to_reports, evaluation_records, load_evaluable
     from agegender.evaluation.metrics import METRIC_LABELS, format_metric
     from agegender.evaluation.runner import TTA_MODES
     from agegender.inference.onnx_model import ModelError
@@ -45,12 +45,14 @@ def run(args: argparse.Namespace) -> int:
     where = f"folds{'-'.join(map(str, args.folds))}" if args.data == "adience" else args.split
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.data}_{where}"
     ttas = TTA_MODES if args.tta == "all" else (args.tta,)
-    records, description = evaluation_records(args.data, args.root, args.split, args.folds,
-                                              args.adience_folds, progress=not args.quiet)
     try:
-        results = evaluate_to_reports(args.model, records, description, ttas, out, progress=not args.quiet)
+        model = load_evaluable(args.model)
     except ModelError as err:
         raise UserError(str(err)) from err
+    records, description = evaluation_records(args.data, args.root, args.split, args.folds,
+                                              args.adience_folds, progress=not args.quiet)
+    results = evaluate_to_reports(model, Path(args.model).name, records, description, ttas, out,
+                                  progress=not args.quiet)
     keys = list(dict.fromkeys(k for m in results.values() for k in m["overall"]))
     print(f"{'':34s}" + "".join(f"{tta:>12s}" for tta in results))
     for key in keys:

@@ -6,6 +6,7 @@ import argparse
 
 from agegender.cli.common import UserError, require_extra
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the REST API and the web page", description=(
         "Serve POST /v1/predict (multipart field 'image'), GET /v1/models, GET /healthz and a web page at /. "
@@ -15,20 +16,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="default %(default)s")
     p.add_argument("--model", help="exported ONNX model (default: the shipped model)")
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, the cache, or a download)")
-    p.add_argument("--workers", type=int, default=1, help="server processes, each loads the model (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes, each with its own model (default %(default)d)")
     p.add_argument("--threads", type=int, help="inference and decoding threads per process "
                                                "(default: one per CPU, at most 4)")
     p.add_argument("--max-upload-mb", type=float, default=10.0,
                    help="largest upload in MiB, larger ones get 413 (default %(default)g)")
     p.add_argument("--max-pixels", type=int, default=50_000_000,
                    help="largest width*height, checked before decoding (default %(default)d)")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request before 504 (default %(default)g)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds per request before 504 (default %(default)g)")
     p.add_argument("--batch-max", type=int, default=16,
                    help="most images per forward pass; 1 turns micro-batching off (default %(default)d)")
     p.add_argument("--batch-wait-ms", type=float, default=2.0,
                    help="how long a batch waits for more requests (default %(default)g)")
-    p.add_argument("--no-flip", action="store_true", help="do not average faces with their mirror image "
-                                                          "by default (faster; clients may still ask ?flip=true)")
+    p.add_argument("--no-flip", action="store_true",
+                   help="do not average faces with their mirror image unless a request asks with ?flip=true "
+                        "(faster)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for the model beyond this many get 503 (default %(default)d)")
     p.set_defaults(handler=run)
 
 
@@ -43,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         model=args.model, detector=args.detector, max_upload_bytes=round(args.max_upload_mb * MIB),
         max_pixels=args.max_pixels, timeout_s=args.timeout, workers=args.workers, threads=args.threads,
-        batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, flip=not args.no_flip)
+        batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+        flip=not args.no_flip)
     try:  # fail here with one clear line, not in every worker; also fetches YuNet once for all workers
         InferenceService(settings)
     except (ModelError, WeightsError) as err:

@@ -132,10 +132,15 @@ def dataset_key(records: Sequence[FaceRecord]) -> str:
     return h.hexdigest()[:16]
 
 
+def splits_folder(records: Sequence[FaceRecord], out_dir: str | Path) -> Path:
+    """Where the split manifests of these records live: ``out_dir/<dataset key>/``."""
+    return Path(out_dir) / dataset_key(records)
+
+
 def load_or_make_splits(records: Sequence[FaceRecord], out_dir: str | Path, max_bits: int = 6,
                         progress: bool = True) -> tuple[dict[str, list[FaceRecord]], DedupStats]:
-    """Split manifests under ``out_dir/<dataset key>/`` (made once, re-read after), with dedup statistics."""
-    folder = Path(out_dir) / dataset_key(records)
+    """Split manifests under :func:`splits_folder` (made once, re-read after), with dedup statistics."""
+    folder = splits_folder(records, out_dir)
     stats_file = folder / "dedup.json"
     if stats_file.is_file() and all((folder / f"{s}.csv").is_file() for s in SPLITS):
         splits = {s: read_manifest(folder / f"{s}.csv")[0] for s in SPLITS}

@@ -50,7 +50,7 @@ class FoldRun:
     """One training run of a cross-validation: its folder name and its train/val/test records."""
 
     name: str
-    splits: dict[str, list[FaceRecord]]
+    splits: dict[str, Sequence[FaceRecord]]
 
     def sizes(self) -> str:
         return "/".join(str(len(self.splits[s])) for s in SPLITS)

@@ -25,6 +25,7 @@ from agegender.evaluation.metrics import compute_metrics
 from agegender.evaluation.report import write_report
 from agegender.evaluation.runner import TTA_MODES, model_outputs
 from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.model_config import ModelConfig
 from agegender.outputs import Decoded, decode
 from agegender.training.batches import record_targets
 from agegender.training.checkpoint import load_model
@@ -47,6 +48,9 @@ class OnnxModule(nn.Module):
     """An exported model behind the torch interface ``runner.model_outputs`` drives (normalised N x 3 x S x S
     in, output contract out), so checkpoints and exports share one evaluation path. The export normalises
     inside its graph, so inputs are mapped back to 0..255 pixels first (exact up to float rounding)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
@@ -74,6 +78,14 @@ def load_evaluable(path: str | Path) -> nn.Module:
                          f"train`) nor an .onnx export: {err}") from err
 
 
+def model_config(model: nn.Module) -> ModelConfig:
+    """The config every agegender model carries as ``model.config``."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"{type(model).__name__} carries no agegender ModelConfig as .config")
+    return config
+
+
 def _device(model: nn.Module) -> str:
     param = next(model.parameters(), None)
     return str(param.device) if param is not None else "cpu"
@@ -81,7 +93,7 @@ def _device(model: nn.Module) -> str:
 
 def predict_faces(model: nn.Module, images: np.ndarray, tta: str = "none") -> Decoded:
     """Decoded predictions for cached uint8 images (N x S x S x 3 RGB at the model's load size)."""
-    return decode(model_outputs(model, images, model.config, tta=tta, device=_device(model)))
+    return decode(model_outputs(model, images, model_config(model), tta=tta, device=_device(model)))
 
 
 def face_metrics(records: Sequence[FaceRecord], decoded: Decoded) -> dict[str, Any]:
@@ -99,7 +111,7 @@ def evaluate_model(model: str | Path | nn.Module, records: Sequence[FaceRecord],
     whose image cannot be decoded are then left out)."""
     net = load_evaluable(model) if isinstance(model, str | Path) else model
     if images is None:
-        data = decode_split(records, net.config, progress)
+        data = decode_split(records, model_config(net), progress)
         records, images = data.records, data.images
     return face_metrics(records, predict_faces(net, images, tta))
 
@@ -137,7 +149,8 @@ def evaluation_records(data: str, root: str | None, split: str = "test", folds: 
         raise ValueError("--data manifest needs --root: a CSV manifest (path, age or age_group, gender)")
     if split not in (*SPLITS, "all"):
         raise ValueError(f"unknown split {split!r}: use train, val, test or all")
-    cfg = DataConfig(dataset=data, root=root or DataConfig.root)
+    # resolved: one spelling of the paths, so the split and image caches of training runs are reused
+    cfg = DataConfig(dataset=data, root=str(Path(root or DataConfig.root).resolve()))
     splits = dataset_splits(cfg, progress)
     records = [r for name in (SPLITS if split == "all" else (split,)) for r in splits[name]]
     which = "every face" if split == "all" else f"the {split} split"
@@ -145,26 +158,27 @@ def evaluation_records(data: str, root: str | None, split: str = "test", folds: 
                      f"({len(records)} faces; 8 age groups from ages by the gap policy)")
 
 
-def evaluate_to_reports(model_path: str | Path, records: Sequence[FaceRecord], description: str,
+def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord], description: str,
                         ttas: Sequence[str], out_dir: str | Path, progress: bool = True) -> dict[str, dict]:
-    """Evaluate once per TTA mode; write ``out_dir/<tta>/`` (metrics.json, report.md, confusion matrices as
-    CSV and PNG, breakdown plots) and ``out_dir/summary.json`` (overall figures per mode)."""
+    """Evaluate a loaded model (``name``: what reports call it) once per TTA mode; write ``out_dir/<tta>/``
+    (metrics.json, report.md, confusion matrices as CSV and PNG, breakdown plots) and ``out_dir/summary.json``
+    (overall figures per mode)."""
     unknown = [t for t in ttas if t not in TTA_MODES]
     if unknown:
         raise ValueError(f"unknown TTA mode(s) {unknown}: use {', '.join(TTA_MODES)}")
-    net = load_evaluable(model_path)
-    data = decode_split(records, net.config, progress)
-    if "ten_crop" in ttas and net.config.load_size == net.config.input_size:
-        log.info("%s has no crop margin (input %d = load size): ten_crop equals flip", net.config.name,
-                 net.config.input_size)
+    config = model_config(net)
+    data = decode_split(records, config, progress)
+    if "ten_crop" in ttas and config.load_size == config.input_size:
+        log.info("%s has no crop margin (input %d = load size): ten_crop equals flip", config.name,
+                 config.input_size)
     out = Path(out_dir)
     results = {}
     for tta in ttas:
         metrics = face_metrics(data.records, predict_faces(net, data.images, tta))
-        write_report(metrics, out / tta, title=f"{net.config.name} ({Path(model_path).name})",
+        write_report(metrics, out / tta, title=f"{config.name} ({name})",
                      protocol=f"{description}. Test-time augmentation: {TTA_TEXT[tta]}.")
         results[tta] = metrics
     (out / "summary.json").write_text(json.dumps(
-        {"model": str(model_path), "data": description, **{t: m["overall"] for t, m in results.items()}},
+        {"model": name, "data": description, **{t: m["overall"] for t, m in results.items()}},
         indent=2) + "\n")
     return results

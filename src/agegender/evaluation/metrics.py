@@ -233,16 +233,17 @@ def compute_metrics(
     follow the true labels; ``races`` holds indices into ``labels.RACES``. Within one gender, precision,
     recall and F1 are degenerate, so ``by_gender`` gives only ``gender_accuracy`` (that class's recall).
     """
-    n = len(decoded.age)
+    n = decoded.n
     age, age_ok = _labels(true_age, n, "true_age")
     if true_group is None:
         true_group = [age_to_group(a) if ok else -1 for a, ok in zip(age, age_ok, strict=True)]
     group, group_ok = _labels(true_group, n, "true_group")
     gender, gender_ok = _labels(true_gender, n, "true_gender")
     race, race_ok = _labels(races, n, "races")
-    has_age = bool(age_ok.any())
+    has_age = decoded.age is not None and bool(age_ok.any())
+    has_group = decoded.group_probs is not None
     has_gender = decoded.female_prob is not None and bool(gender_ok.any())
-    pred_group = decoded.age_group
+    pred_group = decoded.age_group if decoded.age_group is not None else np.zeros(n, dtype=np.int64)
     female_prob = np.zeros(n) if decoded.female_prob is None else decoded.female_prob
     pred_gender = np.greater_equal(female_prob, GENDER_THRESHOLD).astype(np.int64)
 
@@ -252,9 +253,10 @@ def compute_metrics(
             m = rows & age_ok
             out["age_mae"] = mae(decoded.age[m], age[m])
             out["age_cs5"] = cumulative_score(decoded.age[m], age[m])
-        m = rows & group_ok
-        out["group_exact"] = exact_accuracy(pred_group[m], group[m])
-        out["group_one_off"] = one_off_accuracy(pred_group[m], group[m])
+        if has_group:
+            m = rows & group_ok
+            out["group_exact"] = exact_accuracy(pred_group[m], group[m])
+            out["group_one_off"] = one_off_accuracy(pred_group[m], group[m])
         if has_gender:
             m = rows & gender_ok
             out["gender_accuracy"] = exact_accuracy(pred_gender[m], gender[m])
@@ -269,14 +271,11 @@ def compute_metrics(
         return {name: figures(ok & (labels == k), gender_prf) for k, name in enumerate(names)}
 
     everyone = np.ones(n, dtype=bool)
-    result: dict[str, Any] = {
-        "overall": figures(everyone),
-        "confusion": {
-            "age_group": _confusion_entry(
-                confusion_matrix(pred_group[group_ok], group[group_ok], NUM_AGE_GROUPS), AGE_GROUPS),
-        },
-        "by_age_group": breakdown(group, group_ok, AGE_GROUPS),
-    }
+    result: dict[str, Any] = {"overall": figures(everyone), "confusion": {},
+                              "by_age_group": breakdown(group, group_ok, AGE_GROUPS)}
+    if has_group:
+        result["confusion"]["age_group"] = _confusion_entry(
+            confusion_matrix(pred_group[group_ok], group[group_ok], NUM_AGE_GROUPS), AGE_GROUPS)
     if has_gender:
         result["confusion"]["gender"] = _confusion_entry(
             confusion_matrix(pred_gender[gender_ok], gender[gender_ok], len(GENDERS)), GENDERS)

@@ -10,10 +10,10 @@ import numpy as np
 from agegender.inference.align import align_face
 from agegender.inference.detector import Detection, FaceDetector
 from agegender.inference.images import ImageSource, load_image
-from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.inference.onnx_model import ModelError, OnnxAgeGender
 from agegender.inference.results import Face, plot
 from agegender.labels import AGE_GROUPS, GENDERS
-from agegender.outputs import Decoded
+from agegender.outputs import AGE_KEYS, GENDER_KEYS, Decoded
 
 CHIP_SIZE = 200  # UTKFace chip geometry the models were trained on
 _AUTO = "auto"
@@ -36,6 +36,10 @@ class Predictor:
                  detector: FaceDetector | str | None = _AUTO, threads: int | None = None,
                  flip: bool = True, max_pixels: int = 50_000_000) -> None:
         self.model = model if isinstance(model, OnnxAgeGender) else OnnxAgeGender(model, threads=threads)
+        outputs = set(self.model.config.outputs)
+        if not (outputs & AGE_KEYS and outputs & GENDER_KEYS):
+            raise ModelError(f"{self.model.path} predicts only {', '.join(sorted(outputs))}; the Predictor needs "
+                             "a model with both age and gender outputs")
         if detector == _AUTO:
             detector = FaceDetector()
         elif isinstance(detector, str | Path):
@@ -81,7 +85,7 @@ class Predictor:
 
 
 def _face(decoded: Decoded, i: int, det: Detection | None, shape: tuple[int, ...]) -> Face:
-    female = float(decoded.female_prob[i]) if decoded.female_prob is not None else 0.5
+    female = float(decoded.female_prob[i])  # the Predictor only accepts models with a gender output
     group = int(decoded.age_group[i])
     box = det.box if det is not None else (0.0, 0.0, float(shape[1]), float(shape[0]))
     return Face(

@@ -1,13 +1,13 @@
 """The HTTP API and web page: ``create_app(settings)`` builds the FastAPI application, ``serve`` runs it.
 
-Every error is JSON ``{"detail": "..."}`` with a 4xx status for anything the client can fix: 413 (upload too
-large), 422 (not a usable image, missing field, bad parameter), 503 (too many waiting requests), 504 (timeout).
+Every error is JSON ``{"detail": "..."}``, with a 4xx status for anything the client can fix: 413 (upload
+too large), 422 (not a usable image, missing field, bad parameter); 503 (too many requests waiting) and 504
+(timeout) say when to retry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,8 +25,6 @@ from agegender.inference.images import ImageError
 from agegender.serving.batching import QueueFullError
 from agegender.serving.service import InferenceService
 from agegender.serving.settings import MIB, ServeSettings
-
-log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 MULTIPART_ALLOWANCE = 64 * 1024
@@ -85,14 +83,17 @@ def _settings(request: Request) -> ServeSettings:
     return request.app.state.settings
 
 
-@router.post("/v1/predict", response_model=PredictOut, responses=ERRORS, summary="Age and gender of every face")
+@router.post("/v1/predict", response_model=PredictOut, responses=ERRORS,
+             summary="Age and gender of every face")
 async def predict(
     request: Request,
     image: Annotated[UploadFile, File(description="the photo: JPEG, PNG, GIF, BMP, WEBP, TIFF or PPM")],
     flip: Annotated[bool | None, Query(description="average each face with its mirror image "
                                                    "(default: the server's setting)")] = None,
 ) -> JSONResponse:
-    """Detect the faces in an uploaded photo (multipart field ``image``) and estimate age and gender."""
+    """Detect the faces in an uploaded photo (multipart field ``image``) and estimate age and gender.
+
+    The ``X-Batch-Size`` response header says how many concurrent uploads shared the forward pass."""
     settings = _settings(request)
     data = await image.read()
     try:
@@ -132,7 +133,7 @@ async def index() -> FileResponse:
 
 class BodyLimitMiddleware:
     """Answers 413 for request bodies over ``max_bytes``: from Content-Length before reading anything, and by
-    counting bytes as they arrive (chunked uploads, lying headers)."""
+    counting bytes as they arrive (chunked uploads have no Content-Length)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, limit_text: str) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -163,7 +164,8 @@ def _validation_detail(request: Request, err: RequestValidationError) -> str:
     """One readable sentence for FastAPI's list of validation errors."""
     messages = []
     for error in err.errors():
-        where = ".".join(str(part) for part in error.get("loc", ())[1:]) or "request"
+        kind, *path = error.get("loc", ("request",))
+        where = ".".join(str(part) for part in path)
         if where == "image" and error.get("type") == "missing":
             content_type = request.headers.get("content-type", "none")
             messages.append("no file in multipart field 'image': send the photo as multipart/form-data, e.g. "
@@ -171,7 +173,7 @@ def _validation_detail(request: Request, err: RequestValidationError) -> str:
         elif where == "image":
             messages.append("field 'image' must be a file upload, not a text value")
         else:
-            messages.append(f"{where}: {error.get('msg', 'invalid')}")
+            messages.append(f"{kind} parameter '{where}': {error.get('msg', 'invalid')}")
     return "; ".join(messages)
 
 
@@ -180,7 +182,7 @@ async def _on_validation_error(request: Request, err: RequestValidationError) ->
 
 
 async def _on_unexpected_error(request: Request, err: Exception) -> JSONResponse:
-    log.exception("unexpected error answering %s %s", request.method, request.url.path, exc_info=err)
+    """JSON for the 500 that a bug causes; Starlette re-raises the exception so that uvicorn logs it."""
     return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the server log"},
                         status_code=500)
 

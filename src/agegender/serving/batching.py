@@ -1,4 +1,4 @@
-"""Micro-batching: requests that arrive together share one call of a batch function, run off the event loop."""
+"""Micro-batching: requests that arrive together share one call of a batch function, off the event loop."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ class MicroBatcher(Generic[T, R]):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, item: T) -> tuple[R, BatchStats]:
-        """Queue ``item`` and wait for its result; raises ``QueueFullError`` when ``max_queue`` are waiting."""
+        """Queue ``item`` and wait for its result; ``QueueFullError`` if ``max_queue`` items wait already."""
         if len(self._pending) >= self.max_queue:
             raise QueueFullError(f"{len(self._pending)} requests are already waiting")
         job: _Job[T, R] = _Job(item, asyncio.get_running_loop().create_future())

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from agegender.inference.detector import FaceDetector
-from agegender.inference.images import load_image
+from agegender.inference.images import ImageError, load_image
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.inference.predictor import CHIP_SIZE, Predictor
 from agegender.inference.results import Face
@@ -51,8 +51,9 @@ class InferenceService:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="agegender-decode")
         self._batcher: MicroBatcher[_Item, list[Face]] | None = None
         if settings.batch_max > 1:
-            self._batcher = MicroBatcher(self._predict_items, max_batch=settings.batch_max,
-                                         max_wait_s=settings.batch_wait_ms / 1000, max_queue=settings.max_queue)
+            self._batcher = MicroBatcher(
+                self._predict_items, max_batch=settings.batch_max, max_wait_s=settings.batch_wait_ms / 1000,
+                max_queue=settings.max_queue)
         self._warm_up(model, detector)
 
     async def __aenter__(self) -> InferenceService:
@@ -77,9 +78,9 @@ class InferenceService:
                 "detector": self._detector.model_path.name}
 
     async def predict(self, data: bytes, flip: bool | None = None) -> Prediction:
-        """Decode ``data`` (raises ``ImageError``) and find its faces; ``flip=None``: the settings' default."""
+        """Decode ``data`` (raises ``ImageError``) and find its faces; ``flip=None``: the server default."""
         start = time.perf_counter()
-        image = await self._in_pool(partial(load_image, data, max_pixels=self.settings.max_pixels))
+        image = await self._in_pool(partial(self._decode, data))
         decoded = time.perf_counter()
         item = (image, self.settings.flip if flip is None else flip)
         if self._batcher is not None:
@@ -91,6 +92,15 @@ class InferenceService:
         return Prediction(faces, image.shape[1], image.shape[0], {k: round(v, 1) for k, v in timing.items()},
                           stats.batch_size)
 
+    def _decode(self, data: bytes) -> np.ndarray:
+        """``load_image``; other decoder failures become ``ImageError`` too, since the upload caused them."""
+        try:
+            return load_image(data, max_pixels=self.settings.max_pixels)
+        except ImageError:
+            raise
+        except Exception as err:  # Pillow raises more than load_image maps: ValueError for bad PPM headers
+            raise ImageError(f"image data: cannot decode the image ({type(err).__name__}: {err})") from err
+
     async def _in_pool(self, fn: Callable[[], _Result]) -> _Result:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
@@ -100,7 +110,8 @@ class InferenceService:
         for flip, predictor in self._predictors.items():
             chosen = [i for i, (_, f) in enumerate(items) if f == flip]
             if chosen:
-                for i, faces in zip(chosen, predictor.predict_arrays([items[i][0] for i in chosen]), strict=True):
+                found = predictor.predict_arrays([items[i][0] for i in chosen])
+                for i, faces in zip(chosen, found, strict=True):
                     results[i] = faces
         return results
 

@@ -20,10 +20,10 @@ class ServeSettings:
     ``max_upload_bytes``: largest accepted request body (413 above it). ``max_pixels``: largest accepted
     width * height, checked from the image header before decoding (422 above it). ``timeout_s``: per-request
     limit (504 past it). ``workers``: server processes, each with its own model. ``threads``: ONNX Runtime
-    threads and image-decoding threads per process (``None``: up to 4, one per CPU). ``batch_max``/
-    ``batch_wait_ms``: concurrent requests are grouped into one forward pass of at most ``batch_max`` images,
-    waiting up to ``batch_wait_ms`` for companions; ``batch_max=1`` turns batching off. ``max_queue``: requests
-    waiting beyond this many are answered 503. ``flip``: default for the ``flip`` query parameter.
+    threads and image-decoding threads per process (``None``: up to 4, one per CPU). ``batch_max``,
+    ``batch_wait_ms``: concurrent requests are grouped into one forward pass of at most ``batch_max``
+    images, waiting up to ``batch_wait_ms`` for companions; ``batch_max=1`` turns batching off.
+    ``max_queue``: requests waiting beyond this many get 503. ``flip``: default of the ``flip`` parameter.
     """
 
     model: str | None = None

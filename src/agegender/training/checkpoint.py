@@ -24,7 +24,7 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
     """Rebuild a model from a checkpoint the engine wrote (its config travels with it), in eval mode."""
     state = torch.load(path, map_location=device, weights_only=False)
     config = ModelConfig.from_dict(state["model_config"])
-    model = create_model(config.name, **{k: v for k, v in config.to_dict().items() if k not in ("name", "extra")},
-                         **state.get("model_args", {}))
+    fields = {k: v for k, v in config.to_dict().items() if k not in ("name", "extra")}
+    model = create_model(config.name, **{**fields, **state.get("model_args", {})})
     model.load_state_dict(state["model"])
     return model.eval()

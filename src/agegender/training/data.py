@@ -92,7 +92,7 @@ def decode_split(records: Sequence[FaceRecord], config: ModelConfig, progress: b
         return SplitData(list(records), images)
     log.warning("%d of %d images could not be decoded and are left out", int((~ok).sum()), len(records))
     keep = np.flatnonzero(ok)
-    return SplitData([records[i] for i in keep], images[keep])
+    return SplitData([records[i] for i in keep.tolist()], images[keep])
 
 
 def load_splits(cfg: DataConfig, config: ModelConfig, progress: bool = True,

@@ -125,10 +125,6 @@ class Trainer:
         for start, n in sorted(self.cfg.unfreeze):
             if self.epoch >= start:
                 unfreeze_last(self.model, n)
-                known = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-                new = [p for p in self.model.parameters() if p.requires_grad and id(p) not in known]
-                if new:
-                    self.optimizer.add_param_group({"params": new})
 
     def train_epoch(self) -> float:
         self.net.train()

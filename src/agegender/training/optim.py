@@ -10,7 +10,9 @@ from agegender.training.config import OptimConfig, ScheduleConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad] or list(params)
+    """All parameters, frozen ones included: a frozen parameter has no gradient and is skipped by every
+    optimizer, so unfreezing later needs no new parameter group and follows the schedule."""
+    params = list(params)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.name == "adam":

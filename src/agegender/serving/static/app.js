@@ -16,8 +16,7 @@ function setStatus(text, isError = false) {
 }
 
 function faceLabel(face, index) {
-  const [low, high] = face.age_range.map(Math.round);
-  return `${index + 1} · ${face.gender === "female" ? "F" : "M"} ${Math.round(face.age)} (${low}–${high})`;
+  return `${index + 1} · ${face.gender === "female" ? "F" : "M"} ${Math.round(face.age)}`;
 }
 
 function percent(value) {
@@ -91,28 +90,31 @@ function drawCanvas() {
     ctx.fillStyle = "#888";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
   }
-  const unit = Math.max(canvas.width, canvas.height) / 800;
-  const fontSize = Math.max(12, Math.round(14 * unit));
+  // Sizes in screen pixels, whatever the photo's resolution.
+  const perScreenPixel = canvas.width / (canvas.getBoundingClientRect().width || canvas.width);
+  const fontSize = Math.round(13 * perScreenPixel);
+  const pad = Math.round(3 * perScreenPixel);
   ctx.font = `600 ${fontSize}px system-ui, sans-serif`;
   ctx.textBaseline = "top";
-  const labels = result.faces.map((face, i) => {
-    const [x, y, w, h] = face.box.map((v) => v * scale);
-    const color = COLORS[face.gender] ?? "#999";
-    const label = faceLabel(face, i);
-    ctx.lineWidth = Math.max(2, 2.5 * unit) * (i === activeFace ? 2 : 1);
-    ctx.strokeStyle = color;
+  const boxes = result.faces.map((face) => face.box.map((v) => v * scale));
+  boxes.forEach(([x, y, w, h], i) => {
+    ctx.lineWidth = (i === activeFace ? 4 : 2) * perScreenPixel;
+    ctx.strokeStyle = COLORS[result.faces[i].gender] ?? "#999";
     ctx.strokeRect(x, y, w, h);
-    const pad = Math.round(fontSize / 4);
-    const tagWidth = ctx.measureText(label).width + 2 * pad;
+  });
+  const labels = result.faces.map(faceLabel);
+  // Tags after boxes, the most confident face last so that its tag is on top.
+  for (let i = boxes.length - 1; i >= 0; i--) {
+    const [x, y, w, h] = boxes[i];
+    const tagWidth = ctx.measureText(labels[i]).width + 2 * pad;
     const tagHeight = fontSize + 2 * pad;
     const tagX = Math.min(Math.max(x, 0), canvas.width - tagWidth);
     const tagY = y - tagHeight >= 0 ? y - tagHeight : Math.min(y + h, canvas.height - tagHeight);
-    ctx.fillStyle = color;
+    ctx.fillStyle = COLORS[result.faces[i].gender] ?? "#999";
     ctx.fillRect(tagX, tagY, tagWidth, tagHeight);
     ctx.fillStyle = "#fff";
-    ctx.fillText(label, tagX + pad, tagY + pad);
-    return label;
-  });
+    ctx.fillText(labels[i], tagX + pad, tagY + pad);
+  }
   // What was drawn, for assistive technology and tests.
   canvas.dataset.labels = JSON.stringify(labels);
   canvas.setAttribute("aria-label", labels.length ? `The photo with ${labels.length} faces marked: ${labels.join("; ")}`

@@ -1,0 +1,47 @@
+"""``agegender data``: read a dataset, report what was kept and skipped, and write leakage-safe split manifests."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agegender.cli.common import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="check a dataset and write its leakage-safe train/val/test manifests",
+                       description="Read UTKFace or a CSV manifest, group duplicates, split 80/10/10 by group "
+                                   "(or into --folds K), write CSV manifests and print what was found.")
+    p.add_argument("root", type=Path, help="UTKFace folder or CSV manifest")
+    p.add_argument("--out", type=Path, default=None, help="folder for the manifests (default: the cache)")
+    p.add_argument("--folds", type=int, help="also write K group-exclusive folds")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agegender.data.cache import default_cache_dir
+    from agegender.data.manifest import read_manifest, write_manifest
+    from agegender.data.splits import kfold_records, load_or_make_splits, splits_folder
+    from agegender.data.utkface import read_utkface
+
+    if not args.root.exists():
+        raise UserError(f"{args.root} does not exist")
+    records, report = read_utkface(args.root) if args.root.is_dir() else read_manifest(args.root)
+    print(f"{args.root}: {report.summary()}")
+    for reason, items in sorted(report.skipped.items()):
+        print(f"  {reason}: {', '.join(items[:5])}{' ...' if len(items) > 5 else ''}")
+    if not records:
+        raise UserError(f"no labelled images found in {args.root}")
+    out = args.out or default_cache_dir() / "splits"
+    splits, stats = load_or_make_splits(records, out)
+    for key, value in stats.to_dict().items():
+        print(f"{key.replace('_', ' ')}: {value}")
+    print(", ".join(f"{name} {len(recs)}" for name, recs in splits.items()) + " (no group crosses a split)")
+    if args.folds:
+        folds = kfold_records([r for recs in splits.values() for r in recs], args.folds)
+        folder = splits_folder(records, out)
+        for k, fold in enumerate(folds):
+            write_manifest(fold, folder / f"fold{k}.csv")
+        print(f"{args.folds} folds: {', '.join(str(len(f)) for f in folds)}")
+    print(f"manifests in {splits_folder(records, out)}")
+    return 0

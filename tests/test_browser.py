@@ -1,0 +1,120 @@
+"""The web page in a real browser: Debian's Chromium, driven by Playwright, uploads photos; the tests check
+what the page draws and lists. Never downloads a browser: skips when /usr/bin/chromium (apt-get install
+chromium) or the playwright package is missing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+COLORS = {"female": (0xE6, 0x3C, 0x78), "male": (0x28, 0x96, 0xEB)}  # as in static/app.js
+SCREENSHOT = Path("/tmp/agegender_page.png")
+GROUP_PHOTO = "dlib_2007_007763.jpg"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM}: apt-get install -y chromium")
+    reason = "the playwright package (dev extra) is missing"
+    sync_api = pytest.importorskip("playwright.sync_api", reason=reason)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, server_url: str) -> Iterator[Any]:
+    """The page at /, failing the test on any script error or any request to another site."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda err: problems.append(f"script error: {err}"))
+    page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith("Failed to load resource")
+            and problems.append(f"console error: {msg.text}"))  # 4xx answers are logged; they are tested
+    page.on("request", lambda req: req.url.startswith(server_url) or req.url.startswith("data:")
+            or problems.append(f"request to another site: {req.url}"))
+    page.goto(f"{server_url}/")
+    page.wait_for_function("document.querySelector('#model').textContent.startsWith('model ')")
+    yield page
+    page.close()
+    assert not problems
+
+
+def js_round(value: float) -> int:
+    """JavaScript's Math.round (halves go up), unlike Python's round."""
+    return math.floor(value + 0.5)
+
+
+def expected_label(face: dict[str, Any], index: int) -> str:
+    return f"{index + 1} · {'F' if face['gender'] == 'female' else 'M'} {js_round(face['age'])}"
+
+
+def upload_and_wait(page: Any, action: Any) -> dict[str, Any]:
+    """Run ``action`` (which makes the page upload a photo); the JSON the server answered."""
+    with page.expect_response("**/v1/predict**") as response_info:
+        action()
+    page.wait_for_function("document.querySelector('#canvas').dataset.labels !== undefined")
+    return response_info.value.json()
+
+
+def check_drawing_and_table(page: Any, body: dict[str, Any]) -> None:
+    faces = body["faces"]
+    labels = json.loads(page.get_attribute("#canvas", "data-labels"))
+    assert labels == [expected_label(face, i) for i, face in enumerate(faces)]
+    rows = page.locator("#faces tbody tr")
+    assert rows.count() == len(faces)
+    for i, face in enumerate(faces):
+        cells = rows.nth(i).locator("td").all_inner_texts()
+        number, gender, age = cells[:3]
+        assert (number, age) == (str(i + 1), f"{face['age']:.1f}") and gender.startswith(face["gender"])
+    # The box of the first face is stroked in its gender's colour: sample the middle of its left edge.
+    x, y, w, h = faces[0]["box"]
+    pixel = page.evaluate("""([x, y, width]) => {
+        const canvas = document.querySelector('#canvas');
+        const scale = canvas.width / width;
+        const context = canvas.getContext('2d');
+        return Array.from(context.getImageData(Math.round(x * scale), Math.round(y * scale), 1, 1).data);
+    }""", [x, y + h / 2, body["image"]["width"]])
+    assert all(abs(a - b) <= 40 for a, b in zip(pixel[:3], COLORS[faces[0]["gender"]], strict=True)), pixel
+
+
+def test_choosing_a_photo_draws_boxes_labels_and_a_table(page: Any, photos_dir: Path) -> None:
+    body = upload_and_wait(page, lambda: page.set_input_files("#file", str(photos_dir / GROUP_PHOTO)))
+    assert len(body["faces"]) >= 5
+    check_drawing_and_table(page, body)
+    assert f"{len(body['faces'])} faces in {GROUP_PHOTO}" in page.inner_text("#status")
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_dropping_a_photo_works_too(page: Any, photos_dir: Path) -> None:
+    data = base64.b64encode((photos_dir / "smahesh29_man1.jpg").read_bytes()).decode()
+    drop = """(data) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], 'dropped.jpg', { type: 'image/jpeg' }));
+        document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, cancelable: true }));
+    }"""
+    body = upload_and_wait(page, lambda: page.evaluate(drop, data))
+    assert len(body["faces"]) == 1
+    check_drawing_and_table(page, body)
+
+
+def test_a_file_that_is_not_an_image_shows_the_servers_reason(page: Any) -> None:
+    with page.expect_response("**/v1/predict**") as response_info:
+        page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"just text"})
+    assert response_info.value.status == 422
+    status = page.locator("#status.error")
+    status.wait_for()
+    assert "notes.txt: image data: not a recognised image" in status.inner_text()

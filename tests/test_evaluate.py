@@ -1,0 +1,227 @@
+"""Evaluation and cross-validation end to end on real faces: a tiny trained checkpoint and its ONNX export
+give the same figures, reports come out for every TTA mode, Adience folds are read, k-fold gives mean ± std
+and resumes; the cross-validation schemes, config ``base:`` includes and data filters; every seed config loads
+and builds its model; the reproduction table reads "not run" for what has not run and judges claims.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from agegender.cli import main
+from agegender.data.records import FaceRecord
+from agegender.data.utkface import parse_utkface_name
+from agegender.evaluation.crossval import plan_runs
+from agegender.evaluation.evaluate import evaluate_model, evaluation_records, model_config
+from agegender.export import export_onnx
+from agegender.models import create_model
+from agegender.training.checkpoint import load_model
+from agegender.training.config import DataConfig, TrainConfig, load_config
+from agegender.training.data import filter_records, select_records
+from agegender.training.engine import train
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_CONFIGS = sorted((REPO / "configs" / "seeds").glob("[!_]*.yaml"))
+TINY: dict[str, Any] = {"model": "vu_multitask", "epochs": 1, "batch_size": 64, "threads": 1}
+
+
+@pytest.fixture(scope="session")
+def manifest(tmp_path_factory: pytest.TempPathFactory, utkface_dir: Path) -> Path:
+    """300 real UTKFace faces (every 70th file) as a CSV manifest: small splits and caches of their own."""
+    path = tmp_path_factory.mktemp("data") / "faces.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "age", "gender", "race"])
+        for file in sorted(utkface_dir.iterdir())[::70][:300]:
+            labels = parse_utkface_name(file.name)
+            assert labels is not None, file
+            age, gender, race = labels
+            writer.writerow([file, age, gender, "" if race is None else race])
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, manifest: Path) -> Path:
+    """A 64 px model trained for one epoch on 200 faces."""
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(**TINY, data=DataConfig(dataset="manifest", root=str(manifest), train_limit=200))
+    train(cfg, run_dir, progress=False)
+    return run_dir / "best.pt"
+
+
+def test_checkpoint_and_its_onnx_export_give_the_same_figures(checkpoint: Path, manifest: Path,
+                                                              tmp_path: Path) -> None:
+    records, _ = evaluation_records("manifest", str(manifest), "all", progress=False)
+    onnx_path = export_onnx(load_model(checkpoint), tmp_path / "model.onnx")
+    for tta in ("none", "flip"):
+        torch_figures = evaluate_model(checkpoint, records, tta=tta)["overall"]
+        onnx_figures = evaluate_model(onnx_path, records, tta=tta)["overall"]
+        assert torch_figures["n"] == onnx_figures["n"] == len(records) > 250
+        assert onnx_figures["age_mae"] == pytest.approx(torch_figures["age_mae"], abs=1e-3)
+        for key in ("group_exact", "gender_accuracy"):  # one borderline face may flip
+            assert onnx_figures[key] == pytest.approx(torch_figures[key], abs=1.5 / len(records))
+
+
+def test_evaluate_command_writes_a_report_per_tta_mode(checkpoint: Path, manifest: Path,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(checkpoint), "--data", "manifest", "--root", str(manifest), "--split", "all",
+                 "--tta", "all", "--out", str(out), "-q"]) == 0
+    for tta in ("none", "flip", "ten_crop"):
+        for name in ("metrics.json", "report.md", "confusion_age_group.csv", "confusion_gender.csv"):
+            assert (out / tta / name).is_file(), f"{tta}/{name}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"age_mae", "group_exact", "gender_f1", "n"} <= set(summary["none"])
+    # a 64 px model is fed its whole image: its 10 crops are 5 copies of it and 5 of its mirror
+    assert summary["ten_crop"]["age_mae"] == pytest.approx(summary["flip"]["age_mae"], abs=1e-6)
+    assert "by_race" in json.loads((out / "none" / "metrics.json").read_text())
+
+
+def test_evaluate_reads_the_official_adience_fold_of_the_sample(checkpoint: Path, shared_dir: Path) -> None:
+    sample, folds = shared_dir / "data" / "adience_sample", shared_dir / "data" / "adience_folds"
+    if not (sample.is_dir() and folds.is_dir()):
+        pytest.skip(f"needs {sample} and {folds}")
+    records, text = evaluation_records("adience", str(sample), folds=[0], adience_folds=folds)
+    assert 280 <= len(records) <= 288 and "fold(s) 0" in text  # the one user's faces with both labels
+    overall = evaluate_model(checkpoint, records)["overall"]
+    assert overall["n"] == len(records) and "age_mae" not in overall  # Adience has groups, not ages
+    assert 0 <= overall["group_exact"] <= overall["group_one_off"] <= 1
+    assert overall["gender_accuracy"] is not None
+
+
+def test_evaluate_command_names_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", str(tmp_path / "nope.pt"), "-q"]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_crossval_on_two_group_folds_gives_mean_and_std_and_resumes(manifest: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "data": {"dataset": "manifest", "root": str(manifest),
+                                                       "train_limit": 128}}))
+    command = ["crossval", str(config), "--folds", "2", "--run-dir", str(tmp_path / "cv"), "-q"]
+    assert main(command) == 0
+    assert "±" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "cv" / "test_none" / "metrics.json").read_text())
+    assert summary["n_folds"] == 2 and len(summary["folds"]) == 2
+    for key in ("age_mae", "group_exact", "gender_accuracy"):
+        assert summary["overall"][key]["mean"] is not None and summary["overall"][key]["std"] is not None
+    report = (tmp_path / "cv" / "test_none" / "report.md").read_text()
+    assert "mean ± sample standard deviation over 2 folds" in report
+    stamps = [(tmp_path / "cv" / f"fold{i}" / "best.pt").stat().st_mtime_ns for i in range(2)]
+    assert main(command) == 0  # finished folds are reused, not retrained
+    assert [(tmp_path / "cv" / f"fold{i}" / "best.pt").stat().st_mtime_ns for i in range(2)] == stamps
+
+
+def _folds(k: int, per_fold: int = 3) -> list[list[FaceRecord]]:
+    return [[FaceRecord(f"f{i}_{j}.jpg", 30.0, 4, j % 2, None, f"g{i}_{j}") for j in range(per_fold)]
+            for i in range(k)]
+
+
+def test_crossval_schemes_assign_the_folds_as_their_papers_do() -> None:
+    folds = _folds(5, per_fold=40)
+    fixed, = plan_runs(folds, "seed001-fixed")  # seed 001: folds 0-2 train, 3 validation, 4 test
+    assert (fixed.splits["train"], fixed.splits["val"], fixed.splits["test"]) == (
+        folds[0] + folds[1] + folds[2], folds[3], folds[4])
+    holdout = plan_runs(folds, "levi-hassner-holdout")  # seed 000: the last fold tests every model
+    assert [r.splits["val"] for r in holdout] == folds[:4]
+    assert all(r.splits["test"] == folds[4] and len(r.splits["train"]) == 120 for r in holdout)
+    kfold = plan_runs(folds, "group")
+    assert [r.splits["test"] for r in kfold] == folds
+    for run in kfold:
+        assert len(run.splits["train"]) + len(run.splits["val"]) == 160 and run.splits["val"]
+    with pytest.raises(ValueError, match="at least 3 folds"):
+        plan_runs(_folds(2), "levi-hassner-holdout")
+    with pytest.raises(ValueError, match="unknown scheme"):
+        plan_runs(folds, "random")
+
+
+def test_config_base_merges_sections_and_refuses_cycles(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(
+        {"model": "vu_multitask", "epochs": 30, "optimizer": {"name": "adam", "lr": 0.001},
+         "loss": {"ordinal_weights": [1.0, 2.0]}}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump(
+        {"base": "base.yaml", "epochs": 5, "optimizer": {"lr": 0.01}, "loss": {"ordinal_weights": [3.0]}}))
+    cfg, raw = load_config(tmp_path / "child.yaml", ["batch_size=8"])
+    assert (cfg.model, cfg.epochs, cfg.batch_size) == ("vu_multitask", 5, 8)
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.loss.ordinal_weights) == ("adam", 0.01, [3.0])
+    assert "base" not in raw  # the saved config stands alone
+    (tmp_path / "base.yaml").write_text("base: child.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(tmp_path / "child.yaml")
+
+
+def test_data_filter_keeps_one_gender_or_age_group_after_the_limit() -> None:
+    records = [FaceRecord.from_age(f"{i}.jpg", age, gender)
+               for i, (age, gender) in enumerate([(1, 0), (30, 1), (1, 1), (70, 0), (30, 0)])]
+    assert [r.path for r in filter_records(records, {"gender": "male"})] == ["0.jpg", "3.jpg", "4.jpg"]
+    assert [r.path for r in filter_records(records, {"gender": "Female", "age_group": "0-2"})] == ["2.jpg"]
+    splits = {"train": records, "val": records, "test": records}
+    limited = select_records(splits, DataConfig(train_limit=3, filter={"gender": "male"}))
+    assert [r.path for r in limited["train"]] == ["0.jpg"]  # first 3 faces, then the males among them
+    with pytest.raises(ValueError, match="unknown key"):
+        filter_records(records, {"race": "asian"})
+    with pytest.raises(ValueError, match="male or female"):
+        filter_records(records, {"gender": "m"})
+    with pytest.raises(ValueError, match="no faces left"):
+        select_records(splits, DataConfig(filter={"age_group": "8-13"}))
+
+
+@pytest.mark.parametrize("path", SEED_CONFIGS, ids=lambda p: p.stem)
+def test_seed_config_loads_and_builds_its_model(path: Path) -> None:
+    cfg, _ = load_config(path)
+    assert "seed 00" in cfg.description.lower() and "§" in cfg.description
+    filter_records([], cfg.data.filter)  # a valid filter
+    args = {**cfg.model_args, "pretrained": False}  # ImageNet weights are a download; the shape is the same
+    with torch.device("meta"):  # shapes only: VGG-16 and ResNet-34 need no real memory
+        model = create_model(cfg.model, **(args if "pretrained" in cfg.model_args else cfg.model_args))
+    assert model_config(model).name == cfg.model and cfg.select.startswith("val_")
+
+
+def _reproduce() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_table_reads_not_run_until_runs_exist() -> None:
+    repro = _reproduce()
+    suite = repro.load_suite()
+    page = repro.render_results(suite, {}, repro.Context())
+    rows = [line for line in page.splitlines() if line.startswith("| ") and " | " in line]
+    for row in suite.rows:
+        line = next(x for x in rows if x.startswith(f"| {row.title} |"))
+        assert "| not run |" in line
+    assert page.count("**not run**") == len(suite.claims)
+    for run in suite.runs.values():  # every config the suite names exists
+        assert (REPO / run.config).is_file()
+
+
+def test_claims_are_judged_by_a_paired_bootstrap() -> None:
+    repro = _reproduce()
+    n = 400
+    truth = np.tile(np.arange(8), n // 8)
+    faces = {"path": np.array([f"{i}.jpg" for i in range(n)]), "true_group": truth,
+             "true_age": np.full(n, np.nan), "true_gender": np.zeros(n, dtype=np.int64),
+             "age": np.zeros(n), "female_prob": np.zeros(n)}
+    good = repro.RowResult({"group_exact": 1.0}, {**faces, "group": truth})
+    poor = repro.RowResult({"group_exact": 0.5}, {**faces, "group": np.where(np.arange(n) % 2, truth, 0)})
+    claim = repro.Claim("a beats b", "paper", "a", "b", "group_exact")
+    assert repro.judge(claim, {"a": good, "b": poor})[0] == "supported"
+    assert repro.judge(claim, {"a": poor, "b": good})[0] == "contradicted"
+    assert repro.judge(claim, {"a": good, "b": good})[0] == "inconclusive"
+    assert repro.judge(claim, {"a": good})[0] == "not run"
