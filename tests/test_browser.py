@@ -39,6 +39,7 @@ def browser() -> Iterator[Any]:
 def page(browser: Any, server_url: str) -> Iterator[Any]:
     """The page at /, failing the test on any script error or any request to another site."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(90_000)  # the CPU may be shared with a training job
     problems: list[str] = []
     page.on("pageerror", lambda err: problems.append(f"script error: {err}"))
     page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith("Failed to load resource")

@@ -70,7 +70,7 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 def ordinal_to_group_probs(logits: np.ndarray) -> np.ndarray:
     """Group probabilities from "older than group k" logits: P(g=k) = P(>k-1) - P(>k), made monotone.
 
-    >>> ordinal_to_group_probs(np.array([[9.0, 9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0]])).argmax()
+    >>> int(ordinal_to_group_probs(np.array([[9.0, 9.0, -9.0, -9.0, -9.0, -9.0, -9.0, -9.0]])).argmax())
     2
     """
     older = np.minimum.accumulate(sigmoid(logits)[:, : NUM_AGE_GROUPS - 1], axis=1)

@@ -8,6 +8,7 @@ Columns: ``path`` (absolute, or relative to the manifest), ``age`` (years) or ``
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from agegender.data.records import FaceRecord, ReadReport
@@ -61,7 +62,7 @@ def write_manifest(records: list[FaceRecord], csv_path: str | Path) -> None:
     """Write records so that :func:`read_manifest` gives them back (group ids become ``subject``)."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_suffix(csv_path.suffix + ".tmp")
+    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()

@@ -83,7 +83,7 @@ def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str) -> n
         ) from exc
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: image too large ({exc})") from exc
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise ImageError(f"{name}: cannot read image ({exc})") from exc
     with image:
         return _from_pil(image, max_pixels, name=name)

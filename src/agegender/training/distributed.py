@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +35,26 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (e.g. building shared caches), the other ranks after it is done."""
+        if self.world > 1 and not self.is_main:
+            dist.barrier()
+        yield
+        if self.world > 1 and self.is_main:
+            dist.barrier()
+
     def wrap(self, model: nn.Module) -> nn.Module:
         if self.world == 1:
             return model
         return nn.parallel.DistributedDataParallel(model, find_unused_parameters=False)
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank: each rank updated them on its
+        own shard, and validation must see one model everywhere so that every rank takes the same decisions."""
+        if self.world > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():

@@ -84,7 +84,8 @@ class Trainer:
         self.config = self.model.config
         if cfg.trainable_last is not None:
             freeze_all_but_last(self.model, cfg.trainable_last)
-        self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
+        with self.dist.main_first():  # rank 0 builds the split manifests and image cache, the others reuse them
+            self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
         self.batches = Batches(self.data["train"].images, self.data["train"].records, self.config,
                                max(cfg.batch_size // self.dist.world, 1), augment=cfg.data.augment, shuffle=True,
                                seed=cfg.seed, shard=(self.dist.rank, self.dist.world))
@@ -145,6 +146,7 @@ class Trainer:
             total += loss.item() * len(x)
             seen += len(x)
             bar.set_postfix(loss=f"{total / seen:.3f}", **{k: f"{v:.3f}" for k, v in terms.items()})
+        self.dist.sync_buffers(self.model)
         return total / max(seen, 1)
 
     def fit(self) -> dict[str, Any]:
@@ -215,12 +217,12 @@ class Trainer:
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, raw_config: dict | None = None,
           progress: bool = True, splits: SplitRecords | None = None) -> dict[str, Any]:
     """Train (or resume) one run, on ``splits`` when given; returns the test figures of the best epoch."""
+    if not resume and (Path(run_dir) / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
+                              "--run-dir")
     trainer = Trainer(cfg, run_dir, raw_config, progress, splits)
     if resume:
         trainer.resume()
-    elif (Path(run_dir) / "last.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
-                              "--run-dir")
     try:
         return trainer.fit()
     finally:
