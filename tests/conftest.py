@@ -76,12 +76,9 @@ def yunet_path(shared_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def photos_dir(shared_dir: Path) -> Path:
+def photos_dir() -> Path:
     """Sample face photos from the shared folder."""
-    path = shared_dir / "photos"
-    if not path.is_dir():
-        pytest.skip(f"sample photos not found at {path}")
-    return path
+    return shared_path("photos")
 
 
 @pytest.fixture(scope="session")

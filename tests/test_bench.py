@@ -25,6 +25,7 @@ from agegender.cli import main
 from agegender.data.records import FaceRecord
 from agegender.evaluation.metrics import exact_accuracy, mae
 from agegender.inference.images import load_image
+from tests.conftest import shared_path
 
 N_CHIPS = 100
 
@@ -68,12 +69,9 @@ def test_timing_statistics() -> None:
 # --- peer adapters ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def peers_dir(shared_dir: Path) -> Path:
+def peers_dir() -> Path:
     """The peer models folder in the shared assets."""
-    path = shared_dir / "peers"
-    if not path.is_dir():
-        pytest.skip(f"peer models not found at {path}")
-    return path
+    return shared_path("peers")
 
 
 @pytest.fixture(scope="module")

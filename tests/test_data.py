@@ -15,8 +15,14 @@ from agegender.data.augment import AugmentConfig, augment_batch
 from agegender.data.cache import cached_images, default_cache_dir
 from agegender.data.manifest import read_manifest, write_manifest
 from agegender.data.records import FaceRecord, ReadReport
-from agegender.data.splits import (LeakageError, check_no_leakage, collapse_duplicates, kfold_records,
-                                   load_or_make_splits, split_records)
+from agegender.data.splits import (
+    LeakageError,
+    check_no_leakage,
+    collapse_duplicates,
+    kfold_records,
+    load_or_make_splits,
+    split_records,
+)
 from agegender.data.utkface import read_utkface
 from agegender.labels import AGE_GROUPS, adience_age_group, age_to_group
 from tests.conftest import shared_path

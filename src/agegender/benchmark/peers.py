@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from agegender.inference.align import TEMPLATE_SIZE, align_face, load_template
+from agegender.inference.onnx_model import ModelError, ort_session
 from agegender.outputs import Decoded, decode
 
 #: dlib's mean-face positions of YuNet's five landmarks (image-left eye first, as YuNet's order) in the unit
@@ -80,16 +81,10 @@ def gender_logit(p_female: np.ndarray, p_male: np.ndarray) -> np.ndarray:
 
 
 def _ort_session(path: Path, threads: int | None) -> ort.InferenceSession:
-    if not path.is_file():
-        raise PeerUnavailable(f"{path} not found")
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own untyped errors
-        raise PeerUnavailable(f"onnxruntime cannot load {path.name}: {err}") from err
+        return ort_session(path, threads)
+    except ModelError as err:
+        raise PeerUnavailable(str(err)) from err
 
 
 @dataclass(frozen=True)

@@ -31,21 +31,26 @@ def shipped_model_path() -> Path:
     return path
 
 
+def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU ONNX Runtime session; ``threads`` caps the intra-op threads. Raises ModelError if it cannot load."""
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own untyped errors
+        raise ModelError(f"{path} is not a loadable ONNX model: {err}") from err
+
+
 class OnnxAgeGender:
     """Runs an ``agegender export`` file. ``predict(chips)`` takes aligned BGR face chips."""
 
     def __init__(self, path: str | Path | None = None, threads: int | None = None) -> None:
         self.path = Path(path) if path else shipped_model_path()
-        if not self.path.is_file():
-            raise ModelError(f"model file not found: {self.path}")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime raises its own untyped errors
-            raise ModelError(f"{self.path} is not a loadable ONNX model: {err}") from err
+        self.session = ort_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if META_PREFIX + "config" not in meta:
             raise ModelError(f"{self.path} has no agegender metadata: export it with `agegender export`")
