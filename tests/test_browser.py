@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ def page(browser: Any, server_url: str) -> Iterator[Any]:
     page.on("request", lambda req: req.url.startswith(server_url) or req.url.startswith("data:")
             or problems.append(f"request to another site: {req.url}"))
     page.goto(f"{server_url}/")
-    page.wait_for_function("document.querySelector('#model').textContent.startsWith('model ')")
+    # Locator waits run in Playwright's isolated world; wait_for_function would need eval, which the page's
+    # Content-Security-Policy rightly forbids.
+    page.locator("#model", has_text=re.compile(r"^model ")).wait_for()
     yield page
     page.close()
     assert not problems
@@ -66,7 +69,7 @@ def upload_and_wait(page: Any, action: Any) -> dict[str, Any]:
     """Run ``action`` (which makes the page upload a photo); the JSON the server answered."""
     with page.expect_response("**/v1/predict**") as response_info:
         action()
-    page.wait_for_function("document.querySelector('#canvas').dataset.labels !== undefined")
+    page.wait_for_selector("#canvas[data-labels]", state="attached")
     return response_info.value.json()
 
 
