@@ -178,6 +178,8 @@ class FaceDetector:
         self.max_side = max_side
         self.min_face = min_face
         try:
+            # OpenCV 5 warns on every load that its new graph engine ignores the target: noise for a user.
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
             self._net = cv2.FaceDetectorYN.create(
                 str(self.model_path), "", (320, 320), score_threshold, nms_threshold, top_k
             )
