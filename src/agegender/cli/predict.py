@@ -90,7 +90,8 @@ class Writer:
             self.stream.write(json.dumps({"file": file, "error": message}) + "\n")
         elif self.csv:
             self.csv.writerow({"file": file, "error": message})
-        print(f"agegender predict: {file}: {message}", file=sys.stderr)
+        where = "" if message.startswith(file) else f"{file}: "  # image errors already name their file
+        print(f"agegender predict: {where}{message}", file=sys.stderr)
 
 
 def _save(save_dir: Path, file: str, image: Any, faces: list, predictor: Any, frame: int | None = None) -> None:

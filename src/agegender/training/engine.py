@@ -50,9 +50,9 @@ def evaluate_split(model: nn.Module, data: SplitData, cfg: TrainConfig, epoch: i
                    device: str = "cpu") -> dict[str, Any]:
     """Loss terms and metrics of a model on one split (numbers flattened for the history)."""
     outputs = model_outputs(model, data.images, model.config, tta=tta, device=device)
-    targets = {k: torch.from_numpy(v) for k, v in record_targets(data.records).items()}
-    total, terms = multitask_loss({k: torch.from_numpy(v) for k, v in outputs.items()}, targets, cfg.loss, epoch)
     t = record_targets(data.records)
+    targets = {k: torch.from_numpy(v) for k, v in t.items()}
+    total, terms = multitask_loss({k: torch.from_numpy(v) for k, v in outputs.items()}, targets, cfg.loss, epoch)
     metrics = compute_metrics(t["age"], t["group"], t["gender"], decode(outputs),
                               races=[-1 if r.race is None else r.race for r in data.records])
     overall = {k: v for k, v in metrics["overall"].items() if isinstance(v, int | float)}
