@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from agegender.training.checkpoint import load_model
 from agegender.training.config import apply_overrides, load_config
 from agegender.training.engine import train
 
@@ -50,7 +51,7 @@ def test_two_epochs_on_real_chips_lower_the_validation_loss(utkface_dir: Path, t
 
 
 def test_a_killed_run_resumes_to_the_same_weights(utkface_dir: Path, tmp_path: Path) -> None:
-    overrides = small(utkface_dir, 192, 3)
+    overrides = small(utkface_dir, 192, 3, "ema=0.9")
     cfg, raw = load_config(FLAGSHIP, overrides)
     train(cfg, tmp_path / "straight", raw_config=raw, progress=False)
 
@@ -74,7 +75,22 @@ def test_a_killed_run_resumes_to_the_same_weights(utkface_dir: Path, tmp_path: P
     assert a["epoch"] == b["epoch"] == 3
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    for key, value in a["ema"].items():  # the moving average resumes too
+        assert torch.equal(value, b["ema"][key]), key
     assert [r["val_loss"] for r in history(tmp_path / "straight")] == [r["val_loss"] for r in history(run)]
+
+
+def test_ema_weights_are_the_ones_validated_and_kept(utkface_dir: Path, tmp_path: Path) -> None:
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 128, 1, "ema=0.5"))
+    train(cfg, tmp_path / "run", raw_config=raw, progress=False)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert last["ema"]["n_averaged"] == 4  # one update per optimizer step: 128 faces in batches of 32
+    name = "age_dist.weight"
+    assert torch.equal(best["model"][name], last["ema"][f"module.{name}"])
+    assert not torch.equal(best["model"][name], last["model"][name])
+    for path in ("best.pt", "last.pt"):  # evaluation and export see the averaged weights from either file
+        assert torch.equal(load_model(tmp_path / "run" / path).state_dict()[name], best["model"][name])
 
 
 def test_an_existing_run_is_not_overwritten_without_resume(utkface_dir: Path, tmp_path: Path) -> None:

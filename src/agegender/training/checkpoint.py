@@ -21,10 +21,14 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> None:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
-    """Rebuild a model from a checkpoint the engine wrote (its config travels with it), in eval mode."""
+    """Rebuild a model from a checkpoint the engine wrote (its config travels with it), in eval mode. A run
+    trained with ``ema`` gives its averaged weights (those it validated), from ``best.pt`` and ``last.pt``."""
     state = torch.load(path, map_location=device, weights_only=False)
     config = ModelConfig.from_dict(state["model_config"])
     fields = {k: v for k, v in config.to_dict().items() if k not in ("name", "extra")}
     model = create_model(config.name, **{**fields, **state.get("model_args", {})})
-    model.load_state_dict(state["model"])
+    weights = state["model"]
+    if state.get("ema"):
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    model.load_state_dict(weights)
     return model.eval()

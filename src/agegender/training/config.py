@@ -52,6 +52,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     seed: int = 0
+    ema: float | None = None  # decay of an exponential moving average of the weights, per step (e.g. 0.998)
     select: str = "val_loss"  # checkpoint selection: val_loss | val_age_loss | val_gender_loss | val_<metric>
     early_stopping: int | None = None  # patience in epochs
     trainable_last: int | None = None  # freeze all but the last N parameterised layers

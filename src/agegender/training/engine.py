@@ -1,7 +1,8 @@
 """One training engine for every model: config in, run folder out (checkpoints, history, curves, metrics).
 
 A run folder holds ``config.yaml``, ``last.pt`` (everything needed to resume, written atomically after each
-epoch), ``best.pt`` (the epoch chosen by ``select``), ``history.csv``, ``curves.png`` and, at the end,
+epoch), ``best.pt`` (the epoch chosen by ``select``; with ``ema`` set, the averaged weights, which are also the
+ones validated), ``history.csv``, ``curves.png`` and, at the end,
 ``test/`` with the held-out metrics of the best epoch.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from agegender.evaluation.metrics import compute_metrics
@@ -92,14 +94,22 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optimizer)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.epochs, len(self.batches))
         self.net = self.dist.wrap(self.model)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+                    if cfg.ema else None)
         self.epoch, self.best, self.stale, self.history = 0, None, 0, []
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(raw_config or {}, sort_keys=False))
 
     # -- state -----------------------------------------------------------------------------------------------
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated, selected and shipped: the moving average when ``ema`` is set."""
+        return self.model if self.ema is None else self.ema.module
+
     def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.model.state_dict(), "ema": None if self.ema is None else self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "batches": self.batches.state(),
                 "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "best": self.best, "stale": self.stale,
                 "history": self.history, "model_config": self.config.to_dict(), "model_args": self.cfg.model_args}
@@ -111,6 +121,8 @@ class Trainer:
             return False
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.batches.load_state(state["batches"])
@@ -142,11 +154,15 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.schedule.after_step()
             total += loss.item() * len(x)
             seen += len(x)
             bar.set_postfix(loss=f"{total / seen:.3f}", **{k: f"{v:.3f}" for k, v in terms.items()})
         self.dist.sync_buffers(self.model)
+        if self.ema is not None:
+            self.dist.sync_buffers(self.ema.module)
         return total / max(seen, 1)
 
     def fit(self) -> dict[str, Any]:
@@ -155,7 +171,7 @@ class Trainer:
             self._apply_unfreeze()
             start = time.time()
             train_loss = self.train_epoch()
-            val = evaluate_split(self.model, self.data["val"], cfg, self.epoch, device=self.device)["summary"]
+            val = evaluate_split(self.eval_model, self.data["val"], cfg, self.epoch, device=self.device)["summary"]
             self.epoch += 1
             self.schedule.after_epoch(val["loss"])
             row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
@@ -169,7 +185,8 @@ class Trainer:
             self.best, self.stale = (value, 0) if improved else (self.best, self.stale + 1)
             if self.dist.is_main:
                 if improved:
-                    save_atomic({**self.state(), "optimizer": None}, self.run_dir / "best.pt")
+                    save_atomic({**self.state(), "model": self.eval_model.state_dict(), "ema": None,
+                                 "optimizer": None}, self.run_dir / "best.pt")
                 save_atomic(self.state(), self.run_dir / "last.pt")
                 self._write_history()
                 log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
