@@ -1,4 +1,4 @@
-"""Run under torchrun by test_training: train a few steps with DDP, then write every rank's weights checksum."""
+"""Run under torchrun by test_training: train a few steps with DDP, then compare every rank's validated weights."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def main() -> None:
     cfg, raw = load_config(config_path, sys.argv[4:])
     trainer = Trainer(cfg, run_dir, raw, progress=False)
     trainer.fit()
-    flat = torch.cat([p.detach().reshape(-1) for p in trainer.model.state_dict().values() if p.is_floating_point()])
+    weights = trainer.eval_model.state_dict()  # the averaged weights when the config sets `ema`
+    flat = torch.cat([p.detach().reshape(-1) for p in weights.values() if p.is_floating_point()])
     gathered = [torch.zeros_like(flat) for _ in range(trainer.dist.world)]
     dist.all_gather(gathered, flat)
     if trainer.dist.is_main:
