@@ -122,6 +122,8 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
+            if not state.get("ema"):
+                raise ValueError(f"{path} was trained without `ema`: resume it with the config it was started with")
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
