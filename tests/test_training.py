@@ -17,7 +17,7 @@ import torch
 
 from agegender.training.checkpoint import load_model
 from agegender.training.config import apply_overrides, load_config
-from agegender.training.engine import train
+from agegender.training.engine import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = ROOT / "configs" / "flagship.yaml"
@@ -48,6 +48,18 @@ def test_two_epochs_on_real_chips_lower_the_validation_loss(utkface_dir: Path, t
     for name in ("best.pt", "last.pt", "curves.png", "config.yaml", "summary.yaml", "test_flip/report.md"):
         assert (tmp_path / "run" / name).is_file(), name
     assert set(results) == {"none", "flip"} and results["flip"]["age_mae"] > 0
+
+
+def test_age_heads_can_start_at_the_training_mean_age(utkface_dir: Path, tmp_path: Path) -> None:
+    zhu = ROOT / "configs" / "seeds" / "seed002_zhu_joint.yaml"
+    cfg, raw = load_config(zhu, small(utkface_dir, 64, 1))
+    assert cfg.start_age_at_mean  # the Zhu recipe's documented deviation
+    trainer = Trainer(cfg, tmp_path / "zhu", raw, progress=False)
+    mean_age = sum(r.age for r in trainer.data["train"].records) / len(trainer.data["train"].records)
+    assert trainer.model.heads.layers["age"].bias.item() == pytest.approx(mean_age, abs=1e-4)
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, "start_age_at_mean=true"))
+    with pytest.raises(ValueError, match="no `age` regression head"):
+        Trainer(cfg, tmp_path / "flagship", raw, progress=False)
 
 
 def test_a_killed_run_resumes_to_the_same_weights(utkface_dir: Path, tmp_path: Path) -> None:

@@ -39,6 +39,23 @@ class Heads(nn.Module):
         return {key: _shape(key, layer(features)) for key, layer in self.layers.items()}
 
 
+def start_age_at(model: nn.Module, years: float) -> int:
+    """Set the bias of every ``age`` regression head under ``model`` to ``years``; returns how many heads.
+
+    A regression output that starts at zero spends its first epochs learning the mean age (about 33 years on
+    UTKFace) under a small learning rate; starting it there leaves the features to learn the rest.
+
+    >>> heads = Heads(4, ("age", "gender_logit"))
+    >>> start_age_at(heads, 33.0), heads.layers["age"].bias.item()
+    (1, 33.0)
+    """
+    layers = [m.layers["age"] for m in model.modules() if isinstance(m, Heads) and "age" in m.layers]
+    with torch.no_grad():
+        for layer in layers:
+            layer.bias.fill_(years)
+    return len(layers)
+
+
 def _shape(key: str, logits: Tensor) -> Tensor:
     return logits.squeeze(-1) if OUTPUT_SIZES[key] == 1 else logits
 

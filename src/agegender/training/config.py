@@ -18,7 +18,7 @@ class DataConfig:
     dataset: str = "utkface"  # utkface | manifest
     root: str = "../shared/data/UTKFace"  # folder (utkface) or CSV (manifest); relative to the working directory
     splits_dir: str | None = None  # where split manifests are written (default: the cache folder)
-    train_limit: int | None = None  # use only the first N training (and N/8 validation) records: smoke tests
+    train_limit: int | None = None  # train on a fixed sample of N faces (validate and test on N/8): budgets
     filter: dict[str, str] = field(default_factory=dict)  # keep only e.g. {gender: male} or {age_group: 0-2}
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -52,6 +52,7 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     seed: int = 0
+    start_age_at_mean: bool = False  # the age regression heads' bias starts at the training set's mean age
     ema: float | None = None  # decay of an exponential moving average of the weights, per step (e.g. 0.998)
     select: str = "val_loss"  # checkpoint selection: val_loss | val_age_loss | val_gender_loss | val_<metric>
     early_stopping: int | None = None  # patience in epochs

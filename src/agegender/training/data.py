@@ -68,14 +68,29 @@ def dataset_splits(cfg: DataConfig, progress: bool = True) -> dict[str, list[Fac
     return splits
 
 
+def limit_records(records: Sequence[FaceRecord], n: int) -> list[FaceRecord]:
+    """A fixed random sample of ``n`` records, in their original order. Not the first ``n``: split manifests
+    list faces by file name, which for UTKFace sorts them by age.
+
+    >>> faces = [FaceRecord.from_age(f"{age}.jpg", age, 0) for age in range(1, 101)]
+    >>> sample = limit_records(faces, 20)
+    >>> len(sample), sample == limit_records(faces, 20), sum(r.age for r in sample) / 20 > 30
+    (20, True, True)
+    """
+    if n >= len(records):
+        return list(records)
+    keep = np.sort(np.random.default_rng(0).choice(len(records), n, replace=False))
+    return [records[i] for i in keep]
+
+
 def select_records(splits: SplitRecords, cfg: DataConfig) -> dict[str, list[FaceRecord]]:
-    """``train_limit`` (the first N train and N/8 val and test records), then ``filter``, on each split.
-    Limiting first makes a filtered run's faces a subset of the unfiltered run's."""
+    """``train_limit`` (a fixed sample of N train and N/8 val and test records), then ``filter``, on each
+    split. Limiting first makes a filtered run's faces a subset of the unfiltered run's."""
     out = {}
     for name in SPLITS:
         records = list(splits[name])
         if cfg.train_limit:
-            records = records[: cfg.train_limit if name == "train" else max(cfg.train_limit // 8, 16)]
+            records = limit_records(records, cfg.train_limit if name == "train" else max(cfg.train_limit // 8, 16))
         if cfg.filter:
             records = filter_records(records, cfg.filter)
         if not records:

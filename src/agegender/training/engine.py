@@ -28,6 +28,7 @@ from agegender.evaluation.metrics import compute_metrics
 from agegender.evaluation.runner import model_outputs
 from agegender.models import create_model
 from agegender.models.freezing import freeze_all_but_last, unfreeze_last
+from agegender.models.layers import start_age_at
 from agegender.outputs import decode
 from agegender.training.batches import Batches, record_targets
 from agegender.training.checkpoint import save_atomic
@@ -88,6 +89,11 @@ class Trainer:
             freeze_all_but_last(self.model, cfg.trainable_last)
         with self.dist.main_first():  # rank 0 builds the split manifests and image cache, the others reuse them
             self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
+        if cfg.start_age_at_mean:
+            mean_age = float(np.mean([r.age for r in self.data["train"].records]))
+            if not start_age_at(self.model, mean_age):
+                raise ValueError(f"start_age_at_mean: {cfg.model} has no `age` regression head")
+            log.info("age heads start at the training mean age, %.1f years", mean_age)
         self.batches = Batches(self.data["train"].images, self.data["train"].records, self.config,
                                max(cfg.batch_size // self.dist.world, 1), augment=cfg.data.augment, shuffle=True,
                                seed=cfg.seed, shard=(self.dist.rank, self.dist.world))
