@@ -7,15 +7,41 @@ import numpy as np
 
 from agegender.model_config import ModelConfig
 
+#: Names the resampling of :func:`resize_square`; image caches are keyed by it, so changing it rebuilds them.
+RESAMPLING = "box-then-area"
 
-def chip_to_rgb(chip_bgr: np.ndarray, size: int, face_crop: float = 1.0) -> np.ndarray:
-    """Center-crop ``face_crop`` of a BGR chip's side, resize to ``size`` x ``size``, return RGB uint8."""
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """A square image resized to ``size`` x ``size``. Shrinking by more than 2x first averages k x k blocks
+    (OpenCV's fast integer-factor area path, after trimming at most k - 1 border pixels), then area-resamples
+    the rest of the way: 0.1 ms for a 200 px chip to 72 px, against 0.2 ms for one non-integer area resize.
+
+    >>> resize_square(np.full((200, 200, 3), 7, np.uint8), 72).shape
+    (72, 72, 3)
+    """
+    side = image.shape[0]
+    factor = side // size
+    if factor >= 2:
+        trim = side % factor
+        start = trim // 2
+        image = image[start:start + side - trim, start:start + side - trim]
+        image = cv2.resize(image, ((side - trim) // factor,) * 2, interpolation=cv2.INTER_AREA)
+    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interp)
+
+
+def chip_to_bgr(chip_bgr: np.ndarray, size: int, face_crop: float = 1.0) -> np.ndarray:
+    """Center-crop ``face_crop`` of a BGR chip's side and resize it to ``size`` x ``size``."""
     h, w = chip_bgr.shape[:2]
     side = min(h, w) * face_crop
     y0, x0 = (h - side) / 2, (w - side) / 2
     crop = chip_bgr[int(round(y0)):int(round(y0 + side)), int(round(x0)):int(round(x0 + side))]
-    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.cvtColor(cv2.resize(crop, (size, size), interpolation=interp), cv2.COLOR_BGR2RGB)
+    return resize_square(crop, size)
+
+
+def chip_to_rgb(chip_bgr: np.ndarray, size: int, face_crop: float = 1.0) -> np.ndarray:
+    """:func:`chip_to_bgr` as RGB uint8 (the layout of the training caches)."""
+    return cv2.cvtColor(chip_to_bgr(chip_bgr, size, face_crop), cv2.COLOR_BGR2RGB)
 
 
 def center_crop(batch: np.ndarray, size: int) -> np.ndarray:
@@ -27,5 +53,6 @@ def center_crop(batch: np.ndarray, size: int) -> np.ndarray:
 
 def chips_to_input(chips_bgr: list[np.ndarray], config: ModelConfig) -> np.ndarray:
     """Float32 N x 3 x S x S RGB batch on a 0..255 scale, as exported models take it (they normalise inside)."""
-    rgb = np.stack([chip_to_rgb(c, config.load_size, config.face_crop) for c in chips_bgr])
-    return np.ascontiguousarray(center_crop(rgb, config.input_size).transpose(0, 3, 1, 2), dtype=np.float32)
+    bgr = np.stack([chip_to_bgr(c, config.load_size, config.face_crop) for c in chips_bgr])
+    return np.ascontiguousarray(center_crop(bgr, config.input_size)[..., ::-1].transpose(0, 3, 1, 2),
+                                dtype=np.float32)

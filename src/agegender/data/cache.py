@@ -14,7 +14,7 @@ from tqdm import tqdm
 from agegender.data.records import FaceRecord
 from agegender.data.splits import dataset_key
 from agegender.inference.images import ImageError, load_image
-from agegender.preprocess import chip_to_rgb
+from agegender.preprocess import RESAMPLING, chip_to_rgb
 
 
 def default_cache_dir() -> Path:
@@ -28,12 +28,12 @@ def cached_images(records: Sequence[FaceRecord], size: int, face_crop: float = 1
                   cache_dir: str | Path | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(images N x size x size x 3 RGB uint8 memmap, ok mask). Undecodable images are zeros with ok False.
 
-    The file name hashes the records, their files' sizes and mtimes, the size and the crop, so a change in any
-    of them builds a new cache; the array is written to a temporary file and renamed when complete.
+    The file name hashes the records, their files' sizes and mtimes, the size, the crop and the resampling, so
+    a change in any of them builds a new cache; the array is written to a temporary file and renamed when complete.
     """
     folder = Path(cache_dir) if cache_dir else default_cache_dir() / "arrays"
     folder.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha1(f"{dataset_key(records)}|{size}|{face_crop}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{dataset_key(records)}|{size}|{face_crop}|{RESAMPLING}".encode()).hexdigest()[:16]
     array_file, meta_file = folder / f"{key}.npy", folder / f"{key}.json"
     if array_file.is_file() and meta_file.is_file():
         ok = np.array(json.loads(meta_file.read_text())["ok"], dtype=bool)
