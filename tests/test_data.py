@@ -25,6 +25,7 @@ from agegender.data.splits import (
 )
 from agegender.data.utkface import read_utkface
 from agegender.labels import AGE_GROUPS, adience_age_group, age_to_group
+from agegender.preprocess import resize_square
 from tests.conftest import shared_path
 
 ADIENCE_FOLD0 = ("data", "adience_folds", "original_txt_files", "fold_0_data.txt")
@@ -181,3 +182,14 @@ def test_augmentation_shapes_identity_and_mirror() -> None:
     # the warp with all ranges at zero and no flip is the center crop, so geometry is consistent
     still = augment_batch(images, 64, AugmentConfig(rotation=1e-9), rng)
     assert np.abs(still - plain).max() < 1e-3
+
+
+def test_fast_resize_stays_close_to_one_area_resize(utkface: list[FaceRecord]) -> None:
+    chips = [cv2.imread(str(r.path)) for r in utkface[::500]]
+    for chip in chips:
+        fast = resize_square(chip, 72).astype(np.float64)
+        area = cv2.resize(chip, (72, 72), interpolation=cv2.INTER_AREA).astype(np.float64)
+        assert np.abs(fast - area).mean() < 2.5  # grey levels out of 255
+    odd = resize_square(chips[0][:201, :201], 64)  # 201 = 3 x 64 + 9: trims 9 pixels before the 3x3 box step
+    assert odd.shape == (64, 64, 3)
+    assert resize_square(chips[0][:50, :50], 64).shape == (64, 64, 3)  # enlarging: linear
