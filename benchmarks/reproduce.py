@@ -210,11 +210,14 @@ def _load_row_model(row: Row, runs_dir: Path) -> nn.Module:
 
 
 def _face_arrays(records: Sequence[FaceRecord], decoded: Decoded) -> dict[str, Any]:
+    """Per-face arrays of a row; an output the model lacks is NaN (group: -1), so the file needs no pickling."""
     targets = record_targets(records)
-    female = decoded.female_prob if decoded.female_prob is not None else np.full(len(records), np.nan)
+    missing = np.full(len(records), np.nan)
     return {"path": np.array([r.path for r in records]), "true_age": targets["age"],
-            "true_group": targets["group"], "true_gender": targets["gender"], "age": decoded.age,
-            "group": decoded.age_group, "female_prob": female}
+            "true_group": targets["group"], "true_gender": targets["gender"],
+            "age": missing if decoded.age is None else decoded.age,
+            "group": np.full(len(records), -1) if decoded.age_group is None else decoded.age_group,
+            "female_prob": missing if decoded.female_prob is None else decoded.female_prob}
 
 
 def evaluate_row(row: Row, runs_dir: Path, records: Sequence[FaceRecord], description: str, progress: bool

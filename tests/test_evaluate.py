@@ -26,6 +26,7 @@ from agegender.evaluation.crossval import plan_runs
 from agegender.evaluation.evaluate import evaluate_model, evaluation_records, model_config
 from agegender.export import export_onnx
 from agegender.models import create_model
+from agegender.outputs import Decoded
 from agegender.training.checkpoint import load_model
 from agegender.training.config import DataConfig, TrainConfig, load_config
 from agegender.training.data import filter_records, limit_records, select_records
@@ -226,3 +227,14 @@ def test_claims_are_judged_by_a_paired_bootstrap() -> None:
     assert repro.judge(claim, {"a": poor, "b": good})[0] == "contradicted"
     assert repro.judge(claim, {"a": good, "b": good})[0] == "inconclusive"
     assert repro.judge(claim, {"a": good})[0] == "not run"
+
+
+def test_a_gender_only_rows_faces_save_without_pickling(tmp_path: Path) -> None:
+    repro = _reproduce()
+    records = [FaceRecord.from_age(f"{i}.jpg", age, i % 2) for i, age in enumerate((3, 30, 70))]
+    decoded = Decoded(None, None, None, None, np.array([0.2, 0.9, 0.6]))
+    np.savez_compressed(tmp_path / "faces.npz", **repro._face_arrays(records, decoded))
+    with np.load(tmp_path / "faces.npz") as faces:  # allow_pickle=False
+        assert np.isnan(faces["age"]).all() and (faces["group"] == -1).all()
+        scores, defined = repro.face_scores(dict(faces), "gender_accuracy")
+        assert scores.tolist() == [1.0, 1.0, 0.0] and defined.all()
