@@ -15,9 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from agegender.evaluation.runner import model_outputs
+from agegender.models import create_model
+from agegender.outputs import decode
 from agegender.training.checkpoint import load_model
 from agegender.training.config import apply_overrides, load_config
 from agegender.training.engine import Trainer, train
+from agegender.training.losses import distillation_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = ROOT / "configs" / "flagship.yaml"
@@ -125,3 +129,47 @@ def test_two_process_ddp_keeps_replicas_identical(utkface_dir: Path, tmp_path: P
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["world"] == 2 and report["max_diff"] == 0.0 and report["norm"] > 0
+
+
+def test_a_student_trained_on_its_teacher_alone_comes_to_agree_with_it(utkface_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    teacher = create_model("flagship")  # an opinionated teacher: every face is a 70-year-old woman
+    with torch.no_grad():
+        for head in (teacher.age_dist, teacher.gender):
+            head.weight.zero_()
+            head.bias.zero_()
+        teacher.age_dist.bias[70] = 6.0
+        teacher.gender.bias.fill_(3.0)
+    torch.save({"model": teacher.state_dict(), "model_config": teacher.config.to_dict(), "model_args": {}},
+               tmp_path / "teacher.pt")
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 256, 4, f"distill.teacher={tmp_path / 'teacher.pt'}",
+                                           "loss.age_dist=0", "loss.gender=0", "optimizer.lr=0.005", "ema=null",
+                                           "schedule.name=none"))
+    trainer = Trainer(cfg, tmp_path / "student", raw, progress=False)
+    val = trainer.data["val"].images
+
+    def predictions() -> tuple[float, float, float]:
+        student, teacher = (model_outputs(m, val, trainer.config) for m in (trainer.model, trainer.teacher.model))
+        gap, _ = distillation_loss({k: torch.from_numpy(v) for k, v in student.items()},
+                                   {k: torch.from_numpy(v) for k, v in teacher.items()})
+        decoded = decode(student)
+        return float(gap), float(decoded.age.mean()), float(decoded.female_prob.mean())
+
+    gap, age, female = predictions()
+    trainer.fit()
+    gap_after, age_after, female_after = predictions()
+    assert gap_after < 0.5 * gap
+    assert age_after > age and female_after > 0.7 > female
+    assert "val_loss" in history(tmp_path / "student")[0]
+
+
+def test_a_teacher_that_sees_other_inputs_is_refused(utkface_dir: Path, tmp_path: Path) -> None:
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1))
+    train(cfg, tmp_path / "teacher", raw_config=raw, progress=False)
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"distill.teacher={tmp_path / 'teacher'}",
+                                           "model_args.input_size=48"))
+    with pytest.raises(ValueError, match="input_size=64.*must see the student's batches"):
+        Trainer(cfg, tmp_path / "student", raw, progress=False)
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"distill.teacher={tmp_path / 'nowhere'}"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer(cfg, tmp_path / "student2", raw, progress=False)

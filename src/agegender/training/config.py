@@ -42,6 +42,13 @@ class ScheduleConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str | None = None  # a checkpoint, or a run folder (its best.pt), of any model with the same input
+    weight: float = 1.0  # the distillation term's weight beside the labels' loss
+    temperature: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     model: str
     model_args: dict[str, Any] = field(default_factory=dict)
@@ -49,6 +56,7 @@ class TrainConfig:
     optimizer: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossSpec = field(default_factory=LossSpec)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     epochs: int = 10
     batch_size: int = 64
     seed: int = 0
@@ -62,7 +70,8 @@ class TrainConfig:
     description: str = ""
 
 
-_SECTIONS = {"data": DataConfig, "optimizer": OptimConfig, "schedule": ScheduleConfig, "loss": LossSpec}
+_SECTIONS = {"data": DataConfig, "optimizer": OptimConfig, "schedule": ScheduleConfig, "loss": LossSpec,
+             "distill": DistillConfig}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -34,8 +34,9 @@ from agegender.training.batches import Batches, record_targets
 from agegender.training.checkpoint import save_atomic
 from agegender.training.config import TrainConfig
 from agegender.training.data import SplitData, SplitRecords, load_splits
+from agegender.training.distill import Teacher
 from agegender.training.distributed import Distributed
-from agegender.training.losses import multitask_loss
+from agegender.training.losses import distillation_loss, multitask_loss
 from agegender.training.optim import Schedule, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class Trainer:
         self.batches = Batches(self.data["train"].images, self.data["train"].records, self.config,
                                max(cfg.batch_size // self.dist.world, 1), augment=cfg.data.augment, shuffle=True,
                                seed=cfg.seed, shard=(self.dist.rank, self.dist.world))
+        self.teacher = (Teacher.load(cfg.distill.teacher, self.config, self.device) if cfg.distill.teacher
+                        else None)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optimizer)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.epochs, len(self.batches))
         self.net = self.dist.wrap(self.model)
@@ -155,7 +158,12 @@ class Trainer:
         for x, targets in bar:
             x = x.to(self.device, non_blocking=True)
             targets = {k: v.to(self.device) for k, v in targets.items()}
-            loss, terms = multitask_loss(self.net(x), targets, self.cfg.loss, self.epoch)
+            outputs = self.net(x)
+            loss, terms = multitask_loss(outputs, targets, self.cfg.loss, self.epoch)
+            if self.teacher is not None:
+                kd, kd_terms = distillation_loss(outputs, self.teacher(x), self.cfg.distill.temperature)
+                loss = loss + self.cfg.distill.weight * kd
+                terms.update(kd_terms)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at epoch {self.epoch + 1}: lower the "
                                          "learning rate or check the data")

@@ -8,6 +8,9 @@ tensor([[0., 0., 0., 0., 0., 0., 0., 0.],
         [1., 1., 1., 0., 0., 0., 0., 0.]])
 >>> round(float(gaussian_age_targets(torch.tensor([30.0]), sigma=2.0)[0].argmax()), 1)
 30.0
+>>> logits = {"age_dist_logits": torch.randn(4, 101), "gender_logit": torch.randn(4)}
+>>> abs(float(distillation_loss(logits, logits)[0])) < 1e-6  # a student that matches its teacher pays nothing
+True
 """
 
 from __future__ import annotations
@@ -85,6 +88,43 @@ def distribution_loss(logits: Tensor, age: Tensor, sigma: float = 2.0, l1_weight
     kl = F.kl_div(logp, gaussian_age_targets(age, sigma, logits.shape[1]), reduction="none").sum(dim=1)
     expected = logp.exp() @ torch.arange(logits.shape[1], dtype=logp.dtype, device=logp.device)
     return _masked_mean(kl + l1_weight * (expected - age).abs(), mask)
+
+
+def soft_cross_entropy(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL from the teacher's softened class distribution to the student's, scaled by T^2 (Hinton et al.)."""
+    t = torch.softmax(teacher / temperature, dim=1)
+    logp = torch.log_softmax(student / temperature, dim=1)
+    return F.kl_div(logp, t, reduction="batchmean") * temperature**2
+
+
+def soft_binary_cross_entropy(student: Tensor, teacher: Tensor, temperature: float = 1.0) -> Tensor:
+    """Binary KL from the teacher's softened probabilities (one logit per threshold or head) to the student's."""
+    t = torch.sigmoid(teacher / temperature)
+    per = (F.binary_cross_entropy_with_logits(student / temperature, t, reduction="none")
+           - F.binary_cross_entropy_with_logits(teacher / temperature, t, reduction="none"))
+    return per.reshape(len(per), -1).sum(dim=1).mean() * temperature**2
+
+
+_SOFTMAX_OUTPUTS = ("age_dist_logits", "age_group_logits", "joint_logits")
+_SIGMOID_OUTPUTS = ("gender_logit", "age_ordinal_logits")
+
+
+def distillation_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor],
+                      temperature: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+    """Knowledge distillation over every head the student and teacher share: soft cross-entropy for
+    softmax heads, binary KL for sigmoid heads, L1 for an age in years. Returns the sum and each term."""
+    terms: dict[str, Tensor] = {}
+    for key in student.keys() & teacher.keys():
+        s, t = student[key], teacher[key].detach()
+        if key in _SOFTMAX_OUTPUTS:
+            terms[key] = soft_cross_entropy(s, t, temperature)
+        elif key in _SIGMOID_OUTPUTS:
+            terms[key] = soft_binary_cross_entropy(s, t, temperature)
+        elif key == "age":
+            terms[key] = (s - t).abs().mean()
+    if not terms:
+        raise ValueError(f"the student's outputs {sorted(student)} share no head with the teacher's {sorted(teacher)}")
+    return sum(terms.values()), {f"kd_{k}": float(v.detach()) for k, v in terms.items()}
 
 
 @dataclass
