@@ -88,6 +88,8 @@ class Trainer:
         self.config = self.model.config
         if cfg.trainable_last is not None:
             freeze_all_but_last(self.model, cfg.trainable_last)
+        self.teacher = (Teacher.load(cfg.distill.teacher, self.config, self.device) if cfg.distill.teacher
+                        else None)
         with self.dist.main_first():  # rank 0 builds the split manifests and image cache, the others reuse them
             self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
         if cfg.start_age_at_mean:
@@ -98,8 +100,6 @@ class Trainer:
         self.batches = Batches(self.data["train"].images, self.data["train"].records, self.config,
                                max(cfg.batch_size // self.dist.world, 1), augment=cfg.data.augment, shuffle=True,
                                seed=cfg.seed, shard=(self.dist.rank, self.dist.world))
-        self.teacher = (Teacher.load(cfg.distill.teacher, self.config, self.device) if cfg.distill.teacher
-                        else None)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optimizer)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.epochs, len(self.batches))
         self.net = self.dist.wrap(self.model)
