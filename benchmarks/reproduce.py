@@ -209,7 +209,7 @@ def _load_row_model(row: Row, runs_dir: Path) -> nn.Module:
     return ChainedPredictor.gender_then_age(gender, male, female, hard=bool(row.chain["hard"])).eval()
 
 
-def _face_arrays(records: Sequence[FaceRecord], decoded: Decoded) -> dict[str, Any]:
+def face_arrays(records: Sequence[FaceRecord], decoded: Decoded) -> dict[str, Any]:
     """Per-face arrays of a row; an output the model lacks is NaN (group: -1), so the file needs no pickling."""
     targets = record_targets(records)
     missing = np.full(len(records), np.nan)
@@ -237,7 +237,7 @@ def evaluate_row(row: Row, runs_dir: Path, records: Sequence[FaceRecord], descri
         decoded = predict_faces(model, data.images, row.tta)
         write_report(face_metrics(data.records, decoded), out, title=row.title,
                      protocol=f"{description}; {TTA_TEXT[row.tta]}; runs {', '.join(row.runs)} in {runs_dir}")
-        np.savez_compressed(faces_file, **_face_arrays(data.records, decoded))
+        np.savez_compressed(faces_file, **face_arrays(data.records, decoded))
     seconds = sum(yaml.safe_load((d / "summary.yaml").read_text())["train_seconds"] for d in run_dirs)
     metrics = json.loads((out / "metrics.json").read_text())
     with np.load(faces_file) as faces:

@@ -233,7 +233,7 @@ def test_a_gender_only_rows_faces_save_without_pickling(tmp_path: Path) -> None:
     repro = _reproduce()
     records = [FaceRecord.from_age(f"{i}.jpg", age, i % 2) for i, age in enumerate((3, 30, 70))]
     decoded = Decoded(None, None, None, None, np.array([0.2, 0.9, 0.6]))
-    np.savez_compressed(tmp_path / "faces.npz", **repro._face_arrays(records, decoded))
+    np.savez_compressed(tmp_path / "faces.npz", **repro.face_arrays(records, decoded))
     with np.load(tmp_path / "faces.npz") as faces:  # allow_pickle=False
         assert np.isnan(faces["age"]).all() and (faces["group"] == -1).all()
         scores, defined = repro.face_scores(dict(faces), "gender_accuracy")

@@ -1,0 +1,51 @@
+"""Is model A better than model B? A paired bootstrap over the faces of one UTKFace split.
+
+Both models (checkpoints or exported ONNX) predict every face of the split; for each figure the per-face
+differences are resampled (as `reproduce.py` judges the papers' claims) and the mean with its 95% interval is
+printed. Example: ``python benchmarks/compare_models.py src/agegender/weights/flagship.onnx OLD.onnx``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from reproduce import CLAIM_UNITS, face_arrays, face_scores, paired_bootstrap
+
+from agegender.evaluation.evaluate import load_evaluable, model_config, predict_faces
+from agegender.evaluation.runner import TTA_MODES
+from agegender.training.config import DataConfig
+from agegender.training.data import dataset_splits, decode_split
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", type=Path, help="model A (.pt or .onnx)")
+    parser.add_argument("b", type=Path, help="model B (.pt or .onnx)")
+    parser.add_argument("--root", default="../shared/data/UTKFace", help="UTKFace folder")
+    parser.add_argument("--split", default="test", choices=("test", "val"))
+    parser.add_argument("--tta", default="flip", choices=TTA_MODES)
+    args = parser.parse_args()
+    for path in (args.a, args.b):
+        if not path.is_file():
+            parser.error(f"{path}: no such model file")
+    records = dataset_splits(DataConfig(dataset="utkface", root=args.root), progress=False)[args.split]
+    faces = []
+    for path in (args.a, args.b):
+        model = load_evaluable(path)
+        data = decode_split(records, model_config(model), progress=True)
+        faces.append(face_arrays(data.records, predict_faces(model, data.images, args.tta)))
+    print(f"A = {args.a}, B = {args.b}; UTKFace {args.split} split, {len(records)} faces, tta {args.tta}")
+    print("| Figure | A - B (better is positive) | 95% interval |\n|---|---|---|")
+    for metric, unit in CLAIM_UNITS.items():
+        (a, ok_a), (b, ok_b) = face_scores(faces[0], metric), face_scores(faces[1], metric)
+        ok = ok_a & ok_b
+        if not ok.any():
+            continue
+        scale, unit = (100.0, "pts") if unit == "pts" else (1.0, "years")
+        mean, lo, hi = (scale * x for x in paired_bootstrap(a[ok], b[ok]))
+        print(f"| {metric} | {mean:+.2f} {unit} | {lo:+.2f} to {hi:+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
