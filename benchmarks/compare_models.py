@@ -1,8 +1,9 @@
 """Is model A better than model B? A paired bootstrap over the faces of one UTKFace split.
 
 Both models (checkpoints or exported ONNX) predict every face of the split; for each figure the per-face
-differences are resampled (as `reproduce.py` judges the papers' claims) and the mean with its 95% interval is
-printed. Example: ``python benchmarks/compare_models.py src/agegender/weights/flagship.onnx OLD.onnx``.
+differences are resampled (`agegender.evaluation.compare`, as `reproduce.py` judges the papers' claims) and the
+mean with its 95% interval is printed. Example:
+``python benchmarks/compare_models.py src/agegender/weights/flagship.onnx OLD.onnx``.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reproduce import CLAIM_UNITS, face_arrays, face_scores, paired_bootstrap
-
+from agegender.evaluation.compare import COMPARABLE, face_arrays, face_scores, paired_bootstrap
 from agegender.evaluation.evaluate import load_evaluable, model_config, predict_faces
 from agegender.evaluation.runner import TTA_MODES
 from agegender.training.config import DataConfig
@@ -37,7 +37,7 @@ def main() -> None:
         faces.append(face_arrays(data.records, predict_faces(model, data.images, args.tta)))
     print(f"A = {args.a}, B = {args.b}; UTKFace {args.split} split, {len(records)} faces, tta {args.tta}")
     print("| Figure | A - B (better is positive) | 95% interval |\n|---|---|---|")
-    for metric, unit in CLAIM_UNITS.items():
+    for metric, unit in COMPARABLE.items():
         (a, ok_a), (b, ok_b) = face_scores(faces[0], metric), face_scores(faces[1], metric)
         ok = ok_a & ok_b
         if not ok.any():

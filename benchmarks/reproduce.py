@@ -39,14 +39,13 @@ import yaml
 from torch import nn
 
 from agegender.data.records import FaceRecord
+from agegender.evaluation.compare import BOOTSTRAP_SAMPLES, COMPARABLE, face_arrays, face_scores, paired_bootstrap
 from agegender.evaluation.evaluate import TTA_TEXT, face_metrics, load_evaluable, model_config, predict_faces
 from agegender.evaluation.metrics import METRIC_LABELS, format_metric
 from agegender.evaluation.report import write_report
 from agegender.evaluation.runner import TTA_MODES
 from agegender.models import get_config
 from agegender.models.chained import ChainedPredictor
-from agegender.outputs import Decoded
-from agegender.training.batches import record_targets
 from agegender.training.config import DataConfig, load_config, read_raw_config
 from agegender.training.data import dataset_splits, decode_split
 from agegender.training.engine import train
@@ -57,9 +56,6 @@ DEFAULT_RUNS = REPO.parent / "runs" / "repro"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "UTKFace"
 DEFAULT_OUT = REPO / "docs" / "results.md"
 NOT_RUN = "not run"
-BOOTSTRAP_SAMPLES = 2000
-#: Figures a claim can compare, with how a difference of one is shown.
-CLAIM_UNITS = {"group_exact": "pts", "group_one_off": "pts", "gender_accuracy": "pts", "age_mae": "years"}
 
 log = logging.getLogger("reproduce")
 
@@ -152,7 +148,7 @@ def load_suite(path: str | Path = SUITE_FILE) -> Suite:
         if not row.runs or row.tta not in TTA_MODES or problems:
             raise ValueError(f"{path}: row {row.name!r} has unknown {', '.join(problems) or 'model or tta'}")
     for claim in claims:
-        if {claim.better, claim.worse} - row_names or claim.metric not in CLAIM_UNITS:
+        if {claim.better, claim.worse} - row_names or claim.metric not in COMPARABLE:
             raise ValueError(f"{path}: claim {claim.claim!r} names an unknown row or metric")
     return Suite(runs, rows, claims)
 
@@ -209,17 +205,6 @@ def _load_row_model(row: Row, runs_dir: Path) -> nn.Module:
     return ChainedPredictor.gender_then_age(gender, male, female, hard=bool(row.chain["hard"])).eval()
 
 
-def face_arrays(records: Sequence[FaceRecord], decoded: Decoded) -> dict[str, Any]:
-    """Per-face arrays of a row; an output the model lacks is NaN (group: -1), so the file needs no pickling."""
-    targets = record_targets(records)
-    missing = np.full(len(records), np.nan)
-    return {"path": np.array([r.path for r in records]), "true_age": targets["age"],
-            "true_group": targets["group"], "true_gender": targets["gender"],
-            "age": missing if decoded.age is None else decoded.age,
-            "group": np.full(len(records), -1) if decoded.age_group is None else decoded.age_group,
-            "female_prob": missing if decoded.female_prob is None else decoded.female_prob}
-
-
 def evaluate_row(row: Row, runs_dir: Path, records: Sequence[FaceRecord], description: str, progress: bool
                  ) -> RowResult | None:
     """Our figures for a row on the test records (None while any of its runs is unfinished), cached in
@@ -245,30 +230,6 @@ def evaluate_row(row: Row, runs_dir: Path, records: Sequence[FaceRecord], descri
 
 
 # -- claims ---------------------------------------------------------------------------------------------
-def face_scores(faces: Mapping[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-face score whose mean is the figure (higher is better; age: minus the absolute error) and the mask
-    of faces it is defined on."""
-    if metric in ("group_exact", "group_one_off"):
-        off = np.abs(faces["group"].astype(np.int64) - faces["true_group"])
-        return (off <= (0 if metric == "group_exact" else 1)).astype(float), faces["true_group"] >= 0
-    if metric == "gender_accuracy":
-        pred = (faces["female_prob"] >= 0.5).astype(np.int64)
-        return (pred == faces["true_gender"]).astype(float), (faces["true_gender"] >= 0) & ~np.isnan(
-            faces["female_prob"])
-    if metric == "age_mae":
-        return -np.abs(faces["age"] - faces["true_age"]), ~np.isnan(faces["true_age"])
-    raise ValueError(f"claims compare {', '.join(CLAIM_UNITS)}, not {metric!r}")
-
-
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
-                     ) -> tuple[float, float, float]:
-    """Mean of ``a - b`` (paired per face) and its 95% bootstrap interval."""
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(samples)])
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def judge(claim: Claim, results: Mapping[str, RowResult | None]) -> tuple[str, str]:
     """(verdict, our comparison in words) of a claim."""
     better, worse = results.get(claim.better), results.get(claim.worse)
@@ -281,7 +242,7 @@ def judge(claim: Claim, results: Mapping[str, RowResult | None]) -> tuple[str, s
     if not ok.any():
         return "not comparable", f"no face has {claim.metric} for both"
     mean, lo, hi = paired_bootstrap(a[ok], b[ok])
-    scale, unit = (100.0, "pts") if CLAIM_UNITS[claim.metric] == "pts" else (1.0, "years better")
+    scale, unit = (100.0, "pts") if COMPARABLE[claim.metric] == "pts" else (1.0, "years better")
     verdict = "supported" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"
     figures = f"{_figure(claim.metric, better.overall)} vs {_figure(claim.metric, worse.overall)}"
     return verdict, f"{figures}: {scale * mean:+.1f} {unit}, 95% CI {scale * lo:+.1f} to {scale * hi:+.1f}"
@@ -369,9 +330,9 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
         time = "–" if result is None else _minutes(result.train_seconds)
         lines.append(f"| {row.title} | {row.paper} | {ours} | {protocol} | {time} |")
     lines += ["", "## The papers' claims against our numbers", "",
-              "Paired bootstrap over our test faces (2,000 resamples): *supported* when the 95% interval of "
-              "the difference lies above zero, *contradicted* when below, *inconclusive* when it spans zero. "
-              "One training seed per run and budgeted training: a verdict says what these runs show, not "
+              f"Paired bootstrap over our test faces ({BOOTSTRAP_SAMPLES:,} resamples): *supported* when the 95% "
+              "interval of the difference lies above zero, *contradicted* when below, *inconclusive* when it "
+              "spans zero. One training seed per run and budgeted training: a verdict says what these runs show, not "
               "what a full-recipe run would.", "",
               "| Claim | Paper | Ours | Verdict |", "|---|---|---|---|"]
     for claim in suite.claims:

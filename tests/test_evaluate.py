@@ -22,6 +22,7 @@ import yaml
 from agegender.cli import main
 from agegender.data.records import FaceRecord
 from agegender.data.utkface import parse_utkface_name
+from agegender.evaluation.compare import face_arrays, face_scores
 from agegender.evaluation.crossval import plan_runs
 from agegender.evaluation.evaluate import evaluate_model, evaluation_records, model_config
 from agegender.export import export_onnx
@@ -230,11 +231,11 @@ def test_claims_are_judged_by_a_paired_bootstrap() -> None:
 
 
 def test_a_gender_only_rows_faces_save_without_pickling(tmp_path: Path) -> None:
-    repro = _reproduce()
     records = [FaceRecord.from_age(f"{i}.jpg", age, i % 2) for i, age in enumerate((3, 30, 70))]
     decoded = Decoded(None, None, None, None, np.array([0.2, 0.9, 0.6]))
-    np.savez_compressed(tmp_path / "faces.npz", **repro.face_arrays(records, decoded))
+    np.savez_compressed(tmp_path / "faces.npz", **face_arrays(records, decoded))
     with np.load(tmp_path / "faces.npz") as faces:  # allow_pickle=False
         assert np.isnan(faces["age"]).all() and (faces["group"] == -1).all()
-        scores, defined = repro.face_scores(dict(faces), "gender_accuracy")
+        scores, defined = face_scores(dict(faces), "gender_accuracy")
         assert scores.tolist() == [1.0, 1.0, 0.0] and defined.all()
+        assert not face_scores(dict(faces), "age_mae")[1].any()  # no age predicted: not comparable on age
