@@ -44,7 +44,8 @@ def face_scores(faces: Mapping[str, np.ndarray], metric: str) -> tuple[np.ndarra
     of faces it is defined on."""
     if metric in ("group_exact", "group_one_off"):
         off = np.abs(faces["group"].astype(np.int64) - faces["true_group"])
-        return (off <= (0 if metric == "group_exact" else 1)).astype(float), faces["true_group"] >= 0
+        return (off <= (0 if metric == "group_exact" else 1)).astype(float), (faces["true_group"] >= 0) & (
+            faces["group"] >= 0)
     if metric == "gender_accuracy":
         pred = (faces["female_prob"] >= 0.5).astype(np.int64)
         return (pred == faces["true_gender"]).astype(float), (faces["true_gender"] >= 0) & ~np.isnan(
