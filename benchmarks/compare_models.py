@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agegender.evaluation.compare import COMPARABLE, face_arrays, face_scores, paired_bootstrap
+from agegender.evaluation.compare import COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import load_evaluable, model_config, predict_faces
 from agegender.evaluation.runner import TTA_MODES
 from agegender.training.config import DataConfig
@@ -38,14 +38,10 @@ def main() -> None:
     print(f"A = {args.a}, B = {args.b}; UTKFace {args.split} split, {len(records)} faces, tta {args.tta}")
     print("| Figure | A - B (better is positive) | 95% interval |\n|---|---|---|")
     for metric, unit in COMPARABLE.items():
-        (a, ok_a), (b, ok_b) = face_scores(faces[0], metric), face_scores(faces[1], metric)
-        ok = ok_a & ok_b
-        if not ok.any():
-            continue
-        scale, unit = (100.0, "pts") if unit == "pts" else (1.0, "years")
-        mean, lo, hi = (scale * x for x in paired_bootstrap(a[ok], b[ok]))
-        print(f"| {metric} | {mean:+.2f} {unit} | {lo:+.2f} to {hi:+.2f} |")
-
+        difference = compare_faces(faces[0], faces[1], metric)
+        if difference is not None:
+            mean, low, high = difference
+            print(f"| {metric} | {mean:+.2f} {unit} | {low:+.2f} to {high:+.2f} |")
 
 if __name__ == "__main__":
     main()

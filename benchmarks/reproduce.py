@@ -39,7 +39,7 @@ import yaml
 from torch import nn
 
 from agegender.data.records import FaceRecord
-from agegender.evaluation.compare import BOOTSTRAP_SAMPLES, COMPARABLE, face_arrays, face_scores, paired_bootstrap
+from agegender.evaluation.compare import BOOTSTRAP_SAMPLES, COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import TTA_TEXT, face_metrics, load_evaluable, model_config, predict_faces
 from agegender.evaluation.metrics import METRIC_LABELS, format_metric
 from agegender.evaluation.report import write_report
@@ -235,17 +235,17 @@ def judge(claim: Claim, results: Mapping[str, RowResult | None]) -> tuple[str, s
     better, worse = results.get(claim.better), results.get(claim.worse)
     if better is None or worse is None:
         return NOT_RUN, "–"
-    if not np.array_equal(better.faces["path"], worse.faces["path"]):
-        return "not comparable", "the two evaluations cover different faces"
-    (a, ok_a), (b, ok_b) = face_scores(better.faces, claim.metric), face_scores(worse.faces, claim.metric)
-    ok = ok_a & ok_b
-    if not ok.any():
+    try:
+        difference = compare_faces(better.faces, worse.faces, claim.metric)
+    except ValueError as error:
+        return "not comparable", str(error)
+    if difference is None:
         return "not comparable", f"no face has {claim.metric} for both"
-    mean, lo, hi = paired_bootstrap(a[ok], b[ok])
-    scale, unit = (100.0, "pts") if COMPARABLE[claim.metric] == "pts" else (1.0, "years better")
+    mean, lo, hi = difference
+    unit = "pts" if COMPARABLE[claim.metric] == "pts" else "years better"
     verdict = "supported" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"
     figures = f"{_figure(claim.metric, better.overall)} vs {_figure(claim.metric, worse.overall)}"
-    return verdict, f"{figures}: {scale * mean:+.1f} {unit}, 95% CI {scale * lo:+.1f} to {scale * hi:+.1f}"
+    return verdict, f"{figures}: {mean:+.1f} {unit}, 95% CI {lo:+.1f} to {hi:+.1f}"
 
 
 # -- rendering ------------------------------------------------------------------------------------------

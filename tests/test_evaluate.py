@@ -22,7 +22,7 @@ import yaml
 from agegender.cli import main
 from agegender.data.records import FaceRecord
 from agegender.data.utkface import parse_utkface_name
-from agegender.evaluation.compare import face_arrays, face_scores
+from agegender.evaluation.compare import compare_faces, face_arrays, face_scores
 from agegender.evaluation.crossval import plan_runs
 from agegender.evaluation.evaluate import evaluate_model, evaluation_records, model_config
 from agegender.export import export_onnx
@@ -240,3 +240,7 @@ def test_a_gender_only_rows_faces_save_without_pickling(tmp_path: Path) -> None:
         assert scores.tolist() == [1.0, 1.0, 0.0] and defined.all()
         for metric in ("age_mae", "group_exact"):  # no age predicted: not comparable on age
             assert not face_scores(dict(faces), metric)[1].any()
+            assert compare_faces(faces, faces, metric) is None
+        assert compare_faces(faces, faces, "gender_accuracy") == (0.0, 0.0, 0.0)
+        with pytest.raises(ValueError, match="different faces"):
+            compare_faces(faces, {**faces, "path": faces["path"][::-1]}, "gender_accuracy")

@@ -3,7 +3,7 @@
 Per-face arrays (``face_arrays``) hold the truth and a model's predictions, NaN (group: -1) for an output the
 model lacks, so they save with ``np.savez`` and load without pickling. ``face_scores`` turns them into one score per
 face whose mean is the figure (higher is better; for age, minus the absolute error), and ``paired_bootstrap``
-resamples the per-face differences of two models.
+resamples the per-face differences of two models; ``compare_faces`` does all of it for one figure.
 
 >>> import numpy as np
 >>> a, b = np.array([1.0, 1.0, 1.0, 0.0]), np.array([0.0, 1.0, 0.0, 0.0])
@@ -62,3 +62,18 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMP
     rng = np.random.default_rng(seed)
     means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(samples)])
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def compare_faces(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], metric: str
+                  ) -> tuple[float, float, float] | None:
+    """How much better A is than B on ``metric``, in its unit (``COMPARABLE``: points for shares, years for age),
+    with the 95% bootstrap interval; None when no face has the figure for both."""
+    if not np.array_equal(a["path"], b["path"]):
+        raise ValueError("the two evaluations cover different faces")
+    (score_a, ok_a), (score_b, ok_b) = face_scores(a, metric), face_scores(b, metric)
+    ok = ok_a & ok_b
+    if not ok.any():
+        return None
+    scale = 100.0 if COMPARABLE[metric] == "pts" else 1.0
+    mean, low, high = paired_bootstrap(score_a[ok], score_b[ok])
+    return scale * mean, scale * low, scale * high
