@@ -30,7 +30,7 @@ from agegender.evaluation import (
     write_report,
 )
 from agegender.evaluation.metrics import METRIC_LABELS, format_metric
-from agegender.evaluation.oversample import _AVERAGING
+from agegender.evaluation.oversample import AVERAGING
 from agegender.outputs import OUTPUT_KEYS, Decoded, decode, sigmoid, softmax
 
 approx = pytest.approx
@@ -276,7 +276,7 @@ def test_crops_reject_bad_shapes():
 
 
 def test_every_output_key_has_an_averaging_rule():
-    assert set(_AVERAGING) == set(OUTPUT_KEYS)
+    assert set(AVERAGING) == set(OUTPUT_KEYS)
 
 
 def test_average_crops_averages_probabilities_not_logits():

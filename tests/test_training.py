@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from agegender.models import create_model
 from agegender.outputs import decode
 from agegender.training.checkpoint import load_model
 from agegender.training.config import apply_overrides, load_config
+from agegender.training.distill import Teacher
 from agegender.training.engine import Trainer, train
 from agegender.training.losses import distillation_loss
 
@@ -131,17 +134,23 @@ def test_two_process_ddp_keeps_replicas_identical(utkface_dir: Path, tmp_path: P
     assert report["world"] == 2 and report["max_diff"] == 0.0 and report["norm"] > 0
 
 
-def test_a_student_trained_on_its_teacher_alone_comes_to_agree_with_it(utkface_dir: Path, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    teacher = create_model("flagship")  # an opinionated teacher: every face is a 70-year-old woman
+def constant_teacher(path: Path, age: int, female_logit: float, **model_args: Any) -> Path:
+    """A flagship checkpoint that calls every face ``age`` years old with P(female) = sigmoid(female_logit)."""
+    teacher = create_model("flagship", **model_args)
     with torch.no_grad():
         for head in (teacher.age_dist, teacher.gender):
             head.weight.zero_()
             head.bias.zero_()
-        teacher.age_dist.bias[70] = 6.0
-        teacher.gender.bias.fill_(3.0)
-    torch.save({"model": teacher.state_dict(), "model_config": teacher.config.to_dict(), "model_args": {}},
-               tmp_path / "teacher.pt")
+        teacher.age_dist.bias[age] = 6.0
+        teacher.gender.bias.fill_(female_logit)
+    torch.save({"model": teacher.state_dict(), "model_config": teacher.config.to_dict(), "model_args": model_args},
+               path)
+    return path
+
+
+def test_a_student_trained_on_its_teacher_alone_comes_to_agree_with_it(utkface_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    constant_teacher(tmp_path / "teacher.pt", 70, 3.0)  # an opinionated teacher: every face is a 70-year-old woman
     cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 256, 4, f"distill.teacher={tmp_path / 'teacher.pt'}",
                                            "loss.age_dist=0", "loss.gender=0", "optimizer.lr=0.005", "ema=null",
                                            "schedule.name=none"))
@@ -149,7 +158,7 @@ def test_a_student_trained_on_its_teacher_alone_comes_to_agree_with_it(utkface_d
     val = trainer.data["val"].images
 
     def predictions() -> tuple[float, float, float]:
-        student, teacher = (model_outputs(m, val, trainer.config) for m in (trainer.model, trainer.teacher.model))
+        student, teacher = (model_outputs(m, val, trainer.config) for m in (trainer.model, trainer.teacher.models[0]))
         gap, _ = distillation_loss({k: torch.from_numpy(v) for k, v in student.items()},
                                    {k: torch.from_numpy(v) for k, v in teacher.items()})
         decoded = decode(student)
@@ -161,6 +170,43 @@ def test_a_student_trained_on_its_teacher_alone_comes_to_agree_with_it(utkface_d
     assert gap_after < 0.5 * gap
     assert age_after > age and female_after > 0.7 > female
     assert "val_loss" in history(tmp_path / "student")[0]
+
+
+def test_an_ensemble_teacher_averages_its_models_probabilities(tmp_path: Path) -> None:
+    paths = [constant_teacher(tmp_path / "old.pt", 70, 3.0), constant_teacher(tmp_path / "young.pt", 10, -3.0)]
+    teacher = Teacher.load([str(p) for p in paths], create_model("flagship").config)
+    out = teacher(torch.zeros(2, 3, 64, 64))
+    probs = out["age_dist_logits"].softmax(1)
+    e6 = math.exp(6.0)
+    expected = (e6 + 1) / (2 * (e6 + 100))  # each model: e^6 / (e^6 + 100) on its age, 1 / (e^6 + 100) elsewhere
+    assert torch.allclose(probs[:, [10, 70]], torch.full((2, 2), expected), atol=1e-6)
+    assert torch.allclose(out["gender_logit"], torch.zeros(2), atol=1e-5)  # mean of sigmoid(3) and sigmoid(-3)
+
+
+def test_a_flip_teacher_averages_each_face_with_its_mirror() -> None:
+    class LeftMinusRight(torch.nn.Module):  # P(female) from which half of the image is brighter
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            half = x.shape[-1] // 2
+            return {"gender_logit": x[..., :half].mean((1, 2, 3)) - x[..., half:].mean((1, 2, 3))}
+
+    x = torch.zeros(1, 3, 64, 64)
+    x[..., :32] = 2.0
+    assert float(Teacher([LeftMinusRight()])(x)["gender_logit"]) == pytest.approx(2.0)
+    assert float(Teacher([LeftMinusRight()], flip=True)(x)["gender_logit"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_init_starts_from_the_weights_of_another_run(utkface_dir: Path, tmp_path: Path) -> None:
+    start = constant_teacher(tmp_path / "start.pt", 40, 1.0, blocks=[1, 1, 2, 2])  # FLAGSHIP's shape
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"init={start}"))
+    trainer = Trainer(cfg, tmp_path / "run", raw, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(),
+                                                  load_model(start).state_dict().values(), strict=True))
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"init={start}", "model_args.blocks=[1, 1, 1, 1]"))
+    with pytest.raises(ValueError, match="another shape"):
+        Trainer(cfg, tmp_path / "run2", raw, progress=False)
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"init={tmp_path / 'nowhere'}"))
+    with pytest.raises(FileNotFoundError, match="init: no checkpoint"):
+        Trainer(cfg, tmp_path / "run3", raw, progress=False)
 
 
 def test_a_teacher_that_sees_other_inputs_is_refused(utkface_dir: Path, tmp_path: Path) -> None:

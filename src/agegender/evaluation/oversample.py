@@ -27,7 +27,7 @@ CROP_ORDER = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
 TEN_CROP_ORDER = CROP_ORDER + tuple(f"{name}_mirrored" for name in CROP_ORDER)
 
 #: How each output key is averaged over crops: probabilities of softmax / sigmoid heads, regression as is.
-_AVERAGING = {
+AVERAGING = {
     "age_group_logits": "softmax", "age_dist_logits": "softmax", "joint_logits": "softmax",
     "age_ordinal_logits": "sigmoid", "gender_logit": "sigmoid", "age": "mean",
 }
@@ -77,13 +77,13 @@ def average_crops(outputs: Mapping[str, np.ndarray], n_crops: int) -> dict[str, 
     """
     averaged = {}
     for key, value in outputs.items():
-        if key not in _AVERAGING:
+        if key not in AVERAGING:
             continue
         value = np.asarray(value, dtype=np.float64)
         if len(value) % n_crops:
             raise ValueError(f"{key}: {len(value)} rows is not a multiple of {n_crops} crops")
         grouped = value.reshape(len(value) // n_crops, n_crops, *value.shape[1:])
-        rule = _AVERAGING[key]
+        rule = AVERAGING[key]
         if rule == "softmax":
             averaged[key] = np.log(np.maximum(softmax(grouped).mean(axis=1), np.finfo(np.float64).tiny))
         elif rule == "sigmoid":
@@ -107,4 +107,4 @@ def flip_average(outputs_plain: Mapping[str, np.ndarray], outputs_flipped: Mappi
     return average_crops({key: v.reshape(-1, *v.shape[2:]) for key, v in paired.items()}, 2)
 
 
-__all__ = ["CROP_ORDER", "TEN_CROP_ORDER", "average_crops", "center_crop", "flip_average", "ten_crops"]
+__all__ = ["AVERAGING", "CROP_ORDER", "TEN_CROP_ORDER", "average_crops", "center_crop", "flip_average", "ten_crops"]

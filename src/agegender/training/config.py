@@ -43,9 +43,11 @@ class ScheduleConfig:
 
 @dataclass
 class DistillConfig:
-    teacher: str | None = None  # a checkpoint, or a run folder (its best.pt), of any model with the same input
+    # a checkpoint or a run folder (its best.pt) of any model with the same input, or a list of them (an ensemble)
+    teacher: str | list[str] | None = None
     weight: float = 1.0  # the distillation term's weight beside the labels' loss
     temperature: float = 1.0
+    flip: bool = False  # the teacher's outputs are averaged with those for the mirrored batch
 
 
 @dataclass
@@ -57,6 +59,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossSpec = field(default_factory=LossSpec)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    init: str | None = None  # start from the weights of a checkpoint or run folder (its best.pt) of the same model
     epochs: int = 10
     batch_size: int = 64
     seed: int = 0

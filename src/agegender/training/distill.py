@@ -1,43 +1,78 @@
-"""A frozen teacher for knowledge distillation: loaded from a checkpoint or a run folder, checked to see the
-same input as the student, and called without gradients on the student's (augmented) batches."""
+"""A frozen teacher for knowledge distillation: one model or an ensemble, each loaded from a checkpoint or a run
+folder, checked to see the same input as the student, and called without gradients on the student's (augmented)
+batches, optionally averaged with the mirrored batch as the shipped model predicts.
+
+Outputs of several models or views are averaged the way test-time oversampling averages them
+(``agegender.evaluation.oversample.AVERAGING``): probabilities, turned back into logits.
+
+>>> a = {"gender_logit": torch.tensor([0.0]), "age_dist_logits": torch.log(torch.tensor([[0.2, 0.8]]))}
+>>> b = {"gender_logit": torch.log(torch.tensor([3.0])), "age_dist_logits": torch.log(torch.tensor([[0.6, 0.4]]))}
+>>> avg = average_outputs([a, b])
+>>> probs = avg["age_dist_logits"].softmax(1)[0].tolist()
+>>> round(float(torch.sigmoid(avg["gender_logit"])), 3), [round(p, 3) for p in probs]
+(0.625, [0.4, 0.6])
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from agegender.evaluation.oversample import AVERAGING
 from agegender.model_config import ModelConfig
-from agegender.training.checkpoint import load_model
+from agegender.training.checkpoint import load_model, run_checkpoint
+
+_EPS = 1e-7
 
 
-def teacher_checkpoint(path: str | Path) -> Path:
-    """A checkpoint path from a checkpoint or a run folder (whose ``best.pt`` is the teacher)."""
-    path = Path(path)
-    checkpoint = path / "best.pt" if path.is_dir() else path
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"distill.teacher: no checkpoint at {checkpoint} (give a .pt file or a run folder "
-                                "holding best.pt)")
-    return checkpoint
+def average_outputs(outputs: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """The heads every output dict shares, averaged: mean probability as log / logit, ``age`` as is."""
+    shared = set.intersection(*(set(o) for o in outputs)) & set(AVERAGING)
+    averaged = {}
+    for key in shared:
+        stacked = torch.stack([o[key] for o in outputs])
+        rule = AVERAGING[key]
+        if rule == "softmax":
+            averaged[key] = stacked.softmax(-1).mean(0).clamp_min(_EPS).log()
+        elif rule == "sigmoid":
+            averaged[key] = torch.logit(stacked.sigmoid().mean(0), eps=_EPS)
+        else:
+            averaged[key] = stacked.mean(0)
+    return averaged
 
 
 class Teacher:
-    """Calls a frozen model in eval mode; its outputs are targets, never trained."""
+    """Frozen models in eval mode whose (averaged) outputs are targets, never trained. ``flip`` also runs each
+    model on the mirrored batch and averages the two views."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model.eval().requires_grad_(False)
+    def __init__(self, models: Sequence[nn.Module], flip: bool = False) -> None:
+        if not models:
+            raise ValueError("a teacher needs at least one model")
+        self.models = [m.eval().requires_grad_(False) for m in models]
+        self.flip = flip
 
     @classmethod
-    def load(cls, path: str | Path, student: ModelConfig, device: str = "cpu") -> Teacher:
-        model = load_model(teacher_checkpoint(path), device)
-        seen = model.config
-        for key in ("input_size", "mean", "std"):
-            if getattr(seen, key) != getattr(student, key):
-                raise ValueError(f"distill.teacher {path} expects {key}={getattr(seen, key)}, the student "
-                                 f"{student.name} {getattr(student, key)}: a teacher must see the student's batches")
-        return cls(model.to(device, memory_format=torch.channels_last))
+    def load(cls, paths: str | Path | Sequence[str | Path], student: ModelConfig, device: str = "cpu",
+             flip: bool = False) -> Teacher:
+        """Load one teacher or an ensemble; each must see what the student sees (input size, mean, std)."""
+        paths = [paths] if isinstance(paths, str | Path) else list(paths)
+        models = []
+        for path in paths:
+            model = load_model(run_checkpoint(path, "distill.teacher"), device)
+            seen = model.config
+            for key in ("input_size", "mean", "std"):
+                if getattr(seen, key) != getattr(student, key):
+                    raise ValueError(f"distill.teacher {path} expects {key}={getattr(seen, key)}, the student "
+                                     f"{student.name} {getattr(student, key)}: a teacher must see the student's "
+                                     "batches")
+            models.append(model.to(device, memory_format=torch.channels_last))
+        return cls(models, flip)
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model(x)
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        views = [x, x.flip(-1)] if self.flip else [x]
+        outputs = [model(view) for model in self.models for view in views]
+        return outputs[0] if len(outputs) == 1 else average_outputs(outputs)

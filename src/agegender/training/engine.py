@@ -31,7 +31,7 @@ from agegender.models.freezing import freeze_all_but_last, unfreeze_last
 from agegender.models.layers import start_age_at
 from agegender.outputs import decode
 from agegender.training.batches import Batches, record_targets
-from agegender.training.checkpoint import save_atomic
+from agegender.training.checkpoint import init_from, save_atomic
 from agegender.training.config import TrainConfig
 from agegender.training.data import SplitData, SplitRecords, load_splits
 from agegender.training.distill import Teacher
@@ -84,12 +84,16 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         self.device = self.dist.device
-        self.model = create_model(cfg.model, **cfg.model_args).to(self.device, memory_format=torch.channels_last)
+        self.model = create_model(cfg.model, **cfg.model_args)
+        if cfg.init:
+            init_from(self.model, cfg.init)
+            log.info("weights start from %s", cfg.init)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.config = self.model.config
         if cfg.trainable_last is not None:
             freeze_all_but_last(self.model, cfg.trainable_last)
-        self.teacher = (Teacher.load(cfg.distill.teacher, self.config, self.device) if cfg.distill.teacher
-                        else None)
+        self.teacher = (Teacher.load(cfg.distill.teacher, self.config, self.device, flip=cfg.distill.flip)
+                        if cfg.distill.teacher else None)
         with self.dist.main_first():  # rank 0 builds the split manifests and image cache, the others reuse them
             self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
         if cfg.start_age_at_mean:
