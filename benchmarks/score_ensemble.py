@@ -1,0 +1,64 @@
+"""How good is an ensemble of models (e.g. as a distillation teacher)? Each model alone, then their average.
+
+Every model (checkpoint or exported ONNX; all must share the input config) predicts every face of a UTKFace
+split with the chosen test-time augmentation; the ensemble averages their outputs as test-time oversampling
+does (probabilities, turned back into logits). Example, the v4 teacher of
+``docs/flagship/experiments/v4_warm_ensemble``:
+``python benchmarks/score_ensemble.py V2.onnx src/agegender/weights/flagship.onnx --split val --tta flip``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config
+from agegender.evaluation.oversample import average_crops
+from agegender.evaluation.runner import TTA_MODES, model_outputs
+from agegender.outputs import decode
+from agegender.training.config import DataConfig
+from agegender.training.data import dataset_splits, decode_split
+
+FIGURES = {"age_mae": ("MAE", 1.0, "{:.3f}"), "gender_accuracy": ("gender", 100.0, "{:.2f}%"),
+           "group_exact": ("group exact", 100.0, "{:.2f}%")}
+
+
+def row(name: str, metrics: dict) -> str:
+    cells = (fmt.format(metrics["overall"][key] * scale) for key, (_, scale, fmt) in FIGURES.items())
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", type=Path, nargs="+", help="checkpoints (.pt) or exported models (.onnx)")
+    parser.add_argument("--root", default="../shared/data/UTKFace", help="UTKFace folder")
+    parser.add_argument("--split", default="val", choices=("test", "val"))
+    parser.add_argument("--tta", default="none", choices=TTA_MODES)
+    args = parser.parse_args()
+    missing = [str(p) for p in args.models if not p.is_file()]
+    if missing:
+        parser.error(f"no such model file: {', '.join(missing)}")
+    records = dataset_splits(DataConfig(dataset="utkface", root=args.root), progress=False)[args.split]
+    models = [load_evaluable(p) for p in args.models]
+    inputs = {(c.input_size, c.load_size, c.face_crop, tuple(c.mean), tuple(c.std))
+              for c in map(model_config, models)}
+    if len(inputs) > 1:
+        parser.error("the models take different inputs (size, crop or mean/std): they cannot be averaged")
+    data = decode_split(records, model_config(models[0]), progress=True)
+    outputs = [model_outputs(m, data.images, model_config(m), tta=args.tta) for m in models]
+    print(f"UTKFace {args.split} split, {len(data.records)} faces, tta {args.tta}")
+    print("| Model | " + " | ".join(label for label, _, _ in FIGURES.values()) + " |")
+    print("|---" * (len(FIGURES) + 1) + "|")
+    for path, out in zip(args.models, outputs, strict=True):
+        print(row(str(path), face_metrics(data.records, decode(out))))
+    if len(models) > 1:
+        keys = set.intersection(*(set(o) for o in outputs))
+        stacked = {k: np.stack([o[k] for o in outputs], 1).reshape(-1, *outputs[0][k].shape[1:]) for k in keys}
+        ensemble = decode(average_crops(stacked, len(models)))
+        print(row(f"ensemble of {len(models)}", face_metrics(data.records, ensemble)))
+
+
+if __name__ == "__main__":
+    main()
