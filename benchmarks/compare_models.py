@@ -43,5 +43,6 @@ def main() -> None:
             mean, low, high = difference
             print(f"| {metric} | {mean:+.2f} {unit} | {low:+.2f} to {high:+.2f} |")
 
+
 if __name__ == "__main__":
     main()

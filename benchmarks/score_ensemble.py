@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config
-from agegender.evaluation.oversample import average_crops
+from agegender.evaluation.oversample import average_outputs
 from agegender.evaluation.runner import TTA_MODES, model_outputs
 from agegender.outputs import decode
 from agegender.training.config import DataConfig
@@ -54,9 +52,7 @@ def main() -> None:
     for path, out in zip(args.models, outputs, strict=True):
         print(row(str(path), face_metrics(data.records, decode(out))))
     if len(models) > 1:
-        keys = set.intersection(*(set(o) for o in outputs))
-        stacked = {k: np.stack([o[k] for o in outputs], 1).reshape(-1, *outputs[0][k].shape[1:]) for k in keys}
-        ensemble = decode(average_crops(stacked, len(models)))
+        ensemble = decode(average_outputs(outputs))
         print(row(f"ensemble of {len(models)}", face_metrics(data.records, ensemble)))
 
 

@@ -16,7 +16,7 @@ and turned back into logits, so the averaged outputs still go through ``decode``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -93,18 +93,30 @@ def average_crops(outputs: Mapping[str, np.ndarray], n_crops: int) -> dict[str, 
     return averaged
 
 
+def average_outputs(outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Average several sets of outputs for the same N faces (views of them, or models), as ``average_crops``
+    does, over the keys they all hold.
+
+    >>> out = average_outputs([{"age": np.array([20.0])}, {"age": np.array([30.0])}, {"age": np.array([40.0])}])
+    >>> out["age"].tolist()
+    [30.0]
+    """
+    keys = set.intersection(*(set(o) for o in outputs))
+    stacked = {key: np.stack([np.asarray(o[key]) for o in outputs], axis=1) for key in keys}
+    return average_crops({key: v.reshape(-1, *v.shape[2:]) for key, v in stacked.items()}, len(outputs))
+
+
 def flip_average(outputs_plain: Mapping[str, np.ndarray], outputs_flipped: Mapping[str, np.ndarray]
                  ) -> dict[str, np.ndarray]:
-    """Average the outputs of images and their mirrors: the 2-crop case of ``average_crops``.
+    """Average the outputs of images and their mirrors: the 2-view case of ``average_outputs``.
 
     >>> a = {"age_group_logits": np.log([[0.2, 0.8]])}
     >>> b = {"age_group_logits": np.log([[0.6, 0.4]])}
     >>> softmax(flip_average(a, b)["age_group_logits"]).round(3).tolist()
     [[0.4, 0.6]]
     """
-    paired = {key: np.stack([np.asarray(outputs_plain[key]), np.asarray(outputs_flipped[key])], axis=1)
-              for key in outputs_plain if key in outputs_flipped}
-    return average_crops({key: v.reshape(-1, *v.shape[2:]) for key, v in paired.items()}, 2)
+    return average_outputs([outputs_plain, outputs_flipped])
 
 
-__all__ = ["AVERAGING", "CROP_ORDER", "TEN_CROP_ORDER", "average_crops", "center_crop", "flip_average", "ten_crops"]
+__all__ = ["AVERAGING", "CROP_ORDER", "TEN_CROP_ORDER", "average_crops", "average_outputs", "center_crop",
+           "flip_average", "ten_crops"]
