@@ -183,6 +183,23 @@ def test_an_ensemble_teacher_averages_its_models_probabilities(tmp_path: Path) -
     assert torch.allclose(out["gender_logit"], torch.zeros(2), atol=1e-5)  # mean of sigmoid(3) and sigmoid(-3)
 
 
+def test_a_teacher_in_onnx_runtime_gives_what_it_gives_in_torch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    paths = []
+    for name in ("a", "b"):  # random (not constant) weights, so that every layer matters
+        model = create_model("flagship", blocks=[1, 1, 1, 1])
+        paths.append(tmp_path / f"{name}.pt")
+        torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(),
+                    "model_args": {"blocks": [1, 1, 1, 1]}}, paths[-1])
+    x = torch.randn(5, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    config = create_model("flagship").config
+    eager, onnx = (Teacher.load(paths, config, flip=True, runtime=r)(x) for r in ("torch", "onnx"))
+    assert set(eager) == set(onnx) and all(torch.allclose(eager[k], onnx[k], atol=1e-4) for k in eager)
+    assert Teacher.load(paths[:1], config).runners[0] is not Teacher.load(paths[:1], config).models[0]  # auto: onnx
+    with pytest.raises(ValueError, match="distill.runtime"):
+        Teacher.load(paths, config, runtime="tensorrt")
+
+
 def test_a_flip_teacher_averages_each_face_with_its_mirror() -> None:
     class LeftMinusRight(torch.nn.Module):  # P(female) from which half of the image is brighter
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

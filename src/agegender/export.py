@@ -22,19 +22,33 @@ INPUT_NAME = "pixels"
 META_PREFIX = "agegender."
 
 
-class _Normalised(nn.Module):
-    """Takes RGB pixels on a 0..255 scale, normalises as the config says, returns the outputs in key order."""
+class _Graph(nn.Module):
+    """The model's outputs as a tuple in key order; with ``normalise``, it takes RGB pixels on a 0..255 scale and
+    normalises them as the config says."""
 
-    def __init__(self, model: nn.Module, config: ModelConfig) -> None:
+    def __init__(self, model: nn.Module, config: ModelConfig, normalise: bool = True) -> None:
         super().__init__()
         self.model = model
         self.keys = list(config.outputs)
+        self.normalise = normalise
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model((pixels - self.mean) / self.std)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model((x - self.mean) / self.std if self.normalise else x)
         return tuple(out[k] for k in self.keys)
+
+
+def write_graph(model: nn.Module, path: str | Path, normalise: bool = True) -> Path:
+    """Trace ``model`` (which carries ``.config``) into an ONNX graph: input ``pixels`` N x 3 x S x S float32 (RGB
+    0..255 with ``normalise``, else already normalised), one output per contract key, dynamic batch."""
+    config: ModelConfig = model.config
+    graph = _Graph(model.eval(), config, normalise).eval()
+    dummy = torch.rand(2, 3, config.input_size, config.input_size) * 255
+    torch.onnx.export(graph, (dummy,), str(path), input_names=[INPUT_NAME], output_names=list(config.outputs),
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, **{k: {0: "batch"} for k in config.outputs}},
+                      opset_version=17, dynamo=False)
+    return Path(path)
 
 
 def export_onnx(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] | None = None,
@@ -44,12 +58,7 @@ def export_onnx(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] |
     config: ModelConfig = model.config
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _Normalised(model.eval(), config).eval()
-    dummy = torch.rand(2, 3, config.input_size, config.input_size) * 255
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.onnx.export(wrapper, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=list(config.outputs),
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, **{k: {0: "batch"} for k in config.outputs}},
-                      opset_version=17, dynamo=False)
+    tmp = write_graph(model, path.with_name(f".{path.name}.tmp"))
     proto = onnx.load(str(tmp))
     meta = {"config": config.to_json(), "version": __version__, "age_groups": json.dumps(AGE_GROUPS),
             "input": "float32 N x 3 x S x S, RGB, 0..255 (normalisation is inside the graph)",

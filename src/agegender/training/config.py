@@ -48,6 +48,7 @@ class DistillConfig:
     weight: float = 1.0  # the distillation term's weight beside the labels' loss
     temperature: float = 1.0
     flip: bool = False  # the teacher's outputs are averaged with those for the mirrored batch
+    runtime: str = "auto"  # where the teacher runs: auto (ONNX Runtime on a CPU, else PyTorch) | torch | onnx
 
 
 @dataclass

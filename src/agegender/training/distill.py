@@ -1,6 +1,7 @@
 """A frozen teacher for knowledge distillation: one model or an ensemble, each loaded from a checkpoint or a run
 folder, checked to see the same input as the student, and called without gradients on the student's (augmented)
-batches, optionally averaged with the mirrored batch as the shipped model predicts.
+batches, optionally averaged with the mirrored batch as the shipped model predicts. On a CPU the teacher runs in
+ONNX Runtime, where its forward pass takes about half the time it takes in eager PyTorch.
 
 Outputs of several models or views are averaged the way test-time oversampling averages them
 (``agegender.evaluation.oversample.AVERAGING``): probabilities, turned back into logits.
@@ -15,17 +16,21 @@ Outputs of several models or views are averaged the way test-time oversampling a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from agegender.evaluation.oversample import AVERAGING
+from agegender.export import INPUT_NAME, write_graph
+from agegender.inference.onnx_model import ort_session
 from agegender.model_config import ModelConfig
 from agegender.training.checkpoint import load_model, run_checkpoint
 
 _EPS = 1e-7
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 def average_outputs(outputs: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
@@ -44,20 +49,44 @@ def average_outputs(outputs: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor
     return averaged
 
 
+class OnnxRunner:
+    """A frozen model compiled into an ONNX Runtime session, called like the model: a normalised batch in, its
+    output dict out (CPU tensors)."""
+
+    def __init__(self, model: nn.Module, threads: int | None = None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph once built
+            self.session = ort_session(write_graph(model, Path(tmp) / "teacher.onnx", normalise=False),
+                                       threads or torch.get_num_threads())
+        self.names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        values = self.session.run(self.names, {INPUT_NAME: x.detach().cpu().contiguous().numpy()})
+        return {name: torch.from_numpy(v).to(x.device) for name, v in zip(self.names, values, strict=True)}
+
+
 class Teacher:
     """Frozen models in eval mode whose (averaged) outputs are targets, never trained. ``flip`` also runs each
-    model on the mirrored batch and averages the two views."""
+    model on the mirrored batch and averages the two views; ``runtime`` "onnx" runs the models in ONNX Runtime."""
 
-    def __init__(self, models: Sequence[nn.Module], flip: bool = False) -> None:
+    def __init__(self, models: Sequence[nn.Module], flip: bool = False, runtime: str = "torch") -> None:
         if not models:
             raise ValueError("a teacher needs at least one model")
+        if runtime not in ("torch", "onnx"):
+            raise ValueError(f"a teacher runs in torch or onnx, not {runtime!r}")
         self.models = [m.eval().requires_grad_(False) for m in models]
+        self.runners: list[Callable[[Tensor], Mapping[str, Tensor]]] = (
+            [OnnxRunner(m) for m in self.models] if runtime == "onnx" else list(self.models))
         self.flip = flip
 
     @classmethod
-    def load(cls, paths: str | Path | Sequence[str | Path], student: ModelConfig, device: str = "cpu",
-             flip: bool = False) -> Teacher:
-        """Load one teacher or an ensemble; each must see what the student sees (input size, mean, std)."""
+    def load(cls, paths: str | Path | Sequence[str | Path], student: ModelConfig, device: str | torch.device = "cpu",
+             flip: bool = False, runtime: str = "auto") -> Teacher:
+        """Load one teacher or an ensemble; each must see what the student sees (input size, mean, std).
+        ``runtime`` "auto" is ONNX Runtime on a CPU and PyTorch elsewhere."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"distill.runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        if runtime == "auto":
+            runtime = "onnx" if torch.device(device).type == "cpu" else "torch"
         paths = [paths] if isinstance(paths, str | Path) else list(paths)
         models = []
         for path in paths:
@@ -69,10 +98,14 @@ class Teacher:
                                      f"{student.name} {getattr(student, key)}: a teacher must see the student's "
                                      "batches")
             models.append(model.to(device, memory_format=torch.channels_last))
-        return cls(models, flip)
+        return cls(models, flip, runtime)
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
-        views = [x, x.flip(-1)] if self.flip else [x]
-        outputs = [model(view) for model in self.models for view in views]
+        n = len(x)
+        batch = torch.cat([x, x.flip(-1)]) if self.flip else x  # both views in one call
+        outputs = [run(batch) for run in self.runners]
+        if self.flip:
+            outputs = [{k: v[part] for k, v in out.items()} for out in outputs
+                       for part in (slice(0, n), slice(n, None))]
         return outputs[0] if len(outputs) == 1 else average_outputs(outputs)

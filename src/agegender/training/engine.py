@@ -92,7 +92,8 @@ class Trainer:
         self.config = self.model.config
         if cfg.trainable_last is not None:
             freeze_all_but_last(self.model, cfg.trainable_last)
-        self.teacher = (Teacher.load(cfg.distill.teacher, self.config, self.device, flip=cfg.distill.flip)
+        self.teacher = (Teacher.load(cfg.distill.teacher, self.config, self.device, cfg.distill.flip,
+                                     cfg.distill.runtime)
                         if cfg.distill.teacher else None)
         with self.dist.main_first():  # rank 0 builds the split manifests and image cache, the others reuse them
             self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
