@@ -4,14 +4,7 @@ batches, optionally averaged with the mirrored batch as the shipped model predic
 ONNX Runtime, where its forward pass takes about half the time it takes in eager PyTorch.
 
 Outputs of several models or views are averaged the way test-time oversampling averages them
-(``agegender.evaluation.oversample.AVERAGING``): probabilities, turned back into logits.
-
->>> a = {"gender_logit": torch.tensor([0.0]), "age_dist_logits": torch.log(torch.tensor([[0.2, 0.8]]))}
->>> b = {"gender_logit": torch.log(torch.tensor([3.0])), "age_dist_logits": torch.log(torch.tensor([[0.6, 0.4]]))}
->>> avg = average_outputs([a, b])
->>> probs = avg["age_dist_logits"].softmax(1)[0].tolist()
->>> round(float(torch.sigmoid(avg["gender_logit"])), 3), [round(p, 3) for p in probs]
-(0.625, [0.4, 0.6])
+(``agegender.evaluation.oversample.average_outputs``): probabilities, turned back into logits.
 """
 
 from __future__ import annotations
@@ -23,35 +16,18 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from agegender.evaluation.oversample import AVERAGING
+from agegender.evaluation.oversample import average_outputs
 from agegender.export import INPUT_NAME, write_graph
 from agegender.inference.onnx_model import ort_session
 from agegender.model_config import ModelConfig
 from agegender.training.checkpoint import load_model, run_checkpoint
 
-_EPS = 1e-7
 RUNTIMES = ("auto", "torch", "onnx")
-
-
-def average_outputs(outputs: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-    """The heads every output dict shares, averaged: mean probability as log / logit, ``age`` as is."""
-    shared = set.intersection(*(set(o) for o in outputs)) & set(AVERAGING)
-    averaged = {}
-    for key in shared:
-        stacked = torch.stack([o[key] for o in outputs])
-        rule = AVERAGING[key]
-        if rule == "softmax":
-            averaged[key] = stacked.softmax(-1).mean(0).clamp_min(_EPS).log()
-        elif rule == "sigmoid":
-            averaged[key] = torch.logit(stacked.sigmoid().mean(0), eps=_EPS)
-        else:
-            averaged[key] = stacked.mean(0)
-    return averaged
 
 
 class OnnxRunner:
     """A frozen model compiled into an ONNX Runtime session, called like the model: a normalised batch in, its
-    output dict out (CPU tensors)."""
+    output dict out, on the batch's device."""
 
     def __init__(self, model: nn.Module, threads: int | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:  # the session holds the graph once built
@@ -108,4 +84,7 @@ class Teacher:
         if self.flip:
             outputs = [{k: v[part] for k, v in out.items()} for out in outputs
                        for part in (slice(0, n), slice(n, None))]
-        return outputs[0] if len(outputs) == 1 else average_outputs(outputs)
+        if len(outputs) == 1:
+            return dict(outputs[0])
+        averaged = average_outputs([{k: v.cpu().numpy() for k, v in out.items()} for out in outputs])
+        return {k: torch.from_numpy(v).to(x.device, torch.float32) for k, v in averaged.items()}
