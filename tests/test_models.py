@@ -234,3 +234,14 @@ def test_real_faces_decode_and_do_not_depend_on_the_batch(name: str) -> None:
     assert decoded.group_probs.shape == (6, 8) and np.allclose(decoded.group_probs.sum(1), 1)
     assert (decoded.age_low <= decoded.age).all() and (decoded.age <= decoded.age_high).all()
     assert decoded.female_prob is not None and ((decoded.female_prob > 0) & (decoded.female_prob < 1)).all()
+
+
+def test_a_stride_2_stem_runs_a_flagship_at_twice_the_resolution_on_the_same_feature_maps() -> None:
+    low = create_model("flagship", blocks=[1, 1, 2, 1]).eval()
+    high = create_model("flagship", blocks=[1, 1, 2, 1], input_size=128, resize=144, stem_stride=2).eval()
+    assert high.config.input_size == 128 and high.config.extra["stem_stride"] == 2
+    assert count_parameters(high) == count_parameters(low)
+    with torch.no_grad():
+        maps = [m.features[:2](torch.zeros(1, 3, m.config.input_size, m.config.input_size)) for m in (low, high)]
+        check_contract(high(torch.zeros(2, 3, 128, 128)), high.config, batch=2)
+    assert maps[0].shape == maps[1].shape == (1, 16, 64, 64)

@@ -215,6 +215,27 @@ def test_a_flip_teacher_averages_each_face_with_its_mirror() -> None:
     assert float(Teacher([LeftMinusRight()], flip=True)(x)["gender_logit"]) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_a_smaller_teacher_sees_the_students_batch_average_pooled(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "t.pt"
+    model = create_model("flagship", blocks=[1, 1, 1, 1])
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(),
+                "model_args": {"blocks": [1, 1, 1, 1]}}, path)
+    student = model.config.replace(input_size=128, resize=144)
+    teacher = Teacher.load([path], student, flip=True)
+    assert teacher.scales == [2]
+    x = torch.randn(3, 3, 128, 128)
+    small = x.reshape(3, 3, 64, 2, 64, 2).mean((3, 5))  # each teacher pixel: the mean of a 2x2 student block
+    direct = Teacher.load([path], model.config, flip=True)(small)
+    assert all(torch.allclose(teacher(x)[k], direct[k], atol=1e-4) for k in direct)
+    for size, resize in ((128, 136), (96, 108)):  # another field of view; not a whole multiple of 64
+        with pytest.raises(ValueError, match="integer fraction of it with the same field of view"):
+            Teacher.load([path], model.config.replace(input_size=size, resize=resize))
+
+
 def test_init_starts_from_the_weights_of_another_run(utkface_dir: Path, tmp_path: Path) -> None:
     start = constant_teacher(tmp_path / "start.pt", 40, 1.0, blocks=[1, 1, 2, 2])  # FLAGSHIP's shape
     cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"init={start}"))

@@ -1,6 +1,7 @@
 """The flagship: a compact residual CNN for CPU inference with a label-distribution age head and a gender head.
 
-Not from a seed document; chosen by measurement (see configs/flagship.yaml and MODEL_CARD.md). Stages of
+Not from a seed document; chosen by measurement (see configs/flagship.yaml and MODEL_CARD.md). A stem conv
+(stride 2 for inputs larger than 64 px, so that the later layers keep their size), then stages of
 basic residual blocks (3x3 conv, BN, ReLU) with stride-2 transitions, global average pooling, dropout, then a
 101-bin age distribution (ages 0..100; the expected value is the age) and a P(female) logit.
 """
@@ -34,9 +35,10 @@ class BasicBlock(nn.Module):
 
 class CompactResNet(nn.Module):
     def __init__(self, config: ModelConfig, widths: Sequence[int] = (24, 48, 96, 192),
-                 blocks: Sequence[int] = (1, 2, 2, 2), stem_width: int = 16, dropout: float = 0.2) -> None:
+                 blocks: Sequence[int] = (1, 2, 2, 2), stem_width: int = 16, stem_stride: int = 1,
+                 dropout: float = 0.2) -> None:
         super().__init__()
-        layers: list[nn.Module] = [conv_bn(3, stem_width, stride=1), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [conv_bn(3, stem_width, stride=stem_stride), nn.ReLU(inplace=True)]
         cin = stem_width
         for width, n in zip(widths, blocks, strict=True):
             for i in range(n):
