@@ -183,17 +183,21 @@ def test_an_ensemble_teacher_averages_its_models_probabilities(tmp_path: Path) -
     assert torch.allclose(out["gender_logit"], torch.zeros(2), atol=1e-5)  # mean of sigmoid(3) and sigmoid(-3)
 
 
+def random_teacher(path: Path) -> Path:
+    """A small flagship checkpoint with random weights (off the identity init of its residual bodies), so that
+    every layer matters."""
+    model = create_model("flagship", blocks=[1, 1, 1, 1])
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(),
+                "model_args": {"blocks": [1, 1, 1, 1]}}, path)
+    return path
+
+
 def test_a_teacher_in_onnx_runtime_gives_what_it_gives_in_torch(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    paths = []
-    for name in ("a", "b"):  # random weights, so that every layer matters
-        model = create_model("flagship", blocks=[1, 1, 1, 1])
-        with torch.no_grad():  # off the identity init of the residual bodies
-            for param in model.parameters():
-                param.add_(0.1 * torch.randn_like(param))
-        paths.append(tmp_path / f"{name}.pt")
-        torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(),
-                    "model_args": {"blocks": [1, 1, 1, 1]}}, paths[-1])
+    paths = [random_teacher(tmp_path / f"{name}.pt") for name in ("a", "b")]
     x = torch.randn(5, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     config = create_model("flagship").config
     eager, onnx = (Teacher.load(paths, config, flip=True, runtime=r)(x) for r in ("torch", "onnx"))
@@ -217,23 +221,17 @@ def test_a_flip_teacher_averages_each_face_with_its_mirror() -> None:
 
 def test_a_smaller_teacher_sees_the_students_batch_average_pooled(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    path = tmp_path / "t.pt"
-    model = create_model("flagship", blocks=[1, 1, 1, 1])
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.1 * torch.randn_like(param))
-    torch.save({"model": model.state_dict(), "model_config": model.config.to_dict(),
-                "model_args": {"blocks": [1, 1, 1, 1]}}, path)
-    student = model.config.replace(input_size=128, resize=144)
-    teacher = Teacher.load([path], student, flip=True)
+    path = random_teacher(tmp_path / "t.pt")
+    config = create_model("flagship").config
+    teacher = Teacher.load([path], config.replace(input_size=128, resize=144), flip=True)
     assert teacher.scales == [2]
     x = torch.randn(3, 3, 128, 128)
     small = x.reshape(3, 3, 64, 2, 64, 2).mean((3, 5))  # each teacher pixel: the mean of a 2x2 student block
-    direct = Teacher.load([path], model.config, flip=True)(small)
+    direct = Teacher.load([path], config, flip=True)(small)
     assert all(torch.allclose(teacher(x)[k], direct[k], atol=1e-4) for k in direct)
     for size, resize in ((128, 136), (96, 108)):  # another field of view; not a whole multiple of 64
         with pytest.raises(ValueError, match="integer fraction of it with the same field of view"):
-            Teacher.load([path], model.config.replace(input_size=size, resize=resize))
+            Teacher.load([path], config.replace(input_size=size, resize=resize))
 
 
 def test_init_starts_from_the_weights_of_another_run(utkface_dir: Path, tmp_path: Path) -> None:

@@ -1,9 +1,9 @@
 """A frozen teacher for knowledge distillation: one model or an ensemble, each loaded from a checkpoint or a run
-folder, checked to see the same input as the student, and called without gradients on the student's (augmented)
-batches, optionally averaged with the mirrored batch as the shipped model predicts. A teacher with a smaller input
-(an integer fraction of the student's, same field of view) sees the batch average-pooled down to its size, so a
-high-resolution student can learn from low-resolution teachers. On a CPU the teacher runs in ONNX Runtime, where
-its forward pass takes about half the time it takes in eager PyTorch.
+folder, checked to see what the student sees (:func:`input_scale`), and called without gradients on the student's
+(augmented) batches, optionally averaged with the mirrored batch as the shipped model predicts. A teacher with a
+smaller input (an integer fraction of the student's, same field of view) sees the batch average-pooled down to its
+size, so a high-resolution student can learn from low-resolution teachers. On a CPU the teacher runs in ONNX
+Runtime, where its forward pass takes about half the time it takes in eager PyTorch.
 
 Outputs of several models or views are averaged the way test-time oversampling averages them
 (``agegender.evaluation.oversample.average_outputs``): probabilities, turned back into logits.
