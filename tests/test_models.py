@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from agegender.data.utkface import parse_utkface_name
+from agegender.export import write_graph
+from agegender.inference.onnx_model import ort_session
 from agegender.labels import FEMALE, MALE
 from agegender.model_config import ModelConfig
 from agegender.models import create_model, get_config, list_models
@@ -245,3 +247,13 @@ def test_a_stride_2_stem_runs_a_flagship_at_twice_the_resolution_on_the_same_fea
         maps = [m.features[:2](torch.zeros(1, 3, m.config.input_size, m.config.input_size)) for m in (low, high)]
         check_contract(high(torch.zeros(2, 3, 128, 128)), high.config, batch=2)
     assert maps[0].shape == maps[1].shape == (1, 16, 64, 64)
+
+
+def test_a_descriptor_head_exists_in_training_only(tmp_path: Path) -> None:
+    model = create_model("flagship", blocks=[1, 1, 1, 1], descriptor_dim=8)
+    x = torch.zeros(2, 3, 64, 64)
+    assert model.train()(x)["descriptor"].shape == (2, 8)
+    with torch.no_grad():
+        check_contract(model.eval()(x), model.config, batch=2)  # no auxiliary key outside training
+    graph = write_graph(model, tmp_path / "m.onnx")
+    assert [o.name for o in ort_session(graph, 1).get_outputs()] == list(model.config.outputs)

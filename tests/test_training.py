@@ -22,7 +22,7 @@ from agegender.models import create_model
 from agegender.outputs import decode
 from agegender.training.checkpoint import load_model
 from agegender.training.config import apply_overrides, load_config
-from agegender.training.distill import OnnxRunner, Teacher
+from agegender.training.distill import OnnxRunner, Teacher, save_stored_outputs
 from agegender.training.engine import Trainer, train
 from agegender.training.losses import distillation_loss
 
@@ -232,6 +232,29 @@ def test_a_smaller_teacher_sees_the_students_batch_average_pooled(tmp_path: Path
     for size, resize in ((128, 136), (96, 108)):  # another field of view; not a whole multiple of 64
         with pytest.raises(ValueError, match="integer fraction of it with the same field of view"):
             Teacher.load([path], config.replace(input_size=size, resize=resize))
+
+
+def test_stored_teacher_outputs_reach_each_batch_by_record(utkface_dir: Path, tmp_path: Path) -> None:
+    names = sorted(p.name for p in utkface_dir.glob("*.jpg"))
+    ages = [float(name.split("_")[0]) for name in names]  # a stored "logit" that is the face's own age
+    stored = save_stored_outputs(tmp_path / "targets.npz", names, {"gender_logit": ages})
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"distill.stored={stored}"))
+    trainer = Trainer(cfg, tmp_path / "run", raw, progress=False)
+    _, targets = next(iter(trainer.batches))
+    assert torch.equal(trainer.stored(targets["index"])["gender_logit"], targets["age"])
+    trainer.fit()
+    assert len(history(tmp_path / "run")) == 1
+
+    save_stored_outputs(tmp_path / "few.npz", names[:10], {"gender_logit": ages[:10]})
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"distill.stored={tmp_path / 'few.npz'}"))
+    with pytest.raises(ValueError, match="has no outputs for .* training images"):
+        Trainer(cfg, tmp_path / "run2", raw, progress=False)
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"distill.stored={stored}",
+                                           f"distill.teacher={tmp_path / 'run'}"))
+    with pytest.raises(ValueError, match="not both"):
+        Trainer(cfg, tmp_path / "run3", raw, progress=False)
+    with pytest.raises(ValueError, match="not model outputs: age_years"):
+        save_stored_outputs(tmp_path / "bad.npz", names[:1], {"age_years": [1.0]})
 
 
 def test_init_starts_from_the_weights_of_another_run(utkface_dir: Path, tmp_path: Path) -> None:

@@ -9,6 +9,10 @@ A model's ``forward`` returns a dict holding any of these keys (batch first):
 - ``joint_logits`` (N, 16): gender x age group, index ``gender * 8 + group``;
 - ``gender_logit`` (N,): logit of P(female).
 
+In training mode a model may add an auxiliary output that only a loss reads, never the decoder or an export:
+
+- ``descriptor`` (N, D): a regression onto a teacher's face descriptor (feature distillation).
+
 The decoder is plain NumPy, so inference never needs torch.
 
 >>> import numpy as np
@@ -29,6 +33,7 @@ from agegender.labels import AGE_GROUPS, MAX_AGE, NUM_AGE_GROUPS, age_to_group, 
 OUTPUT_KEYS = (
     "age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits", "gender_logit",
 )
+AUXILIARY_KEYS = ("descriptor",)
 AGE_KEYS = frozenset({"age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits"})
 GENDER_KEYS = frozenset({"gender_logit", "joint_logits"})
 AGE_BINS = np.arange(MAX_AGE + 1, dtype=np.float32)

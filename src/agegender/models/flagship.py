@@ -36,7 +36,9 @@ class BasicBlock(nn.Module):
 class CompactResNet(nn.Module):
     def __init__(self, config: ModelConfig, widths: Sequence[int] = (24, 48, 96, 192),
                  blocks: Sequence[int] = (1, 2, 2, 2), stem_width: int = 16, stem_stride: int = 1,
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, descriptor_dim: int = 0) -> None:
+        """``descriptor_dim`` > 0 adds a linear head that, in training mode only, regresses a teacher's face
+        descriptor of that size (output ``descriptor``, for ``distill.stored``); eval mode and exports omit it."""
         super().__init__()
         layers: list[nn.Module] = [conv_bn(3, stem_width, stride=stem_stride), nn.ReLU(inplace=True)]
         cin = stem_width
@@ -47,6 +49,7 @@ class CompactResNet(nn.Module):
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout))
         self.age_dist = nn.Linear(cin, MAX_AGE + 1)
         self.gender = nn.Linear(cin, 1)
+        self.descriptor = nn.Linear(cin, descriptor_dim) if descriptor_dim else None
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -56,7 +59,10 @@ class CompactResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.features(x)
-        return {"age_dist_logits": self.age_dist(f), "gender_logit": self.gender(f).squeeze(1)}
+        out = {"age_dist_logits": self.age_dist(f), "gender_logit": self.gender(f).squeeze(1)}
+        if self.training and self.descriptor is not None:
+            out["descriptor"] = self.descriptor(f)
+        return out
 
 
 _OUTPUTS = ("age_dist_logits", "gender_logit")

@@ -69,10 +69,11 @@ class Batches:
             yield self.batch(np.sort(order[start:start + self.batch_size]))
 
     def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, Targets]:
+        """Inputs and targets of the records at ``idx``; targets["index"] holds those positions."""
         raw = self.images[idx]
         if self.augment is not None:
             pixels = augment_batch(raw, self.config.input_size, self.augment, self.rng)
         else:
             pixels = center_crop(raw, self.config.input_size)
         x = normalize(pixels, self.config).contiguous(memory_format=torch.channels_last)
-        return x, {k: torch.from_numpy(v[idx]) for k, v in self.targets.items()}
+        return x, {"index": torch.from_numpy(idx), **{k: torch.from_numpy(v[idx]) for k, v in self.targets.items()}}

@@ -49,6 +49,9 @@ class DistillConfig:
     temperature: float = 1.0
     flip: bool = False  # the teacher's outputs are averaged with those for the mirrored batch
     runtime: str = "auto"  # where the teacher runs: auto (ONNX Runtime on a CPU, else PyTorch) | torch | onnx
+    # instead of a teacher model: its outputs stored beforehand, one row per training image (an .npz written by
+    # agegender.training.distill.save_stored_outputs, e.g. by tools/descriptor_teacher.py)
+    stored: str | None = None
 
 
 @dataclass

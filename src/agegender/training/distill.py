@@ -7,6 +7,9 @@ Runtime, where its forward pass takes about half the time it takes in eager PyTo
 
 Outputs of several models or views are averaged the way test-time oversampling averages them
 (``agegender.evaluation.oversample.average_outputs``): probabilities, turned back into logits.
+
+A teacher too slow to run on every batch (or one that is not a network of ours, such as a head on face
+descriptors) can be given as its outputs stored beforehand, one row per training image (:class:`StoredOutputs`).
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from agegender.data.records import FaceRecord
 from agegender.evaluation.oversample import average_outputs
 from agegender.export import INPUT_NAME, write_graph
 from agegender.inference.onnx_model import ort_session
 from agegender.model_config import ModelConfig
+from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
 from agegender.training.checkpoint import load_model, run_checkpoint
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -114,3 +120,59 @@ class Teacher:
             return dict(outputs[0])
         averaged = average_outputs([{k: v.cpu().numpy() for k, v in out.items()} for out in outputs])
         return {k: torch.from_numpy(v).to(x.device, torch.float32) for k, v in averaged.items()}
+
+
+def save_stored_outputs(path: str | Path, names: Sequence[str], outputs: Mapping[str, np.ndarray]) -> Path:
+    """Write a teacher's outputs for the images named ``names`` (file names, one row each) for ``distill.stored``."""
+    known = (*OUTPUT_KEYS, *AUXILIARY_KEYS)
+    unknown = sorted(set(outputs) - set(known))
+    if unknown:
+        raise ValueError(f"not model outputs: {', '.join(unknown)}; known: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ValueError("stored outputs need one row per image file name; the names repeat")
+    for key, value in outputs.items():
+        if len(value) != len(names):
+            raise ValueError(f"{key} has {len(value)} rows for {len(names)} names")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, names=np.asarray(names, dtype=str),
+                        **{k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()})
+    return path
+
+
+class StoredOutputs:
+    """A teacher's outputs computed beforehand, looked up by the position of a training record: the same
+    targets for every augmented view of an image. Rows are matched to records by image file name.
+
+    >>> import tempfile
+    >>> recs = [FaceRecord.from_age(f"/data/{n}.jpg", 30, 0) for n in ("a", "b")]
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     f = save_stored_outputs(f"{tmp}/t.npz", ["b.jpg", "a.jpg", "c.jpg"], {"gender_logit": [2.0, 1.0, 0.0]})
+    ...     StoredOutputs.load(f, recs)(torch.tensor([1, 0]))["gender_logit"].tolist()  # records b, a
+    [2.0, 1.0]
+    """
+
+    def __init__(self, outputs: Mapping[str, np.ndarray]) -> None:
+        self.outputs = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in outputs.items()}
+
+    @classmethod
+    def load(cls, path: str | Path, records: Sequence[FaceRecord]) -> StoredOutputs:
+        """The rows of ``path`` for ``records``, in their order; every record must have one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"distill.stored: no such file {path}")
+        with np.load(path) as data:
+            if "names" not in data:
+                raise ValueError(f"distill.stored: {path} has no `names` array; write it with save_stored_outputs")
+            row = {str(name): i for i, name in enumerate(data["names"])}
+            names = [Path(r.path).name for r in records]
+            missing = [n for n in names if n not in row]
+            if missing:
+                raise ValueError(f"distill.stored: {path} has no outputs for {len(missing)} of the {len(names)} "
+                                 f"training images (e.g. {missing[0]}): build it for this dataset and split")
+            order = np.array([row[n] for n in names])
+            return cls({k: data[k][order] for k in data.files if k != "names"})
+
+    def __call__(self, index: Tensor) -> dict[str, Tensor]:
+        idx = index.cpu()
+        return {k: v[idx].to(index.device) for k, v in self.outputs.items()}

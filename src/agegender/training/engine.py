@@ -34,7 +34,7 @@ from agegender.training.batches import Batches, record_targets
 from agegender.training.checkpoint import init_from, save_atomic
 from agegender.training.config import TrainConfig
 from agegender.training.data import SplitData, SplitRecords, load_splits
-from agegender.training.distill import Teacher
+from agegender.training.distill import StoredOutputs, Teacher
 from agegender.training.distributed import Distributed
 from agegender.training.losses import distillation_loss, multitask_loss
 from agegender.training.optim import Schedule, build_optimizer
@@ -97,6 +97,10 @@ class Trainer:
                         if cfg.distill.teacher else None)
         with self.dist.main_first():  # rank 0 builds the split manifests and image cache, the others reuse them
             self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
+        if cfg.distill.teacher and cfg.distill.stored:
+            raise ValueError("distill: give a teacher model or stored teacher outputs, not both")
+        self.stored = (StoredOutputs.load(cfg.distill.stored, self.data["train"].records)
+                       if cfg.distill.stored else None)
         if cfg.start_age_at_mean:
             mean_age = float(np.mean([r.age for r in self.data["train"].records]))
             if not start_age_at(self.model, mean_age):
@@ -165,8 +169,10 @@ class Trainer:
             targets = {k: v.to(self.device) for k, v in targets.items()}
             outputs = self.net(x)
             loss, terms = multitask_loss(outputs, targets, self.cfg.loss, self.epoch)
-            if self.teacher is not None:
-                kd, kd_terms = distillation_loss(outputs, self.teacher(x), self.cfg.distill.temperature)
+            taught = (self.teacher(x) if self.teacher is not None
+                      else self.stored(targets["index"]) if self.stored is not None else None)
+            if taught is not None:
+                kd, kd_terms = distillation_loss(outputs, taught, self.cfg.distill.temperature)
                 loss = loss + self.cfg.distill.weight * kd
                 terms.update(kd_terms)
             if not torch.isfinite(loss):

@@ -11,6 +11,8 @@ tensor([[0., 0., 0., 0., 0., 0., 0., 0.],
 >>> logits = {"age_dist_logits": torch.randn(4, 101), "gender_logit": torch.randn(4)}
 >>> abs(float(distillation_loss(logits, logits)[0])) < 1e-6  # a student that matches its teacher pays nothing
 True
+>>> distillation_loss({"descriptor": torch.zeros(2, 4)}, {"descriptor": torch.ones(2, 4)})[1]  # mean squared error
+{'kd_descriptor': 1.0}
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ _SIGMOID_OUTPUTS = ("gender_logit", "age_ordinal_logits")
 def distillation_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor],
                       temperature: float = 1.0) -> tuple[Tensor, dict[str, float]]:
     """Knowledge distillation over every head the student and teacher share: soft cross-entropy for
-    softmax heads, binary KL for sigmoid heads, L1 for an age in years. Returns the sum and each term."""
+    softmax heads, binary KL for sigmoid heads, L1 for an age in years, mean squared error for a descriptor.
+    Returns the sum and each term."""
     terms: dict[str, Tensor] = {}
     for key in student.keys() & teacher.keys():
         s, t = student[key], teacher[key].detach()
@@ -122,6 +125,8 @@ def distillation_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tenso
             terms[key] = soft_binary_cross_entropy(s, t, temperature)
         elif key == "age":
             terms[key] = (s - t).abs().mean()
+        elif key == "descriptor":  # a teacher's (standardised) face descriptor, regressed
+            terms[key] = F.mse_loss(s, t)
     if not terms:
         raise ValueError(f"the student's outputs {sorted(student)} share no head with the teacher's {sorted(teacher)}")
     return sum(terms.values()), {f"kd_{k}": float(v.detach()) for k, v in terms.items()}

@@ -1,0 +1,64 @@
+"""tools/descriptor_teacher.py: the stacked teacher's heads are cross-fitted (no row is predicted by a head that
+saw it), and its chip geometry puts our template's landmarks on dlib's mean face."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from agegender.data.records import FaceRecord
+from agegender.inference.align import load_template
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import descriptor_teacher as dt  # noqa: E402
+
+
+def records(genders: np.ndarray, ages: np.ndarray) -> list[FaceRecord]:
+    pairs = zip(genders, ages, strict=True)
+    return [FaceRecord.from_age(f"{i}.jpg", float(a), int(g)) for i, (g, a) in enumerate(pairs)]
+
+
+def gender_accuracy(outputs: dict[str, np.ndarray], genders: np.ndarray) -> float:
+    return float(((outputs["gender_logit"] > 0) == genders).mean())
+
+
+def test_cross_fitted_rows_come_from_heads_that_did_not_see_them() -> None:
+    rng = np.random.default_rng(0)
+    n = 1000
+    x = rng.normal(size=(n, dt.DESCRIPTOR_SIZE)).astype(np.float32)
+    noise = rng.integers(0, 2, n)  # labels unrelated to the descriptors: nothing to learn but the rows
+    recs = records(noise, rng.integers(1, 90, n))
+    seen = dt.head_outputs(dt.fit_head(x, recs, epochs=60, seed=0), x)
+    held = dt.cross_fitted(x, recs, folds=5, epochs=60, seed=0)
+    assert gender_accuracy(seen, noise) > 0.8  # a head memorises the rows it trained on (0.91 when written)
+    assert abs(gender_accuracy(held, noise) - 0.5) < 0.06  # and knows nothing of the others (0.52)
+
+    signal = rng.integers(0, 2, n)  # labels the descriptors do hold are learnt out of fold (0.98)
+    x[:, 0] += 3.0 * (2 * signal - 1)
+    held = dt.cross_fitted(x, records(signal, rng.integers(1, 90, n)), folds=5, epochs=60, seed=0)
+    assert gender_accuracy(held, signal) > 0.93
+
+
+def test_the_descriptor_chip_puts_our_template_on_dlibs_mean_face() -> None:
+    m = dt.chip_transform()
+    mapped = cv2.transform(load_template()[None].astype(np.float32), m)[0]
+    expected = (dt.CHIP_PADDING + dt.DLIB_MEAN_FACE) / (1 + 2 * dt.CHIP_PADDING) * dt.CHIP_SIZE
+    assert np.abs(mapped - expected).max() < 6.0  # pixels of the 150 px chip: a similarity fit of 5 points
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models")
+                    is None, reason="dlib or face_recognition_models not installed (pip install -e '.[teacher]')")
+def test_a_face_and_its_mirror_get_closer_descriptors_than_two_people(utkface_dir: Path, tmp_path: Path) -> None:
+    old_man, girl = (next(utkface_dir.glob(pattern)) for pattern in ("80_0_0_*.jpg", "3_1_0_*.jpg"))
+    mirror = tmp_path / "mirror.jpg"
+    cv2.imwrite(str(mirror), cv2.imread(str(old_man))[:, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 98])
+    recs = [FaceRecord.from_age(str(p), 30.0, 0) for p in (old_man, mirror, girl)]
+    d = dt.descriptors(recs, tmp_path / "cache.npz", workers=1)
+    assert np.linalg.norm(d[0] - d[1]) < 0.6 < np.linalg.norm(d[0] - d[2])  # dlib's same-person threshold
+    again = dt.descriptors(recs, tmp_path / "cache.npz", workers=1)  # from the cache
+    assert np.array_equal(d, again)
