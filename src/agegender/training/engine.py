@@ -92,13 +92,13 @@ class Trainer:
         self.config = self.model.config
         if cfg.trainable_last is not None:
             freeze_all_but_last(self.model, cfg.trainable_last)
+        if cfg.distill.teacher and cfg.distill.stored:
+            raise ValueError("distill: give a teacher model or stored teacher outputs, not both")
         self.teacher = (Teacher.load(cfg.distill.teacher, self.config, self.device, cfg.distill.flip,
                                      cfg.distill.runtime)
                         if cfg.distill.teacher else None)
         with self.dist.main_first():  # rank 0 builds the split manifests and image cache, the others reuse them
             self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
-        if cfg.distill.teacher and cfg.distill.stored:
-            raise ValueError("distill: give a teacher model or stored teacher outputs, not both")
         self.stored = (StoredOutputs.load(cfg.distill.stored, self.data["train"].records)
                        if cfg.distill.stored else None)
         if cfg.start_age_at_mean:
