@@ -105,8 +105,11 @@ def descriptors(records: Sequence[FaceRecord], cache: Path, workers: int, chunk:
             known = dict(zip(map(str, data["names"]), data["descriptors"], strict=True))
     todo = sorted({Path(r.path).name: r.path for r in records if Path(r.path).name not in known}.items())
 
-    def save() -> None:
-        np.savez(cache, names=np.array(list(known)), descriptors=np.stack(list(known.values())))
+    def save() -> None:  # whole or not at all: an interrupted write leaves the previous cache
+        partial = cache.with_name(cache.name + ".partial")
+        with open(partial, "wb") as handle:
+            np.savez(handle, names=np.array(list(known)), descriptors=np.stack(list(known.values())))
+        partial.replace(cache)
 
     if todo:
         chunks = [todo[i:i + chunk] for i in range(0, len(todo), chunk)]
