@@ -36,7 +36,7 @@ from agegender.evaluation.oversample import average_outputs
 from agegender.evaluation.runner import model_outputs
 from agegender.inference.align import load_template
 from agegender.labels import MAX_AGE
-from agegender.outputs import decode
+from agegender.outputs import decode, sigmoid, softmax
 from agegender.training.batches import record_targets
 from agegender.training.checkpoint import run_checkpoint
 from agegender.training.config import load_config
@@ -189,11 +189,6 @@ def cross_fitted(x: np.ndarray, records: Sequence[FaceRecord], folds: int, epoch
     return out
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def mix(ours: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray], w_age: float, w_gender: float
         ) -> dict[str, np.ndarray]:
     """Probabilities averaged with the head's weight ``w_*``, turned back into logits.
@@ -201,14 +196,14 @@ def mix(ours: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray], w_age: f
     >>> a = {"age_dist_logits": np.log([[0.5, 0.5]]), "gender_logit": np.array([0.0])}
     >>> b = {"age_dist_logits": np.log([[0.1, 0.9]]), "gender_logit": np.array([np.log(9.0)])}
     >>> m = mix(a, b, 0.5, 0.5)
-    >>> _softmax(m["age_dist_logits"].astype(float)).round(2).tolist()
+    >>> softmax(m["age_dist_logits"]).round(2).tolist()
     [[0.3, 0.7]]
-    >>> round(float(1 / (1 + np.exp(-m["gender_logit"][0]))), 2)  # P(female): (0.5 + 0.9) / 2
-    0.7
+    >>> sigmoid(m["gender_logit"]).round(2).tolist()  # P(female): (0.5 + 0.9) / 2
+    [0.7]
     """
-    age = w_age * _softmax(head["age_dist_logits"]) + (1 - w_age) * _softmax(ours["age_dist_logits"])
+    age = w_age * softmax(head["age_dist_logits"]) + (1 - w_age) * softmax(ours["age_dist_logits"])
     g = np.ravel(ours["gender_logit"])
-    p = w_gender / (1 + np.exp(-np.ravel(head["gender_logit"]))) + (1 - w_gender) / (1 + np.exp(-g))
+    p = w_gender * sigmoid(np.ravel(head["gender_logit"])) + (1 - w_gender) * sigmoid(g)
     p = np.clip(p, 1e-6, 1 - 1e-6)
     return {"age_dist_logits": np.log(np.clip(age, 1e-12, None)).astype(np.float32),
             "gender_logit": np.log(p / (1 - p)).astype(np.float32).reshape(g.shape)}
