@@ -257,6 +257,33 @@ def test_stored_teacher_outputs_reach_each_batch_by_record(utkface_dir: Path, tm
         save_stored_outputs(tmp_path / "bad.npz", names[:1], {"age_years": [1.0]})
 
 
+def test_distilled_heads_are_weighted_by_their_schedule(utkface_dir: Path, tmp_path: Path) -> None:
+    student = {"gender_logit": torch.zeros(4, requires_grad=True), "descriptor": torch.zeros(4, 2, requires_grad=True)}
+    teacher = {"gender_logit": torch.full((4,), 3.0), "descriptor": torch.ones(4, 2)}
+    total, terms = distillation_loss(student, teacher, weights={"descriptor": 0.0})
+    total.backward()
+    assert not student["descriptor"].grad.any() and student["gender_logit"].grad.abs().min() > 0
+    assert terms["kd_descriptor"] == pytest.approx(1.0)  # reported unweighted
+
+    cfg, _ = load_config(FLAGSHIP, ["distill.heads={descriptor: [[0, 1.0], [10, 1.0], [20, 0.0]], gender_logit: 2}"])
+    assert cfg.distill.head_weights(15) == {"descriptor": 0.5, "gender_logit": 2.0}
+    with pytest.raises(ValueError, match="'eyes' is not a model output"):
+        load_config(FLAGSHIP, ["distill.heads={eyes: 1}"])
+    with pytest.raises(ValueError, match="distill.heads.descriptor: give a number or"):
+        load_config(FLAGSHIP, ["distill.heads={descriptor: [1, 2]}"])
+
+    # in training: a stored teacher whose only head weighs 0 leaves the run exactly as without a teacher
+    names = sorted(p.name for p in utkface_dir.glob("*.jpg"))
+    stored = save_stored_outputs(tmp_path / "targets.npz", names, {"gender_logit": [5.0] * len(names)})
+    weights = []
+    for name, extra in (("plain", []), ("muted", [f"distill.stored={stored}", "distill.heads={gender_logit: 0}"])):
+        cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, "ema=null", *extra))
+        trainer = Trainer(cfg, tmp_path / name, raw, progress=False)
+        trainer.train_epoch()
+        weights.append(trainer.model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
 def test_init_starts_from_the_weights_of_another_run(utkface_dir: Path, tmp_path: Path) -> None:
     start = constant_teacher(tmp_path / "start.pt", 40, 1.0, blocks=[1, 1, 2, 2])  # FLAGSHIP's shape
     cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"init={start}"))

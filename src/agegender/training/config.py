@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from agegender.data.augment import AugmentConfig
-from agegender.training.losses import LossSpec
+from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
+from agegender.training.losses import LossSpec, scheduled_weight
 
 
 @dataclass
@@ -52,6 +53,24 @@ class DistillConfig:
     # instead of a teacher model: its outputs stored beforehand, one row per training image (an .npz written by
     # agegender.training.distill.save_stored_outputs, e.g. by tools/descriptor_teacher.py)
     stored: str | None = None
+    # weight of each distilled head (an output name such as descriptor or gender_logit) inside the distillation
+    # term: a number or [epoch, weight] knots, linear between them (default 1 for every head)
+    heads: dict[str, float | list[list[float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = (*OUTPUT_KEYS, *AUXILIARY_KEYS)
+        for head, weight in self.heads.items():
+            if head not in known:
+                raise ValueError(f"distill.heads: {head!r} is not a model output; known: {', '.join(known)}")
+            try:
+                scheduled_weight(weight, 0)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"distill.heads.{head}: give a number or [epoch, weight] pairs, not {weight!r}") \
+                    from err
+
+    def head_weights(self, epoch: float) -> dict[str, float]:
+        """Each listed head's weight at ``epoch``."""
+        return {head: scheduled_weight(weight, epoch) for head, weight in self.heads.items()}
 
 
 @dataclass

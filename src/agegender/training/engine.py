@@ -164,7 +164,7 @@ class Trainer:
         total, seen = 0.0, 0
         bar = tqdm(self.batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
                    disable=not (self.progress and self.dist.is_main))
-        for x, targets in bar:
+        for step, (x, targets) in enumerate(bar):
             x = x.to(self.device, non_blocking=True)
             targets = {k: v.to(self.device) for k, v in targets.items()}
             outputs = self.net(x)
@@ -172,7 +172,8 @@ class Trainer:
             taught = (self.teacher(x) if self.teacher is not None
                       else self.stored(targets["index"]) if self.stored is not None else None)
             if taught is not None:
-                kd, kd_terms = distillation_loss(outputs, taught, self.cfg.distill.temperature)
+                kd, kd_terms = distillation_loss(outputs, taught, self.cfg.distill.temperature,
+                                                 self.cfg.distill.head_weights(self.epoch + step / len(self.batches)))
                 loss = loss + self.cfg.distill.weight * kd
                 terms.update(kd_terms)
             if not torch.isfinite(loss):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -111,13 +112,29 @@ _SOFTMAX_OUTPUTS = ("age_dist_logits", "age_group_logits", "joint_logits")
 _SIGMOID_OUTPUTS = ("gender_logit", "age_ordinal_logits")
 
 
-def distillation_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor],
-                      temperature: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+def scheduled_weight(weight: float | Sequence[Sequence[float]], epoch: float) -> float:
+    """A loss weight given as a number, or as ``[epoch, weight]`` knots: linear between knots, held beyond them.
+
+    >>> scheduled_weight(0.5, 7)
+    0.5
+    >>> [scheduled_weight([[0, 1.0], [10, 1.0], [20, 0.0]], e) for e in (0, 10, 15, 20, 30)]
+    [1.0, 1.0, 0.5, 0.0, 0.0]
+    """
+    if isinstance(weight, int | float):
+        return float(weight)
+    knots = sorted((float(e), float(w)) for e, w in weight)
+    if not knots:
+        raise ValueError("a weight schedule needs at least one [epoch, weight] knot")
+    return float(np.interp(epoch, [e for e, _ in knots], [w for _, w in knots]))
+
+
+def distillation_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tensor], temperature: float = 1.0,
+                      weights: Mapping[str, float] | None = None) -> tuple[Tensor, dict[str, float]]:
     """Knowledge distillation over every head the student and teacher share: soft cross-entropy for
     softmax heads, binary KL for sigmoid heads, L1 for an age in years, mean squared error for a descriptor.
-    Returns the sum and each term."""
+    Returns the sum, each head's term weighted by ``weights[head]`` (default 1), and each unweighted term."""
     terms: dict[str, Tensor] = {}
-    for key in student.keys() & teacher.keys():
+    for key in sorted(student.keys() & teacher.keys()):
         s, t = student[key], teacher[key].detach()
         if key in _SOFTMAX_OUTPUTS:
             terms[key] = soft_cross_entropy(s, t, temperature)
@@ -129,7 +146,9 @@ def distillation_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tenso
             terms[key] = F.mse_loss(s, t)
     if not terms:
         raise ValueError(f"the student's outputs {sorted(student)} share no head with the teacher's {sorted(teacher)}")
-    return sum(terms.values()), {f"kd_{k}": float(v.detach()) for k, v in terms.items()}
+    weights = weights or {}
+    total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+    return total, {f"kd_{k}": float(v.detach()) for k, v in terms.items()}
 
 
 @dataclass
