@@ -33,10 +33,12 @@ $(VENV)/.base: pyproject.toml | $(BIN)/python
 	touch $@
 
 FULL_EXTRAS := -e '.[train,serve,dev]'
-# The OpenVINO peer (extra `bench`) is optional: when it cannot be installed, its bench row and test say so.
+# The OpenVINO peer (extra `bench`) and dlib (extra `teacher`) are optional: when one cannot be installed, the
+# tests that need it skip and say so.
 $(VENV)/.full: pyproject.toml | $(BIN)/python
 	$(call PIP_TRY,$(FULL_EXTRAS),exit 1)
 	$(call PIP_TRY,-e '.[bench]',echo "WARNING: openvino not installed: the OpenVINO peer test will be skipped")
+	$(call PIP_TRY,-e '.[teacher]',echo "WARNING: dlib not installed: the dlib and accurate-mode tests will be skipped")
 	touch $@ $(VENV)/.base
 
 predict: $(VENV)/.base

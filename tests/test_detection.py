@@ -8,6 +8,7 @@ import json
 import struct
 import threading
 import urllib.error
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -359,7 +360,7 @@ def test_detection_to_dict() -> None:
 
 @pytest.fixture
 def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("AGEGENDER_CACHE", str(tmp_path / "cache" / "agegender"))
     monkeypatch.delenv("AGEGENDER_YUNET", raising=False)
     return tmp_path / "cache" / "agegender"
 
@@ -374,7 +375,7 @@ def _serve(monkeypatch: pytest.MonkeyPatch, source: Path | None) -> list[str]:
             raise urllib.error.URLError("no route to host")
         return io.BytesIO(source.read_bytes())
 
-    monkeypatch.setattr(detector_module.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     return requested
 
 

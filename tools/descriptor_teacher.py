@@ -30,13 +30,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from agegender import __version__
 from agegender.data.records import FaceRecord
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config
 from agegender.evaluation.oversample import average_outputs
 from agegender.evaluation.runner import model_outputs
-from agegender.inference.align import load_template
+from agegender.export import set_metadata
+from agegender.inference.descriptor import DLIB_RESNET, chip_transform, descriptor_chip, stack_weights
+from agegender.inference.dlib_resnet import DESCRIPTOR_SIZE
 from agegender.labels import MAX_AGE
-from agegender.outputs import decode, sigmoid, softmax
+from agegender.outputs import decode
 from agegender.training.batches import record_targets
 from agegender.training.checkpoint import run_checkpoint
 from agegender.training.config import load_config
@@ -44,12 +47,6 @@ from agegender.training.data import dataset_splits, decode_split
 from agegender.training.distill import save_stored_outputs
 from agegender.training.losses import LossSpec, multitask_loss
 
-#: dlib's mean face (five landmarks, image-left eye first) in its unit template box, and the chip the
-#: descriptor network expects: ``dlib.get_face_chip(img, shape, size=150, padding=0.25)``.
-DLIB_MEAN_FACE = np.array([[0.2255, 0.2160], [0.7547, 0.2160], [0.4901, 0.5156],
-                           [0.2541, 0.7802], [0.7261, 0.7802]], dtype=np.float32)
-CHIP_SIZE, CHIP_PADDING = 150, 0.25
-DESCRIPTOR_SIZE = 128
 HEAD_LOSS = LossSpec(age_group=0.0, age_dist=1.0, sigma=2.0, l1_weight=0.5, gender=1.0)
 WEIGHT_GRID = np.round(np.arange(0.0, 1.01, 0.1), 1)
 
@@ -61,14 +58,6 @@ def dlib_model_path() -> Path:
     if importlib.util.find_spec("dlib") is None or spec is None or not spec.submodule_search_locations:
         raise SystemExit("dlib or face_recognition_models is not installed: pip install -e '.[teacher]'")
     return Path(spec.submodule_search_locations[0]) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
-
-
-def chip_transform() -> np.ndarray:
-    """2x3 similarity from our 200 px chip template onto dlib's 150 px descriptor chip."""
-    dst = (CHIP_PADDING + DLIB_MEAN_FACE) / (1 + 2 * CHIP_PADDING) * CHIP_SIZE
-    matrix, _ = cv2.estimateAffinePartial2D(load_template().astype(np.float32), dst.astype(np.float32),
-                                            method=cv2.LMEDS)
-    return matrix
 
 
 _NET = None
@@ -88,11 +77,7 @@ def _describe(paths: Sequence[str]) -> np.ndarray:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             raise OSError(f"cannot read {path}")  # re-raised in the parent by the pool
-        if image.shape[:2] != (200, 200):
-            image = cv2.resize(image, (200, 200), interpolation=cv2.INTER_AREA)
-        chip = cv2.warpAffine(image, matrix, (CHIP_SIZE, CHIP_SIZE), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
-        chips.append(np.ascontiguousarray(cv2.cvtColor(chip, cv2.COLOR_BGR2RGB)))
+        chips.append(descriptor_chip(image, matrix))
     return np.asarray(_NET.compute_face_descriptor(chips), dtype=np.float32).reshape(-1, DESCRIPTOR_SIZE)
 
 
@@ -191,22 +176,37 @@ def cross_fitted(x: np.ndarray, records: Sequence[FaceRecord], folds: int, epoch
 
 def mix(ours: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray], w_age: float, w_gender: float
         ) -> dict[str, np.ndarray]:
-    """Probabilities averaged with the head's weight ``w_*``, turned back into logits.
+    """Probabilities averaged with the head's weight ``w_*``, turned back into logits (float32)."""
+    mixed = average_outputs([ours, head], stack_weights(w_age, w_gender))
+    return {k: v.astype(np.float32) for k, v in mixed.items()}
 
-    >>> a = {"age_dist_logits": np.log([[0.5, 0.5]]), "gender_logit": np.array([0.0])}
-    >>> b = {"age_dist_logits": np.log([[0.1, 0.9]]), "gender_logit": np.array([np.log(9.0)])}
-    >>> m = mix(a, b, 0.5, 0.5)
-    >>> softmax(m["age_dist_logits"]).round(2).tolist()
-    [[0.3, 0.7]]
-    >>> sigmoid(m["gender_logit"]).round(2).tolist()  # P(female): (0.5 + 0.9) / 2
-    [0.7]
-    """
-    age = w_age * softmax(head["age_dist_logits"]) + (1 - w_age) * softmax(ours["age_dist_logits"])
-    g = np.ravel(ours["gender_logit"])
-    p = w_gender * sigmoid(np.ravel(head["gender_logit"])) + (1 - w_gender) * sigmoid(g)
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return {"age_dist_logits": np.log(np.clip(age, 1e-12, None)).astype(np.float32),
-            "gender_logit": np.log(p / (1 - p)).astype(np.float32).reshape(g.shape)}
+
+def export_head(head: DescriptorHead, path: Path, report: Mapping) -> Path:
+    """The head as ONNX for the accurate inference mode: input ``descriptor`` N x 128 (dlib's numbers as they
+    come), outputs ``age_dist_logits`` and ``gender_logit``; the stacking weights and scores as metadata."""
+
+    class Graph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = head
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.head(x)
+            return out["age_dist_logits"], out["gender_logit"]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.onnx.export(Graph().eval(), (torch.zeros(2, DESCRIPTOR_SIZE),), str(tmp), input_names=["descriptor"],
+                      output_names=["age_dist_logits", "gender_logit"], opset_version=17, dynamo=False,
+                      dynamic_axes={n: {0: "batch"} for n in ("descriptor", "age_dist_logits", "gender_logit")})
+    set_metadata(tmp, {"stack_weights": json.dumps(report["weights"]), "stacked_with": json.dumps(report["models"]),
+                       "descriptor_sha256": DLIB_RESNET.sha256, "version": __version__,
+                       "metrics": json.dumps({**report["test"]["stacked"], "protocol": (
+                           "UTKFace test split; the flagship flip-averaged, the descriptor head on the unflipped "
+                           "chip; probabilities averaged with weights chosen on the validation split")}),
+                       "scores": json.dumps({k: report[k] for k in ("train", "val", "test")})})
+    tmp.replace(path)
+    return path
 
 
 def scores(records: Sequence[FaceRecord], outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
@@ -225,6 +225,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="cross-fitting folds for the train rows")
     parser.add_argument("--epochs", type=int, default=60, help="epochs of each head")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--export-head", type=Path, default=None,
+                        help="also write the head (trained on the whole train split) as ONNX for the accurate mode")
     args = parser.parse_args()
 
     cfg, _ = load_config(args.config)
@@ -256,6 +258,8 @@ def main() -> None:
     stacked["descriptor"] = (x["train"] - x["train"].mean(0)) / x["train"].std(0)
     save_stored_outputs(args.out, [Path(r.path).name for r in splits["train"]], stacked)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.export_head:
+        print(f"wrote {export_head(full, args.export_head, report)}")
     print(f"weights: age {w_age}, gender {w_gender}; wrote {args.out} and {args.out.with_suffix('.json')}")
 
 

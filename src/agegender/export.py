@@ -59,16 +59,21 @@ def export_onnx(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] |
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = write_graph(model, path.with_name(f".{path.name}.tmp"))
-    proto = onnx.load(str(tmp))
-    meta = {"config": config.to_json(), "version": __version__, "age_groups": json.dumps(AGE_GROUPS),
-            "input": "float32 N x 3 x S x S, RGB, 0..255 (normalisation is inside the graph)",
-            "metrics": json.dumps(dict(metrics or {})), **dict(extra_metadata or {})}
+    set_metadata(tmp, {"config": config.to_json(), "version": __version__, "age_groups": json.dumps(AGE_GROUPS),
+                       "input": "float32 N x 3 x S x S, RGB, 0..255 (normalisation is inside the graph)",
+                       "metrics": json.dumps(dict(metrics or {})), **dict(extra_metadata or {})})
+    os.replace(tmp, path)
+    return path
+
+
+def set_metadata(path: str | Path, meta: Mapping[str, str]) -> Path:
+    """Store ``meta`` in an ONNX file's metadata, each key under the ``agegender.`` prefix."""
+    proto = onnx.load(str(path))
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_PREFIX + key, value
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
-    return path
+    onnx.save(proto, str(path))
+    return Path(path)
 
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray) -> Path:

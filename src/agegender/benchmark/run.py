@@ -37,6 +37,7 @@ from agegender.data.splits import load_or_make_splits
 from agegender.data.utkface import read_utkface
 from agegender.evaluation.metrics import compute_metrics, format_metric
 from agegender.inference.align import align_face
+from agegender.inference.descriptor import DESCRIPTOR_CHIP_SIZE, StackedAgeGender
 from agegender.inference.detector import Detection, FaceDetector
 from agegender.inference.images import load_image
 from agegender.inference.onnx_model import OnnxAgeGender
@@ -59,6 +60,8 @@ class BenchOptions:
 
     model: Path | None = None
     int8: Path | None = None
+    accurate: bool = False  # also bench the accurate mode (the model stacked with a dlib descriptor head)
+    descriptor_weights: Path | None = None  # dlib's .dat for it (default: located like YuNet's weights)
     peers: Path | None = None
     utkface: Path | None = None
     adience_sample: Path | None = None
@@ -86,6 +89,9 @@ class OursModel:
         mirror = ", + mirror" if flip else ""
         self.input = f"RGB {size}x{size} centre of the chip resized to {load}{mirror}"
         self.files: tuple[Path, ...] = (model.path,)
+        if isinstance(model, StackedAgeGender):
+            self.input += f"; RGB {DESCRIPTOR_CHIP_SIZE}x{DESCRIPTOR_CHIP_SIZE} dlib chip for the descriptor"
+            self.files += (model.head_path, model.network_path)
 
     def predict(self, chips_bgr: Sequence[np.ndarray]) -> Decoded:
         return self.model.predict(chips_bgr, flip=self.flip)
@@ -97,6 +103,8 @@ def load_models(opts: BenchOptions) -> tuple[list[FaceModel], dict[str, str]]:
     models: list[FaceModel] = [OursModel(fp32, "fp32"), OursModel(fp32, "fp32", flip=False)]
     if opts.int8:
         models.append(OursModel(OnnxAgeGender(opts.int8, threads=opts.threads), "int8"))
+    if opts.accurate:
+        models.append(OursModel(StackedAgeGender(opts.model, opts.threads, opts.descriptor_weights), "accurate"))
     if opts.peers is None:
         return models, {}
     peers, unavailable = load_peers(opts.peers, opts.threads)

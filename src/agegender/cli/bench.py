@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "when it exists; a part whose data is missing is left out. Writes bench.json and a Markdown table."))
     p.add_argument("--model", type=Path, help="an `agegender export` ONNX file (default: the shipped model)")
     p.add_argument("--int8", type=Path, help="its int8 variant, benched alongside")
+    p.add_argument("--accurate", action="store_true", help="also bench the accurate mode (`predict --accurate`)")
+    p.add_argument("--descriptor-weights", type=Path, metavar="DAT",
+                   help="--accurate: dlib_face_recognition_resnet_model_v1.dat (default: located as predict does)")
     p.add_argument("--peers", type=Path, default=_shared("peers"),
                    help="folder of peer models (default: ../shared/peers if present)")
     p.add_argument("--utkface", type=Path, default=_shared("utkface"),
@@ -66,12 +69,15 @@ def run(args: argparse.Namespace) -> int:
     from agegender.inference.detector import WeightsError
     from agegender.inference.onnx_model import ModelError
 
-    for option in ("model", "int8", *DEFAULTS):
+    if args.descriptor_weights and not args.accurate:
+        raise UserError("--descriptor-weights is for --accurate")
+    for option in ("model", "int8", "descriptor_weights", *DEFAULTS):
         path = getattr(args, option)
         if path is not None and not path.exists():
             raise UserError(f"--{option.replace('_', '-')}: {path} not found")
     opts = BenchOptions(
-        model=args.model, int8=args.int8, peers=args.peers, utkface=args.utkface,
+        model=args.model, int8=args.int8, accurate=args.accurate, descriptor_weights=args.descriptor_weights,
+        peers=args.peers, utkface=args.utkface,
         adience_sample=args.adience_sample, adience_fold=args.adience_fold, photos=args.photos,
         detector=args.detector, limit=args.limit, threads=args.threads, runs=args.runs,
         min_seconds=args.min_time)

@@ -63,13 +63,15 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def average_crops(outputs: Mapping[str, np.ndarray], n_crops: int) -> dict[str, np.ndarray]:
+def average_crops(outputs: Mapping[str, np.ndarray], n_crops: int,
+                  weights: Mapping[str, Sequence[float]] | None = None) -> dict[str, np.ndarray]:
     """Average model outputs over the ``n_crops`` consecutive rows of each image (image-major, as
     ``ten_crops``) and return outputs for ``N`` images that still follow the output contract.
 
     Softmax heads: mean of probabilities, returned as their log; sigmoid heads: mean of probabilities,
-    returned as their logit; ``age``: plain mean. Keys outside the contract are dropped, as ``decode`` drops
-    them.
+    returned as their logit; ``age``: plain mean. ``weights`` gives an output's ``n_crops`` weights (a
+    weighted mean; equal weights for outputs it does not name). Keys outside the contract are dropped, as
+    ``decode`` drops them.
 
     >>> out = average_crops({"gender_logit": np.array([0.0, np.log(3.0)]), "age": np.array([20.0, 30.0])}, 2)
     >>> sigmoid(out["gender_logit"]).round(3).tolist(), out["age"].tolist()  # mean of P = 0.5 and 0.75
@@ -83,27 +85,35 @@ def average_crops(outputs: Mapping[str, np.ndarray], n_crops: int) -> dict[str, 
         if len(value) % n_crops:
             raise ValueError(f"{key}: {len(value)} rows is not a multiple of {n_crops} crops")
         grouped = value.reshape(len(value) // n_crops, n_crops, *value.shape[1:])
+        w = (weights or {}).get(key)
+        if w is not None and len(w) != n_crops:
+            raise ValueError(f"{key}: {len(w)} weights for {n_crops} crops or models")
         rule = AVERAGING[key]
         if rule == "softmax":
-            averaged[key] = np.log(np.maximum(softmax(grouped).mean(axis=1), np.finfo(np.float64).tiny))
+            averaged[key] = np.log(np.maximum(np.average(softmax(grouped), axis=1, weights=w),
+                                              np.finfo(np.float64).tiny))
         elif rule == "sigmoid":
-            averaged[key] = _logit(sigmoid(grouped).mean(axis=1))
+            averaged[key] = _logit(np.average(sigmoid(grouped), axis=1, weights=w))
         else:
-            averaged[key] = grouped.mean(axis=1)
+            averaged[key] = np.average(grouped, axis=1, weights=w)
     return averaged
 
 
-def average_outputs(outputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def average_outputs(outputs: Sequence[Mapping[str, np.ndarray]],
+                    weights: Mapping[str, Sequence[float]] | None = None) -> dict[str, np.ndarray]:
     """Average several sets of outputs for the same N faces (views of them, or models), as ``average_crops``
-    does, over the keys they all hold.
+    does, over the keys they all hold; ``weights`` gives an output's weight for each set (default equal).
 
     >>> out = average_outputs([{"age": np.array([20.0])}, {"age": np.array([30.0])}, {"age": np.array([40.0])}])
     >>> out["age"].tolist()
     [30.0]
+    >>> a = {"gender_logit": np.array([0.0])}, {"gender_logit": np.array([np.log(9.0)])}  # P = 0.5 and 0.9
+    >>> sigmoid(average_outputs(a, {"gender_logit": [0.3, 0.7]})["gender_logit"]).round(2).tolist()
+    [0.78]
     """
     keys = set.intersection(*(set(o) for o in outputs))
     stacked = {key: np.stack([np.asarray(o[key]) for o in outputs], axis=1) for key in keys}
-    return average_crops({key: v.reshape(-1, *v.shape[2:]) for key, v in stacked.items()}, len(outputs))
+    return average_crops({key: v.reshape(-1, *v.shape[2:]) for key, v in stacked.items()}, len(outputs), weights)
 
 
 def flip_average(outputs_plain: Mapping[str, np.ndarray], outputs_flipped: Mapping[str, np.ndarray]

@@ -1,25 +1,22 @@
 """Face detection with five landmarks: OpenCV's YuNet (``cv2.FaceDetectorYN``), no torch needed.
 
 Weights are found by :func:`locate_weights`, in this order: an explicit ``model_path``, the environment
-variable ``AGEGENDER_YUNET``, the user cache (``$XDG_CACHE_HOME/agegender/`` or ``~/.cache/agegender/``),
-else a one-time download of OpenCV Zoo's ``face_detection_yunet_2023mar.onnx`` into that cache,
-verified by sha256.
+variable ``AGEGENDER_YUNET``, the agegender cache (see ``agegender.inference.remote``), else a one-time
+download of OpenCV Zoo's ``face_detection_yunet_2023mar.onnx`` into that cache, verified by sha256.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from agegender.inference.remote import RemoteFile, WeightsError
 
 __all__ = [
     "YUNET_FILENAME",
@@ -29,7 +26,6 @@ __all__ = [
     "Detection",
     "FaceDetector",
     "WeightsError",
-    "cache_dir",
     "locate_weights",
 ]
 
@@ -37,31 +33,12 @@ YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
 YUNET_URL = "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
 YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 ENV_VAR = "AGEGENDER_YUNET"
-_DOWNLOAD_TIMEOUT_S = 60.0
 
 LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
 """Landmark order (YuNet's). "Right" is the subject's right, i.e. the image-left side of a frontal face."""
 
 
-class WeightsError(RuntimeError):
-    """The YuNet weights could not be found, downloaded or loaded; the message says what to do."""
-
-
-def _fix_hint() -> str:
-    return (
-        f"Download {YUNET_URL} (sha256 {YUNET_SHA256}) yourself and either set {ENV_VAR}=/path/to/"
-        f"{YUNET_FILENAME} or pass model_path=..."
-    )
-
-
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/agegender`` if set, else ``~/.cache/agegender``."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "agegender"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+YUNET = RemoteFile("YuNet face detector", YUNET_FILENAME, YUNET_URL, YUNET_SHA256, ENV_VAR, "model_path")
 
 
 def locate_weights(model_path: str | os.PathLike | None = None) -> Path:
@@ -71,51 +48,7 @@ def locate_weights(model_path: str | os.PathLike | None = None) -> Path:
     must exist. The cached file is checked against :data:`YUNET_SHA256` and fetched again if it does
     not match. Raises :class:`WeightsError` when nothing usable can be found or downloaded.
     """
-    for given, origin in ((model_path, "model_path"), (os.environ.get(ENV_VAR) or None, ENV_VAR)):
-        if given is not None:
-            path = Path(given).expanduser()
-            if not path.is_file():
-                raise WeightsError(f"YuNet weights not found: {origin}={str(given)!r} is not a file.")
-            return path
-    cached = cache_dir() / YUNET_FILENAME
-    if cached.is_file() and _sha256(cached) == YUNET_SHA256:
-        return cached
-    return _download(cached)
-
-
-def _download(target: Path) -> Path:
-    """Fetch :data:`YUNET_URL` to a temp file next to ``target``, verify sha256, atomically rename."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".yunet-", suffix=".part", dir=target.parent)
-    except OSError as exc:
-        raise WeightsError(
-            f"cannot write to the weights cache {target.parent}: {exc}. {_fix_hint()}"
-        ) from exc
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with (
-            os.fdopen(fd, "wb") as out,
-            urllib.request.urlopen(YUNET_URL, timeout=_DOWNLOAD_TIMEOUT_S) as resp,
-        ):
-            while chunk := resp.read(1 << 16):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != YUNET_SHA256:
-            raise WeightsError(
-                f"downloaded YuNet weights have sha256 {digest.hexdigest()}, expected {YUNET_SHA256}; "
-                f"the file was discarded. {_fix_hint()}"
-            )
-        tmp.chmod(0o644)  # mkstemp creates 0600; the cache entry is an ordinary readable file
-        os.replace(tmp, target)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise WeightsError(
-            f"could not download the YuNet face detector from {YUNET_URL}: {exc}. {_fix_hint()}"
-        ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return YUNET.locate(model_path)
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,7 +118,7 @@ class FaceDetector:
             )
         except cv2.error as exc:
             raise WeightsError(
-                f"OpenCV could not load {self.model_path} as a YuNet ONNX model ({exc}). {_fix_hint()}"
+                f"OpenCV could not load {self.model_path} as a YuNet ONNX model ({exc}). {YUNET.fix_hint()}"
             ) from exc
         self._lock = threading.Lock()
 

@@ -66,18 +66,22 @@ class OnnxAgeGender:
         values = self.session.run(self.output_names, {self.input_name: pixels})
         return dict(zip(self.output_names, values, strict=True))
 
-    def predict(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> Decoded:
-        """Decoded predictions for aligned BGR chips; ``flip`` averages each chip with its mirror."""
+    def outputs(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> dict[str, np.ndarray]:
+        """Raw outputs for aligned BGR chips; ``flip`` averages each chip with its mirror."""
         if not len(chips_bgr):
             raise ValueError("no face chips given")
         pixels = chips_to_input(list(chips_bgr), self.config)
         if not flip:
-            return decode(self.raw(pixels))
+            return self.raw(pixels)
         from agegender.evaluation.oversample import flip_average
 
         both = self.raw(np.concatenate([pixels, pixels[..., ::-1]]))
         n = len(pixels)
-        return decode(flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()}))
+        return flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()})
+
+    def predict(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> Decoded:
+        """Decoded predictions for aligned BGR chips; ``flip`` averages each chip with its mirror."""
+        return decode(self.outputs(chips_bgr, flip))
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "config": self.config.to_dict(), "metrics": self.metrics,

@@ -1,0 +1,143 @@
+"""The accurate mode: the flagship stacked with a head on dlib's face-recognition descriptors.
+
+dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1.dat``, CC0; trained to tell about 7,500
+people apart, never on age or gender labels) describes an aligned face by 128 numbers. A small head trained by
+our code on those numbers (``weights/descriptor_head.onnx``, made by ``tools/descriptor_teacher.py
+--export-head``) predicts the age distribution and P(female); its probabilities are averaged with the flagship's,
+with per-output weights chosen on the validation split and stored in the head's file.
+
+The dlib network is not shipped: its weights are found by :func:`locate_dlib_resnet` (an explicit path,
+``$AGEGENDER_DLIB_RESNET``, an installed face_recognition_models package, the cache, else a download from
+dlib-models checked by sha256) and converted once into an ONNX file in the cache
+by :mod:`agegender.inference.dlib_resnet` (needs the ``onnx`` package: the ``accurate`` extra). It costs far
+more than the flagship per face; the figures are in the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from agegender.data.cache import default_cache_dir
+from agegender.evaluation.oversample import average_outputs
+from agegender.inference.align import load_template
+from agegender.inference.dlib_resnet import installed_model_path, read_dlib_resnet, to_onnx
+from agegender.inference.onnx_model import META_PREFIX, ModelError, OnnxAgeGender, ort_session
+from agegender.inference.remote import RemoteFile, WeightsError, sha256_of
+from agegender.preprocess import resize_square
+
+DLIB_RESNET = RemoteFile(
+    "dlib face-recognition ResNet", "dlib_face_recognition_resnet_model_v1.dat",
+    "https://github.com/davisking/dlib-models/raw/master/dlib_face_recognition_resnet_model_v1.dat.bz2",
+    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", "AGEGENDER_DLIB_RESNET",
+    "descriptor_weights", compression="bz2")
+HEAD_MODEL = "descriptor_head.onnx"
+
+#: dlib's mean face (five landmarks, image-left eye first) in its unit template box, and the chip the
+#: descriptor network expects: ``dlib.get_face_chip(img, shape, size=150, padding=0.25)``.
+DLIB_MEAN_FACE = np.array([[0.2255, 0.2160], [0.7547, 0.2160], [0.4901, 0.5156],
+                           [0.2541, 0.7802], [0.7261, 0.7802]], dtype=np.float32)
+DESCRIPTOR_CHIP_SIZE, DESCRIPTOR_CHIP_PADDING = 150, 0.25
+CHIP_SIZE = 200  # our aligned chips (UTKFace geometry)
+
+
+def chip_transform() -> np.ndarray:
+    """2x3 similarity from our 200 px chip template onto dlib's 150 px descriptor chip."""
+    dst = (DESCRIPTOR_CHIP_PADDING + DLIB_MEAN_FACE) / (1 + 2 * DESCRIPTOR_CHIP_PADDING) * DESCRIPTOR_CHIP_SIZE
+    matrix, _ = cv2.estimateAffinePartial2D(load_template().astype(np.float32), dst.astype(np.float32),
+                                            method=cv2.LMEDS)
+    return matrix
+
+
+def descriptor_chip(chip_bgr: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
+    """Our aligned BGR chip (any size, resized to 200 px) as dlib's 150 px RGB descriptor chip."""
+    if chip_bgr.shape[:2] != (CHIP_SIZE, CHIP_SIZE):
+        chip_bgr = resize_square(chip_bgr, CHIP_SIZE)
+    chip = cv2.warpAffine(chip_bgr, chip_transform() if matrix is None else matrix,
+                          (DESCRIPTOR_CHIP_SIZE, DESCRIPTOR_CHIP_SIZE), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(cv2.cvtColor(chip, cv2.COLOR_BGR2RGB))
+
+
+def stack_weights(age: float, gender: float) -> dict[str, list[float]]:
+    """``average_outputs`` weights for [our outputs, the head's]: the head weighs ``age`` and ``gender``."""
+    return {"age_dist_logits": [1 - age, age], "gender_logit": [1 - gender, gender]}
+
+
+def locate_dlib_resnet(weights: str | os.PathLike | None = None) -> Path:
+    """dlib's ``.dat``: ``weights`` or ``$AGEGENDER_DLIB_RESNET`` as given, else the copy in an installed
+    face_recognition_models package (the ``teacher`` extra) when it is the pinned file, else the cache or a
+    download (:data:`DLIB_RESNET`)."""
+    if weights is None and not os.environ.get(DLIB_RESNET.env_var):
+        installed = installed_model_path()
+        if installed is not None and sha256_of(installed) == DLIB_RESNET.sha256:
+            return installed
+    return DLIB_RESNET.locate(weights)
+
+
+def descriptor_network(weights: str | os.PathLike | None = None) -> Path:
+    """The dlib network as ONNX: converted once from the located ``.dat`` into the cache, keyed by its sha256."""
+    source = locate_dlib_resnet(weights)
+    target = default_cache_dir() / f"dlib_face_recognition_resnet_{sha256_of(source)[:16]}.onnx"
+    if target.is_file():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + f".{os.getpid()}.partial")
+        to_onnx(read_dlib_resnet(source), partial)
+        partial.replace(target)
+    except ImportError as err:
+        raise WeightsError(f"{err} (or pip install 'agegender[accurate]')") from err
+    except (ValueError, OSError) as err:
+        raise WeightsError(f"cannot convert {source} into ONNX: {err}. {DLIB_RESNET.fix_hint()}") from err
+    return target
+
+
+def shipped_head_path() -> Path:
+    path = Path(str(resources.files("agegender") / "weights" / HEAD_MODEL))
+    if not path.is_file():
+        raise ModelError(f"the shipped descriptor head {path} is missing: reinstall agegender, or pass head=...")
+    return path
+
+
+class StackedAgeGender(OnnxAgeGender):
+    """The accurate mode: an ``agegender export`` model (default: the shipped flagship) whose probabilities are
+    averaged with those of a head on dlib face descriptors. Used like :class:`OnnxAgeGender`; ``flip`` applies
+    to the flagship only."""
+
+    def __init__(self, path: str | Path | None = None, threads: int | None = None,
+                 descriptor_weights: str | os.PathLike | None = None, head: str | Path | None = None) -> None:
+        super().__init__(path, threads)
+        self.head_path = Path(head) if head else shipped_head_path()
+        self.head = ort_session(self.head_path, threads)
+        meta = self.head.get_modelmeta().custom_metadata_map
+        if META_PREFIX + "stack_weights" not in meta:
+            raise ModelError(f"{self.head_path} is not a descriptor head: export it with "
+                             "`python tools/descriptor_teacher.py ... --export-head`")
+        self.weights: dict[str, float] = json.loads(meta[META_PREFIX + "stack_weights"])
+        self.metrics = json.loads(meta.get(META_PREFIX + "metrics", "{}"))
+        self.network_path = descriptor_network(descriptor_weights)
+        self.network = ort_session(self.network_path, threads)
+        self._matrix = chip_transform()
+
+    def descriptors(self, chips_bgr: Sequence[np.ndarray]) -> np.ndarray:
+        """dlib's 128 numbers for each aligned BGR chip."""
+        pixels = np.stack([descriptor_chip(c, self._matrix) for c in chips_bgr]).transpose(0, 3, 1, 2)
+        return self.network.run(None, {"image": pixels.astype(np.float32)})[0]
+
+    def outputs(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> dict[str, np.ndarray]:
+        ours = super().outputs(chips_bgr, flip)
+        names = [o.name for o in self.head.get_outputs()]
+        head = dict(zip(names, self.head.run(names, {"descriptor": self.descriptors(chips_bgr)}), strict=True))
+        return average_outputs([ours, head], stack_weights(self.weights["age"], self.weights["gender"]))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "metrics": self.metrics, "descriptor_head": str(self.head_path),
+                "stack_weights": self.weights}
