@@ -32,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, cache, or download)")
     p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
     p.add_argument("--accurate", action="store_true",
-                   help="stack the model with a head on dlib face descriptors: more accurate, about 20x slower per "
-                        "face; fetches dlib's network (22 MB) once and needs the `accurate` extra")
+                   help="stack the model with a head on dlib face descriptors: more accurate, about 4x the time "
+                        "per face; fetches dlib's network (22 MB) once and needs the `accurate` extra")
     p.add_argument("--descriptor-weights", metavar="DAT",
                    help="--accurate: dlib_face_recognition_resnet_model_v1.dat (default: $AGEGENDER_DLIB_RESNET, "
-                        "cache, or download)")
+                        "an installed face_recognition_models, the cache, or a download)")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all)")
     p.add_argument("--every", type=int, default=1, help="videos: predict every N-th frame (default 1)")
     p.add_argument("--max-frames", type=int, help="videos: stop after this many frames")

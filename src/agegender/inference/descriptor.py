@@ -27,7 +27,7 @@ import numpy as np
 
 from agegender.data.cache import default_cache_dir
 from agegender.evaluation.oversample import average_outputs
-from agegender.inference.align import load_template
+from agegender.inference.align import TEMPLATE_SIZE, load_template
 from agegender.inference.dlib_resnet import installed_model_path, read_dlib_resnet, to_onnx
 from agegender.inference.onnx_model import META_PREFIX, ModelError, OnnxAgeGender, ort_session
 from agegender.inference.remote import RemoteFile, WeightsError, sha256_of
@@ -45,7 +45,6 @@ HEAD_MODEL = "descriptor_head.onnx"
 DLIB_MEAN_FACE = np.array([[0.2255, 0.2160], [0.7547, 0.2160], [0.4901, 0.5156],
                            [0.2541, 0.7802], [0.7261, 0.7802]], dtype=np.float32)
 DESCRIPTOR_CHIP_SIZE, DESCRIPTOR_CHIP_PADDING = 150, 0.25
-CHIP_SIZE = 200  # our aligned chips (UTKFace geometry)
 
 
 def chip_transform() -> np.ndarray:
@@ -58,8 +57,8 @@ def chip_transform() -> np.ndarray:
 
 def descriptor_chip(chip_bgr: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
     """Our aligned BGR chip (any size, resized to 200 px) as dlib's 150 px RGB descriptor chip."""
-    if chip_bgr.shape[:2] != (CHIP_SIZE, CHIP_SIZE):
-        chip_bgr = resize_square(chip_bgr, CHIP_SIZE)
+    if chip_bgr.shape[:2] != (TEMPLATE_SIZE, TEMPLATE_SIZE):
+        chip_bgr = resize_square(chip_bgr, TEMPLATE_SIZE)
     chip = cv2.warpAffine(chip_bgr, chip_transform() if matrix is None else matrix,
                           (DESCRIPTOR_CHIP_SIZE, DESCRIPTOR_CHIP_SIZE), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
