@@ -29,18 +29,19 @@ from agegender.inference.descriptor import (
     StackedAgeGender,
     chip_transform,
 )
+from agegender.inference.dlib_resnet import installed_model_path
 from agegender.inference.remote import RemoteFile, WeightsError
 
 
 @pytest.fixture(scope="module")
 def dlib_weights() -> Path:
     """dlib's face-recognition network from the face_recognition_models package (the `teacher` extra)."""
-    spec = importlib.util.find_spec("face_recognition_models")  # its __init__ needs pkg_resources: not imported
-    if spec is None or not spec.submodule_search_locations:
+    path = installed_model_path()
+    if path is None:
         pytest.skip("dlib's face-recognition network is not installed (pip install -e '.[teacher]')")
     if importlib.util.find_spec("onnx") is None:
         pytest.skip("onnx is not installed (pip install -e '.[accurate]')")
-    return Path(spec.submodule_search_locations[0]) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
+    return path
 
 
 def test_the_descriptor_chip_puts_our_template_on_dlibs_mean_face() -> None:

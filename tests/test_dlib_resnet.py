@@ -8,8 +8,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 
+from agegender.inference.descriptor import chip_transform, descriptor_chip
 from agegender.inference.dlib_resnet import (
     DAT_NAME,
     DESCRIPTOR_SIZE,
@@ -51,11 +53,10 @@ def onnx_path(net: DlibResNet, tmp_path_factory: pytest.TempPathFactory) -> Path
 def utkface_chips(utkface_dir: Path, count: int) -> np.ndarray:
     """``count`` UTKFace images spread over the sorted names (so over ages), aligned onto dlib's 150 px chip by
     the code tools/descriptor_teacher.py's ``_describe`` uses; RGB uint8, [count, 150, 150, 3]."""
-    descriptor = pytest.importorskip("agegender.inference.descriptor", reason="the accurate mode is not there")
     names = sorted(p.name for p in utkface_dir.glob("*.jpg"))
-    matrix = descriptor.chip_transform()
+    matrix = chip_transform()
     images = [cv2.imread(str(utkface_dir / name), cv2.IMREAD_COLOR) for name in names[:: len(names) // count]]
-    return np.stack([descriptor.descriptor_chip(image, matrix) for image in images[:count]])
+    return np.stack([descriptor_chip(image, matrix) for image in images[:count]])
 
 
 # --- the format, without the file ------------------------------------------------------------------------
@@ -87,7 +88,6 @@ def test_files_that_are_not_dlibs_resnet_are_refused(tmp_path: Path, content: by
 
 def test_a_padded_first_conv_keeps_the_input_scaling_as_graph_nodes(tmp_path: Path) -> None:
     """With padding, dlib pads the *scaled* input with zeros, so the scaling cannot be folded into the weights."""
-    ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx", reason="writing the ONNX model needs onnx (pip install onnx)")
     rng = np.random.default_rng(0)
     weight, bias = rng.normal(size=(4, 3, 3, 3)).astype(np.float32), rng.normal(size=4).astype(np.float32)
@@ -155,7 +155,6 @@ def test_the_onnx_model_records_its_source(net: DlibResNet, onnx_path: Path) -> 
 def test_onnx_runtime_gives_dlibs_descriptors_on_real_chips(onnx_path: Path, dat_path: Path,
                                                             utkface_dir: Path) -> None:
     import dlib
-    import onnxruntime as ort
 
     chips = utkface_chips(utkface_dir, NUM_CHIPS)
     expected = np.asarray(dlib.face_recognition_model_v1(str(dat_path)).compute_face_descriptor(list(chips)),

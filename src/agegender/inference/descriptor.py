@@ -70,21 +70,23 @@ def stack_weights(age: float, gender: float) -> dict[str, list[float]]:
     return {"age_dist_logits": [1 - age, age], "gender_logit": [1 - gender, gender]}
 
 
-def locate_dlib_resnet(weights: str | os.PathLike | None = None) -> Path:
-    """dlib's ``.dat``: ``weights`` or ``$AGEGENDER_DLIB_RESNET`` as given, else the copy in an installed
-    face_recognition_models package (the ``teacher`` extra) when it is the pinned file, else the cache or a
-    download (:data:`DLIB_RESNET`)."""
-    if weights is None and not os.environ.get(DLIB_RESNET.env_var):
+def locate_dlib_resnet(weights: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """dlib's ``.dat`` and its sha256: ``weights`` or ``$AGEGENDER_DLIB_RESNET`` as given, else the copy in an
+    installed face_recognition_models package (the ``teacher`` extra) when it is the pinned file, else the
+    verified cache or a download (:data:`DLIB_RESNET`). Each file is hashed once."""
+    given = weights is not None or bool(os.environ.get(DLIB_RESNET.env_var))
+    if not given:
         installed = installed_model_path()
         if installed is not None and sha256_of(installed) == DLIB_RESNET.sha256:
-            return installed
-    return DLIB_RESNET.locate(weights)
+            return installed, DLIB_RESNET.sha256
+    path = DLIB_RESNET.locate(weights)
+    return path, sha256_of(path) if given else DLIB_RESNET.sha256  # the cache copy was verified by locate
 
 
 def descriptor_network(weights: str | os.PathLike | None = None) -> Path:
     """The dlib network as ONNX: converted once from the located ``.dat`` into the cache, keyed by its sha256."""
-    source = locate_dlib_resnet(weights)
-    target = default_cache_dir() / f"dlib_face_recognition_resnet_{sha256_of(source)[:16]}.onnx"
+    source, digest = locate_dlib_resnet(weights)
+    target = default_cache_dir() / f"dlib_face_recognition_resnet_{digest[:16]}.onnx"
     if target.is_file():
         return target
     try:
@@ -116,6 +118,7 @@ class StackedAgeGender(OnnxAgeGender):
         super().__init__(path, threads)
         self.head_path = Path(head) if head else shipped_head_path()
         self.head = ort_session(self.head_path, threads)
+        self.head_outputs = [o.name for o in self.head.get_outputs()]
         meta = self.head.get_modelmeta().custom_metadata_map
         if META_PREFIX + "stack_weights" not in meta:
             raise ModelError(f"{self.head_path} is not a descriptor head: export it with "
@@ -133,8 +136,8 @@ class StackedAgeGender(OnnxAgeGender):
 
     def outputs(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> dict[str, np.ndarray]:
         ours = super().outputs(chips_bgr, flip)
-        names = [o.name for o in self.head.get_outputs()]
-        head = dict(zip(names, self.head.run(names, {"descriptor": self.descriptors(chips_bgr)}), strict=True))
+        values = self.head.run(self.head_outputs, {"descriptor": self.descriptors(chips_bgr)})
+        head = dict(zip(self.head_outputs, values, strict=True))
         return average_outputs([ours, head], stack_weights(self.weights["age"], self.weights["gender"]))
 
     def describe(self) -> dict[str, Any]:
