@@ -3,6 +3,7 @@ and the flagship stacked with the descriptor head on real held-out chips."""
 
 from __future__ import annotations
 
+import asyncio
 import bz2
 import hashlib
 import importlib.util
@@ -104,3 +105,26 @@ def test_predict_accurate_from_the_command_line(utkface_dir: Path, dlib_weights:
     broken.write_bytes(dlib_weights.read_bytes()[:5000])
     result = subprocess.run([*cli, "--accurate", "--descriptor-weights", str(broken)], capture_output=True, text=True)
     assert result.returncode == 2 and "truncated" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_service_serves_the_accurate_mode(dlib_weights: Path, yunet_path: Path, photos_dir: Path) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from agegender.serving.service import InferenceService
+    from agegender.serving.settings import ServeSettings
+
+    with pytest.raises(ValueError, match="descriptor_weights is for the accurate mode"):
+        ServeSettings(descriptor_weights=str(dlib_weights))
+    settings = ServeSettings(accurate=True, descriptor_weights=str(dlib_weights), detector=str(yunet_path),
+                             batch_max=1, threads=1)
+    photo = photos_dir / "mowshon_test-image-2.jpg"
+
+    async def ask() -> tuple[dict, list]:
+        async with InferenceService(settings) as service:
+            return service.describe(), (await service.predict(photo.read_bytes())).faces
+
+    info, served = asyncio.run(ask())
+    assert info["file"] == "flagship.onnx" and info["descriptor_head"] == "descriptor_head.onnx"
+    assert info["stack_weights"] == {"age": 0.5, "gender": 0.6} and info["metrics"]["age_mae"] < 5.0
+    local = Predictor(StackedAgeGender(descriptor_weights=dlib_weights), detector=yunet_path).predict(photo)
+    assert len(served) == len(local) == 6
+    assert [f.age for f in served] == pytest.approx([f.age for f in local], abs=1e-4)

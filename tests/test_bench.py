@@ -19,12 +19,13 @@ from agegender.benchmark.peers import (
     load_peers,
     square_crop,
 )
-from agegender.benchmark.run import subset, utkface_test
+from agegender.benchmark.run import BenchOptions, load_models, subset, utkface_test
 from agegender.benchmark.timing import Timing, per_face_latency, time_call
 from agegender.cli import main
 from agegender.data.records import FaceRecord
 from agegender.evaluation.metrics import exact_accuracy, mae
 from agegender.inference.images import load_image
+from agegender.inference.onnx_model import OnnxAgeGender
 from tests.conftest import shared_path
 
 N_CHIPS = 100
@@ -133,6 +134,13 @@ def test_peer_crop_geometry() -> None:
     assert big.shape == (62, 62, 3)
 
 
+def test_bench_defaults_to_both_shipped_models() -> None:
+    models, unavailable = load_models(BenchOptions(threads=1))
+    assert unavailable == {} and [m.name for m in models] == [
+        "agegender flagship int8", "agegender flagship int8, no flip",
+        "agegender flagship fp32", "agegender flagship fp32, no flip"]
+
+
 # --- the whole bench --------------------------------------------------------------------------------------
 
 def test_bench_cli_small_run(tmp_path: Path, model_path: Path, shared_dir: Path, peers_dir: Path,
@@ -149,6 +157,8 @@ def test_bench_cli_small_run(tmp_path: Path, model_path: Path, shared_dir: Path,
     result = json.loads((tmp_path / "out" / "bench.json").read_text())
     names = [m["name"] for m in result["models"]]
     assert len(names) == 2 + 2 - len(result["unavailable"])  # ours with and without flip, then the peers
+    precision = "int8" if "quantization" in OnnxAgeGender(model_path).metadata else "fp32"
+    assert names[:2] == [f"agegender flagship {precision}", f"agegender flagship {precision}, no flip"]
     for dataset in ("utkface", "adience"):
         assert result["datasets"][dataset]["faces"] == 20
         for name in names:

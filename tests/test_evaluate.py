@@ -26,6 +26,7 @@ from agegender.evaluation.compare import compare_faces, face_arrays, face_scores
 from agegender.evaluation.crossval import plan_runs
 from agegender.evaluation.evaluate import evaluate_model, evaluation_records, model_config
 from agegender.export import export_onnx
+from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.models import create_model
 from agegender.outputs import Decoded
 from agegender.training.checkpoint import load_model
@@ -88,6 +89,20 @@ def test_evaluate_command_writes_a_report_per_tta_mode(checkpoint: Path, manifes
     # a 64 px model is fed its whole image: its 10 crops are 5 copies of it and 5 of its mirror
     assert summary["ten_crop"]["age_mae"] == pytest.approx(summary["flip"]["age_mae"], abs=1e-6)
     assert "by_race" in json.loads((out / "none" / "metrics.json").read_text())
+
+
+def test_evaluate_stores_the_metrics_of_an_exported_model(checkpoint: Path, manifest: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    onnx_path = export_onnx(load_model(checkpoint), tmp_path / "model.onnx")
+    common = ["--data", "manifest", "--root", str(manifest), "--split", "all", "-q", "--store-metrics"]
+    assert main(["evaluate", str(onnx_path), "--tta", "flip", "--out", str(tmp_path / "eval"), *common]) == 0
+    stored = OnnxAgeGender(onnx_path).metrics
+    measured = json.loads((tmp_path / "eval" / "flip" / "metrics.json").read_text())["overall"]
+    assert stored == pytest.approx(measured) and stored["n"] > 250
+    capsys.readouterr()
+    for model, tta in ((onnx_path, "all"), (checkpoint, "flip")):
+        assert main(["evaluate", str(model), "--tta", tta, *common]) == 2
+        assert "needs an exported .onnx model and one --tta mode" in capsys.readouterr().err
 
 
 def test_evaluate_reads_the_official_adience_fold_of_the_sample(checkpoint: Path, shared_dir: Path) -> None:

@@ -67,18 +67,40 @@ def export_onnx(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] |
 
 
 def set_metadata(path: str | Path, meta: Mapping[str, str]) -> Path:
-    """Store ``meta`` in an ONNX file's metadata, each key under the ``agegender.`` prefix."""
+    """Store ``meta`` in an ONNX file's metadata, each key under the ``agegender.`` prefix (replacing an entry
+    of the same key)."""
     proto = onnx.load(str(path))
+    keys = {META_PREFIX + key for key in meta}
+    kept = [entry for entry in proto.metadata_props if entry.key not in keys]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_PREFIX + key, value
-    onnx.save(proto, str(path))
-    return Path(path)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.meta.tmp")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)  # the file is never left half-written
+    return path
+
+
+def first_convolution(model: onnx.ModelProto) -> str:
+    """Name of the graph's first Conv node (the one nearest the input, in topological order)."""
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            return node.name
+    raise ValueError("the model has no convolution")
 
 
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray) -> Path:
-    """Static int8 QDQ quantisation calibrated on ``calibration`` (N x 3 x S x S float32, 0..255)."""
+    """Static int8 QDQ quantisation calibrated on ``calibration`` (N x 3 x S x S float32, 0..255): per-channel
+    int8 weights, uint8 activations, the first convolution left in float (quantising it, i.e. the normalised
+    pixels, cost the flagship about 0.3 years of MAE and 1.5 points of gender on the validation split; every
+    other layer together costs nothing measurable). The file keeps the source's metadata except its metrics, which
+    were measured on the float model (``agegender evaluate INT8.onnx --store-metrics`` measures and stores its
+    own)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -88,14 +110,21 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
             batch = next(self.batches, None)
             return None if batch is None else {INPUT_NAME: batch.astype(np.float32)}
 
-    int8_path = Path(int8_path)
-    quantize_static(str(fp32_path), str(int8_path), _Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
     source = onnx.load(str(fp32_path))
-    target = onnx.load(str(int8_path))
+    int8_path = Path(int8_path)
+    tmp = int8_path.with_name(f".{int8_path.name}.tmp")
+    prepared = int8_path.with_name(f".{int8_path.name}.prepared.tmp")
+    try:
+        quant_pre_process(str(fp32_path), str(prepared))  # shapes inferred and graph folded, as ORT advises
+        quantize_static(str(prepared), str(tmp), _Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        nodes_to_exclude=[first_convolution(onnx.load(str(prepared)))])
+    finally:
+        prepared.unlink(missing_ok=True)
+    target = onnx.load(str(tmp))
     del target.metadata_props[:]
-    target.metadata_props.extend(source.metadata_props)
-    entry = target.metadata_props.add()
-    entry.key, entry.value = META_PREFIX + "quantization", "static int8 QDQ, per-channel weights"
-    onnx.save(target, str(int8_path))
+    target.metadata_props.extend(e for e in source.metadata_props if e.key != META_PREFIX + "metrics")
+    onnx.save(target, str(tmp))
+    set_metadata(tmp, {"quantization": "static int8 QDQ, per-channel weights, first convolution in float"})
+    os.replace(tmp, int8_path)
     return int8_path

@@ -55,8 +55,8 @@ PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """What to bench and on which data. A data path None leaves that part out; ``model`` None is the shipped
-    model."""
+    """What to bench and on which data. A data path None leaves that part out; ``model`` and ``int8`` both None
+    are the shipped float32 flagship and its int8 variant."""
 
     model: Path | None = None
     int8: Path | None = None
@@ -97,12 +97,17 @@ class OursModel:
         return self.model.predict(chips_bgr, flip=self.flip)
 
 
+def precision(model: OnnxAgeGender) -> str:
+    """The variant's name: int8 for a quantised export (its metadata says so), else fp32."""
+    return "int8" if model.metadata.get("quantization") else "fp32"
+
+
 def load_models(opts: BenchOptions) -> tuple[list[FaceModel], dict[str, str]]:
-    """Our model (fp32 with and without flip, int8 if given), then every peer; and why a peer cannot run."""
-    fp32 = OnnxAgeGender(opts.model, threads=opts.threads)
-    models: list[FaceModel] = [OursModel(fp32, "fp32"), OursModel(fp32, "fp32", flip=False)]
-    if opts.int8:
-        models.append(OursModel(OnnxAgeGender(opts.int8, threads=opts.threads), "int8"))
+    """Our model (int8 when there is one, then fp32; each with and without flip; the accurate mode on fp32),
+    then every peer; and why a peer cannot run."""
+    int8 = opts.int8 if opts.int8 or opts.model else "flagship-int8"
+    ours = [OnnxAgeGender(path, threads=opts.threads) for path in (int8, opts.model or "flagship") if path]
+    models: list[FaceModel] = [OursModel(model, precision(model), flip) for model in ours for flip in (True, False)]
     if opts.accurate:
         models.append(OursModel(StackedAgeGender(opts.model, opts.threads, opts.descriptor_weights), "accurate"))
     if opts.peers is None:

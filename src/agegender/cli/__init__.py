@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from agegender.cli.common import UserError
 
-COMMANDS = ("predict", "train", "evaluate", "crossval", "export", "bench", "serve", "data", "models")
+COMMANDS = ("predict", "train", "evaluate", "crossval", "export", "quantize", "bench", "serve", "data", "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Time our model per face (batch 1 and 64) and end to end on photos, score it on UTKFace test chips "
         "and the Adience sample, and do the same for every peer model in --peers. Data defaults to ../shared "
         "when it exists; a part whose data is missing is left out. Writes bench.json and a Markdown table."))
-    p.add_argument("--model", type=Path, help="an `agegender export` ONNX file (default: the shipped model)")
-    p.add_argument("--int8", type=Path, help="its int8 variant, benched alongside")
+    p.add_argument("--model", type=Path, help="an `agegender export` ONNX file (default: the shipped flagship, "
+                                               "float32, and its shipped int8 variant)")
+    p.add_argument("--int8", type=Path, help="the model's int8 variant (`agegender quantize`), benched alongside")
     p.add_argument("--accurate", action="store_true", help="also bench the accurate mode (`predict --accurate`)")
     p.add_argument("--descriptor-weights", type=Path, metavar="DAT",
                    help="--accurate: dlib_face_recognition_resnet_model_v1.dat (default: located as predict does)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from agegender.cli.common import UserError, require_extra
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", choices=TTA_CHOICES, default="none",
                    help="center crop (none), + mirror (flip), Levi-Hassner 10 crops (ten_crop), or all three")
     p.add_argument("--out", help="report folder (default: eval_<data>_<split or folds> beside the model)")
+    p.add_argument("--store-metrics", action="store_true",
+                   help="write the overall metrics into the model's metadata (an exported .onnx, one --tta mode), "
+                        "shown by the service (/v1/models)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)
 
@@ -45,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     where = f"folds{'-'.join(map(str, args.folds))}" if args.data == "adience" else args.split
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.data}_{where}"
     ttas = TTA_MODES if args.tta == "all" else (args.tta,)
+    if args.store_metrics and (Path(args.model).suffix != ".onnx" or len(ttas) > 1):
+        raise UserError("--store-metrics needs an exported .onnx model and one --tta mode")
     try:
         model = load_evaluable(args.model)
     except ModelError as err:
@@ -59,4 +65,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{METRIC_LABELS.get(key, key).split(' (')[0]:34s}"
               + "".join(f"{format_metric(key, m['overall'].get(key)):>12s}" for m in results.values()))
     print(f"reports: {out}/<tta>/report.md")
+    if args.store_metrics:
+        from agegender.export import set_metadata
+
+        set_metadata(args.model, {"metrics": json.dumps(results[args.tta]["overall"])})
+        print(f"stored the {args.tta} metrics in {args.model}")
     return 0

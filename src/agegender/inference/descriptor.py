@@ -109,13 +109,13 @@ def shipped_head_path() -> Path:
 
 
 class StackedAgeGender(OnnxAgeGender):
-    """The accurate mode: an ``agegender export`` model (default: the shipped flagship) whose probabilities are
-    averaged with those of a head on dlib face descriptors. Used like :class:`OnnxAgeGender`; ``flip`` applies
-    to the flagship only."""
+    """The accurate mode: an ``agegender export`` model (default: the shipped float32 flagship, with which the
+    head's weights were chosen and its metrics measured) whose probabilities are averaged with those of a head
+    on dlib face descriptors. Used like :class:`OnnxAgeGender`; ``flip`` applies to the flagship only."""
 
     def __init__(self, path: str | Path | None = None, threads: int | None = None,
                  descriptor_weights: str | os.PathLike | None = None, head: str | Path | None = None) -> None:
-        super().__init__(path, threads)
+        super().__init__("flagship" if path is None else path, threads)
         self.head_path = Path(head) if head else shipped_head_path()
         self.head = ort_session(self.head_path, threads)
         self.head_outputs = [o.name for o in self.head.get_outputs()]
@@ -141,5 +141,5 @@ class StackedAgeGender(OnnxAgeGender):
         return average_outputs([ours, head], stack_weights(self.weights["age"], self.weights["gender"]))
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "metrics": self.metrics, "descriptor_head": str(self.head_path),
+        return {**super().describe(), "metrics": self.metrics, "descriptor_head": self.head_path.name,
                 "stack_weights": self.weights}

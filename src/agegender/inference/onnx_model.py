@@ -16,19 +16,40 @@ from agegender.outputs import Decoded, decode
 from agegender.preprocess import chips_to_input
 
 META_PREFIX = "agegender."
-SHIPPED_MODEL = "flagship.onnx"
+#: The models inside the package, by name: the flagship in float32 and its static int8 variant (the same
+#: accuracy on the test split, about 30% less time per face; see the model card).
+SHIPPED_MODELS = {"flagship-int8": "flagship_int8.onnx", "flagship": "flagship.onnx"}
+DEFAULT_MODEL = "flagship-int8"
 
 
 class ModelError(RuntimeError):
     """The model file is missing or is not an agegender export."""
 
 
-def shipped_model_path() -> Path:
-    """Path of the model that ships inside the package."""
-    path = Path(str(resources.files("agegender") / "weights" / SHIPPED_MODEL))
+def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """Path of a model that ships inside the package (:data:`SHIPPED_MODELS`)."""
+    if name not in SHIPPED_MODELS:
+        raise ModelError(f"no shipped model {name!r}: choose one of {', '.join(SHIPPED_MODELS)}, or give a path")
+    path = Path(str(resources.files("agegender") / "weights" / SHIPPED_MODELS[name]))
     if not path.is_file():
         raise ModelError(f"the shipped model {path} is missing: reinstall agegender, or pass a model path")
     return path
+
+
+def model_path(model: str | Path | None) -> Path:
+    """A model given as a shipped name (:data:`SHIPPED_MODELS`), an existing file, or ``None`` for the default.
+
+    >>> model_path(None).name, model_path("flagship").name
+    ('flagship_int8.onnx', 'flagship.onnx')
+    """
+    if model is None:
+        return shipped_model_path()
+    if isinstance(model, str) and model in SHIPPED_MODELS:
+        return shipped_model_path(model)
+    if not Path(model).is_file():
+        raise ModelError(f"model file not found: {model} (give an ONNX file or a shipped model: "
+                         f"{', '.join(SHIPPED_MODELS)})")
+    return Path(model)
 
 
 def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
@@ -49,7 +70,8 @@ class OnnxAgeGender:
     """Runs an ``agegender export`` file. ``predict(chips)`` takes aligned BGR face chips."""
 
     def __init__(self, path: str | Path | None = None, threads: int | None = None) -> None:
-        self.path = Path(path) if path else shipped_model_path()
+        """``path``: an ONNX file, a shipped model's name, or ``None`` for the default (:func:`model_path`)."""
+        self.path = model_path(path)
         self.session = ort_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if META_PREFIX + "config" not in meta:

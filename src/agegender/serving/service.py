@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from agegender.inference.descriptor import StackedAgeGender
 from agegender.inference.detector import FaceDetector
 from agegender.inference.images import ImageError, load_image
 from agegender.inference.onnx_model import OnnxAgeGender
@@ -42,7 +43,9 @@ class InferenceService:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         threads = settings.thread_count
-        self._model = model = OnnxAgeGender(settings.model, threads=threads)
+        self._model = model = (
+            StackedAgeGender(settings.model, threads, settings.descriptor_weights) if settings.accurate
+            else OnnxAgeGender(settings.model, threads=threads))
         self._detector = detector = FaceDetector(settings.detector)
         # One predictor per flip setting, sharing the model and the detector.
         self._predictors = {flip: Predictor(model, detector, flip=flip, max_pixels=settings.max_pixels)

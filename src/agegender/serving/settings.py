@@ -24,6 +24,9 @@ class ServeSettings:
     ``batch_wait_ms``: concurrent requests are grouped into one forward pass of at most ``batch_max``
     images, waiting up to ``batch_wait_ms`` for companions; ``batch_max=1`` turns batching off.
     ``max_queue``: requests waiting beyond this many get 503. ``flip``: default of the ``flip`` parameter.
+    ``accurate``: serve the accurate mode (``StackedAgeGender``: ``model``, by default the float32 flagship,
+    stacked with the dlib descriptor head), dlib's weights found at ``descriptor_weights`` or located as
+    ``predict --accurate`` does.
     """
 
     model: str | None = None
@@ -37,6 +40,8 @@ class ServeSettings:
     batch_wait_ms: float = 2.0
     max_queue: int = 256
     flip: bool = True
+    accurate: bool = False
+    descriptor_weights: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "workers", "batch_max", "max_queue"):
@@ -46,6 +51,8 @@ class ServeSettings:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if self.descriptor_weights and not self.accurate:
+            raise ValueError("descriptor_weights is for the accurate mode (accurate=True)")
         if self.batch_wait_ms < 0:
             raise ValueError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms}")
 
