@@ -16,7 +16,7 @@ from agegender.cli import main
 from agegender.data.cache import default_cache_dir
 from agegender.data.splits import load_or_make_splits
 from agegender.data.utkface import read_utkface
-from agegender.export import META_PREFIX, first_convolution, set_metadata
+from agegender.export import META_PREFIX, first_convolution, quantize_int8, set_metadata
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender, model_path, shipped_model_path
 
 
@@ -96,3 +96,16 @@ def test_set_metadata_replaces_a_key(tmp_path: Path) -> None:
     assert [v for k, v in props if k == META_PREFIX + "metrics"] == ['{"age_mae": 2.0}']
     assert (META_PREFIX + "note", "x") in props and OnnxAgeGender(path).config.name == "flagship"
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_quantize_int8_names_what_it_keeps_in_float_and_refuses_unknown_settings(tmp_path: Path) -> None:
+    source = shipped_model_path("flagship")
+    calibration = np.random.default_rng(0).uniform(0, 255, (8, 3, 64, 64)).astype(np.float32)
+    every = OnnxAgeGender(quantize_int8(source, tmp_path / "every.onnx", calibration, keep_float=[]))
+    assert every.metadata["quantization"].endswith("minmax calibration, every layer quantised")
+    assert first_convolution(onnx.load(str(every.path))) in _quantised_nodes(every.path)[1]
+    with pytest.raises(ValueError, match="no node named nope"):
+        quantize_int8(source, tmp_path / "bad.onnx", calibration, keep_float=["nope"])
+    with pytest.raises(ValueError, match="use one of minmax, percentile, entropy"):
+        quantize_int8(source, tmp_path / "bad.onnx", calibration, method="mean")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["every.onnx"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +92,31 @@ def first_convolution(model: onnx.ModelProto) -> str:
     raise ValueError("the model has no convolution")
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray) -> Path:
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
+                  keep_float: Sequence[str] | None = None, method: str = "minmax") -> Path:
     """Static int8 QDQ quantisation calibrated on ``calibration`` (N x 3 x S x S float32, 0..255): per-channel
-    int8 weights, uint8 activations, the first convolution left in float (quantising it, i.e. the normalised
-    pixels, cost the flagship about 0.3 years of MAE and 1.5 points of gender on the validation split; every
-    other layer together costs nothing measurable). The file keeps the source's metadata except its metrics, which
-    were measured on the float model (``agegender evaluate INT8.onnx --store-metrics`` measures and stores its
-    own)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    int8 weights, uint8 activations. ``keep_float``: names of nodes left in float, by default the first
+    convolution (quantising it, i.e. the normalised pixels, cost the flagship about 0.3 years of MAE and 1.5 points
+    of gender on the validation split; every other layer together costs nothing measurable:
+    ``benchmarks/int8_settings.py``); ``[]`` quantises every layer. ``method``: one of
+    :data:`CALIBRATION_METHODS`. The file keeps the source's metadata except its metrics, which were measured on
+    the float model (``agegender evaluate INT8.onnx --store-metrics`` measures and stores its own)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise ValueError(f"calibration method {method!r}: use one of {', '.join(CALIBRATION_METHODS)}")
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -116,15 +132,25 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
     prepared = int8_path.with_name(f".{int8_path.name}.prepared.tmp")
     try:
         quant_pre_process(str(fp32_path), str(prepared))  # shapes inferred and graph folded, as ORT advises
+        graph = onnx.load(str(prepared))
+        floats = [first_convolution(graph)] if keep_float is None else list(keep_float)
+        unknown = sorted(set(floats) - {node.name for node in graph.graph.node})
+        if unknown:
+            raise ValueError(f"keep_float: no node named {', '.join(unknown)} in {fp32_path}")
         quantize_static(str(prepared), str(tmp), _Reader(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        nodes_to_exclude=[first_convolution(onnx.load(str(prepared)))])
+                        calibrate_method=methods[method], nodes_to_exclude=floats)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         prepared.unlink(missing_ok=True)
     target = onnx.load(str(tmp))
     del target.metadata_props[:]
     target.metadata_props.extend(e for e in source.metadata_props if e.key != META_PREFIX + "metrics")
     onnx.save(target, str(tmp))
-    set_metadata(tmp, {"quantization": "static int8 QDQ, per-channel weights, first convolution in float"})
+    kept = ("first convolution in float" if keep_float is None
+            else f"in float: {', '.join(floats)}" if floats else "every layer quantised")
+    set_metadata(tmp, {"quantization": f"static int8 QDQ, per-channel weights, {method} calibration, {kept}"})
     os.replace(tmp, int8_path)
     return int8_path
