@@ -56,7 +56,7 @@ lint: $(VENV)/.full
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(VENV)/.full
-	$(BIN)/agegender bench --markdown docs/bench.md
+	$(BIN)/agegender bench --accurate --markdown docs/bench.md
 
 reproduce: $(VENV)/.full
 	$(BIN)/python benchmarks/reproduce.py

@@ -39,7 +39,7 @@ def _quantised_nodes(path: Path) -> tuple[int, set[str]]:
 
 def test_shipped_int8_is_quantised_and_predicts_as_the_float_model(test_chips: tuple) -> None:
     """Stated bound: on 300 held-out chips the int8 flagship's MAE is within 0.1 years of the float model's
-    and their genders agree on at least 98% of faces (test split, flip: 5.17 / 91.7% vs 5.16 / 91.6%)."""
+    and their genders agree on at least 98% of faces (test split, flip: 5.02 / 93.0% vs 5.04 / 92.7%)."""
     ages, genders, chips = test_chips
     fp32, int8 = OnnxAgeGender("flagship"), OnnxAgeGender()
     assert int8.path == shipped_model_path("flagship-int8") and int8.path.stat().st_size < 1.5e6
@@ -51,9 +51,9 @@ def test_shipped_int8_is_quantised_and_predicts_as_the_float_model(test_chips: t
     mae_fp32, mae_int8 = (float(np.mean(np.abs(d.age - ages))) for d in (a, b))
     assert abs(mae_int8 - mae_fp32) < 0.1, (mae_fp32, mae_int8)
     assert np.mean((a.female_prob > 0.5) == (b.female_prob > 0.5)) >= 0.98
-    assert np.mean((b.female_prob > 0.5) == (genders == 1)) > 0.87
+    assert np.mean((b.female_prob > 0.5) == (genders == 1)) > 0.89
     assert "first convolution in float" in int8.metadata["quantization"]
-    assert int8.metrics["n"] == 2117 and 5.0 < int8.metrics["age_mae"] < 5.4  # its own test-split metrics
+    assert int8.metrics["n"] == 2117 and 4.8 < int8.metrics["age_mae"] < 5.4  # its own test-split metrics
 
 
 def test_quantize_command_reproduces_the_shipped_int8_model(tmp_path: Path, utkface_dir: Path,
