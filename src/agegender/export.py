@@ -92,17 +92,14 @@ def first_convolution(model: onnx.ModelProto) -> str:
     raise ValueError("the model has no convolution")
 
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
-
-
 def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
                   keep_float: Sequence[str] | None = None, method: str = "minmax") -> Path:
     """Static int8 QDQ quantisation calibrated on ``calibration`` (N x 3 x S x S float32, 0..255): per-channel
     int8 weights, uint8 activations. ``keep_float``: names of nodes left in float, by default the first
     convolution (quantising it, i.e. the normalised pixels, cost the flagship about 0.3 years of MAE and 1.5 points
     of gender on the validation split; every other layer together costs nothing measurable:
-    ``benchmarks/int8_settings.py``); ``[]`` quantises every layer. ``method``: one of
-    :data:`CALIBRATION_METHODS`. The file keeps the source's metadata except its metrics, which were measured on
+    ``benchmarks/int8_settings.py``); ``[]`` quantises every layer. ``method``: minmax,
+    percentile or entropy. The file keeps the source's metadata except its metrics, which were measured on
     the float model (``agegender evaluate INT8.onnx --store-metrics`` measures and stores its own)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -116,7 +113,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     if method not in methods:
-        raise ValueError(f"calibration method {method!r}: use one of {', '.join(CALIBRATION_METHODS)}")
+        raise ValueError(f"calibration method {method!r}: use one of {', '.join(methods)}")
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "activations, the first convolution left in float. The metrics stored in the "
                                    "source are not copied (they were measured in float): measure and store the "
                                    "variant's own with `agegender evaluate OUT.onnx --tta flip --store-metrics`.")
-    p.add_argument("model", type=Path, help="an `agegender export` ONNX file")
+    p.add_argument("model", help="an `agegender export` ONNX file, or a shipped model's name (flagship)")
     p.add_argument("output", type=Path, help="int8 ONNX file to write")
     add_calibration_options(p)
     p.set_defaults(handler=run)
@@ -33,15 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "onnx")
-    from agegender.inference.onnx_model import ModelError, OnnxAgeGender
+    from agegender.inference.onnx_model import ModelError, OnnxAgeGender, model_path
 
     try:
-        config = OnnxAgeGender(args.model).config
+        source = model_path(args.model)
+        config = OnnxAgeGender(source).config
     except ModelError as err:
         raise UserError(str(err)) from err
-    if args.output.resolve() == args.model.resolve():
+    if args.output.resolve() == source.resolve():
         raise UserError("the int8 model would overwrite its source: give another output path")
-    write_int8(args.model, args.output, config, args.calibration, args.calibration_size)
+    write_int8(source, args.output, config, args.calibration, args.calibration_size)
     return 0
 
 
