@@ -4,6 +4,7 @@ static int8 (QDQ) variant calibrated on real face chips."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -109,6 +110,9 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # importing onnxruntime.quantization sets the root logger to INFO; its progress lines are noise to our users
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
