@@ -46,7 +46,7 @@ def untrained(model_name: str, model_args: dict) -> torch.nn.Module:
 
 def time_candidate(model_name: str, model_args: dict, threads: int) -> tuple[int, float, float]:
     """(parameters, ms per face at batch 64, ms at batch 1) of an untrained model exported to ONNX."""
-    model = create_model(model_name, **model_args).eval()
+    model = untrained(model_name, model_args)
     params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, Path(tmp) / "candidate.onnx")
@@ -80,6 +80,7 @@ def deployed_rows(label: str, params: str, files: Sequence[tuple[str, Path]], ch
 def deployed(candidates: dict, references: Sequence[Path], root: Path, threads: int) -> Iterator[str]:
     """Rows of the ``--deployed`` table: the references as they are, then every candidate in float32 and int8."""
     chips = utkface_chips(root)
+    calibration: dict[tuple, np.ndarray] = {}  # candidates of one input geometry share their chips
     for path in references:
         if not path.is_file():
             raise SystemExit(f"no such model: {path}")
@@ -89,8 +90,10 @@ def deployed(candidates: dict, references: Sequence[Path], root: Path, threads: 
         params = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M"
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(model, Path(tmp) / "candidate.onnx")
-            int8 = quantize_int8(fp32, Path(tmp) / "candidate_int8.onnx",
-                                 calibration_pixels(root, model.config, 256))
+            geometry = (model.config.load_size, model.config.face_crop, model.config.input_size)
+            if geometry not in calibration:
+                calibration[geometry] = calibration_pixels(root, model.config, 256)
+            int8 = quantize_int8(fp32, Path(tmp) / "candidate_int8.onnx", calibration[geometry])
             yield from deployed_rows(name, params, [("fp32", fp32), ("int8", int8)], chips, threads)
 
 
