@@ -3,7 +3,7 @@
 Not from a seed document; chosen by measurement (see configs/flagship.yaml and MODEL_CARD.md). A stem conv
 (stride 2 for inputs larger than 64 px, so that the later layers keep their size), then stages of
 basic residual blocks (3x3 conv, BN, ReLU) with stride-2 transitions, global average pooling, dropout, then a
-101-bin age distribution (ages 0..100; the expected value is the age) and a P(female) logit.
+101-bin age distribution (ages 0..100; the decoder reports its median) and a P(female) logit.
 """
 
 from __future__ import annotations
