@@ -47,6 +47,14 @@ def test_overrides_and_unknown_keys_are_reported() -> None:
         load_config(FLAGSHIP, ["optimiser.lr=1"])
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_flagship_config_loads_and_builds_its_model(path: Path) -> None:
+    """Every recipe of configs/ resolves through its ``base:`` chain and builds its network."""
+    cfg, _ = load_config(path)
+    assert cfg.description and cfg.epochs > 0
+    create_model(cfg.model, **cfg.model_args)
+
+
 def test_two_epochs_on_real_chips_lower_the_validation_loss(utkface_dir: Path, tmp_path: Path) -> None:
     cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 400, 2, "optimizer.lr=0.003", "schedule.name=none"))
     results = train(cfg, tmp_path / "run", raw_config=raw, progress=False)
