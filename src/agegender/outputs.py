@@ -123,6 +123,9 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
 
     >>> decode({"gender_logit": np.array([0.0])}).age is None
     True
+    >>> probs = np.full((1, 101), 1e-12); probs[0, 20], probs[0, 30] = 0.6, 0.4
+    >>> round(float(decode({"age_dist_logits": np.log(probs)}).age[0]), 2)  # the median; the mean is 24
+    20.33
     """
     outputs = {k: np.asarray(v) for k, v in outputs.items() if k in OUTPUT_KEYS}
     if not outputs:
