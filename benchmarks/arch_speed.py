@@ -67,14 +67,14 @@ def utkface_chips(root: Path, n: int = 64) -> list[np.ndarray]:
     return chips
 
 
-def deployed_rows(label: str, params: str, files: Sequence[tuple[str, Path]], chips: Sequence[np.ndarray],
+def deployed_rows(label: str, params: str, files: Sequence[Path], chips: Sequence[np.ndarray],
                   threads: int) -> Iterator[str]:
-    """One table row per file and flip setting: per-face ms at batch 64 and at batch 1."""
-    for kind, path in files:
+    """One table row per file and flip setting: precision, per-face ms at batch 64 and at batch 1."""
+    for path in files:
         runner = OnnxAgeGender(path, threads=threads)
         for flip in (True, False):
             b64, b1 = (per_face_latency(partial(runner.predict, flip=flip), chips, b).median_ms for b in (64, 1))
-            yield f"| {label} | {params} | {kind} | {'yes' if flip else 'no'} | {b64:.2f} | {b1:.2f} |"
+            yield f"| {label} | {params} | {precision(runner)} | {'yes' if flip else 'no'} | {b64:.2f} | {b1:.2f} |"
 
 
 def deployed(candidates: dict, references: Sequence[Path], root: Path, threads: int) -> Iterator[str]:
@@ -84,7 +84,7 @@ def deployed(candidates: dict, references: Sequence[Path], root: Path, threads: 
     for path in references:
         if not path.is_file():
             raise SystemExit(f"no such model: {path}")
-        yield from deployed_rows(f"`{path}`", "", [(precision(OnnxAgeGender(path)), path)], chips, threads)
+        yield from deployed_rows(f"`{path}`", "", [path], chips, threads)
     for name, spec in candidates.items():
         model = untrained(spec["model"], spec.get("model_args", {}))
         params = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M"
@@ -94,7 +94,7 @@ def deployed(candidates: dict, references: Sequence[Path], root: Path, threads: 
             if geometry not in calibration:
                 calibration[geometry] = calibration_pixels(root, model.config, 256)
             int8 = quantize_int8(fp32, Path(tmp) / "candidate_int8.onnx", calibration[geometry])
-            yield from deployed_rows(name, params, [("fp32", fp32), ("int8", int8)], chips, threads)
+            yield from deployed_rows(name, params, [fp32, int8], chips, threads)
 
 
 def main() -> None:
