@@ -7,31 +7,42 @@ and builds its model; the reproduction table reads "not run" for what has not ru
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from agegender.age_calibration import METADATA_KEY, AgeCalibration
 from agegender.cli import main
 from agegender.data.records import FaceRecord
 from agegender.data.utkface import parse_utkface_name
+from agegender.evaluation.calibrate import fit_age_calibration
 from agegender.evaluation.compare import compare_faces, face_arrays, face_scores
 from agegender.evaluation.crossval import plan_runs
-from agegender.evaluation.evaluate import evaluate_model, evaluation_records, model_config
-from agegender.export import export_onnx
-from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.evaluation.evaluate import (
+    evaluate_model,
+    evaluation_records,
+    load_evaluable,
+    model_config,
+    predict_faces,
+)
+from agegender.export import export_onnx, set_metadata
+from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
 from agegender.models import create_model
-from agegender.outputs import Decoded
+from agegender.outputs import Decoded, decode
 from agegender.training.checkpoint import load_model
 from agegender.training.config import DataConfig, TrainConfig, load_config
-from agegender.training.data import filter_records, limit_records, select_records
+from agegender.training.data import decode_split, filter_records, limit_records, select_records
 from agegender.training.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,6 +114,61 @@ def test_evaluate_stores_the_metrics_of_an_exported_model(checkpoint: Path, mani
     for model, tta in ((onnx_path, "all"), (checkpoint, "flip")):
         assert main(["evaluate", str(model), "--tta", tta, *common]) == 2
         assert "needs an exported .onnx model and one --tta mode" in capsys.readouterr().err
+
+
+def uncalibrated_flagship(folder: Path) -> Path:
+    """A copy of the shipped float32 flagship without the age correction it carries."""
+    path = Path(shutil.copy(shipped_model_path("flagship"), folder / "flagship.onnx"))
+    return set_metadata(path, {METADATA_KEY: ""})
+
+
+def test_a_planted_age_bias_is_found_and_the_stored_correction_is_applied_everywhere(
+        manifest: Path, tmp_path: Path) -> None:
+    """Relabel real faces so that the float flagship over-estimates everyone above 25 by a factor 1/0.8: the fit
+    finds that hinge again; stored in the export, predict, describe and evaluation all apply it."""
+    onnx_path = uncalibrated_flagship(tmp_path)
+    model = load_evaluable(onnx_path)
+    records, _ = evaluation_records("manifest", str(manifest), "all", progress=False)
+    data = decode_split(records, model_config(model), progress=False)
+    predicted = predict_faces(model, data.images, "flip").age
+    planted = AgeCalibration(knee=25.0, slope=0.8)
+    assert np.mean(predicted > 30) > 0.2  # enough faces above the knee to find it
+    relabelled = [dataclasses.replace(r, age=float(a)) for r, a in zip(data.records, planted(predicted), strict=True)]
+    fit = fit_age_calibration(model, relabelled, data.images, "flip")
+    assert fit.calibration.knee == pytest.approx(25, abs=1.5) and fit.calibration.slope == pytest.approx(0.8, abs=0.01)
+    assert fit.mae_calibrated < 0.1 and fit.mae_cross_fitted < 0.2 < fit.mae_decoded and fit.helps
+
+    set_metadata(onnx_path, {METADATA_KEY: planted.to_json()})
+    stored = OnnxAgeGender(onnx_path)
+    assert stored.age_calibration == planted and stored.describe()["age_calibration"] == {"knee": 25.0, "slope": 0.8}
+    chips = [cv2.imread(str(r.path)) for r in data.records[:16]]
+    raw = decode(stored.outputs(chips))
+    corrected = stored.predict(chips)
+    for key in ("age", "age_low", "age_high"):
+        np.testing.assert_allclose(getattr(corrected, key), planted(getattr(raw, key)), err_msg=key)
+    np.testing.assert_allclose(predict_faces(load_evaluable(onnx_path), data.images, "flip").age,
+                               planted(predicted), atol=1e-4)
+
+
+def test_calibrate_command_reports_stores_and_resets(checkpoint: Path, manifest: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    onnx_path = uncalibrated_flagship(tmp_path)
+    command = ["calibrate", str(onnx_path), "--data", "manifest", "--root", str(manifest), "--split", "all", "-q"]
+    assert main([*command, "--dry-run"]) == 0
+    report = capsys.readouterr().out
+    assert "age MAE cross-fitted" in report and OnnxAgeGender(onnx_path).age_calibration is None
+    assert main(command) == 0
+    report = capsys.readouterr().out
+    fitted = OnnxAgeGender(onnx_path).age_calibration
+    assert (fitted is None) == ("not stored" in report)  # stored exactly when it helps held-out halves
+    set_metadata(onnx_path, {METADATA_KEY: AgeCalibration(knee=30.0, slope=0.9).to_json()})
+    assert main(["calibrate", str(onnx_path), "--reset"]) == 0
+    assert OnnxAgeGender(onnx_path).age_calibration is None
+    capsys.readouterr()
+    assert main(["calibrate", str(onnx_path), "--split", "all"]) == 2
+    assert "test split" in capsys.readouterr().err
+    assert main(["calibrate", str(checkpoint)]) == 2
+    assert "not an exported model" in capsys.readouterr().err
 
 
 def test_evaluate_reads_the_official_adience_fold_of_the_sample(checkpoint: Path, shared_dir: Path) -> None:

@@ -39,7 +39,7 @@ def _quantised_nodes(path: Path) -> tuple[int, set[str]]:
 
 def test_shipped_int8_is_quantised_and_predicts_as_the_float_model(test_chips: tuple) -> None:
     """Stated bound: on 300 held-out chips the int8 flagship's MAE is within 0.1 years of the float model's
-    and their genders agree on at least 98% of faces (test split, flip: 5.02 / 93.9% vs 5.02 / 93.5%)."""
+    and their genders agree on at least 98% of faces (test split, flip: 4.97 / 93.9% vs 4.97 / 93.5%)."""
     ages, genders, chips = test_chips
     fp32, int8 = OnnxAgeGender("flagship"), OnnxAgeGender()
     assert int8.path == shipped_model_path("flagship-int8") and int8.path.stat().st_size < 1.5e6
@@ -61,7 +61,7 @@ def test_quantize_command_reproduces_the_shipped_int8_model(tmp_path: Path, utkf
     out = tmp_path / "int8.onnx"
     assert main(["quantize", "flagship", str(out), "--calibration", str(utkface_dir)]) == 0  # a shipped name
     made, shipped = OnnxAgeGender(out), OnnxAgeGender()
-    assert made.metrics == {}  # the float model's metrics are not carried over
+    assert made.metrics == {} and made.age_calibration is None  # measured on the float model: not carried over
     assert made.metadata["quantization"] == shipped.metadata["quantization"]
     chips = test_chips[2][:64]
     for key, value in made.outputs(chips).items():

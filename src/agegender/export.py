@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from agegender import __version__
+from agegender.age_calibration import METADATA_KEY
 from agegender.labels import AGE_GROUPS
 from agegender.model_config import ModelConfig
 
@@ -100,8 +101,9 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
     convolution (quantising it, i.e. the normalised pixels, cost the flagship about 0.3 years of MAE and 1.5 points
     of gender on the validation split; every other layer together costs nothing measurable:
     ``benchmarks/int8_settings.py``); ``[]`` quantises every layer. ``method``: minmax,
-    percentile or entropy. The file keeps the source's metadata except its metrics, which were measured on
-    the float model (``agegender evaluate INT8.onnx --store-metrics`` measures and stores its own)."""
+    percentile or entropy. The file keeps the source's metadata except its metrics and age calibration, which
+    were measured on the float model (``agegender evaluate INT8.onnx --store-metrics`` and ``agegender calibrate
+    INT8.onnx`` measure and store its own)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -148,7 +150,8 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
         prepared.unlink(missing_ok=True)
     target = onnx.load(str(tmp))
     del target.metadata_props[:]
-    target.metadata_props.extend(e for e in source.metadata_props if e.key != META_PREFIX + "metrics")
+    measured = {META_PREFIX + "metrics", META_PREFIX + METADATA_KEY}  # both belong to the float model's outputs
+    target.metadata_props.extend(e for e in source.metadata_props if e.key not in measured)
     onnx.save(target, str(tmp))
     kept = ("first convolution in float" if keep_float is None
             else f"in float: {', '.join(floats)}" if floats else "every layer quantised")

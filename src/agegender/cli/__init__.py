@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from agegender.cli.common import UserError
 
-COMMANDS = ("predict", "train", "evaluate", "crossval", "export", "quantize", "bench", "serve", "data", "models")
+COMMANDS = ("predict", "train", "evaluate", "crossval", "export", "quantize", "calibrate", "bench", "serve", "data",
+            "models")
 
 
 def build_parser() -> argparse.ArgumentParser:

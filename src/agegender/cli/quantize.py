@@ -22,9 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="write a static int8 variant of an exported model",
                        description="Static int8 (QDQ) quantisation of an `agegender export` file, calibrated on "
                                    "face chips of the training split: per-channel int8 weights, uint8 "
-                                   "activations, the first convolution left in float. The metrics stored in the "
-                                   "source are not copied (they were measured in float): measure and store the "
-                                   "variant's own with `agegender evaluate OUT.onnx --tta flip --store-metrics`.")
+                                   "activations, the first convolution left in float. The metrics and age "
+                                   "calibration stored in the source are not copied (they were measured in "
+                                   "float): fit and store the variant's own with `agegender calibrate OUT.onnx` "
+                                   "and `agegender evaluate OUT.onnx --tta flip --store-metrics`.")
     p.add_argument("model", help="an `agegender export` ONNX file, or a shipped model's name (flagship)")
     p.add_argument("output", type=Path, help="int8 ONNX file to write")
     add_calibration_options(p)

@@ -56,6 +56,7 @@ class OnnxModule(nn.Module):
         super().__init__()
         self.onnx = OnnxAgeGender(path)
         self.config = self.onnx.config
+        self.age_calibration = self.onnx.age_calibration
         self.register_buffer("mean", torch.tensor(self.config.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(self.config.std, dtype=torch.float32).view(1, 3, 1, 1))
 
@@ -86,14 +87,17 @@ def model_config(model: nn.Module) -> ModelConfig:
     return config
 
 
-def _device(model: nn.Module) -> str:
+def model_device(model: nn.Module) -> str:
     param = next(model.parameters(), None)
     return str(param.device) if param is not None else "cpu"
 
 
 def predict_faces(model: nn.Module, images: np.ndarray, tta: str = "none") -> Decoded:
-    """Decoded predictions for cached uint8 images (N x S x S x 3 RGB at the model's load size)."""
-    return decode(model_outputs(model, images, model_config(model), tta=tta, device=_device(model)))
+    """Decoded predictions for cached uint8 images (N x S x S x 3 RGB at the model's load size), ages corrected
+    by the model's ``age_calibration`` when it has one (an export that ``agegender calibrate`` fitted)."""
+    decoded = decode(model_outputs(model, images, model_config(model), tta=tta, device=model_device(model)))
+    calibration = getattr(model, "age_calibration", None)
+    return calibration.apply(decoded) if calibration else decoded
 
 
 def face_metrics(records: Sequence[FaceRecord], decoded: Decoded) -> dict[str, Any]:

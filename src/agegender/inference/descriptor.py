@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from agegender.age_calibration import AgeCalibration
 from agegender.data.cache import default_cache_dir
 from agegender.evaluation.oversample import average_outputs
 from agegender.inference.align import TEMPLATE_SIZE, load_template
@@ -125,6 +126,9 @@ class StackedAgeGender(OnnxAgeGender):
                              "`python tools/descriptor_teacher.py ... --export-head`")
         self.weights: dict[str, float] = json.loads(meta[META_PREFIX + "stack_weights"])
         self.metrics = json.loads(meta.get(META_PREFIX + "metrics", "{}"))
+        # the stack's own correction, if its head carries one: the flagship's was fitted to the flagship alone
+        self.age_calibration = AgeCalibration.from_metadata(
+            {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)})
         self.network_path = descriptor_network(descriptor_weights)
         self.network = ort_session(self.network_path, threads)
         self._matrix = chip_transform()

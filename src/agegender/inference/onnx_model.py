@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from importlib import resources
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from agegender.age_calibration import AgeCalibration
 from agegender.model_config import ModelConfig
 from agegender.outputs import Decoded, decode
 from agegender.preprocess import chips_to_input
@@ -80,6 +82,8 @@ class OnnxAgeGender:
         self.metadata: dict[str, Any] = {k[len(META_PREFIX):]: v for k, v in meta.items()
                                          if k.startswith(META_PREFIX)}
         self.metrics: dict[str, Any] = json.loads(self.metadata.get("metrics", "{}"))
+        #: The age correction ``agegender calibrate`` stored in the file (None: ages as the network decodes them).
+        self.age_calibration = AgeCalibration.from_metadata(self.metadata)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -102,9 +106,12 @@ class OnnxAgeGender:
         return flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()})
 
     def predict(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> Decoded:
-        """Decoded predictions for aligned BGR chips; ``flip`` averages each chip with its mirror."""
-        return decode(self.outputs(chips_bgr, flip))
+        """Decoded predictions for aligned BGR chips (ages corrected by the file's age calibration, if any);
+        ``flip`` averages each chip with its mirror."""
+        decoded = decode(self.outputs(chips_bgr, flip))
+        return self.age_calibration.apply(decoded) if self.age_calibration else decoded
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "config": self.config.to_dict(), "metrics": self.metrics,
-                "version": self.metadata.get("version"), "quantization": self.metadata.get("quantization")}
+                "version": self.metadata.get("version"), "quantization": self.metadata.get("quantization"),
+                "age_calibration": dataclasses.asdict(self.age_calibration) if self.age_calibration else None}
