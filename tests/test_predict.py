@@ -57,6 +57,12 @@ def test_predictor_finds_every_face_in_a_group_photo(predictor: Predictor) -> No
     assert predictor.plot(image, faces).shape == image.shape
 
 
+def test_the_model_session_sleeps_between_runs(predictor: Predictor) -> None:
+    """A spinning ONNX Runtime pool slowed the detection of the next photo (ort_session's docstring)."""
+    options = predictor.model.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_cli_on_a_folder_with_one_bad_file(tmp_path: Path, yunet_path: Path) -> None:
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
