@@ -1,7 +1,8 @@
 """Which static int8 settings keep an exported model's accuracy? Each variant is quantised by
 ``agegender.export.quantize_int8`` (calibration chips from the training split, as ``agegender quantize`` takes
 them), scored on a UTKFace split with and without flip averaging, and timed at batch 64 (network alone, ONNX
-Runtime). Example: ``python benchmarks/int8_settings.py src/agegender/weights/flagship.onnx``.
+Runtime). Example: ``python benchmarks/int8_settings.py src/agegender/weights/flagship.onnx``. Ages are the
+networks' own decodes, before any age calibration (``agegender quantize`` drops the float model's anyway).
 """
 
 from __future__ import annotations

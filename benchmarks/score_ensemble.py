@@ -5,6 +5,8 @@ split with the chosen test-time augmentation; the ensemble averages their output
 does (probabilities, turned back into logits). Example, the v4 teacher of
 ``docs/flagship/experiments/v4_warm_ensemble``:
 ``python benchmarks/score_ensemble.py V2.onnx src/agegender/weights/flagship.onnx --split val --tta flip``.
+Ages are the networks' own decodes, before any age calibration a file carries (a correction belongs to one
+model, not to an average), so a calibrated file scores here as it did before ``agegender calibrate``.
 """
 
 from __future__ import annotations

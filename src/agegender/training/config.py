@@ -156,9 +156,12 @@ def read_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """A typed config and the raw dict it came from, ``base:`` merged in (saved beside the run for
-    reproducibility)."""
+    reproducibility); command-line ``overrides`` are applied and named at the end of its description."""
     path = Path(path)
     raw = apply_overrides(read_raw_config(path), overrides or [])
+    if overrides:
+        raw["description"] = " ".join(filter(None, [raw.get("description", "").strip(),
+                                                    f"Overridden on the command line: {', '.join(overrides)}."]))
     if "model" not in raw:
         raise ValueError(f"{path}: a config needs a 'model' (see `agegender models`)")
     return _build(TrainConfig, raw, path.name), raw
