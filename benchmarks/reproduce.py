@@ -40,10 +40,10 @@ from torch import nn
 
 from agegender.data.records import FaceRecord
 from agegender.evaluation.compare import BOOTSTRAP_SAMPLES, COMPARABLE, compare_faces, face_arrays
-from agegender.evaluation.evaluate import TTA_TEXT, face_metrics, load_evaluable, model_config, predict_faces
+from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config, predict_faces
 from agegender.evaluation.metrics import METRIC_LABELS, format_metric
 from agegender.evaluation.report import write_report
-from agegender.evaluation.runner import TTA_MODES
+from agegender.evaluation.runner import TTA_MODES, TTA_TEXT
 from agegender.models import get_config
 from agegender.models.chained import ChainedPredictor
 from agegender.training.config import DataConfig, load_config, read_raw_config

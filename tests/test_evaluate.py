@@ -108,8 +108,9 @@ def test_evaluate_stores_the_metrics_of_an_exported_model(checkpoint: Path, mani
     common = ["--data", "manifest", "--root", str(manifest), "--split", "all", "-q", "--store-metrics"]
     assert main(["evaluate", str(onnx_path), "--tta", "flip", "--out", str(tmp_path / "eval"), *common]) == 0
     stored = OnnxAgeGender(onnx_path).metrics
-    measured = json.loads((tmp_path / "eval" / "flip" / "metrics.json").read_text())["overall"]
-    assert stored == pytest.approx(measured) and stored["n"] > 250
+    report = json.loads((tmp_path / "eval" / "flip" / "metrics.json").read_text())
+    assert stored.pop("protocol") == report["protocol"] and "its mirror" in report["protocol"]  # how measured
+    assert stored == pytest.approx(report["overall"]) and stored["n"] > 250
     capsys.readouterr()
     for model, tta in ((onnx_path, "all"), (checkpoint, "flip")):
         assert main(["evaluate", str(model), "--tta", tta, *common]) == 2
@@ -328,3 +329,23 @@ def test_a_gender_only_rows_faces_save_without_pickling(tmp_path: Path) -> None:
         assert compare_faces(faces, faces, "gender_accuracy") == (0.0, 0.0, 0.0)
         with pytest.raises(ValueError, match="different faces"):
             compare_faces(faces, {**faces, "path": faces["path"][::-1]}, "gender_accuracy")
+
+
+def test_export_stores_the_run_s_test_metrics_and_models_shows_them_with_their_protocol(
+        checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    report = json.loads((checkpoint.parent / "test_flip" / "metrics.json").read_text())
+    assert "its mirror" in report["protocol"] and "manifest" in report["protocol"]
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(checkpoint), str(out), "--metrics",
+                 str(checkpoint.parent / "test_flip" / "metrics.json")]) == 0
+    stored = dict(OnnxAgeGender(out).metrics)
+    assert stored.pop("protocol") == report["protocol"] and stored == pytest.approx(report["overall"])
+    capsys.readouterr()
+    assert main(["models", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"measured on: {report['protocol']}" in text and "age calibration  none" in text
+    assert f"Age MAE (years) {' ' * 26} {report['overall']['age_mae']:.2f}" in text
+    assert main(["models", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metrics"]["protocol"] == report["protocol"]
+    assert main(["models", str(checkpoint)]) == 2  # a checkpoint is not an exported model
+    assert "agegender export" in capsys.readouterr().err

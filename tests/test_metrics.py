@@ -355,7 +355,7 @@ def test_write_report_writes_every_file(tmp_path, example):
                  "breakdown_by_age_group.png", "breakdown_by_gender.png", "breakdown_by_race.png",
                  "learning_curves.png"):
         assert (out / name).stat().st_size > 0, name
-    assert json.loads((out / "metrics.json").read_text()) == example
+    assert json.loads((out / "metrics.json").read_text()) == {**example, "protocol": "Six hand-made faces."}
     with open(out / "confusion_gender.csv", newline="") as f:
         assert list(csv.reader(f)) == [["true \\ predicted", "male", "female"], ["male", "1", "1"],
                                        ["female", "1", "2"]]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from agegender import Predictor
+from agegender.cli import main
 from agegender.data.cache import default_cache_dir
 from agegender.data.splits import load_or_make_splits
 from agegender.data.utkface import read_utkface
@@ -90,6 +91,23 @@ def test_no_detect_takes_chips_and_csv_output(utkface_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()[:2]
     assert header.startswith("file,frame,track,face,x,y,w,h") and row.startswith(str(chip))
+
+
+def test_output_into_a_closed_pipe_ends_without_a_traceback(utkface_dir: Path) -> None:
+    """`agegender predict ... | head` : the reader goes away before the JSON is written."""
+    chip = next(utkface_dir.glob("*.jpg"))
+    proc = subprocess.Popen([sys.executable, "-m", "agegender.cli", "predict", str(chip), "--no-detect", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 1 and err == "", err
+
+
+def test_the_shipped_model_describes_itself(capsys: pytest.CaptureFixture) -> None:
+    """`agegender models flagship-int8` needs no torch: what the file holds, and how its metrics were measured."""
+    assert main(["models", "flagship-int8"]) == 0
+    text = capsys.readouterr().out
+    assert "static int8" in text and "an age a above" in text and "the test split" in text and "Faces" in text
 
 
 def test_video_faces_keep_their_track(predictor: Predictor, tmp_path: Path) -> None:

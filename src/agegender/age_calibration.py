@@ -49,6 +49,14 @@ class AgeCalibration:
         ages = np.asarray(ages, dtype=np.float64)
         return np.where(ages > self.knee, self.knee + self.slope * (ages - self.knee), ages)
 
+    def __str__(self) -> str:
+        """What the correction does, in words.
+
+        >>> str(AgeCalibration(knee=15.0, slope=0.97))
+        'an age a above 15 years becomes 15 + 0.97 x (a - 15)'
+        """
+        return f"an age a above {self.knee:g} years becomes {self.knee:g} + {self.slope:g} x (a - {self.knee:g})"
+
     def apply(self, decoded: Decoded) -> Decoded:
         """``decoded`` with its ages (point, low, high) corrected; a gender-only one unchanged."""
         if decoded.age is None:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     fit = fit_age_calibration(model, data.records, data.images, args.tta)
     cal = fit.calibration
     print(f"{description}; test-time augmentation {args.tta}")
-    print(f"correction: an age a above {cal.knee:g} years becomes {cal.knee:g} + {cal.slope:g} x (a - {cal.knee:g})")
+    print(f"correction: {cal}")
     print(f"age MAE as decoded      {fit.mae_decoded:.3f} ({fit.n} faces)")
     print(f"age MAE corrected       {fit.mae_calibrated:.3f} (on the faces it was fitted to)")
     print(f"age MAE cross-fitted    {fit.mae_cross_fitted:.3f} (fitted on one half, scored on the other)")

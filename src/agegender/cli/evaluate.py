@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch")
-    from agegender.evaluation.evaluate import evaluate_to_reports, evaluation_records, load_evaluable
+    from agegender.evaluation.evaluate import evaluate_to_reports, evaluation_records, load_evaluable, protocol_text
     from agegender.evaluation.metrics import METRIC_LABELS, format_metric
     from agegender.evaluation.runner import TTA_MODES
     from agegender.inference.onnx_model import ModelError
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.store_metrics:
         from agegender.export import set_metadata
 
-        set_metadata(args.model, {"metrics": json.dumps(results[args.tta]["overall"])})
+        protocol = protocol_text(description, args.tta)
+        set_metadata(args.model, {"metrics": json.dumps({**results[args.tta]["overall"], "protocol": protocol})})
         print(f"stored the {args.tta} metrics in {args.model}")
     return 0

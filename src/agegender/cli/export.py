@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.checkpoint.is_file():
         raise UserError(f"checkpoint not found: {args.checkpoint}")
     model = load_model(args.checkpoint)
-    metrics = json.loads(args.metrics.read_text())["overall"] if args.metrics else {}
+    report = json.loads(args.metrics.read_text()) if args.metrics else {"overall": {}}
+    metrics = {**report["overall"], **({"protocol": report["protocol"]} if "protocol" in report else {})}
     path = export_onnx(model, args.output, metrics=metrics)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if args.int8:

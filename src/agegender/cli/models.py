@@ -1,18 +1,68 @@
-"""``agegender models``: the registry with parameter counts against the papers' figures."""
+"""``agegender models``: the registry with parameter counts against the papers' figures, or what one exported
+model file holds (its input, version, quantisation, age calibration and stored metrics with their protocol)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
 
-from agegender.cli.common import require_extra
+from agegender.cli.common import UserError, require_extra
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the registered models with their parameter counts")
+    p = sub.add_parser("models", help="list the registered models, or describe an exported model file",
+                       description="Without MODEL: every registered network with its parameter count against the "
+                                   "paper's (needs the `train` extra). With MODEL: what the exported file holds.")
+    p.add_argument("model", nargs="?",
+                   help="a shipped model (flagship-int8, flagship) or an `agegender export` ONNX file")
+    p.add_argument("--json", action="store_true", help="MODEL: print its description as JSON")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.model is None:
+        if args.json:
+            raise UserError("--json describes one MODEL: give a shipped model's name or an ONNX file")
+        return list_registry()
+    from agegender.inference.onnx_model import ModelError, OnnxAgeGender
+
+    if args.model.endswith(".pt"):
+        raise UserError(f"{args.model} is a training checkpoint: describe its export instead "
+                        f"(`agegender export {args.model} OUT.onnx`)")
+    try:
+        info = OnnxAgeGender(args.model).describe()
+    except ModelError as err:
+        raise UserError(str(err)) from err
+    print(json.dumps(info, indent=2) if args.json else "\n".join(describe_lines(info)))
+    return 0
+
+
+def describe_lines(info: dict[str, Any]) -> list[str]:
+    """``OnnxAgeGender.describe()`` as lines a person reads."""
+    from agegender.age_calibration import AgeCalibration
+    from agegender.evaluation.metrics import METRIC_LABELS, format_metric
+
+    cfg = info["config"]
+    mean, std = (", ".join(f"{v:g}" for v in cfg[k]) for k in ("mean", "std"))
+    lines = [info["path"],
+             f"  network          {cfg['name']} ({cfg['source']})",
+             f"  input            RGB {cfg['input_size']}x{cfg['input_size']}: the chip resized to {cfg['resize']}, "
+             f"centre crop; (x - [{mean}]) / [{std}]",
+             f"  outputs          {', '.join(cfg['outputs'])}",
+             f"  agegender        {info['version'] or 'unknown version'}",
+             f"  precision        {info['quantization'] or 'float32'}",
+             f"  age calibration  {AgeCalibration(**info['age_calibration']) if info['age_calibration'] else 'none'}"]
+    metrics = dict(info["metrics"])
+    protocol = metrics.pop("protocol", None)
+    if not metrics:
+        return [*lines, "  metrics          none stored (`agegender evaluate MODEL --tta flip --store-metrics`)"]
+    lines.append(f"  metrics          measured on: {protocol or 'not recorded'}")
+    lines += [f"    {METRIC_LABELS.get(k, k):42s} {format_metric(k, v)}" for k, v in metrics.items()]
+    return lines
+
+
+def list_registry() -> int:
     require_extra("train", "torch")
     from agegender.models import create_model, list_models
 

@@ -32,9 +32,9 @@ import yaml
 from agegender.data.adience import NUM_FOLDS, read_adience
 from agegender.data.records import FaceRecord
 from agegender.data.splits import SPLITS, check_no_leakage, kfold_records, split_records
-from agegender.evaluation.evaluate import TTA_TEXT
 from agegender.evaluation.metrics import summarize_folds
 from agegender.evaluation.report import write_report
+from agegender.evaluation.runner import TTA_TEXT
 from agegender.training.config import DataConfig, TrainConfig
 from agegender.training.data import dataset_splits
 from agegender.training.engine import train

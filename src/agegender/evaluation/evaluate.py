@@ -23,7 +23,7 @@ from agegender.data.records import FaceRecord, ReadReport
 from agegender.data.splits import SPLITS
 from agegender.evaluation.metrics import compute_metrics
 from agegender.evaluation.report import write_report
-from agegender.evaluation.runner import TTA_MODES, model_outputs
+from agegender.evaluation.runner import TTA_MODES, TTA_TEXT, model_outputs
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.model_config import ModelConfig
 from agegender.outputs import Decoded, decode
@@ -36,12 +36,6 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("utkface", "adience", "manifest")
 DEFAULT_ADIENCE_FOLDS = "../shared/data/adience_folds"
-#: How each test-time augmentation mode is described in reports.
-TTA_TEXT = {
-    "none": "center crop",
-    "flip": "center crop and its mirror, averaged",
-    "ten_crop": "10 crops (4 corners and center, and their mirrors), averaged (Levi & Hassner)",
-}
 
 
 class OnnxModule(nn.Module):
@@ -158,8 +152,13 @@ def evaluation_records(data: str, root: str | None, split: str = "test", folds: 
     splits = dataset_splits(cfg, progress)
     records = [r for name in (SPLITS if split == "all" else (split,)) for r in splits[name]]
     which = "every face" if split == "all" else f"the {split} split"
-    return records, (f"{data} {cfg.root}: {which} of the project's leakage-safe, deduplicated split "
+    return records, (f"{data} {root or DataConfig.root}: {which} of the project's leakage-safe, deduplicated split "
                      f"({len(records)} faces; 8 age groups from ages by the gap policy)")
+
+
+def protocol_text(description: str, tta: str) -> str:
+    """A report's protocol: what was evaluated (``description``) and with which test-time augmentation."""
+    return f"{description}. Test-time augmentation: {TTA_TEXT[tta]}."
 
 
 def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord], description: str,
@@ -180,7 +179,7 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
     for tta in ttas:
         metrics = face_metrics(data.records, predict_faces(net, data.images, tta))
         write_report(metrics, out / tta, title=f"{config.name} ({name})",
-                     protocol=f"{description}. Test-time augmentation: {TTA_TEXT[tta]}.")
+                     protocol=protocol_text(description, tta))
         results[tta] = metrics
     (out / "summary.json").write_text(json.dumps(
         {"model": name, "data": description, **{t: m["overall"] for t, m in results.items()}},

@@ -53,12 +53,14 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, title: str, pr
                  history_csv: str | Path | None = None) -> Path:
     """Write the report files for ``metrics`` into ``out_dir`` and return the path of ``report.md``.
 
-    ``protocol`` says in a sentence or two what was evaluated and how (data set, split, oversampling);
-    ``history_csv``, the training engine's log, adds learning curves.
+    ``protocol`` says in a sentence or two what was evaluated and how (data set, split, oversampling); it heads
+    the report and is stored in ``metrics.json`` beside the figures. ``history_csv``, the training engine's
+    log, adds learning curves.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps({**metrics, "protocol": protocol}, indent=2, allow_nan=False)
+                                      + "\n")
     draw = importlib.util.find_spec("matplotlib") is not None
     if draw:
         from agegender.evaluation import plots

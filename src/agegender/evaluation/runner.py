@@ -12,6 +12,12 @@ from agegender.preprocess import center_crop
 from agegender.training.batches import normalize
 
 TTA_MODES = ("none", "flip", "ten_crop")
+#: How each test-time augmentation mode is described in reports.
+TTA_TEXT = {
+    "none": "center crop",
+    "flip": "center crop and its mirror, averaged",
+    "ten_crop": "10 crops (4 corners and center, and their mirrors), averaged (Levi & Hassner)",
+}
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from agegender.evaluation.metrics import compute_metrics
-from agegender.evaluation.runner import model_outputs
+from agegender.evaluation.runner import TTA_TEXT, model_outputs
 from agegender.models import create_model
 from agegender.models.freezing import freeze_all_but_last, unfreeze_last
 from agegender.models.layers import start_age_at
@@ -251,8 +251,10 @@ class Trainer:
                                 device=self.device)
             results[tta] = ev["summary"]
             write_report(ev["metrics"], self.run_dir / f"test_{tta}", title=f"{self.cfg.model}: test split",
-                         protocol=f"best epoch {best['epoch']} by {self.cfg.select}; TTA {tta}; "
-                                  f"{len(self.data['test'].records)} held-out faces (leakage-safe split)")
+                         protocol=f"{self.cfg.data.dataset}: the run's test split "
+                                  f"({len(self.data['test'].records)} held-out faces), the best epoch "
+                                  f"({best['epoch']}) by {self.cfg.select}. Test-time augmentation: "
+                                  f"{TTA_TEXT[tta]}.")
         (self.run_dir / "summary.yaml").write_text(yaml.safe_dump(
             {"model": self.cfg.model, "best_epoch": best["epoch"], "epochs_run": self.epoch,
              "train_seconds": float(sum(r["seconds"] for r in self.history)), "test": results}, sort_keys=False))
