@@ -3,6 +3,7 @@ folder with a bad file, the JSON schema, and video tracking."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from agegender.inference.video import predict_video
 from agegender.labels import AGE_GROUPS
 from tests.conftest import shared_path
 
+REPO = Path(__file__).resolve().parents[1]
 FACE_KEYS = {"box", "score", "age", "age_range", "age_group", "age_group_confidence", "gender",
              "gender_confidence", "landmarks"}
 
@@ -58,10 +60,16 @@ def test_predictor_finds_every_face_in_a_group_photo(predictor: Predictor) -> No
     assert predictor.plot(image, faces).shape == image.shape
 
 
-def test_the_model_session_sleeps_between_runs(predictor: Predictor) -> None:
-    """A spinning ONNX Runtime pool slowed the detection of the next photo (ort_session's docstring)."""
-    options = predictor.model.session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+def test_the_model_session_sleeps_between_runs_and_the_benchmark_compares_it_with_spinning(
+        predictor: Predictor) -> None:
+    """A spinning ONNX Runtime pool slowed the detection of the next photo (benchmarks/ort_spinning.py)."""
+    spec = importlib.util.spec_from_file_location("ort_spinning", REPO / "benchmarks" / "ort_spinning.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    key = "session.intra_op.allow_spinning"
+    assert predictor.model.session.get_session_options().get_session_config_entry(key) == "0"
+    spinning = bench.spinning_session(predictor.model.path)
+    assert spinning.get_session_options().get_session_config_entry(key) == "1"
 
 
 def test_cli_on_a_folder_with_one_bad_file(tmp_path: Path, yunet_path: Path) -> None:

@@ -12,9 +12,7 @@ from torch import nn
 
 from agegender.age_calibration import AgeCalibration
 from agegender.data.records import FaceRecord
-from agegender.evaluation.evaluate import model_config, model_device
-from agegender.evaluation.runner import model_outputs
-from agegender.outputs import decode
+from agegender.evaluation.evaluate import model_config, predict_faces
 
 
 @dataclass(frozen=True)
@@ -51,7 +49,7 @@ def fit_age_calibration(model: nn.Module, records: Sequence[FaceRecord], images:
                         tta: str = "flip") -> CalibrationFit:
     """Fit the hinge on the ages ``model`` decodes (before any correction it carries) for ``records`` (cached
     uint8 ``images`` at its load size) under ``tta``."""
-    decoded = decode(model_outputs(model, images, model_config(model), tta=tta, device=model_device(model)))
+    decoded = predict_faces(model, images, tta, calibrated=False)
     if decoded.age is None:
         raise ValueError(f"{model_config(model).name} predicts no age: there is nothing to calibrate")
     return fit_on_predictions(decoded.age, records)

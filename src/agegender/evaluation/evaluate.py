@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agegender.age_calibration import AgeCalibration
 from agegender.data.adience import read_adience_fold
 from agegender.data.records import FaceRecord, ReadReport
 from agegender.data.splits import SPLITS
@@ -50,9 +51,12 @@ class OnnxModule(nn.Module):
         super().__init__()
         self.onnx = OnnxAgeGender(path)
         self.config = self.onnx.config
-        self.age_calibration = self.onnx.age_calibration
         self.register_buffer("mean", torch.tensor(self.config.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(self.config.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    @property
+    def age_calibration(self) -> AgeCalibration | None:
+        return self.onnx.age_calibration
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         pixels = (x.float().cpu() * self.std + self.mean).contiguous().numpy()
@@ -81,16 +85,17 @@ def model_config(model: nn.Module) -> ModelConfig:
     return config
 
 
-def model_device(model: nn.Module) -> str:
+def _device(model: nn.Module) -> str:
     param = next(model.parameters(), None)
     return str(param.device) if param is not None else "cpu"
 
 
-def predict_faces(model: nn.Module, images: np.ndarray, tta: str = "none") -> Decoded:
+def predict_faces(model: nn.Module, images: np.ndarray, tta: str = "none", calibrated: bool = True) -> Decoded:
     """Decoded predictions for cached uint8 images (N x S x S x 3 RGB at the model's load size), ages corrected
-    by the model's ``age_calibration`` when it has one (an export that ``agegender calibrate`` fitted)."""
-    decoded = decode(model_outputs(model, images, model_config(model), tta=tta, device=model_device(model)))
-    calibration = getattr(model, "age_calibration", None)
+    by the model's ``age_calibration`` when it has one (an export that ``agegender calibrate`` fitted) unless
+    ``calibrated`` is False."""
+    decoded = decode(model_outputs(model, images, model_config(model), tta=tta, device=_device(model)))
+    calibration = getattr(model, "age_calibration", None) if calibrated else None
     return calibration.apply(decoded) if calibration else decoded
 
 

@@ -30,7 +30,7 @@ from agegender.data.cache import default_cache_dir
 from agegender.evaluation.oversample import average_outputs
 from agegender.inference.align import TEMPLATE_SIZE, load_template
 from agegender.inference.dlib_resnet import installed_model_path, read_dlib_resnet, to_onnx
-from agegender.inference.onnx_model import META_PREFIX, ModelError, OnnxAgeGender, ort_session
+from agegender.inference.onnx_model import ModelError, OnnxAgeGender, agegender_metadata, ort_session
 from agegender.inference.remote import RemoteFile, WeightsError, sha256_of
 from agegender.preprocess import resize_square
 
@@ -120,15 +120,14 @@ class StackedAgeGender(OnnxAgeGender):
         self.head_path = Path(head) if head else shipped_head_path()
         self.head = ort_session(self.head_path, threads)
         self.head_outputs = [o.name for o in self.head.get_outputs()]
-        meta = self.head.get_modelmeta().custom_metadata_map
-        if META_PREFIX + "stack_weights" not in meta:
+        meta = agegender_metadata(self.head)
+        if "stack_weights" not in meta:
             raise ModelError(f"{self.head_path} is not a descriptor head: export it with "
                              "`python tools/descriptor_teacher.py ... --export-head`")
-        self.weights: dict[str, float] = json.loads(meta[META_PREFIX + "stack_weights"])
-        self.metrics = json.loads(meta.get(META_PREFIX + "metrics", "{}"))
+        self.weights: dict[str, float] = json.loads(meta["stack_weights"])
+        self.metrics = json.loads(meta.get("metrics", "{}"))
         # the stack's own correction, if its head carries one: the flagship's was fitted to the flagship alone
-        self.age_calibration = AgeCalibration.from_metadata(
-            {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)})
+        self.age_calibration = AgeCalibration.from_metadata(meta)
         self.network_path = descriptor_network(descriptor_weights)
         self.network = ort_session(self.network_path, threads)
         self._matrix = chip_transform()

@@ -58,9 +58,9 @@ def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
     """A CPU ONNX Runtime session; ``threads`` caps the intra-op threads. Raises ModelError if it cannot load.
 
     Its worker threads sleep when idle instead of spinning: a spinning pool keeps the cores busy after each run
-    and slows whatever runs next on them (YuNet's detection, dlib's network, the next session). On this 2-core
-    machine that took a 7-face photo from 16.7 to 10.7 ms end to end and the accurate mode at batch 1 from 8-14
-    to 5-6 ms, for 0.17 ms more per face when chips alone are predicted one at a time (0.72 -> 0.89 ms)."""
+    and slows whatever runs next on them (YuNet's detection, dlib's network, the next session). On the 2-core
+    development machine a 7-face photo went from 16.8 to 11.3 ms end to end, for 0.3 ms more per face when chips
+    alone are predicted one at a time (``python benchmarks/ort_spinning.py --accurate`` measures the trade)."""
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     options = ort.SessionOptions()
@@ -74,6 +74,12 @@ def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
         raise ModelError(f"{path} is not a loadable ONNX model: {err}") from err
 
 
+def agegender_metadata(session: ort.InferenceSession) -> dict[str, str]:
+    """The ``agegender.`` entries of a session's model metadata, keys without the prefix."""
+    meta = session.get_modelmeta().custom_metadata_map
+    return {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+
+
 class OnnxAgeGender:
     """Runs an ``agegender export`` file. ``predict(chips)`` takes aligned BGR face chips."""
 
@@ -81,12 +87,10 @@ class OnnxAgeGender:
         """``path``: an ONNX file, a shipped model's name, or ``None`` for the default (:func:`model_path`)."""
         self.path = model_path(path)
         self.session = ort_session(self.path, threads)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if META_PREFIX + "config" not in meta:
+        self.metadata: dict[str, Any] = agegender_metadata(self.session)
+        if "config" not in self.metadata:
             raise ModelError(f"{self.path} has no agegender metadata: export it with `agegender export`")
-        self.config = ModelConfig.from_dict(json.loads(meta[META_PREFIX + "config"]))
-        self.metadata: dict[str, Any] = {k[len(META_PREFIX):]: v for k, v in meta.items()
-                                         if k.startswith(META_PREFIX)}
+        self.config = ModelConfig.from_dict(json.loads(self.metadata["config"]))
         self.metrics: dict[str, Any] = json.loads(self.metadata.get("metrics", "{}"))
         #: The age correction ``agegender calibrate`` stored in the file (None: ages as the network decodes them).
         self.age_calibration = AgeCalibration.from_metadata(self.metadata)
