@@ -1,6 +1,7 @@
 """Which age correction family should ``agegender calibrate`` fit? Each candidate is fitted on a random half of
 the validation faces and scored on the other half, over many random halvings; the table gives the mean change of
-the held-out MAE (negative: the correction helps faces it was not fitted to).
+the held-out MAE (negative: the correction helps faces it was not fitted to). First, what there is to correct:
+the median of (true - predicted) age for the faces predicted in each decade.
 
     python benchmarks/calibration_families.py src/agegender/weights/flagship.onnx [--halvings 20]
 
@@ -64,6 +65,11 @@ def main() -> None:
     halvings = [rng.permutation(len(true)) for _ in range(args.halvings)]
     print(f"{args.model}: UTKFace validation split, {len(true)} faces, tta {args.tta}, decoded MAE "
           f"{np.abs(predicted - true).mean():.3f}; {args.halvings} random halvings")
+    print("| Predicted age | faces | median true - predicted (years) |\n|---|---|---|")
+    for decade in range(0, 100, 10):
+        inside = (predicted >= decade) & (predicted < decade + 10)
+        if inside.any():
+            print(f"| {decade}-{decade + 9} | {inside.sum()} | {np.median(true[inside] - predicted[inside]):+.1f} |")
     print("| Correction | held-out MAE change (years) | sd |\n|---|---|---|")
     for name, fit in FAMILIES.items():
         changes = []
