@@ -53,13 +53,13 @@ test: $(VENV)/.full chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.full
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests scripts
 
 bench: $(VENV)/.full
 	$(BIN)/agegender bench --accurate --markdown docs/bench.md
 
 reproduce: $(VENV)/.full
-	$(BIN)/python benchmarks/reproduce.py
+	$(BIN)/python scripts/measure/reproduce.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+from agegender.paths import shared_dir
+
+SHARED = shared_dir().resolve()
 
 
 # --- slow tests: opt in with --runslow -------------------------------------------------------------------

@@ -19,19 +19,19 @@ import numpy as np
 import pytest
 
 from agegender import Predictor
-from agegender.data.cache import default_cache_dir
+from agegender.artifacts import RemoteFile, WeightsError
 from agegender.data.splits import load_or_make_splits
 from agegender.data.utkface import read_utkface
-from agegender.inference.align import load_template
-from agegender.inference.descriptor import (
+from agegender.inference.accurate.dlib_format import installed_model_path
+from agegender.inference.accurate.stacked import (
     DESCRIPTOR_CHIP_PADDING,
     DESCRIPTOR_CHIP_SIZE,
     DLIB_MEAN_FACE,
     StackedAgeGender,
     chip_transform,
 )
-from agegender.inference.dlib_resnet import installed_model_path
-from agegender.inference.remote import RemoteFile, WeightsError
+from agegender.inference.align import load_template
+from agegender.paths import default_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,9 +23,9 @@ from agegender.benchmark.run import BenchOptions, load_models, subset, utkface_t
 from agegender.benchmark.timing import Timing, per_face_latency, time_call
 from agegender.cli import main
 from agegender.data.records import FaceRecord
-from agegender.evaluation.metrics import exact_accuracy, mae
-from agegender.inference.images import load_image
+from agegender.images import load_image
 from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.reporting.metrics import exact_accuracy, mae
 from tests.conftest import shared_path
 
 N_CHIPS = 100

@@ -12,7 +12,7 @@ import pytest
 
 from agegender.data.adience import read_adience_fold, read_levi_hassner_list
 from agegender.data.augment import AugmentConfig, augment_batch
-from agegender.data.cache import cached_images, default_cache_dir
+from agegender.data.cache import cached_images
 from agegender.data.manifest import read_manifest, write_manifest
 from agegender.data.records import FaceRecord, ReadReport
 from agegender.data.splits import (
@@ -25,6 +25,7 @@ from agegender.data.splits import (
 )
 from agegender.data.utkface import read_utkface
 from agegender.labels import AGE_GROUPS, adience_age_group, age_to_group
+from agegender.paths import default_cache_dir
 from agegender.preprocess import resize_square
 from tests.conftest import shared_path
 

@@ -1,5 +1,5 @@
-"""tools/descriptor_teacher.py: the stacked teacher's heads are cross-fitted (no row is predicted by a head that
-saw it), and dlib's descriptors tell people apart."""
+"""scripts/build/descriptor_teacher.py: the stacked teacher's heads are cross-fitted (no row is predicted by a
+head that saw it), and dlib's descriptors tell people apart."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from agegender.data.records import FaceRecord
+from agegender.training.descriptor_head import fit_head, head_outputs
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "build"))
 import descriptor_teacher as dt  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def test_cross_fitted_rows_come_from_heads_that_did_not_see_them() -> None:
     x = rng.normal(size=(n, dt.DESCRIPTOR_SIZE)).astype(np.float32)
     noise = rng.integers(0, 2, n)  # labels unrelated to the descriptors: nothing to learn but the rows
     recs = records(noise, rng.integers(1, 90, n))
-    seen = dt.head_outputs(dt.fit_head(x, recs, epochs=60, seed=0), x)
+    seen = head_outputs(fit_head(x, recs, epochs=60, seed=0), x)
     held = dt.cross_fitted(x, recs, folds=5, epochs=60, seed=0)
     assert gender_accuracy(seen, noise) > 0.8  # a head memorises the rows it trained on (0.91 when written)
     assert abs(gender_accuracy(held, noise) - 0.5) < 0.06  # and knows nothing of the others (0.52)

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from agegender.images import ImageError, load_image
 from agegender.inference import detector as detector_module
-from agegender.inference.align import TEMPLATE_SIZE, align_face, load_template, similarity_matrix
+from agegender.inference.align import align_face, load_template, similarity_matrix
 from agegender.inference.detector import (
     YUNET_SHA256,
     Detection,
@@ -26,9 +27,10 @@ from agegender.inference.detector import (
     WeightsError,
     locate_weights,
 )
-from agegender.inference.images import ImageError, load_image
+from agegender.paths import shared_dir
+from agegender.preprocess import CHIP_SIZE
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = shared_dir().resolve()
 PHOTOS = SHARED / "photos"
 UTKFACE = SHARED / "data" / "UTKFace"
 YUNET = SHARED / "models" / "yunet" / "yunet_s_640_640.onnx"
@@ -441,7 +443,7 @@ def test_explicit_path_and_env_var(
 def test_template_is_plausible() -> None:
     template = load_template()
     assert template.shape == (5, 2) and not template.flags.writeable
-    assert ((template > 20) & (template < TEMPLATE_SIZE - 20)).all()
+    assert ((template > 20) & (template < CHIP_SIZE - 20)).all()
     right_eye, left_eye, nose, right_mouth, left_mouth = template
     assert right_eye[0] < nose[0] < left_eye[0] and right_mouth[0] < left_mouth[0]
     assert max(right_eye[1], left_eye[1]) < nose[1] < min(right_mouth[1], left_mouth[1])

@@ -1,4 +1,4 @@
-"""agegender.inference.dlib_resnet: dlib's serialization is decoded as dlib writes it, files that are not the
+"""agegender.inference.accurate.dlib_format: dlib's serialization is decoded as dlib writes it, files that are not the
 face-recognition ResNet are refused with a clear error, and the ONNX conversion reproduces dlib's descriptors."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from agegender.inference.descriptor import chip_transform, descriptor_chip
-from agegender.inference.dlib_resnet import (
+from agegender.inference.accurate.dlib_format import (
     DAT_NAME,
     DESCRIPTOR_SIZE,
     Affine,
@@ -25,8 +24,9 @@ from agegender.inference.dlib_resnet import (
     _Reader,
     installed_model_path,
     read_dlib_resnet,
-    to_onnx,
 )
+from agegender.inference.accurate.onnx_graph import to_onnx
+from agegender.inference.accurate.stacked import chip_transform, descriptor_chip
 
 NUM_CHIPS = 16
 
@@ -52,7 +52,7 @@ def onnx_path(net: DlibResNet, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def utkface_chips(utkface_dir: Path, count: int) -> np.ndarray:
     """``count`` UTKFace images spread over the sorted names (so over ages), aligned onto dlib's 150 px chip by
-    the code tools/descriptor_teacher.py's ``_describe`` uses; RGB uint8, [count, 150, 150, 3]."""
+    the code scripts/build/descriptor_teacher.py's ``_describe`` uses; RGB uint8, [count, 150, 150, 3]."""
     names = sorted(p.name for p in utkface_dir.glob("*.jpg"))
     matrix = chip_transform()
     images = [cv2.imread(str(utkface_dir / name), cv2.IMREAD_COLOR) for name in names[:: len(names) // count]]

@@ -24,6 +24,7 @@ import yaml
 
 from agegender.age_calibration import METADATA_KEY, AgeCalibration
 from agegender.cli import main
+from agegender.data.datasets import DataConfig, decode_split, filter_records, limit_records, select_records
 from agegender.data.records import FaceRecord
 from agegender.data.utkface import parse_utkface_name
 from agegender.evaluation.calibrate import fit_age_calibration
@@ -41,8 +42,7 @@ from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
 from agegender.models import create_model
 from agegender.outputs import Decoded, decode
 from agegender.training.checkpoint import load_model
-from agegender.training.config import DataConfig, TrainConfig, load_config
-from agegender.training.data import decode_split, filter_records, limit_records, select_records
+from agegender.training.config import TrainConfig, load_config
 from agegender.training.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -278,7 +278,7 @@ def test_seed_config_loads_and_builds_its_model(path: Path) -> None:
 
 
 def _reproduce() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reproduce", REPO / "benchmarks" / "reproduce.py")
+    spec = importlib.util.spec_from_file_location("reproduce", REPO / "scripts" / "measure" / "reproduce.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["reproduce"] = module  # dataclasses look their module up

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agegender.inference.images import ImageError, load_image
+from agegender.images import ImageError, load_image
 
 pytestmark = pytest.mark.slow
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis (dev extra) is not installed")

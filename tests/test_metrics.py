@@ -9,29 +9,32 @@ import math
 import numpy as np
 import pytest
 
-from agegender.evaluation import (
+from agegender.outputs import OUTPUT_KEYS, Decoded, decode, sigmoid, softmax
+from agegender.oversample import (
+    AVERAGING,
     CROP_ORDER,
     TEN_CROP_ORDER,
     average_crops,
-    binary_prf,
     center_crop,
+    flip_average,
+    ten_crops,
+)
+from agegender.reporting.metrics import (
+    METRIC_LABELS,
+    binary_prf,
     compute_metrics,
     confusion_matrix,
     cumulative_score,
     exact_accuracy,
-    flip_average,
+    format_metric,
     macro_f1,
     mae,
     mean_std,
     normalize_rows,
     one_off_accuracy,
     summarize_folds,
-    ten_crops,
-    write_report,
 )
-from agegender.evaluation.metrics import METRIC_LABELS, format_metric
-from agegender.evaluation.oversample import AVERAGING
-from agegender.outputs import OUTPUT_KEYS, Decoded, decode, sigmoid, softmax
+from agegender.reporting.report import write_report
 
 approx = pytest.approx
 
@@ -379,7 +382,7 @@ def test_write_report_for_folds(tmp_path, example):
 
 
 def test_write_report_without_matplotlib(tmp_path, example, monkeypatch):
-    import agegender.evaluation.report as report_module
+    import agegender.reporting.report as report_module
 
     monkeypatch.setattr(report_module.importlib.util, "find_spec", lambda name: None)
     md = write_report(example, tmp_path, "No figures", "Base install.").read_text()
@@ -389,7 +392,7 @@ def test_write_report_without_matplotlib(tmp_path, example, monkeypatch):
 
 def test_plot_breakdown_skips_when_nothing_to_draw(tmp_path):
     pytest.importorskip("matplotlib")
-    from agegender.evaluation.plots import plot_breakdown
+    from agegender.reporting.plots import plot_breakdown
 
     empty = {"by_race": {"white": {"n": 0, "group_exact": None}}}
     assert plot_breakdown(empty, "by_race", tmp_path / "x.png") is None and not (tmp_path / "x.png").exists()

@@ -32,10 +32,11 @@ from agegender.models.freezing import (
 from agegender.models.layers import OUTPUT_SIZES, HeadedNet, Heads, SqueezeExcitation, init_weights
 from agegender.models.levi_hassner import CONV_STAGES
 from agegender.outputs import OUTPUT_KEYS, decode
+from agegender.paths import shared_dir
 from agegender.preprocess import center_crop, chip_to_rgb
 from agegender.training.batches import normalize
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = shared_dir().resolve()
 UTKFACE = SHARED / "data" / "UTKFace"
 LH_PROTOTXT = SHARED / "peers" / "levi_hassner_2015" / "deploy_age.prototxt"
 

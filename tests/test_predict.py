@@ -15,13 +15,13 @@ import pytest
 
 from agegender import Predictor
 from agegender.cli import main
-from agegender.data.cache import default_cache_dir
 from agegender.data.splits import load_or_make_splits
 from agegender.data.utkface import read_utkface
-from agegender.inference.images import load_image
+from agegender.images import load_image
 from agegender.inference.onnx_model import shipped_model_path
 from agegender.inference.video import predict_video
 from agegender.labels import AGE_GROUPS
+from agegender.paths import default_cache_dir
 from tests.conftest import shared_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +62,8 @@ def test_predictor_finds_every_face_in_a_group_photo(predictor: Predictor) -> No
 
 def test_the_model_session_sleeps_between_runs_and_the_benchmark_compares_it_with_spinning(
         predictor: Predictor) -> None:
-    """A spinning ONNX Runtime pool slowed the detection of the next photo (benchmarks/ort_spinning.py)."""
-    spec = importlib.util.spec_from_file_location("ort_spinning", REPO / "benchmarks" / "ort_spinning.py")
+    """A spinning ONNX Runtime pool slowed the detection of the next photo (scripts/measure/ort_spinning.py)."""
+    spec = importlib.util.spec_from_file_location("ort_spinning", REPO / "scripts" / "measure" / "ort_spinning.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     key = "session.intra_op.allow_spinning"

@@ -13,11 +13,11 @@ import onnx
 import pytest
 
 from agegender.cli import main
-from agegender.data.cache import default_cache_dir
 from agegender.data.splits import load_or_make_splits
 from agegender.data.utkface import read_utkface
 from agegender.export import META_PREFIX, first_convolution, quantize_int8, set_metadata
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender, model_path, shipped_model_path
+from agegender.paths import default_cache_dir
 
 
 @pytest.fixture(scope="module")

@@ -357,7 +357,7 @@ def test_cli_reports_a_missing_model_in_one_line(tmp_path: Path, yunet_path: Pat
 @pytest.mark.slow
 def test_load_test_quick(server_url: str) -> None:
     """The load test's short form: 10 clients, 40 requests, no error."""
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "load_test.py"), "--url", server_url,
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "measure" / "load_test.py"), "--url", server_url,
                              "--clients", "10", "--requests", "40", "--json"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import torch
 
-from agegender.evaluation.runner import model_outputs
 from agegender.models import create_model
 from agegender.outputs import decode
 from agegender.training.checkpoint import load_model
 from agegender.training.config import apply_overrides, load_config
 from agegender.training.distill import OnnxRunner, Teacher, save_stored_outputs
 from agegender.training.engine import Trainer, train
+from agegender.training.forward import model_outputs
 from agegender.training.losses import distillation_loss
 
 ROOT = Path(__file__).resolve().parents[1]

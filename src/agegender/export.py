@@ -15,13 +15,16 @@ import onnx
 import torch
 from torch import nn
 
-from agegender import __version__
 from agegender.age_calibration import METADATA_KEY
+from agegender.data.cache import cached_images
+from agegender.data.datasets import DataConfig, dataset_splits
+from agegender.inference.onnx_model import META_PREFIX
 from agegender.labels import AGE_GROUPS
 from agegender.model_config import ModelConfig
+from agegender.preprocess import center_crop, normalization
+from agegender.version import __version__
 
 INPUT_NAME = "pixels"
-META_PREFIX = "agegender."
 
 
 class _Graph(nn.Module):
@@ -33,8 +36,9 @@ class _Graph(nn.Module):
         self.model = model
         self.keys = list(config.outputs)
         self.normalise = normalise
-        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1))
+        mean, std = normalization(config)
+        self.register_buffer("mean", torch.from_numpy(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.from_numpy(std).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model((x - self.mean) / self.std if self.normalise else x)
@@ -94,13 +98,14 @@ def first_convolution(model: onnx.ModelProto) -> str:
     raise ValueError("the model has no convolution")
 
 
-def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
+def quantize_int8(fp32_path: str | Path, int8_path: str | Path, chips: np.ndarray,
                   keep_float: Sequence[str] | None = None, method: str = "minmax") -> Path:
-    """Static int8 QDQ quantisation calibrated on ``calibration`` (N x 3 x S x S float32, 0..255): per-channel
+    """Static int8 QDQ quantisation whose activation ranges are measured on the quantisation ``chips`` (model
+    inputs, N x 3 x S x S float32, 0..255; :func:`quantization_chips`): per-channel
     int8 weights, uint8 activations. ``keep_float``: names of nodes left in float, by default the first
     convolution (quantising it, i.e. the normalised pixels, cost the flagship about 0.3 years of MAE and 1.5 points
     of gender on the validation split; every other layer together costs nothing measurable:
-    ``benchmarks/int8_settings.py``); ``[]`` quantises every layer. ``method``: minmax,
+    ``scripts/measure/int8_settings.py``); ``[]`` quantises every layer. ``method``: minmax,
     percentile or entropy. The file keeps the source's metadata except its metrics and age calibration, which
     were measured on the float model (``agegender evaluate INT8.onnx --store-metrics`` and ``agegender calibrate
     INT8.onnx`` measure and store its own)."""
@@ -123,7 +128,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches: Iterator[np.ndarray] = iter(np.array_split(calibration, max(len(calibration) // 32, 1)))
+            self.batches: Iterator[np.ndarray] = iter(np.array_split(chips, max(len(chips) // 32, 1)))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
@@ -158,3 +163,16 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, calibration: np.
     set_metadata(tmp, {"quantization": f"static int8 QDQ, per-channel weights, {method} calibration, {kept}"})
     os.replace(tmp, int8_path)
     return int8_path
+
+
+def quantization_chips(config: ModelConfig, n: int, root: str | Path | None = None) -> np.ndarray:
+    """Model inputs (N x 3 x S x S float32, 0..255) from ``n`` chips spread over the leakage-safe training split
+    of the UTKFace folder ``root`` (default: the shared one), never validation or test: what static int8
+    quantisation measures its activation ranges on."""
+    if n < 1:
+        raise ValueError(f"the number of quantisation chips must be at least 1, got {n}")
+    train = dataset_splits(DataConfig(root=None if root is None else str(root)), progress=False)["train"]
+    train = train[:: max(len(train) // n, 1)][:n]
+    images, ok = cached_images(train, config.load_size, config.face_crop, progress=False)
+    crops = center_crop(np.asarray(images)[ok], config.input_size)
+    return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)

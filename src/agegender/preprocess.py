@@ -7,6 +7,9 @@ import numpy as np
 
 from agegender.model_config import ModelConfig
 
+#: Side of a face chip: UTKFace's 200 x 200 chips, the frame every face is aligned to (its landmark template is
+#: expressed in it) and the models were trained on.
+CHIP_SIZE = 200
 #: Names the resampling of :func:`resize_square`; image caches are keyed by it, so changing it rebuilds them.
 RESAMPLING = "box-then-area"
 
@@ -49,6 +52,16 @@ def center_crop(batch: np.ndarray, size: int) -> np.ndarray:
     h, w = batch.shape[1:3]
     y0, x0 = (h - size) // 2, (w - size) // 2
     return batch[:, y0:y0 + size, x0:x0 + size]
+
+
+def normalization(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The per-channel (mean, std) the network's input is normalised by, ``(pixel - mean) / std`` on RGB 0..255:
+    the one definition training batches and exported graphs use.
+
+    >>> normalization(ModelConfig("m", 64, ("age",)))[0].tolist()
+    [127.5, 127.5, 127.5]
+    """
+    return np.asarray(config.mean, dtype=np.float32), np.asarray(config.std, dtype=np.float32)
 
 
 def chips_to_input(chips_bgr: list[np.ndarray], config: ModelConfig) -> np.ndarray:

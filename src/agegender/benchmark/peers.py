@@ -19,9 +19,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from agegender.inference.align import TEMPLATE_SIZE, align_face, load_template
+from agegender.inference.align import align_face, load_template
 from agegender.inference.onnx_model import ModelError, ort_session
 from agegender.outputs import Decoded, decode
+from agegender.preprocess import CHIP_SIZE
 
 #: dlib's mean-face positions of YuNet's five landmarks (image-left eye first, as YuNet's order) in the unit
 #: template box, from the Cydral peer's SOURCE.md.
@@ -58,13 +59,13 @@ class FaceModel(Protocol):
 def dlib_chip_template(padding: float = DLIB_PADDING) -> np.ndarray:
     """The dlib mean face placed as ``get_face_chip_details`` places it, in the 200x200 template frame:
     ``(padding + t) / (1 + 2 * padding) * 200``."""
-    return (padding + DLIB_MEAN_FACE) / (1 + 2 * padding) * TEMPLATE_SIZE
+    return (padding + DLIB_MEAN_FACE) / (1 + 2 * padding) * CHIP_SIZE
 
 
 def square_crop(chip: np.ndarray, center: tuple[float, float], side: float, size: int) -> np.ndarray:
     """``size`` x ``size`` area-resize of the square (``center``, ``side``, in 200-frame pixels) of a chip;
     pixels outside the chip repeat its edge."""
-    scale = chip.shape[1] / TEMPLATE_SIZE
+    scale = chip.shape[1] / CHIP_SIZE
     s = max(1, round(side * scale))
     x0, y0 = round(center[0] * scale - s / 2), round(center[1] * scale - s / 2)
     pad = max(0, -x0, -y0, x0 + s - chip.shape[1], y0 + s - chip.shape[0])
@@ -110,7 +111,7 @@ class _DlibNet:
     def run(self, chips_bgr: Sequence[np.ndarray], template: np.ndarray) -> np.ndarray:
         """Probabilities for chips in the agegender frame, each re-aligned onto ``template`` at this size."""
         rgb = np.stack([cv2.cvtColor(
-            align_face(chip, load_template() * (chip.shape[1] / TEMPLATE_SIZE), self.size, template=template),
+            align_face(chip, load_template() * (chip.shape[1] / CHIP_SIZE), self.size, template=template),
             cv2.COLOR_BGR2RGB) for chip in chips_bgr])
         pixels = ((rgb - self.mean) * np.float32(self.scale)).transpose(0, 3, 1, 2)
         return self.session.run(None, {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)})[0]

@@ -31,26 +31,24 @@ from agegender.benchmark.timing import (
     time_call,
 )
 from agegender.data.adience import read_adience_fold
-from agegender.data.cache import default_cache_dir
+from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.data.records import FaceRecord
-from agegender.data.splits import load_or_make_splits
-from agegender.data.utkface import read_utkface
-from agegender.evaluation.metrics import compute_metrics, format_metric
+from agegender.images import IMAGE_SUFFIXES, load_image
+from agegender.inference.accurate.stacked import DESCRIPTOR_CHIP_SIZE, StackedAgeGender
 from agegender.inference.align import align_face
-from agegender.inference.descriptor import DESCRIPTOR_CHIP_SIZE, StackedAgeGender
 from agegender.inference.detector import Detection, FaceDetector
-from agegender.inference.images import load_image
+from agegender.inference.factory import load_model
 from agegender.inference.onnx_model import OnnxAgeGender
-from agegender.inference.predictor import CHIP_SIZE
 from agegender.labels import AGE_GROUPS, GENDERS
 from agegender.outputs import Decoded
+from agegender.preprocess import CHIP_SIZE
+from agegender.reporting.metrics import compute_metrics, format_metric
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 64)
 EVAL_BATCH = 64
 SUBSET_SEED = 0
-PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 
 @dataclass(frozen=True)
@@ -106,10 +104,12 @@ def load_models(opts: BenchOptions) -> tuple[list[FaceModel], dict[str, str]]:
     """Our model (int8 when there is one, then fp32; each with and without flip; the accurate mode on fp32),
     then every peer; and why a peer cannot run."""
     int8 = opts.int8 if opts.int8 or opts.model else "flagship-int8"
-    ours = [OnnxAgeGender(path, threads=opts.threads) for path in (int8, opts.model or "flagship") if path]
+    ours = [load_model(path, threads=opts.threads) for path in (int8, opts.model or "flagship") if path]
     models: list[FaceModel] = [OursModel(model, precision(model), flip) for model in ours for flip in (True, False)]
     if opts.accurate:
-        models.append(OursModel(StackedAgeGender(opts.model, opts.threads, opts.descriptor_weights), "accurate"))
+        stacked = load_model(opts.model, accurate=True, threads=opts.threads,
+                             descriptor_weights=opts.descriptor_weights)
+        models.append(OursModel(stacked, "accurate"))
     if opts.peers is None:
         return models, {}
     peers, unavailable = load_peers(opts.peers, opts.threads)
@@ -125,11 +125,8 @@ def subset(records: Sequence[FaceRecord], limit: int | None) -> list[FaceRecord]
 
 
 def utkface_test(root: Path) -> list[FaceRecord]:
-    """Records of our leakage-safe UTKFace test split (the split training used; the split cache is keyed by
-    absolute paths, hence ``resolve``)."""
-    records, _ = read_utkface(root.resolve())
-    splits, _ = load_or_make_splits(records, default_cache_dir() / "splits")
-    return splits["test"]
+    """Records of our leakage-safe UTKFace test split (the split training used)."""
+    return dataset_splits(DataConfig(root=str(root)))["test"]
 
 
 def face_chips(image_bgr: np.ndarray, detector: FaceDetector) -> list[np.ndarray]:
@@ -195,7 +192,7 @@ def photo_pipeline(path: Path, detector: FaceDetector, model: FaceModel) -> Deco
 
 
 def photo_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def photo_latency(models: Sequence[FaceModel], detector: FaceDetector, folder: Path, opts: BenchOptions

@@ -8,18 +8,16 @@ import os
 from pathlib import Path
 
 from agegender.cli.common import UserError
+from agegender.paths import default_path
 
-#: Where the project's shared data sits relative to the repository root; used for defaults when present.
-SHARED = Path("../shared")
-DEFAULTS = {
-    "peers": "peers", "utkface": "data/UTKFace", "adience_sample": "data/adience_sample",
-    "adience_fold": "data/adience_folds/original_txt_files/fold_0_data.txt", "photos": "photos",
-    "detector": "models/yunet/yunet_s_640_640.onnx",
-}
+#: The bench's data options, whose defaults come from the shared folder when it is there.
+BENCH_DATA = ("peers", "utkface", "adience_sample", "adience_fold", "photos", "detector")
 
 
 def _shared(name: str) -> Path | None:
-    path = SHARED / DEFAULTS[name]
+    """The default ``name`` in the shared folder (:mod:`agegender.paths`), when it is there."""
+    path = default_path("adience_folds") / "original_txt_files" / "fold_0_data.txt" if name == "adience_fold" \
+        else default_path("yunet" if name == "detector" else name)
     return path if path.exists() else None
 
 
@@ -72,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.descriptor_weights and not args.accurate:
         raise UserError("--descriptor-weights is for --accurate")
-    for option in ("model", "int8", "descriptor_weights", *DEFAULTS):
+    for option in ("model", "int8", "descriptor_weights", *BENCH_DATA):
         path = getattr(args, option)
         if path is not None and not path.exists():
             raise UserError(f"--{option.replace('_', '-')}: {path} not found")

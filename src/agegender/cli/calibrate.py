@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "faces, scored on the other); a correction that does not help the held-out halves is not stored."))
     p.add_argument("model", type=Path, help="an `agegender export` ONNX file (rewritten in place)")
     p.add_argument("--data", choices=("utkface", "manifest"), default="utkface", help="data set (default utkface)")
-    p.add_argument("--root", help="UTKFace folder (default ../shared/data/UTKFace) or a CSV manifest")
+    p.add_argument("--root", help="UTKFace folder (default: the shared one, ../shared/data/UTKFace) or a CSV "
+                                  "manifest")
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="faces to fit on: the validation split of the leakage-safe split (default), or all the "
                         "faces of --root (a manifest of faces held out from training)")
@@ -33,11 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch", "onnx")
     from agegender.age_calibration import METADATA_KEY
+    from agegender.data.datasets import decode_split
     from agegender.evaluation.calibrate import fit_age_calibration
     from agegender.evaluation.evaluate import evaluation_records, load_evaluable, model_config
     from agegender.export import set_metadata
     from agegender.inference.onnx_model import ModelError
-    from agegender.training.data import decode_split
 
     if args.model.suffix.lower() != ".onnx":
         raise UserError(f"{args.model} is not an exported model: calibrate an .onnx file from `agegender export`")

@@ -1,10 +1,13 @@
-"""What every subcommand shares: the user-facing error type, the check for optional extras, and the accurate
-mode's options (predict and serve)."""
+"""What every subcommand shares: the user-facing error type, the check for optional extras, the accurate
+mode's options (predict and serve) and int8 quantisation (quantize and export)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
+
+from agegender.model_config import ModelConfig
 
 
 class UserError(Exception):
@@ -35,3 +38,25 @@ def add_accurate_options(p: argparse.ArgumentParser) -> None:
 def check_accurate_options(args: argparse.Namespace) -> None:
     if args.descriptor_weights and not args.accurate:
         raise UserError("--descriptor-weights is for --accurate")
+
+
+def add_quantization_options(p: argparse.ArgumentParser) -> None:
+    """The quantisation chips' source and number, as ``quantize`` and ``export --int8`` take them."""
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="UTKFace folder whose leakage-safe training split gives the quantisation chips (default: "
+                        "the shared UTKFace folder, ../shared/data/UTKFace)")
+    p.add_argument("--calibration-size", type=int, default=512, help="quantisation chips (default 512)")
+
+
+def write_int8(fp32: Path, output: Path, config: ModelConfig, root: Path | None, size: int) -> None:
+    """Quantise ``fp32`` into ``output`` with ``size`` chips from ``root``; report the file."""
+    from agegender.export import quantization_chips, quantize_int8
+
+    if size < 1:
+        raise UserError(f"--calibration-size must be at least 1, got {size}")
+    try:
+        chips = quantization_chips(config, size, root)
+    except FileNotFoundError as err:
+        raise UserError(f"quantisation chips: {err} (give --calibration, a UTKFace folder)") from err
+    quantize_int8(fp32, output, chips)
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB)")

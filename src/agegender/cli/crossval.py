@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    default="group", help=SCHEME_HELP)
     p.add_argument("--adience-images", help="Adience image folder (holding faces/ or aligned/): use the "
                                             "official folds instead of the config's data set")
-    p.add_argument("--adience-folds", default="../shared/data/adience_folds",
+    p.add_argument("--adience-folds", default=None,
                    help="folder holding Adience's fold_k_data.txt (default ../shared/data/adience_folds)")
     p.add_argument("--run-dir", help="output folder (default runs/crossval/<config>-<scheme>)")
     p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch")
     from agegender.data.adience import NUM_FOLDS
     from agegender.evaluation.crossval import adience_official_folds, dataset_folds, run_crossval
-    from agegender.evaluation.metrics import METRIC_LABELS, format_metric
+    from agegender.reporting.metrics import METRIC_LABELS, format_metric
     from agegender.training.config import load_config
 
     cfg, raw = load_config(args.config, args.set)

@@ -19,10 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agegender.data.cache import default_cache_dir
     from agegender.data.manifest import read_manifest, write_manifest
     from agegender.data.splits import kfold_records, load_or_make_splits, splits_folder
     from agegender.data.utkface import read_utkface
+    from agegender.paths import default_cache_dir
 
     if not args.root.exists():
         raise UserError(f"{args.root} does not exist")

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="utkface/manifest: part of the leakage-safe split (default test; all = every face)")
     p.add_argument("--folds", type=int, nargs="+", default=[0], metavar="K",
                    help="adience: official fold number(s) (default 0)")
-    p.add_argument("--adience-folds", default="../shared/data/adience_folds",
+    p.add_argument("--adience-folds", default=None,
                    help="adience: folder holding fold_k_data.txt (default ../shared/data/adience_folds)")
     p.add_argument("--tta", choices=TTA_CHOICES, default="none",
                    help="center crop (none), + mirror (flip), Levi-Hassner 10 crops (ten_crop), or all three")
@@ -41,10 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch")
-    from agegender.evaluation.evaluate import evaluate_to_reports, evaluation_records, load_evaluable, protocol_text
-    from agegender.evaluation.metrics import METRIC_LABELS, format_metric
-    from agegender.evaluation.runner import TTA_MODES
+    from agegender.evaluation.evaluate import evaluate_to_reports, evaluation_records, load_evaluable
     from agegender.inference.onnx_model import ModelError
+    from agegender.oversample import TTA_MODES
+    from agegender.reporting.metrics import METRIC_LABELS, format_metric
+    from agegender.reporting.report import protocol_text
 
     where = f"folds{'-'.join(map(str, args.folds))}" if args.data == "adience" else args.split
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.data}_{where}"

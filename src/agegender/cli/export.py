@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from agegender.cli.common import UserError, require_extra
-from agegender.cli.quantize import add_calibration_options, write_int8
+from agegender.cli.common import UserError, add_quantization_options, require_extra, write_int8
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", type=Path, help="JSON file of metrics to store in the model (e.g. the run's "
                                                 "test_flip/metrics.json)")
     p.add_argument("--int8", type=Path, help="also write a static int8 (QDQ) model here, calibrated on "
-                                             "--calibration chips (as `agegender quantize` does)")
-    add_calibration_options(p)
+                                             "chips from --calibration (as `agegender quantize` does)")
+    add_quantization_options(p)
     p.set_defaults(handler=run)
 
 

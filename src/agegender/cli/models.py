@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 def describe_lines(info: dict[str, Any]) -> list[str]:
     """``OnnxAgeGender.describe()`` as lines a person reads."""
     from agegender.age_calibration import AgeCalibration
-    from agegender.evaluation.metrics import METRIC_LABELS, format_metric
+    from agegender.reporting.metrics import METRIC_LABELS, format_metric
 
     cfg = info["config"]
     mean, std = (", ".join(f"{v:g}" for v in cfg[k]) for k in ("mean", "std"))

@@ -13,9 +13,8 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from agegender.cli.common import UserError, add_accurate_options, check_accurate_options
+from agegender.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 CSV_FIELDS = ("file", "frame", "track", "face", "x", "y", "w", "h", "score", "age", "age_low", "age_high",
               "age_group", "age_group_confidence", "gender", "gender_confidence", "error")
 
@@ -102,29 +101,28 @@ def _save(save_dir: Path, file: str, image: Any, faces: list, predictor: Any, fr
     import cv2
 
     from agegender.inference.align import align_face
+    from agegender.preprocess import CHIP_SIZE
 
     stem = Path(file).stem + (f"_{frame:06d}" if frame is not None else "")
     save_dir.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(save_dir / f"{stem}_annotated.jpg"), predictor.plot(image, faces))
     for i, face in enumerate(faces):
-        chip = align_face(image, face.landmarks, 200) if face.landmarks is not None else image
+        chip = align_face(image, face.landmarks, CHIP_SIZE) if face.landmarks is not None else image
         cv2.imwrite(str(save_dir / f"{stem}_face{i}.jpg"), chip)
 
 
 def run(args: argparse.Namespace) -> int:
+    from agegender.images import ImageError, load_image
     from agegender.inference.detector import WeightsError
-    from agegender.inference.images import ImageError, load_image
+    from agegender.inference.factory import load_model
     from agegender.inference.onnx_model import ModelError
     from agegender.inference.predictor import Predictor
     from agegender.inference.video import predict_video
 
     check_accurate_options(args)
     try:
-        model = args.model
-        if args.accurate:
-            from agegender.inference.descriptor import StackedAgeGender
-
-            model = StackedAgeGender(args.model, args.threads, args.descriptor_weights)
+        model = load_model(args.model, accurate=args.accurate, threads=args.threads,
+                           descriptor_weights=args.descriptor_weights)
         predictor = Predictor(model, detector=None if args.no_detect else (args.detector or "auto"),
                               threads=args.threads, flip=not args.no_flip)
     except (ModelError, WeightsError) as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from agegender.cli.common import UserError, add_accurate_options, check_accurate_options, require_extra
+from agegender.images import DEFAULT_MAX_PIXELS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                "(default: one per CPU, at most 4)")
     p.add_argument("--max-upload-mb", type=float, default=10.0,
                    help="largest upload in MiB, larger ones get 413 (default %(default)g)")
-    p.add_argument("--max-pixels", type=int, default=50_000_000,
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="largest width*height, checked before decoding (default %(default)d)")
     p.add_argument("--timeout", type=float, default=30.0,
                    help="seconds per request before 504 (default %(default)g)")

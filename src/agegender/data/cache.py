@@ -13,15 +13,9 @@ from tqdm import tqdm
 
 from agegender.data.records import FaceRecord
 from agegender.data.splits import dataset_key
-from agegender.inference.images import ImageError, load_image
+from agegender.images import ImageError, load_image
+from agegender.paths import default_cache_dir
 from agegender.preprocess import RESAMPLING, chip_to_rgb
-
-
-def default_cache_dir() -> Path:
-    """``$AGEGENDER_CACHE``, else ``$XDG_CACHE_HOME/agegender``, else ``~/.cache/agegender``."""
-    if "AGEGENDER_CACHE" in os.environ:
-        return Path(os.environ["AGEGENDER_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agegender"
 
 
 def cached_images(records: Sequence[FaceRecord], size: int, face_crop: float = 1.0,

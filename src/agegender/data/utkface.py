@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agegender.data.records import FaceRecord, ReadReport
-
-SUFFIXES = (".jpg", ".jpeg", ".png")
+from agegender.images import IMAGE_SUFFIXES
 
 
 def parse_utkface_name(name: str) -> tuple[int, int, int | None] | None:
@@ -37,7 +36,7 @@ def read_utkface(root: str | Path) -> tuple[list[FaceRecord], ReadReport]:
     report = ReadReport()
     records = []
     for path in sorted(root.iterdir()):
-        if not path.name.lower().endswith(SUFFIXES):
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         labels = parse_utkface_name(path.name)
         if labels is None:

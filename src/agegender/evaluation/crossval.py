@@ -30,13 +30,13 @@ from typing import Any
 import yaml
 
 from agegender.data.adience import NUM_FOLDS, read_adience
+from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.data.records import FaceRecord
 from agegender.data.splits import SPLITS, check_no_leakage, kfold_records, split_records
-from agegender.evaluation.metrics import summarize_folds
-from agegender.evaluation.report import write_report
-from agegender.evaluation.runner import TTA_TEXT
-from agegender.training.config import DataConfig, TrainConfig
-from agegender.training.data import dataset_splits
+from agegender.paths import default_path
+from agegender.reporting.metrics import summarize_folds
+from agegender.reporting.report import protocol_text, write_report
+from agegender.training.config import TrainConfig
 from agegender.training.engine import train
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,10 @@ def dataset_folds(cfg: DataConfig, k: int, progress: bool = True) -> list[list[F
     return kfold_records(_joined(splits[s] for s in SPLITS), k)
 
 
-def adience_official_folds(folds_dir: str | Path, image_root: str | Path) -> list[list[FaceRecord]]:
-    """Adience's five official subject-exclusive folds, the faces whose image is under ``image_root``."""
-    folds, report = read_adience(folds_dir, image_root)
+def adience_official_folds(folds_dir: str | Path | None, image_root: str | Path) -> list[list[FaceRecord]]:
+    """Adience's five official subject-exclusive folds (``folds_dir``, default: the shared fold files), the faces
+    whose image is under ``image_root``."""
+    folds, report = read_adience(default_path("adience_folds") if folds_dir is None else folds_dir, image_root)
     log.info("Adience: %s", report.summary())
     missing = [k for k in range(NUM_FOLDS) if not folds[k]]
     if missing:
@@ -134,9 +135,8 @@ def run_crossval(cfg: TrainConfig, raw: dict[str, Any], run_dir: str | Path,
     for tta, fold_metrics in per_tta.items():
         summaries[tta] = summarize_folds(fold_metrics)
         write_report(summaries[tta], run_dir / f"test_{tta}", title=f"{cfg.model}: {scheme} cross-validation",
-                     protocol=f"{scheme} scheme over {len(folds)} folds of {source}; {len(runs)} run(s), "
+                     protocol=protocol_text(f"{scheme} scheme over {len(folds)} folds of {source}; {len(runs)} run(s), "
                               f"train/val/test faces per run: {sizes} (before the config's train_limit "
                               f"and filter: {cfg.data.train_limit or 'none'}, {cfg.data.filter or 'none'}). "
-                              f"Each run is tested at its best epoch by {cfg.select}; test-time "
-                              f"augmentation: {TTA_TEXT[tta]}.")
+                              f"Each run is tested at its best epoch by {cfg.select}", tta))
     return summaries

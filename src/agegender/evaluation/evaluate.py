@@ -20,47 +20,44 @@ from torch import nn
 
 from agegender.age_calibration import AgeCalibration
 from agegender.data.adience import read_adience_fold
+from agegender.data.datasets import DataConfig, dataset_root, dataset_splits, decode_split
 from agegender.data.records import FaceRecord, ReadReport
 from agegender.data.splits import SPLITS
-from agegender.evaluation.metrics import compute_metrics
-from agegender.evaluation.report import write_report
-from agegender.evaluation.runner import TTA_MODES, TTA_TEXT, model_outputs
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.model_config import ModelConfig
 from agegender.outputs import Decoded, decode
+from agegender.oversample import TTA_MODES
+from agegender.paths import default_path
+from agegender.reporting.metrics import compute_metrics
+from agegender.reporting.report import protocol_text, write_report
 from agegender.training.batches import record_targets
 from agegender.training.checkpoint import load_model
-from agegender.training.config import DataConfig
-from agegender.training.data import dataset_splits, decode_split
+from agegender.training.forward import model_outputs
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("utkface", "adience", "manifest")
-DEFAULT_ADIENCE_FOLDS = "../shared/data/adience_folds"
 
 
-class OnnxModule(nn.Module):
-    """An exported model behind the torch interface ``runner.model_outputs`` drives (normalised N x 3 x S x S
-    in, output contract out), so checkpoints and exports share one evaluation path. The export normalises
-    inside its graph, so inputs are mapped back to 0..255 pixels first (exact up to float rounding)."""
+class ExportedModel(nn.Module):
+    """An ``agegender export`` file behind the torch interface :func:`~agegender.training.forward.model_outputs`
+    drives, so that checkpoints and exports share one evaluation path. The export normalises inside its graph, so
+    it takes RGB pixels on a 0..255 scale (``takes_pixels``) and outputs the contract's keys."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
+    takes_pixels = True
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.onnx = OnnxAgeGender(path)
         self.config = self.onnx.config
-        self.register_buffer("mean", torch.tensor(self.config.mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(self.config.std, dtype=torch.float32).view(1, 3, 1, 1))
 
     @property
     def age_calibration(self) -> AgeCalibration | None:
         return self.onnx.age_calibration
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        pixels = (x.float().cpu() * self.std + self.mean).contiguous().numpy()
-        return {key: torch.from_numpy(value) for key, value in self.onnx.raw(pixels).items()}
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        raw = self.onnx.raw(np.ascontiguousarray(pixels.float().cpu().numpy()))
+        return {key: torch.from_numpy(value) for key, value in raw.items()}
 
 
 def load_evaluable(path: str | Path) -> nn.Module:
@@ -69,7 +66,7 @@ def load_evaluable(path: str | Path) -> nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix.lower() == ".onnx":
-        return OnnxModule(path).eval()
+        return ExportedModel(path).eval()
     try:
         return load_model(path, "cuda" if torch.cuda.is_available() else "cpu")
     except (KeyError, RuntimeError, pickle.UnpicklingError) as err:
@@ -129,7 +126,7 @@ def _adience_fold_file(folds_dir: Path, fold: int) -> Path:
 
 
 def evaluation_records(data: str, root: str | None, split: str = "test", folds: Sequence[int] = (0,),
-                       adience_folds: str | Path = DEFAULT_ADIENCE_FOLDS, progress: bool = True
+                       adience_folds: str | Path | None = None, progress: bool = True
                        ) -> tuple[list[FaceRecord], str]:
     """The faces to evaluate on, and a sentence saying which they are.
 
@@ -139,7 +136,8 @@ def evaluation_records(data: str, root: str | None, split: str = "test", folds: 
         if root is None:
             raise ValueError("--data adience needs --root: the folder holding Adience's faces/ or aligned/")
         report = ReadReport()
-        files = [_adience_fold_file(Path(adience_folds), k) for k in folds]
+        folds_dir = Path(adience_folds) if adience_folds is not None else default_path("adience_folds")
+        files = [_adience_fold_file(folds_dir, k) for k in folds]
         records = [r for file in files for r in read_adience_fold(file, root, report)]
         if not records:
             raise ValueError(f"no Adience image of fold(s) {list(folds)} was found under {root}")
@@ -152,18 +150,12 @@ def evaluation_records(data: str, root: str | None, split: str = "test", folds: 
         raise ValueError("--data manifest needs --root: a CSV manifest (path, age or age_group, gender)")
     if split not in (*SPLITS, "all"):
         raise ValueError(f"unknown split {split!r}: use train, val, test or all")
-    # resolved: one spelling of the paths, so the split and image caches of training runs are reused
-    cfg = DataConfig(dataset=data, root=str(Path(root or DataConfig.root).resolve()))
+    cfg = DataConfig(dataset=data, root=root)
     splits = dataset_splits(cfg, progress)
     records = [r for name in (SPLITS if split == "all" else (split,)) for r in splits[name]]
     which = "every face" if split == "all" else f"the {split} split"
-    return records, (f"{data} {root or DataConfig.root}: {which} of the project's leakage-safe, deduplicated split "
+    return records, (f"{data} {dataset_root(cfg)}: {which} of the project's leakage-safe, deduplicated split "
                      f"({len(records)} faces; 8 age groups from ages by the gap policy)")
-
-
-def protocol_text(description: str, tta: str) -> str:
-    """A report's protocol: what was evaluated (``description``) and with which test-time augmentation."""
-    return f"{description}. Test-time augmentation: {TTA_TEXT[tta]}."
 
 
 def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord], description: str,

@@ -1,7 +1,7 @@
 """Five-point similarity alignment onto the geometry of UTKFace's 200x200 training chips.
 
 The landmark template (``chip_template.json``, next to this module) holds the median positions of
-YuNet's five landmarks on UTKFace chips, learned by ``benchmarks/learn_chip_template.py``. Aligning a
+YuNet's five landmarks on UTKFace chips, learned by ``scripts/build/learn_chip_template.py``. Aligning a
 face from any photo with :func:`align_face` therefore produces a chip framed like the training data:
 same scale, centre and roll.
 """
@@ -11,24 +11,20 @@ from __future__ import annotations
 import json
 import math
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-__all__ = ["TEMPLATE_SIZE", "align_face", "load_template", "similarity_matrix"]
+from agegender.artifacts import shipped_path
+from agegender.preprocess import CHIP_SIZE
 
-TEMPLATE_SIZE = 200
-"""Side of the chip frame the template points are expressed in (UTKFace chips are 200x200)."""
+__all__ = ["align_face", "load_template", "similarity_matrix"]
 
 
 @lru_cache(maxsize=4)
 def _read_template(path: str | None) -> np.ndarray:
-    if path is None:
-        text = resources.files(__package__).joinpath("chip_template.json").read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
+    text = Path(shipped_path("chip-template") if path is None else path).read_text(encoding="utf-8")
     points = np.asarray(json.loads(text)["points"], dtype=np.float32)
     if points.shape != (5, 2):
         raise ValueError(f"template {path or 'chip_template.json'} must hold 5 (x, y) points")
@@ -49,13 +45,13 @@ def _check_points(landmarks: np.ndarray, what: str) -> np.ndarray:
 
 
 def similarity_matrix(
-    landmarks: np.ndarray, size: int = TEMPLATE_SIZE, *, template: np.ndarray | None = None
+    landmarks: np.ndarray, size: int = CHIP_SIZE, *, template: np.ndarray | None = None
 ) -> np.ndarray:
     """2x3 similarity (rotation, uniform scale, translation) mapping ``landmarks`` onto the template
     scaled to a ``size`` x ``size`` chip, least squares over all five points."""
     src = _check_points(landmarks, "landmarks")
     dst = _check_points(load_template() if template is None else template, "template")
-    dst = dst * (size / TEMPLATE_SIZE)
+    dst = dst * (size / CHIP_SIZE)
     # A threshold no residual can reach keeps all points as inliers, so the refined model is the plain
     # least-squares fit (the default RANSAC would drop points and depend on random sampling).
     matrix, _ = cv2.estimateAffinePartial2D(src, dst, ransacReprojThreshold=1e9)
@@ -67,7 +63,7 @@ def similarity_matrix(
 def align_face(
     image_bgr: np.ndarray,
     landmarks: np.ndarray,
-    size: int = TEMPLATE_SIZE,
+    size: int = CHIP_SIZE,
     *,
     template: np.ndarray | None = None,
 ) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Face detection with five landmarks: OpenCV's YuNet (``cv2.FaceDetectorYN``), no torch needed.
 
 Weights are found by :func:`locate_weights`, in this order: an explicit ``model_path``, the environment
-variable ``AGEGENDER_YUNET``, the agegender cache (see ``agegender.inference.remote``), else a one-time
+variable ``AGEGENDER_YUNET``, the agegender cache (see ``agegender.artifacts``), else a one-time
 download of OpenCV Zoo's ``face_detection_yunet_2023mar.onnx`` into that cache, verified by sha256.
 """
 
@@ -11,12 +11,12 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
 
-from agegender.inference.remote import RemoteFile, WeightsError
+from agegender.artifacts import RemoteFile, WeightsError, artifact
 
 __all__ = [
     "YUNET_FILENAME",
@@ -29,16 +29,11 @@ __all__ = [
     "locate_weights",
 ]
 
-YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
-YUNET_URL = "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx"
-YUNET_SHA256 = "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
-ENV_VAR = "AGEGENDER_YUNET"
-
 LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
 """Landmark order (YuNet's). "Right" is the subject's right, i.e. the image-left side of a frontal face."""
 
-
-YUNET = RemoteFile("YuNet face detector", YUNET_FILENAME, YUNET_URL, YUNET_SHA256, ENV_VAR, "model_path")
+YUNET = cast(RemoteFile, artifact("yunet"))
+YUNET_FILENAME, YUNET_URL, YUNET_SHA256 = YUNET.filename, YUNET.url, YUNET.sha256
 
 
 def locate_weights(model_path: str | os.PathLike | None = None) -> Path:
@@ -125,7 +120,7 @@ class FaceDetector:
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         """Detect faces in a BGR ``uint8`` ``(H, W, 3)`` image; highest score first.
 
-        Use :func:`agegender.inference.images.load_image` to get such an array from a file or bytes.
+        Use :func:`agegender.images.load_image` to get such an array from a file or bytes.
         """
         if (
             not isinstance(image_bgr, np.ndarray)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +12,13 @@ import numpy as np
 import onnxruntime as ort
 
 from agegender.age_calibration import AgeCalibration
+from agegender.artifacts import DEFAULT_MODEL, SHIPPED_MODELS, WeightsError, shipped_path
 from agegender.model_config import ModelConfig
 from agegender.outputs import Decoded, decode
 from agegender.preprocess import chips_to_input
 
+#: Prefix of every metadata entry agegender writes into an ONNX file (read here, written by ``agegender.export``).
 META_PREFIX = "agegender."
-#: The models inside the package, by name: the flagship in float32 and its static int8 variant (the same
-#: accuracy on the test split, about 30% less time per face; see the model card).
-SHIPPED_MODELS = {"flagship-int8": "flagship_int8.onnx", "flagship": "flagship.onnx"}
-DEFAULT_MODEL = "flagship-int8"
 
 
 class ModelError(RuntimeError):
@@ -29,17 +26,18 @@ class ModelError(RuntimeError):
 
 
 def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
-    """Path of a model that ships inside the package (:data:`SHIPPED_MODELS`)."""
+    """Path of a model that ships inside the package (:data:`agegender.artifacts.SHIPPED_MODELS`)."""
     if name not in SHIPPED_MODELS:
         raise ModelError(f"no shipped model {name!r}: choose one of {', '.join(SHIPPED_MODELS)}, or give a path")
-    path = Path(str(resources.files("agegender") / "weights" / SHIPPED_MODELS[name]))
-    if not path.is_file():
-        raise ModelError(f"the shipped model {path} is missing: reinstall agegender, or pass a model path")
-    return path
+    try:
+        return shipped_path(name)
+    except WeightsError as err:
+        raise ModelError(f"{err}, or pass a model path") from err
 
 
 def model_path(model: str | Path | None) -> Path:
-    """A model given as a shipped name (:data:`SHIPPED_MODELS`), an existing file, or ``None`` for the default.
+    """A model given as a shipped name (:data:`agegender.artifacts.SHIPPED_MODELS`), an existing file, or
+    ``None`` for the default.
 
     >>> model_path(None).name, model_path("flagship").name
     ('flagship_int8.onnx', 'flagship.onnx')
@@ -60,7 +58,7 @@ def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
     Its worker threads sleep when idle instead of spinning: a spinning pool keeps the cores busy after each run
     and slows whatever runs next on them (YuNet's detection, dlib's network, the next session). On the 2-core
     development machine a 7-face photo went from 16.8 to 11.3 ms end to end, for 0.3 ms more per face when chips
-    alone are predicted one at a time (``python benchmarks/ort_spinning.py --accurate`` measures the trade)."""
+    alone are predicted one at a time (``python scripts/measure/ort_spinning.py --accurate`` measures the trade)."""
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     options = ort.SessionOptions()
@@ -109,7 +107,7 @@ class OnnxAgeGender:
         pixels = chips_to_input(list(chips_bgr), self.config)
         if not flip:
             return self.raw(pixels)
-        from agegender.evaluation.oversample import flip_average
+        from agegender.oversample import flip_average
 
         both = self.raw(np.concatenate([pixels, pixels[..., ::-1]]))
         n = len(pixels)

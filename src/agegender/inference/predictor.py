@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
+from agegender.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from agegender.inference.align import align_face
 from agegender.inference.detector import Detection, FaceDetector
-from agegender.inference.images import ImageSource, load_image
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
 from agegender.inference.results import Face, plot
 from agegender.labels import AGE_GROUPS, GENDERS
 from agegender.outputs import AGE_KEYS, GENDER_KEYS, Decoded
+from agegender.preprocess import CHIP_SIZE
 
-CHIP_SIZE = 200  # UTKFace chip geometry the models were trained on
 _AUTO = "auto"
 
 
@@ -34,7 +34,7 @@ class Predictor:
 
     def __init__(self, model: str | Path | OnnxAgeGender | None = None,
                  detector: FaceDetector | str | None = _AUTO, threads: int | None = None,
-                 flip: bool = True, max_pixels: int = 50_000_000) -> None:
+                 flip: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.model = model if isinstance(model, OnnxAgeGender) else OnnxAgeGender(model, threads=threads)
         outputs = set(self.model.config.outputs)
         if not (outputs & AGE_KEYS and outputs & GENDER_KEYS):

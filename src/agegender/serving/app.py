@@ -20,11 +20,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agegender import __version__
-from agegender.inference.images import ImageError
+from agegender.images import ImageError
 from agegender.serving.batching import QueueFullError
 from agegender.serving.service import InferenceService
 from agegender.serving.settings import MIB, ServeSettings
+from agegender.version import __version__
 
 STATIC_DIR = Path(__file__).parent / "static"
 MULTIPART_ALLOWANCE = 64 * 1024

@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from agegender.inference.descriptor import StackedAgeGender
+from agegender.images import ImageError, load_image
 from agegender.inference.detector import FaceDetector
-from agegender.inference.images import ImageError, load_image
+from agegender.inference.factory import load_model
 from agegender.inference.onnx_model import OnnxAgeGender
-from agegender.inference.predictor import CHIP_SIZE, Predictor
+from agegender.inference.predictor import Predictor
 from agegender.inference.results import Face
+from agegender.preprocess import CHIP_SIZE
 from agegender.serving.batching import BatchStats, MicroBatcher
 from agegender.serving.settings import ServeSettings
 
@@ -43,9 +44,8 @@ class InferenceService:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         threads = settings.thread_count
-        self._model = model = (
-            StackedAgeGender(settings.model, threads, settings.descriptor_weights) if settings.accurate
-            else OnnxAgeGender(settings.model, threads=threads))
+        self._model = model = load_model(settings.model, accurate=settings.accurate, threads=threads,
+                                         descriptor_weights=settings.descriptor_weights)
         self._detector = detector = FaceDetector(settings.detector)
         # One predictor per flip setting, sharing the model and the detector.
         self._predictors = {flip: Predictor(model, detector, flip=flip, max_pixels=settings.max_pixels)

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 
-from agegender.inference.images import DEFAULT_MAX_PIXELS
+from agegender.images import DEFAULT_MAX_PIXELS
 
 ENV_VAR = "AGEGENDER_SERVE_SETTINGS"
 MIB = 1 << 20

@@ -10,7 +10,7 @@ import torch
 from agegender.data.augment import AugmentConfig, augment_batch
 from agegender.data.records import FaceRecord
 from agegender.model_config import ModelConfig
-from agegender.preprocess import center_crop
+from agegender.preprocess import center_crop, normalization
 
 Targets = dict[str, torch.Tensor]
 
@@ -26,10 +26,9 @@ def record_targets(records: Sequence[FaceRecord]) -> dict[str, np.ndarray]:
 
 def normalize(batch_nhwc: np.ndarray, config: ModelConfig) -> torch.Tensor:
     """N x H x W x 3 RGB 0..255 -> normalised N x 3 x H x W float tensor in channels-last memory."""
+    mean, std = normalization(config)
     x = torch.from_numpy(np.ascontiguousarray(batch_nhwc, dtype=np.float32))
-    mean = torch.tensor(config.mean, dtype=torch.float32)
-    std = torch.tensor(config.std, dtype=torch.float32)
-    return ((x - mean) / std).permute(0, 3, 1, 2)
+    return ((x - torch.from_numpy(mean)) / torch.from_numpy(std)).permute(0, 3, 1, 2)
 
 
 class Batches:

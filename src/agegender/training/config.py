@@ -10,18 +10,9 @@ from typing import Any
 import yaml
 
 from agegender.data.augment import AugmentConfig
+from agegender.data.datasets import DataConfig
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
 from agegender.training.losses import LossSpec, scheduled_weight
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "utkface"  # utkface | manifest
-    root: str = "../shared/data/UTKFace"  # folder (utkface) or CSV (manifest); relative to the working directory
-    splits_dir: str | None = None  # where split manifests are written (default: the cache folder)
-    train_limit: int | None = None  # train on a fixed sample of N faces (validate and test on N/8): budgets
-    filter: dict[str, str] = field(default_factory=dict)  # keep only e.g. {gender: male} or {age_group: 0-2}
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -51,7 +42,7 @@ class DistillConfig:
     flip: bool = False  # the teacher's outputs are averaged with those for the mirrored batch
     runtime: str = "auto"  # where the teacher runs: auto (ONNX Runtime on a CPU, else PyTorch) | torch | onnx
     # instead of a teacher model: its outputs stored beforehand, one row per training image (an .npz written by
-    # agegender.training.distill.save_stored_outputs, e.g. by tools/descriptor_teacher.py)
+    # agegender.training.distill.save_stored_outputs, e.g. by scripts/build/descriptor_teacher.py)
     stored: str | None = None
     # weight of each distilled head (an output name such as descriptor or gender_logit) inside the distillation
     # term: a number or [epoch, weight] knots, linear between them (default 1 for every head)

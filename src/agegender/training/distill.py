@@ -6,7 +6,7 @@ size, so a high-resolution student can learn from low-resolution teachers. On a 
 Runtime, where its forward pass takes about half the time it takes in eager PyTorch.
 
 Outputs of several models or views are averaged the way test-time oversampling averages them
-(``agegender.evaluation.oversample.average_outputs``): probabilities, turned back into logits.
+(``agegender.oversample.average_outputs``): probabilities, turned back into logits.
 
 A teacher too slow to run on every batch (or one that is not a network of ours, such as a head on face
 descriptors) can be given as its outputs stored beforehand, one row per training image (:class:`StoredOutputs`).
@@ -24,11 +24,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from agegender.data.records import FaceRecord
-from agegender.evaluation.oversample import average_outputs
 from agegender.export import INPUT_NAME, write_graph
 from agegender.inference.onnx_model import ort_session
 from agegender.model_config import ModelConfig
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
+from agegender.oversample import average_outputs
 from agegender.training.checkpoint import load_model, run_checkpoint
 
 RUNTIMES = ("auto", "torch", "onnx")

@@ -24,18 +24,19 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from agegender.evaluation.metrics import compute_metrics
-from agegender.evaluation.runner import TTA_TEXT, model_outputs
+from agegender.data.datasets import SplitData, SplitRecords, load_splits
 from agegender.models import create_model
 from agegender.models.freezing import freeze_all_but_last, unfreeze_last
 from agegender.models.layers import start_age_at
 from agegender.outputs import decode
+from agegender.reporting.metrics import compute_metrics
+from agegender.reporting.report import protocol_text, write_report
 from agegender.training.batches import Batches, record_targets
 from agegender.training.checkpoint import init_from, save_atomic
 from agegender.training.config import TrainConfig
-from agegender.training.data import SplitData, SplitRecords, load_splits
 from agegender.training.distill import StoredOutputs, Teacher
 from agegender.training.distributed import Distributed
+from agegender.training.forward import model_outputs
 from agegender.training.losses import distillation_loss, multitask_loss
 from agegender.training.optim import Schedule, build_optimizer
 
@@ -233,7 +234,7 @@ class Trainer:
             writer.writeheader()
             writer.writerows(self.history)
         os.replace(tmp, path)
-        from agegender.evaluation.plots import plot_learning_curves
+        from agegender.reporting.plots import plot_learning_curves
 
         plot_learning_curves(path, self.run_dir / "curves.png")
 
@@ -244,17 +245,14 @@ class Trainer:
             return results
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
-        from agegender.evaluation.report import write_report
-
         for tta in ("none", "flip"):
             ev = evaluate_split(self.model, self.data["test"], self.cfg, best["epoch"], tta=tta,
                                 device=self.device)
             results[tta] = ev["summary"]
             write_report(ev["metrics"], self.run_dir / f"test_{tta}", title=f"{self.cfg.model}: test split",
-                         protocol=f"{self.cfg.data.dataset}: the run's test split "
+                         protocol=protocol_text(f"{self.cfg.data.dataset}: the run's test split "
                                   f"({len(self.data['test'].records)} held-out faces), the best epoch "
-                                  f"({best['epoch']}) by {self.cfg.select}. Test-time augmentation: "
-                                  f"{TTA_TEXT[tta]}.")
+                                  f"({best['epoch']}) by {self.cfg.select}", tta))
         (self.run_dir / "summary.yaml").write_text(yaml.safe_dump(
             {"model": self.cfg.model, "best_epoch": best["epoch"], "epochs_run": self.epoch,
              "train_seconds": float(sum(r["seconds"] for r in self.history)), "test": results}, sort_keys=False))

@@ -6,23 +6,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from agegender.evaluation.oversample import average_crops, flip_average, ten_crops
 from agegender.model_config import ModelConfig
+from agegender.oversample import TTA_MODES, average_crops, flip_average, ten_crops
 from agegender.preprocess import center_crop
 from agegender.training.batches import normalize
-
-TTA_MODES = ("none", "flip", "ten_crop")
-#: How each test-time augmentation mode is described in reports.
-TTA_TEXT = {
-    "none": "center crop",
-    "flip": "center crop and its mirror, averaged",
-    "ten_crop": "10 crops (4 corners and center, and their mirrors), averaged (Levi & Hassner)",
-}
 
 
 @torch.no_grad()
 def _forward(model: nn.Module, pixels: np.ndarray, config: ModelConfig, device: str) -> dict[str, np.ndarray]:
-    x = normalize(pixels, config).to(device).contiguous(memory_format=torch.channels_last)
+    """The model's outputs for N x S x S x 3 RGB uint8 crops: normalised as the config says, unless the model
+    declares ``takes_pixels`` (an export, which normalises inside its graph)."""
+    if getattr(model, "takes_pixels", False):
+        x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32))
+    else:
+        x = normalize(pixels, config).to(device).contiguous(memory_format=torch.channels_last)
     return {k: v.float().cpu().numpy() for k, v in model(x).items()}
 
 

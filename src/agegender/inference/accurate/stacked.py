@@ -2,14 +2,14 @@
 
 dlib's ResNet face descriptor (``dlib_face_recognition_resnet_model_v1.dat``, CC0; trained to tell about 7,500
 people apart, never on age or gender labels) describes an aligned face by 128 numbers. A small head trained by
-our code on those numbers (``weights/descriptor_head.onnx``, made by ``tools/descriptor_teacher.py
+our code on those numbers (``weights/descriptor_head.onnx``, made by ``scripts/build/descriptor_teacher.py
 --export-head``) predicts the age distribution and P(female); its probabilities are averaged with the flagship's,
 with per-output weights chosen on the validation split and stored in the head's file.
 
 The dlib network is not shipped: its weights are found by :func:`locate_dlib_resnet` (an explicit path,
 ``$AGEGENDER_DLIB_RESNET``, an installed face_recognition_models package, the cache, else a download from
 dlib-models checked by sha256) and converted once into an ONNX file in the cache
-by :mod:`agegender.inference.dlib_resnet` (needs the ``onnx`` package: the ``accurate`` extra). It costs far
+by :mod:`agegender.inference.accurate.dlib_format` (needs the ``onnx`` package: the ``accurate`` extra). It costs far
 more than the flagship per face; the figures are in the model card.
 """
 
@@ -18,28 +18,23 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
 
 from agegender.age_calibration import AgeCalibration
-from agegender.data.cache import default_cache_dir
-from agegender.evaluation.oversample import average_outputs
-from agegender.inference.align import TEMPLATE_SIZE, load_template
-from agegender.inference.dlib_resnet import installed_model_path, read_dlib_resnet, to_onnx
+from agegender.artifacts import RemoteFile, WeightsError, artifact, sha256_of, shipped_path
+from agegender.inference.accurate.dlib_format import installed_model_path, read_dlib_resnet
+from agegender.inference.accurate.onnx_graph import to_onnx
+from agegender.inference.align import load_template
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender, agegender_metadata, ort_session
-from agegender.inference.remote import RemoteFile, WeightsError, sha256_of
-from agegender.preprocess import resize_square
+from agegender.oversample import average_outputs
+from agegender.paths import default_cache_dir
+from agegender.preprocess import CHIP_SIZE, resize_square
 
-DLIB_RESNET = RemoteFile(
-    "dlib face-recognition ResNet", "dlib_face_recognition_resnet_model_v1.dat",
-    "https://github.com/davisking/dlib-models/raw/master/dlib_face_recognition_resnet_model_v1.dat.bz2",
-    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", "AGEGENDER_DLIB_RESNET",
-    "descriptor_weights", compression="bz2")
-HEAD_MODEL = "descriptor_head.onnx"
+DLIB_RESNET = cast(RemoteFile, artifact("dlib-resnet"))
 
 #: dlib's mean face (five landmarks, image-left eye first) in its unit template box, and the chip the
 #: descriptor network expects: ``dlib.get_face_chip(img, shape, size=150, padding=0.25)``.
@@ -58,8 +53,8 @@ def chip_transform() -> np.ndarray:
 
 def descriptor_chip(chip_bgr: np.ndarray, matrix: np.ndarray | None = None) -> np.ndarray:
     """Our aligned BGR chip (any size, resized to 200 px) as dlib's 150 px RGB descriptor chip."""
-    if chip_bgr.shape[:2] != (TEMPLATE_SIZE, TEMPLATE_SIZE):
-        chip_bgr = resize_square(chip_bgr, TEMPLATE_SIZE)
+    if chip_bgr.shape[:2] != (CHIP_SIZE, CHIP_SIZE):
+        chip_bgr = resize_square(chip_bgr, CHIP_SIZE)
     chip = cv2.warpAffine(chip_bgr, chip_transform() if matrix is None else matrix,
                           (DESCRIPTOR_CHIP_SIZE, DESCRIPTOR_CHIP_SIZE), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
@@ -102,13 +97,6 @@ def descriptor_network(weights: str | os.PathLike | None = None) -> Path:
     return target
 
 
-def shipped_head_path() -> Path:
-    path = Path(str(resources.files("agegender") / "weights" / HEAD_MODEL))
-    if not path.is_file():
-        raise ModelError(f"the shipped descriptor head {path} is missing: reinstall agegender, or pass head=...")
-    return path
-
-
 class StackedAgeGender(OnnxAgeGender):
     """The accurate mode: an ``agegender export`` model (default: the shipped float32 flagship, with which the
     head's weights were chosen and its metrics measured) whose probabilities are averaged with those of a head
@@ -117,13 +105,13 @@ class StackedAgeGender(OnnxAgeGender):
     def __init__(self, path: str | Path | None = None, threads: int | None = None,
                  descriptor_weights: str | os.PathLike | None = None, head: str | Path | None = None) -> None:
         super().__init__("flagship" if path is None else path, threads)
-        self.head_path = Path(head) if head else shipped_head_path()
+        self.head_path = Path(head) if head else shipped_path("descriptor-head")
         self.head = ort_session(self.head_path, threads)
         self.head_outputs = [o.name for o in self.head.get_outputs()]
         meta = agegender_metadata(self.head)
         if "stack_weights" not in meta:
             raise ModelError(f"{self.head_path} is not a descriptor head: export it with "
-                             "`python tools/descriptor_teacher.py ... --export-head`")
+                             "`python scripts/build/descriptor_teacher.py ... --export-head`")
         self.weights: dict[str, float] = json.loads(meta["stack_weights"])
         self.metrics = json.loads(meta.get("metrics", "{}"))
         # the stack's own correction, if its head carries one: the flagship's was fitted to the flagship alone

@@ -1,11 +1,11 @@
-"""The reproduction suite: train (or resume) every seed experiment of ``benchmarks/reproduce.yaml`` within its
+"""The reproduction suite: train (or resume) every seed experiment of ``scripts/measure/reproduce.yaml`` within its
 CPU budget, evaluate each on the UTKFace test split, and write ``docs/results.md``: the papers' figures beside
 ours, our protocol, the training time, and which of the papers' claims our numbers support.
 
-    python benchmarks/reproduce.py                    # the default suite: about 3 hours on 2 CPU cores
-    python benchmarks/reproduce.py --no-train         # evaluate finished runs, rewrite docs/results.md
-    python benchmarks/reproduce.py --include model_b  # add optional runs
-    python benchmarks/reproduce.py --full --runs-dir /data/repro-full  # the papers' recipes (a GPU)
+    python scripts/measure/reproduce.py                    # the default suite: about 3 hours on 2 CPU cores
+    python scripts/measure/reproduce.py --no-train         # evaluate finished runs, rewrite docs/results.md
+    python scripts/measure/reproduce.py --include model_b  # add optional runs
+    python scripts/measure/reproduce.py --full --runs-dir /data/repro-full  # the papers' recipes (a GPU)
 
 Runs live in ``--runs-dir`` (default ``../runs/repro`` beside the repository, ``../runs/repro-full`` with
 ``--full``), one folder per run: a finished run (``summary.yaml``) is reused, an interrupted one resumes, a
@@ -38,22 +38,23 @@ import torch
 import yaml
 from torch import nn
 
+from agegender.data.datasets import DataConfig, dataset_splits, decode_split
 from agegender.data.records import FaceRecord
 from agegender.evaluation.compare import BOOTSTRAP_SAMPLES, COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config, predict_faces
-from agegender.evaluation.metrics import METRIC_LABELS, format_metric
-from agegender.evaluation.report import write_report
-from agegender.evaluation.runner import TTA_MODES, TTA_TEXT
 from agegender.models import get_config
 from agegender.models.chained import ChainedPredictor
-from agegender.training.config import DataConfig, load_config, read_raw_config
-from agegender.training.data import dataset_splits, decode_split
+from agegender.oversample import TTA_MODES
+from agegender.paths import default_path
+from agegender.reporting.metrics import METRIC_LABELS, format_metric
+from agegender.reporting.report import protocol_text, write_report
+from agegender.training.config import load_config, read_raw_config
 from agegender.training.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE_FILE = Path(__file__).with_name("reproduce.yaml")
 DEFAULT_RUNS = REPO.parent / "runs" / "repro"
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "UTKFace"
+DEFAULT_DATA = default_path("utkface")
 DEFAULT_OUT = REPO / "docs" / "results.md"
 NOT_RUN = "not run"
 
@@ -120,7 +121,7 @@ class Context:
     failures: dict[str, str] = field(default_factory=dict)  # run -> error of its last attempt
     row_errors: dict[str, str] = field(default_factory=dict)  # row -> why its evaluation failed
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> its config without the budget
-    command: str = "python benchmarks/reproduce.py"
+    command: str = "python scripts/measure/reproduce.py"
     commit: str = "unknown"
     date: str = field(default_factory=lambda: datetime.date.today().isoformat())
 
@@ -221,7 +222,7 @@ def evaluate_row(row: Row, runs_dir: Path, records: Sequence[FaceRecord], descri
         data = decode_split(records, model_config(model), progress)
         decoded = predict_faces(model, data.images, row.tta)
         write_report(face_metrics(data.records, decoded), out, title=row.title,
-                     protocol=f"{description}; {TTA_TEXT[row.tta]}; runs {', '.join(row.runs)} in {runs_dir}")
+                     protocol=protocol_text(f"{description}; runs {', '.join(row.runs)} in {runs_dir}", row.tta))
         np.savez_compressed(faces_file, **face_arrays(data.records, decoded))
     seconds = sum(yaml.safe_load((d / "summary.yaml").read_text())["train_seconds"] for d in run_dirs)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -410,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures={p.name.removesuffix(".failed.txt"): p.read_text().strip()
                   for p in args.runs_dir.glob("*.failed.txt")},
         recipes={n: read_raw_config(REPO / r.config) for n, r in suite.runs.items()},
-        command=" ".join(["python benchmarks/reproduce.py", *(sys.argv[1:] if argv is None else argv)]),
+        command=" ".join(["python scripts/measure/reproduce.py", *(sys.argv[1:] if argv is None else argv)]),
         commit=_git_commit())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render_results(suite, results, context))

@@ -25,6 +25,13 @@ from agegender.preprocess import center_crop
 
 CROP_ORDER = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
 TEN_CROP_ORDER = CROP_ORDER + tuple(f"{name}_mirrored" for name in CROP_ORDER)
+TTA_MODES = ("none", "flip", "ten_crop")
+#: How each test-time augmentation mode is described in reports.
+TTA_TEXT = {
+    "none": "center crop",
+    "flip": "center crop and its mirror, averaged",
+    "ten_crop": "10 crops (4 corners and center, and their mirrors), averaged (Levi & Hassner)",
+}
 
 #: How each output key is averaged over crops: probabilities of softmax / sigmoid heads, regression as is.
 AVERAGING = {

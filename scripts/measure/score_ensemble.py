@@ -4,7 +4,7 @@ Every model (checkpoint or exported ONNX; all must share the input config) predi
 split with the chosen test-time augmentation; the ensemble averages their outputs as test-time oversampling
 does (probabilities, turned back into logits). Example, the v4 teacher of
 ``docs/flagship/experiments/v4_warm_ensemble``:
-``python benchmarks/score_ensemble.py V2.onnx src/agegender/weights/flagship.onnx --split val --tta flip``.
+``python scripts/measure/score_ensemble.py V2.onnx src/agegender/weights/flagship.onnx --split val --tta flip``.
 Ages are the networks' own decodes, before any age calibration a file carries (a correction belongs to one
 model, not to an average), so a calibrated file scores here as it did before ``agegender calibrate``.
 """
@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agegender.data.datasets import DataConfig, dataset_splits, decode_split
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config
-from agegender.evaluation.oversample import average_outputs
-from agegender.evaluation.runner import TTA_MODES, model_outputs
 from agegender.outputs import decode
-from agegender.training.config import DataConfig
-from agegender.training.data import dataset_splits, decode_split
+from agegender.oversample import TTA_MODES, average_outputs
+from agegender.training.forward import model_outputs
 
 FIGURES = {"age_mae": ("MAE", 1.0, "{:.3f}"), "gender_accuracy": ("gender", 100.0, "{:.2f}%"),
            "group_exact": ("group exact", 100.0, "{:.2f}%")}
@@ -33,7 +32,7 @@ def row(name: str, metrics: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", type=Path, nargs="+", help="checkpoints (.pt) or exported models (.onnx)")
-    parser.add_argument("--root", default="../shared/data/UTKFace", help="UTKFace folder")
+    parser.add_argument("--root", help="UTKFace folder (default: the shared one)")
     parser.add_argument("--split", default="val", choices=("test", "val"))
     parser.add_argument("--tta", default="none", choices=TTA_MODES)
     args = parser.parse_args()

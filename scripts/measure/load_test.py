@@ -5,7 +5,7 @@ Each request uploads one of the sample photos to ``POST /v1/predict``. Prints th
 errors, latency percentiles, throughput and the mean batch size the server reported; exits 1 on any error.
 
     agegender serve --model MODEL.onnx --detector YUNET.onnx --port 8000 &
-    python benchmarks/load_test.py --url http://127.0.0.1:8000 --clients 50 --requests 400
+    python scripts/measure/load_test.py --url http://127.0.0.1:8000 --clients 50 --requests 400
 
 Only loopback addresses are accepted: this is not a tool for loading other people's servers.
 """
@@ -26,7 +26,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-DEFAULT_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "photos"
+from agegender.paths import default_path
+
+DEFAULT_PHOTOS = default_path("photos")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 WARM_UP_REQUESTS = 3
 

@@ -21,13 +21,19 @@ from typing import TypeAlias
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ImageError", "ImageSource", "load_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ImageError", "ImageSource", "load_image"]
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Default upper bound on width * height (50 megapixels)."""
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 """Pillow format names :func:`load_image` will decode."""
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm",
+                            ".pgm"})
+"""File name endings taken for images when a folder is read."""
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+"""File name endings taken for videos (decoded by OpenCV, not by :func:`load_image`)."""
 
 ImageSource: TypeAlias = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
 

@@ -1,9 +1,10 @@
-"""Weights that are not shipped in the package: found on disk or fetched once into the user cache, verified.
+"""Every artifact the package ships or fetches, in one table (:data:`ARTIFACTS`), and how each is found.
 
-A :class:`RemoteFile` is looked for in this order: an explicit path, its environment variable, the agegender
-cache (``$AGEGENDER_CACHE``, else ``$XDG_CACHE_HOME/agegender/``, else ``~/.cache/agegender/``), else a one-time
-download into that cache, checked against its sha256 (of the file as stored, after decompression when the
-download is compressed) and renamed into place only when whole.
+A :class:`ShippedFile` lives inside the installed package; the tests check it against its sha256. A
+:class:`RemoteFile` (weights that are not shipped) is looked for in this order: an explicit path, its environment
+variable, the agegender cache (``$AGEGENDER_CACHE``, else ``$XDG_CACHE_HOME/agegender/``, else
+``~/.cache/agegender/``), else a one-time download into that cache, checked against its sha256 (of the file as
+stored, after decompression when the download is compressed) and renamed into place only when whole.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-from agegender.data.cache import default_cache_dir
+from agegender.paths import default_cache_dir
+
+__all__ = ["ARTIFACTS", "DEFAULT_MODEL", "SHIPPED_MODELS", "RemoteFile", "ShippedFile", "WeightsError", "artifact",
+           "sha256_of", "shipped_path"]
 
 _DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -44,7 +49,7 @@ class RemoteFile:
     >>> f.locate("/nowhere/t.bin")
     Traceback (most recent call last):
     ...
-    agegender.inference.remote.WeightsError: a test file not found: path='/nowhere/t.bin' is not a file.
+    agegender.artifacts.WeightsError: a test file not found: path='/nowhere/t.bin' is not a file.
     """
 
     what: str
@@ -102,3 +107,67 @@ class RemoteFile:
         finally:
             tmp.unlink(missing_ok=True)
         return target
+
+
+@dataclass(frozen=True)
+class ShippedFile:
+    """A file inside the installed package: what it is, its path relative to the package, its sha256."""
+
+    what: str
+    filename: str
+    sha256: str
+
+    def locate(self) -> Path:
+        """The installed file; :class:`WeightsError` when the installation lacks it."""
+        path = Path(str(resources.files("agegender").joinpath(self.filename)))
+        if not path.is_file():
+            raise WeightsError(f"the {self.what} ({path}) is missing: reinstall agegender")
+        return path
+
+
+#: Every artifact by name: the shipped models and files, and the weights fetched on first use.
+ARTIFACTS: dict[str, ShippedFile | RemoteFile] = {
+    "flagship-int8": ShippedFile(
+        "flagship, static int8 (the default model)", "weights/flagship_int8.onnx",
+        "8e4dccb440f82e6de59d3b5dacf7383653cdefef4ec0b2240312de1227f933cd"),
+    "flagship": ShippedFile(
+        "flagship, float32", "weights/flagship.onnx",
+        "000283f54ae1ee1b64f7a5735bc72335711714c60a033be7c0cd2327ff065506"),
+    "descriptor-head": ShippedFile(
+        "accurate mode's head on dlib face descriptors", "weights/descriptor_head.onnx",
+        "65099138bb93255e9af259560c64d3e8a8acf98353bc51ac430ddc2ac4c74145"),
+    "chip-template": ShippedFile(
+        "five-landmark template of the UTKFace chips", "inference/chip_template.json",
+        "4670322cd0efc52eb56c44251699b197f35d0a554525a4246958703594993a0f"),
+    "yunet": RemoteFile(
+        "YuNet face detector", "face_detection_yunet_2023mar.onnx",
+        "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx",
+        "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4", "AGEGENDER_YUNET", "model_path"),
+    "dlib-resnet": RemoteFile(
+        "dlib face-recognition ResNet", "dlib_face_recognition_resnet_model_v1.dat",
+        "https://github.com/davisking/dlib-models/raw/master/dlib_face_recognition_resnet_model_v1.dat.bz2",
+        "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", "AGEGENDER_DLIB_RESNET",
+        "descriptor_weights", compression="bz2"),
+}
+#: The age-and-gender models that ship, by the name the CLI, the API and the service take.
+SHIPPED_MODELS = ("flagship-int8", "flagship")
+DEFAULT_MODEL = "flagship-int8"
+
+
+def artifact(name: str) -> ShippedFile | RemoteFile:
+    """The table's entry ``name``.
+
+    >>> artifact("flagship").filename
+    'weights/flagship.onnx'
+    """
+    if name not in ARTIFACTS:
+        raise KeyError(f"no artifact {name!r}; known: {', '.join(ARTIFACTS)}")
+    return ARTIFACTS[name]
+
+
+def shipped_path(name: str) -> Path:
+    """The installed path of the shipped file ``name``."""
+    entry = artifact(name)
+    if not isinstance(entry, ShippedFile):
+        raise KeyError(f"{name!r} is not shipped with the package: it is fetched on first use")
+    return entry.locate()

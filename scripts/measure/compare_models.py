@@ -3,7 +3,7 @@
 Both models (checkpoints or exported ONNX) predict every face of the split; for each figure the per-face
 differences are resampled (`agegender.evaluation.compare`, as `reproduce.py` judges the papers' claims) and the
 mean with its 95% interval is printed. Example:
-``python benchmarks/compare_models.py src/agegender/weights/flagship.onnx OLD.onnx``.
+``python scripts/measure/compare_models.py src/agegender/weights/flagship.onnx OLD.onnx``.
 """
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agegender.data.datasets import DataConfig, dataset_splits, decode_split
 from agegender.evaluation.compare import COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import load_evaluable, model_config, predict_faces
-from agegender.evaluation.runner import TTA_MODES
-from agegender.training.config import DataConfig
-from agegender.training.data import dataset_splits, decode_split
+from agegender.oversample import TTA_MODES
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="model A (.pt or .onnx)")
     parser.add_argument("b", type=Path, help="model B (.pt or .onnx)")
-    parser.add_argument("--root", default="../shared/data/UTKFace", help="UTKFace folder")
+    parser.add_argument("--root", help="UTKFace folder (default: the shared one)")
     parser.add_argument("--split", default="test", choices=("test", "val"))
     parser.add_argument("--tta", default="flip", choices=TTA_MODES)
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Which static int8 settings keep an exported model's accuracy? Each variant is quantised by
-``agegender.export.quantize_int8`` (calibration chips from the training split, as ``agegender quantize`` takes
+``agegender.export.quantize_int8`` (quantisation chips from the training split, as ``agegender quantize`` takes
 them), scored on a UTKFace split with and without flip averaging, and timed at batch 64 (network alone, ONNX
-Runtime). Example: ``python benchmarks/int8_settings.py src/agegender/weights/flagship.onnx``. Ages are the
+Runtime). Example: ``python scripts/measure/int8_settings.py src/agegender/weights/flagship.onnx``. Ages are the
 networks' own decodes, before any age calibration (``agegender quantize`` drops the float model's anyway).
 """
 
@@ -15,14 +15,12 @@ import numpy as np
 import onnx
 
 from agegender.benchmark.timing import time_call
-from agegender.cli.quantize import calibration_pixels
+from agegender.data.datasets import DataConfig, dataset_splits, decode_split
 from agegender.evaluation.evaluate import face_metrics, load_evaluable
-from agegender.evaluation.runner import model_outputs
-from agegender.export import first_convolution, quantize_int8
+from agegender.export import first_convolution, quantization_chips, quantize_int8
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.outputs import decode
-from agegender.training.config import DataConfig
-from agegender.training.data import dataset_splits, decode_split
+from agegender.training.forward import model_outputs
 
 
 def variants(model: onnx.ModelProto) -> dict[str, dict]:
@@ -42,13 +40,13 @@ def variants(model: onnx.ModelProto) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="an `agegender export` float32 ONNX file")
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/UTKFace"), help="UTKFace folder")
+    parser.add_argument("--root", help="UTKFace folder (default: the shared one)")
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--calibration-size", type=int, default=512)
     args = parser.parse_args()
     config = OnnxAgeGender(args.model).config
-    calibration = calibration_pixels(args.root, config, args.calibration_size)
-    records = dataset_splits(DataConfig(dataset="utkface", root=str(args.root)), progress=False)[args.split]
+    chips = quantization_chips(config, args.calibration_size, args.root)
+    records = dataset_splits(DataConfig(dataset="utkface", root=args.root), progress=False)[args.split]
     data = decode_split(records, config, progress=False)
 
     def row(name: str, path: Path) -> str:
@@ -58,7 +56,7 @@ def main() -> None:
             overall = face_metrics(data.records, decode(model_outputs(model, data.images, config, tta=tta)))["overall"]
             cells.append(f"{overall['age_mae']:.3f} / {100 * overall['gender_accuracy']:.2f}%")
         runner = OnnxAgeGender(path, threads=2)
-        batch = np.ascontiguousarray(calibration[:64])
+        batch = np.ascontiguousarray(chips[:64])
         ms = time_call(lambda: runner.raw(batch), warmup=2, runs=20, min_seconds=2).median_ms / 64
         return f"| {name} | {cells[0]} | {cells[1]} | {ms:.3f} |"
 
@@ -67,7 +65,7 @@ def main() -> None:
     print(row("float32", args.model), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name, kwargs in variants(onnx.load(str(args.model))).items():
-            path = quantize_int8(args.model, Path(tmp) / "int8.onnx", calibration, **kwargs)
+            path = quantize_int8(args.model, Path(tmp) / "int8.onnx", chips, **kwargs)
             print(row(name, path), flush=True)
 
 

