@@ -9,9 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from agegender.outputs import OUTPUT_KEYS, Decoded, decode, sigmoid, softmax
+from agegender.outputs import ACTIVATIONS, OUTPUT_KEYS, Decoded, decode, sigmoid, softmax
 from agegender.oversample import (
-    AVERAGING,
     CROP_ORDER,
     TEN_CROP_ORDER,
     average_crops,
@@ -279,7 +278,7 @@ def test_crops_reject_bad_shapes():
 
 
 def test_every_output_key_has_an_averaging_rule():
-    assert set(AVERAGING) == set(OUTPUT_KEYS)
+    assert set(ACTIVATIONS) == set(OUTPUT_KEYS)
 
 
 def test_average_crops_averages_probabilities_not_logits():

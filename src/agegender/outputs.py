@@ -36,6 +36,12 @@ OUTPUT_KEYS = (
     "age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits", "gender_logit",
 )
 AUXILIARY_KEYS = ("descriptor",)
+#: What turns each output into what it predicts: a softmax or a sigmoid for the probability heads, nothing for an
+#: age in years. Decoding, output averaging (``agegender.oversample``) and distillation all read this table.
+ACTIVATIONS = {
+    "age_group_logits": "softmax", "age_dist_logits": "softmax", "joint_logits": "softmax",
+    "age_ordinal_logits": "sigmoid", "gender_logit": "sigmoid", "age": "identity",
+}
 AGE_KEYS = frozenset({"age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits"})
 GENDER_KEYS = frozenset({"gender_logit", "joint_logits"})
 #: Group index of every one-year bin 0..100, following the gap policy.
@@ -162,5 +168,5 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
                    age_high=np.maximum(high, age), group_probs=group_probs, female_prob=female)
 
 
-__all__ = ["AGE_GROUPS", "Decoded", "OUTPUT_KEYS", "age_quantile", "decode", "dist_to_group_probs",
+__all__ = ["ACTIVATIONS", "AGE_GROUPS", "Decoded", "OUTPUT_KEYS", "age_quantile", "decode", "dist_to_group_probs",
            "ordinal_to_group_probs"]

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from agegender.outputs import sigmoid, softmax
+from agegender.outputs import ACTIVATIONS, sigmoid, softmax
 from agegender.preprocess import center_crop
 
 CROP_ORDER = ("top_left", "top_right", "bottom_left", "bottom_right", "center")
@@ -33,11 +33,6 @@ TTA_TEXT = {
     "ten_crop": "10 crops (4 corners and center, and their mirrors), averaged (Levi & Hassner)",
 }
 
-#: How each output key is averaged over crops: probabilities of softmax / sigmoid heads, regression as is.
-AVERAGING = {
-    "age_group_logits": "softmax", "age_dist_logits": "softmax", "joint_logits": "softmax",
-    "age_ordinal_logits": "sigmoid", "gender_logit": "sigmoid", "age": "mean",
-}
 _EPS = np.finfo(np.float64).eps
 
 
@@ -86,7 +81,7 @@ def average_crops(outputs: Mapping[str, np.ndarray], n_crops: int,
     """
     averaged = {}
     for key, value in outputs.items():
-        if key not in AVERAGING:
+        if key not in ACTIVATIONS:
             continue
         value = np.asarray(value, dtype=np.float64)
         if len(value) % n_crops:
@@ -95,7 +90,7 @@ def average_crops(outputs: Mapping[str, np.ndarray], n_crops: int,
         w = (weights or {}).get(key)
         if w is not None and len(w) != n_crops:
             raise ValueError(f"{key}: {len(w)} weights for {n_crops} crops or models")
-        rule = AVERAGING[key]
+        rule = ACTIVATIONS[key]
         if rule == "softmax":
             averaged[key] = np.log(np.maximum(np.average(softmax(grouped), axis=1, weights=w),
                                               np.finfo(np.float64).tiny))
@@ -135,5 +130,5 @@ def flip_average(outputs_plain: Mapping[str, np.ndarray], outputs_flipped: Mappi
     return average_outputs([outputs_plain, outputs_flipped])
 
 
-__all__ = ["AVERAGING", "CROP_ORDER", "TEN_CROP_ORDER", "average_crops", "average_outputs", "center_crop",
+__all__ = ["CROP_ORDER", "TEN_CROP_ORDER", "average_crops", "average_outputs", "center_crop",
            "flip_average", "ten_crops"]

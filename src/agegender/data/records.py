@@ -39,10 +39,6 @@ class ReadReport:
     def skip(self, reason: str, item: str) -> None:
         self.skipped.setdefault(reason, []).append(item)
 
-    @property
-    def n_skipped(self) -> int:
-        return sum(len(v) for v in self.skipped.values())
-
     def summary(self) -> str:
         parts = [f"{self.read} read"] + [f"{len(v)} skipped ({k})" for k, v in sorted(self.skipped.items())]
         return ", ".join(parts)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from agegender.labels import MAX_AGE, NUM_AGE_GROUPS
+from agegender.outputs import ACTIVATIONS
 
 Tensor = torch.Tensor
 
@@ -108,8 +109,6 @@ def soft_binary_cross_entropy(student: Tensor, teacher: Tensor, temperature: flo
     return per.reshape(len(per), -1).sum(dim=1).mean() * temperature**2
 
 
-_SOFTMAX_OUTPUTS = ("age_dist_logits", "age_group_logits", "joint_logits")
-_SIGMOID_OUTPUTS = ("gender_logit", "age_ordinal_logits")
 
 
 def scheduled_weight(weight: float | Sequence[Sequence[float]], epoch: float) -> float:
@@ -136,9 +135,9 @@ def distillation_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tenso
     terms: dict[str, Tensor] = {}
     for key in sorted(student.keys() & teacher.keys()):
         s, t = student[key], teacher[key].detach()
-        if key in _SOFTMAX_OUTPUTS:
+        if ACTIVATIONS.get(key) == "softmax":
             terms[key] = soft_cross_entropy(s, t, temperature)
-        elif key in _SIGMOID_OUTPUTS:
+        elif ACTIVATIONS.get(key) == "sigmoid":
             terms[key] = soft_binary_cross_entropy(s, t, temperature)
         elif key == "age":
             terms[key] = (s - t).abs().mean()
