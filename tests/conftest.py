@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agegender.paths import shared_dir
+from agegender import paths
 
-SHARED = shared_dir().resolve()
+SHARED = paths.shared_dir().resolve()
 
 
 # --- slow tests: opt in with --runslow -------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from agegender import paths
 from agegender.images import ImageError, load_image
 from agegender.inference import detector as detector_module
 from agegender.inference.align import align_face, load_template, similarity_matrix
@@ -27,10 +28,9 @@ from agegender.inference.detector import (
     WeightsError,
     locate_weights,
 )
-from agegender.paths import shared_dir
 from agegender.preprocess import CHIP_SIZE
 
-SHARED = shared_dir().resolve()
+SHARED = paths.shared_dir().resolve()
 PHOTOS = SHARED / "photos"
 UTKFACE = SHARED / "data" / "UTKFace"
 YUNET = SHARED / "models" / "yunet" / "yunet_s_640_640.onnx"

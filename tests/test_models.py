@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agegender import paths
 from agegender.data.utkface import parse_utkface_name
 from agegender.export import write_graph
-from agegender.inference.onnx_model import ort_session
+from agegender.inference.backends import ort_session
 from agegender.labels import FEMALE, MALE
 from agegender.model_config import ModelConfig
 from agegender.models import create_model, get_config, list_models
@@ -32,11 +33,10 @@ from agegender.models.freezing import (
 from agegender.models.layers import OUTPUT_SIZES, HeadedNet, Heads, SqueezeExcitation, init_weights
 from agegender.models.levi_hassner import CONV_STAGES
 from agegender.outputs import OUTPUT_KEYS, decode
-from agegender.paths import shared_dir
 from agegender.preprocess import center_crop, chip_to_rgb
 from agegender.training.batches import normalize
 
-SHARED = shared_dir().resolve()
+SHARED = paths.shared_dir().resolve()
 UTKFACE = SHARED / "data" / "UTKFace"
 LH_PROTOTXT = SHARED / "peers" / "levi_hassner_2015" / "deploy_age.prototxt"
 

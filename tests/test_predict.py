@@ -67,7 +67,7 @@ def test_the_model_session_sleeps_between_runs_and_the_benchmark_compares_it_wit
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     key = "session.intra_op.allow_spinning"
-    assert predictor.model.session.get_session_options().get_session_config_entry(key) == "0"
+    assert predictor.model.session.session.get_session_options().get_session_config_entry(key) == "0"
     spinning = bench.spinning_session(predictor.model.path)
     assert spinning.get_session_options().get_session_config_entry(key) == "1"
 

@@ -29,7 +29,8 @@ import yaml
 from agegender.benchmark.run import precision
 from agegender.benchmark.timing import per_face_latency, time_call
 from agegender.export import export_onnx, quantization_chips, quantize_int8
-from agegender.inference.onnx_model import OnnxAgeGender, ort_session
+from agegender.inference.backends import ort_session
+from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.models import create_model
 from agegender.paths import default_path
 

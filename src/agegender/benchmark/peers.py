@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from agegender.inference.align import align_face, load_template
-from agegender.inference.onnx_model import ModelError, ort_session
+from agegender.inference.backends import ModelError, ort_session
 from agegender.outputs import Decoded, decode
 from agegender.preprocess import CHIP_SIZE
 

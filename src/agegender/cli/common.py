@@ -54,9 +54,8 @@ def write_int8(fp32: Path, output: Path, config: ModelConfig, root: Path | None,
 
     if size < 1:
         raise UserError(f"--calibration-size must be at least 1, got {size}")
-    try:
-        chips = quantization_chips(config, size, root)
-    except FileNotFoundError as err:
-        raise UserError(f"quantisation chips: {err} (give --calibration, a UTKFace folder)") from err
+    if root is not None and not Path(root).is_dir():
+        raise UserError(f"calibration folder not found: {root} (give --calibration, a UTKFace folder)")
+    chips = quantization_chips(config, size, root)
     quantize_int8(fp32, output, chips)
     print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB)")

@@ -1,4 +1,5 @@
-"""An exported model under ONNX Runtime: face chips in, decoded age and gender out. No torch needed."""
+"""An exported model under a runtime (:mod:`agegender.inference.backends`): face chips in, decoded age and gender
+out. No torch needed."""
 
 from __future__ import annotations
 
@@ -9,20 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from agegender.age_calibration import AgeCalibration
 from agegender.artifacts import DEFAULT_MODEL, SHIPPED_MODELS, WeightsError, shipped_path
+from agegender.inference.backends import META_PREFIX, ModelError, open_session
 from agegender.model_config import ModelConfig
 from agegender.outputs import Decoded, decode
+from agegender.oversample import flip_average
 from agegender.preprocess import chips_to_input
 
-#: Prefix of every metadata entry agegender writes into an ONNX file (read here, written by ``agegender.export``).
-META_PREFIX = "agegender."
-
-
-class ModelError(RuntimeError):
-    """The model file is missing or is not an agegender export."""
+__all__ = ["META_PREFIX", "ModelError", "OnnxAgeGender", "model_path", "shipped_model_path"]
 
 
 def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
@@ -52,53 +49,27 @@ def model_path(model: str | Path | None) -> Path:
     return Path(model)
 
 
-def ort_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU ONNX Runtime session; ``threads`` caps the intra-op threads. Raises ModelError if it cannot load.
-
-    Its worker threads sleep when idle instead of spinning: a spinning pool keeps the cores busy after each run
-    and slows whatever runs next on them (YuNet's detection, dlib's network, the next session). On the 2-core
-    development machine a 7-face photo went from 16.8 to 11.3 ms end to end, for 0.3 ms more per face when chips
-    alone are predicted one at a time (``python scripts/measure/ort_spinning.py --accurate`` measures the trade)."""
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own untyped errors
-        raise ModelError(f"{path} is not a loadable ONNX model: {err}") from err
-
-
-def agegender_metadata(session: ort.InferenceSession) -> dict[str, str]:
-    """The ``agegender.`` entries of a session's model metadata, keys without the prefix."""
-    meta = session.get_modelmeta().custom_metadata_map
-    return {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
-
-
 class OnnxAgeGender:
     """Runs an ``agegender export`` file. ``predict(chips)`` takes aligned BGR face chips."""
 
-    def __init__(self, path: str | Path | None = None, threads: int | None = None) -> None:
-        """``path``: an ONNX file, a shipped model's name, or ``None`` for the default (:func:`model_path`)."""
+    def __init__(self, path: str | Path | None = None, threads: int | None = None, backend: str = "auto",
+                 device: str | None = None) -> None:
+        """``path``: an ONNX file, a shipped model's name, or ``None`` for the default (:func:`model_path`);
+        ``backend`` and ``device`` as :func:`~agegender.inference.backends.open_session` takes them."""
         self.path = model_path(path)
-        self.session = ort_session(self.path, threads)
-        self.metadata: dict[str, Any] = agegender_metadata(self.session)
+        self.session = open_session(self.path, backend, device, threads)
+        self.metadata: dict[str, Any] = dict(self.session.metadata)
         if "config" not in self.metadata:
             raise ModelError(f"{self.path} has no agegender metadata: export it with `agegender export`")
         self.config = ModelConfig.from_dict(json.loads(self.metadata["config"]))
         self.metrics: dict[str, Any] = json.loads(self.metadata.get("metrics", "{}"))
         #: The age correction ``agegender calibrate`` stored in the file (None: ages as the network decodes them).
         self.age_calibration = AgeCalibration.from_metadata(self.metadata)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.output_names = self.session.output_names
 
     def raw(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs for a preprocessed batch (N x 3 x S x S float32 RGB 0..255)."""
-        values = self.session.run(self.output_names, {self.input_name: pixels})
-        return dict(zip(self.output_names, values, strict=True))
+        return self.session.run({self.session.input_name: pixels})
 
     def outputs(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> dict[str, np.ndarray]:
         """Raw outputs for aligned BGR chips; ``flip`` averages each chip with its mirror."""
@@ -107,8 +78,6 @@ class OnnxAgeGender:
         pixels = chips_to_input(list(chips_bgr), self.config)
         if not flip:
             return self.raw(pixels)
-        from agegender.oversample import flip_average
-
         both = self.raw(np.concatenate([pixels, pixels[..., ::-1]]))
         n = len(pixels)
         return flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()})
@@ -120,6 +89,7 @@ class OnnxAgeGender:
         return self.age_calibration.apply(decoded) if self.age_calibration else decoded
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "config": self.config.to_dict(), "metrics": self.metrics,
+        return {"path": str(self.path), "backend": self.session.backend, "device": self.session.device,
+                "config": self.config.to_dict(), "metrics": self.metrics,
                 "version": self.metadata.get("version"), "quantization": self.metadata.get("quantization"),
                 "age_calibration": dataclasses.asdict(self.age_calibration) if self.age_calibration else None}

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from agegender.data.records import FaceRecord
 from agegender.export import INPUT_NAME, write_graph
-from agegender.inference.onnx_model import ort_session
+from agegender.inference.backends import ort_session
 from agegender.model_config import ModelConfig
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
 from agegender.oversample import average_outputs

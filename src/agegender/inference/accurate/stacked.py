@@ -29,7 +29,8 @@ from agegender.artifacts import RemoteFile, WeightsError, artifact, sha256_of, s
 from agegender.inference.accurate.dlib_format import installed_model_path, read_dlib_resnet
 from agegender.inference.accurate.onnx_graph import to_onnx
 from agegender.inference.align import load_template
-from agegender.inference.onnx_model import ModelError, OnnxAgeGender, agegender_metadata, ort_session
+from agegender.inference.backends import open_session
+from agegender.inference.onnx_model import ModelError, OnnxAgeGender
 from agegender.oversample import average_outputs
 from agegender.paths import default_cache_dir
 from agegender.preprocess import CHIP_SIZE, resize_square
@@ -103,12 +104,12 @@ class StackedAgeGender(OnnxAgeGender):
     on dlib face descriptors. Used like :class:`OnnxAgeGender`; ``flip`` applies to the flagship only."""
 
     def __init__(self, path: str | Path | None = None, threads: int | None = None,
-                 descriptor_weights: str | os.PathLike | None = None, head: str | Path | None = None) -> None:
-        super().__init__("flagship" if path is None else path, threads)
+                 descriptor_weights: str | os.PathLike | None = None, head: str | Path | None = None,
+                 backend: str = "auto", device: str | None = None) -> None:
+        super().__init__("flagship" if path is None else path, threads, backend, device)
         self.head_path = Path(head) if head else shipped_path("descriptor-head")
-        self.head = ort_session(self.head_path, threads)
-        self.head_outputs = [o.name for o in self.head.get_outputs()]
-        meta = agegender_metadata(self.head)
+        self.head = open_session(self.head_path, backend, device, threads)
+        meta = self.head.metadata
         if "stack_weights" not in meta:
             raise ModelError(f"{self.head_path} is not a descriptor head: export it with "
                              "`python scripts/build/descriptor_teacher.py ... --export-head`")
@@ -117,18 +118,17 @@ class StackedAgeGender(OnnxAgeGender):
         # the stack's own correction, if its head carries one: the flagship's was fitted to the flagship alone
         self.age_calibration = AgeCalibration.from_metadata(meta)
         self.network_path = descriptor_network(descriptor_weights)
-        self.network = ort_session(self.network_path, threads)
+        self.network = open_session(self.network_path, backend, device, threads)
         self._matrix = chip_transform()
 
     def descriptors(self, chips_bgr: Sequence[np.ndarray]) -> np.ndarray:
         """dlib's 128 numbers for each aligned BGR chip."""
         pixels = np.stack([descriptor_chip(c, self._matrix) for c in chips_bgr]).transpose(0, 3, 1, 2)
-        return self.network.run(None, {"image": pixels.astype(np.float32)})[0]
+        return self.network.run({"image": pixels.astype(np.float32)})["descriptor"]
 
     def outputs(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> dict[str, np.ndarray]:
         ours = super().outputs(chips_bgr, flip)
-        values = self.head.run(self.head_outputs, {"descriptor": self.descriptors(chips_bgr)})
-        head = dict(zip(self.head_outputs, values, strict=True))
+        head = self.head.run({"descriptor": self.descriptors(chips_bgr)})
         return average_outputs([ours, head], stack_weights(self.weights["age"], self.weights["gender"]))
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,220 @@
+"""Runtimes that run an exported ONNX file: ONNX Runtime (the default install; CPU, or CUDA with
+``onnxruntime-gpu``) and OpenVINO (the ``openvino`` extra, which reads ONNX directly).
+
+:func:`open_session` gives the same small interface for each: the model's ``agegender.`` metadata, its input and
+output names, and ``run``. ``backend="auto"`` picks by the machine: OpenVINO where it is installed and the CPU has
+the matrix or VNNI units it uses (Intel AMX, AVX-512 VNNI or BF16), ONNX Runtime otherwise; :func:`cpu_info` says
+what the CPU has. A backend or device that is missing raises :class:`BackendError` when the user asked for it by
+name, and falls back to ONNX Runtime on the CPU (logged) when they did not.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["BACKENDS", "DEVICES", "META_PREFIX", "BackendError", "CpuInfo", "ModelError", "Session",
+           "available_backends", "choose_backend", "cpu_info", "open_session", "ort_session"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "openvino")
+DEVICES = ("cpu", "cuda")
+#: Prefix of every metadata entry agegender writes into an ONNX file (read here, written by ``agegender.export``).
+META_PREFIX = "agegender."
+#: CPU features that OpenVINO's CPU plugin turns into its fastest int8/bf16 kernels.
+OPENVINO_FEATURES = ("amx_tile", "amx_int8", "amx_bf16", "avx512_vnni", "avx512_bf16")
+
+
+class ModelError(RuntimeError):
+    """The model file is missing or is not an agegender export."""
+
+
+class BackendError(ModelError):
+    """A runtime cannot load the model, or a backend or device that was asked for is not available."""
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU's model name and the features that matter for inference speed."""
+
+    model: str
+    features: tuple[str, ...]
+
+    def has_any(self, names: tuple[str, ...]) -> bool:
+        return any(name in self.features for name in names)
+
+    def describe(self) -> str:
+        return f"{self.model} ({', '.join(self.features) or 'no AVX-512, VNNI or AMX'})"
+
+
+#: The features :func:`cpu_info` reports, in this order.
+REPORTED_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
+                     "amx_bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> CpuInfo:
+    """From ``/proc/cpuinfo`` on Linux; elsewhere the platform's processor string and no features."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return CpuInfo(model, tuple(f for f in REPORTED_FEATURES if f in flags))
+
+
+def available_backends() -> tuple[str, ...]:
+    """The installed runtimes, by name."""
+    return tuple(name for name, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino"))
+                 if importlib.util.find_spec(module) is not None)
+
+
+def _cuda_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def choose_backend(backend: str = "auto", device: str = "cpu") -> tuple[str, str]:
+    """The backend to use on ``device`` and why. ``auto`` on a CPU: OpenVINO where it is installed and the CPU
+    has one of :data:`OPENVINO_FEATURES`, else ONNX Runtime; on CUDA: ONNX Runtime's CUDA provider.
+
+    >>> choose_backend("onnxruntime")
+    ('onnxruntime', 'asked for')
+    """
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if device not in DEVICES:
+        raise BackendError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+    installed = available_backends()
+    if backend != "auto":
+        if backend not in installed:
+            extra = " (pip install 'agegender[openvino]')" if backend == "openvino" else ""
+            raise BackendError(f"the {backend} backend is not installed{extra}")
+        if backend == "openvino" and device == "cuda":
+            raise BackendError("the openvino backend runs on the CPU here: use --backend onnxruntime for CUDA")
+        return backend, "asked for"
+    if device == "cuda":
+        return "onnxruntime", "CUDA runs through ONNX Runtime's CUDA provider"
+    cpu = cpu_info()
+    if "openvino" in installed and cpu.has_any(OPENVINO_FEATURES):
+        units = ", ".join(f for f in cpu.features if f in OPENVINO_FEATURES)
+        return "openvino", f"OpenVINO is installed and the CPU has {units}"
+    if "openvino" in installed:
+        return "onnxruntime", "the CPU has no AMX, AVX-512 VNNI or BF16, where OpenVINO gains most"
+    return "onnxruntime", "the default runtime (OpenVINO is not installed)"
+
+
+class Session(Protocol):
+    """A loaded model: what :func:`open_session` returns."""
+
+    backend: str
+    device: str
+    metadata: dict[str, str]
+    input_name: str
+    output_names: list[str]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def ort_session(path: Path, threads: int | None = None, device: str = "cpu") -> Any:
+    """An ONNX Runtime ``InferenceSession`` (CPU, or CUDA with the CPU as fallback for unsupported nodes);
+    ``threads`` caps the intra-op threads. Raises BackendError if the file cannot be loaded.
+
+    Its worker threads sleep when idle instead of spinning: a spinning pool keeps the cores busy after each run
+    and slows whatever runs next on them (YuNet's detection, dlib's network, the next session). On the 2-core
+    development machine a 7-face photo went from 16.8 to 11.3 ms end to end, for 0.3 ms more per face when chips
+    alone are predicted one at a time (``python scripts/measure/ort_spinning.py --accurate`` measures the trade)."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise BackendError(f"model file not found: {path}")
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # onnxruntime raises its own untyped errors
+        raise BackendError(f"{path} is not a loadable ONNX model: {err}") from err
+
+
+class _OrtSession:
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None, device: str) -> None:
+        self.session = ort_session(path, threads, device)
+        self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.output_names, dict(feeds))
+        return dict(zip(self.output_names, values, strict=True))
+
+
+class _OpenVinoSession:
+    backend = "openvino"
+    device = "cpu"
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import openvino as ov
+
+        if not path.is_file():
+            raise BackendError(f"model file not found: {path}")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+            config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as err:  # OpenVINO raises its own untyped errors
+            raise BackendError(f"OpenVINO cannot load {path}: {err}") from err
+        info = model.get_rt_info()  # ONNX metadata_props arrive under "framework"
+        framework = info["framework"] if "framework" in info else {}
+        self.metadata = {k[len(META_PREFIX):]: v.astype(str) for k, v in framework.items() if k.startswith(META_PREFIX)}
+        self.input_name = self.compiled.inputs[0].get_any_name()
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self.request.infer({self.input_name: feeds[self.input_name]})
+        return {name: np.array(result[self.compiled.output(name)]) for name in self.output_names}
+
+
+def open_session(path: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None
+                 ) -> Session:
+    """Load ``path`` with ``backend`` on ``device``: ``cpu``, ``cuda`` (an error when CUDA is missing), or
+    ``None`` for CUDA where ONNX Runtime has it and the backend is not OpenVINO, else the CPU. See the module doc
+    for ``auto``."""
+    path = Path(path)
+    if device is None:
+        device = "cuda" if backend != "openvino" and available_backends()[:1] == ("onnxruntime",) \
+            and _cuda_available() else "cpu"
+    elif device == "cuda" and not _cuda_available():
+        raise BackendError("--device cuda: CUDA is not available to ONNX Runtime (install onnxruntime-gpu, and "
+                           "run on a machine with an NVIDIA GPU and its driver)")
+    chosen, why = choose_backend(backend, device)
+    log.info("backend %s on %s: %s", chosen, device, why)
+    if chosen == "openvino":
+        return _OpenVinoSession(path, threads)
+    return _OrtSession(path, threads, device)
