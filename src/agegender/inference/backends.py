@@ -214,7 +214,7 @@ def open_session(path: str | Path, backend: str = "auto", device: str | None = N
         raise BackendError("--device cuda: CUDA is not available to ONNX Runtime (install onnxruntime-gpu, and "
                            "run on a machine with an NVIDIA GPU and its driver)")
     chosen, why = choose_backend(backend, device)
-    log.info("backend %s on %s: %s", chosen, device, why)
+    log.debug("backend %s on %s: %s", chosen, device, why)
     if chosen == "openvino":
         return _OpenVinoSession(path, threads)
     return _OrtSession(path, threads, device)
