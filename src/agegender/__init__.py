@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from agegender.version import __version__
 
-__all__ = ["Face", "Predictor", "__version__"]
+__all__ = ["Face", "ImageResult", "Predictor", "__version__"]
 
 if TYPE_CHECKING:
     from agegender.inference.predictor import Predictor
-    from agegender.inference.results import Face
+    from agegender.inference.results import Face, ImageResult
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +25,8 @@ def __getattr__(name: str) -> Any:
         from agegender.inference.results import Face
 
         return Face
+    if name == "ImageResult":
+        from agegender.inference.results import ImageResult
+
+        return ImageResult
     raise AttributeError(f"module 'agegender' has no attribute {name!r}")

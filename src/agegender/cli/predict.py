@@ -8,15 +8,15 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
 
 from agegender.cli.common import UserError, add_accurate_options, check_accurate_options
 from agegender.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-CSV_FIELDS = ("file", "frame", "track", "face", "x", "y", "w", "h", "score", "age", "age_low", "age_high",
-              "age_group", "age_group_confidence", "gender", "gender_confidence", "error")
+if TYPE_CHECKING:
+    from agegender.inference.results import ImageResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,36 +51,42 @@ def expand(paths: list[str]) -> Iterator[str]:
             yield raw
 
 
+def csv_columns() -> tuple[str, ...]:
+    """The ``--csv`` columns: those of ``ImageResult.rows()`` up to ``error`` (the rest are not printed)."""
+    from agegender.inference.results import ROW_COLUMNS
+
+    return ROW_COLUMNS[:ROW_COLUMNS.index("error") + 1]
+
+
 class Writer:
-    """Prints results as text, JSON Lines or CSV."""
+    """Prints ``ImageResult``s as text, JSON Lines (``to_dict()``) or CSV (``rows()``)."""
 
     def __init__(self, mode: str, stream: TextIO = sys.stdout) -> None:
         self.mode, self.stream = mode, stream
-        self.csv = csv.DictWriter(stream, fieldnames=CSV_FIELDS) if mode == "csv" else None
-        if self.csv:
+        self.csv: csv.DictWriter[str] | None = None
+        if mode == "csv":
+            self.csv = csv.DictWriter(stream, fieldnames=csv_columns(), extrasaction="ignore")
             self.csv.writeheader()
 
-    def faces(self, file: str, faces: list, frame: int | None = None, tracks: list[int] | None = None) -> None:
+    def result(self, result: ImageResult, frame: int | None = None, tracks: list[int] | None = None) -> None:
+        """One image's faces; a video frame also gives its index and each face's track."""
         if self.mode == "json":
-            record: dict[str, Any] = {"file": file, "faces": [f.to_dict() for f in faces]}
+            d = result.to_dict()
+            record: dict[str, Any] = {"file": d["source"], "faces": d["faces"]}
             if frame is not None:
                 record["frame"] = frame
                 for entry, track in zip(record["faces"], tracks or [], strict=True):
                     entry["track"] = track
             self.stream.write(json.dumps(record) + "\n")
         elif self.csv:
-            for i, f in enumerate(faces):
-                d = f.to_dict()
-                x, y, w, h = d["box"]
-                self.csv.writerow({"file": file, "frame": frame, "track": tracks[i] if tracks else None,
-                                   "face": i, "x": x, "y": y, "w": w, "h": h, "score": d["score"],
-                                   "age": d["age"], "age_low": d["age_range"][0], "age_high": d["age_range"][1],
-                                   "age_group": d["age_group"], "age_group_confidence": d["age_group_confidence"],
-                                   "gender": d["gender"], "gender_confidence": d["gender_confidence"]})
+            for row in result.rows() if result else []:  # no row for an image without a face
+                if frame is not None:
+                    row.update(frame=frame, track=tracks[row["face"]] if tracks else None)
+                self.csv.writerow(row)
         else:
-            where = f"{file}" + (f" [frame {frame}]" if frame is not None else "")
-            self.stream.write(f"{where}: {len(faces)} face{'s' if len(faces) != 1 else ''}\n")
-            for i, f in enumerate(faces):
+            where = result.source + (f" [frame {frame}]" if frame is not None else "")
+            self.stream.write(f"{where}: {len(result)} face{'s' if len(result) != 1 else ''}\n")
+            for i, f in enumerate(result):
                 x, y, w, h = (int(v) for v in f.box)
                 who = f"track {tracks[i]}" if tracks else f"face {i}"
                 self.stream.write(f"  {who}: {f.gender} ({f.gender_confidence:.0%}), age {f.age:.0f} "
@@ -92,31 +98,30 @@ class Writer:
         if self.mode == "json":
             self.stream.write(json.dumps({"file": file, "error": message}) + "\n")
         elif self.csv:
-            self.csv.writerow({"file": file, "error": message})
+            from agegender.inference.results import ImageResult
+
+            self.csv.writerow(ImageResult.error_row(file, message))
         where = "" if message.startswith(file) else f"{file}: "  # image errors already name their file
         print(f"agegender predict: {where}{message}", file=sys.stderr)
 
 
-def _save(save_dir: Path, file: str, image: Any, faces: list, predictor: Any, frame: int | None = None) -> None:
-    import cv2
-
-    from agegender.inference.align import align_face
-    from agegender.preprocess import CHIP_SIZE
-
-    stem = Path(file).stem + (f"_{frame:06d}" if frame is not None else "")
-    save_dir.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(save_dir / f"{stem}_annotated.jpg"), predictor.plot(image, faces))
-    for i, face in enumerate(faces):
-        chip = align_face(image, face.landmarks, CHIP_SIZE) if face.landmarks is not None else image
-        cv2.imwrite(str(save_dir / f"{stem}_face{i}.jpg"), chip)
+def _save(save_dir: Path, result: ImageResult, frame: int | None = None) -> None:
+    """``STEM_annotated.jpg`` and the face chips ``STEM_face{i}.jpg`` (STEM: the file's, with a video's frame)."""
+    stem = Path(result.source).stem + (f"_{frame:06d}" if frame is not None else "")
+    try:
+        result.save(save_dir / f"{stem}_annotated.jpg")
+        result.save_crops(save_dir, stem)
+    except OSError as err:
+        raise UserError(f"--save-dir: {err}") from err
 
 
 def run(args: argparse.Namespace) -> int:
-    from agegender.images import ImageError, load_image
+    from agegender.images import ImageError
     from agegender.inference.detector import WeightsError
     from agegender.inference.factory import load_model
     from agegender.inference.onnx_model import ModelError
     from agegender.inference.predictor import Predictor
+    from agegender.inference.results import ImageResult
     from agegender.inference.video import predict_video
 
     check_accurate_options(args)
@@ -135,20 +140,20 @@ def run(args: argparse.Namespace) -> int:
         try:
             if is_video:
                 for frame_no, frame, tracked in predict_video(predictor, file, args.every, args.max_frames):
-                    faces = [f for _, f in tracked]
-                    writer.faces(file, faces, frame=frame_no, tracks=[t for t, _ in tracked])
+                    result = ImageResult([f for _, f in tracked], source=file, image=frame,
+                                         model=predictor.model.config.name)
+                    writer.result(result, frame=frame_no, tracks=[t for t, _ in tracked])
                     if args.save_dir:
-                        _save(args.save_dir, file, frame, faces, predictor, frame_no)
+                        _save(args.save_dir, result, frame_no)
                 continue
-            image = load_image(file, max_pixels=predictor.max_pixels)
-            faces = predictor.predict_arrays([image])[0]
+            result = predictor.predict(file)
         except (ImageError, ValueError, OSError) as err:
             failed += 1
             writer.error(file, str(err))
             continue
-        writer.faces(file, faces)
+        writer.result(result)
         if args.save_dir:
-            _save(args.save_dir, file, image, faces, predictor)
+            _save(args.save_dir, result)
     if failed:
         print(f"agegender predict: {failed} of {len(files)} input(s) failed", file=sys.stderr)
     return 1 if failed else 0

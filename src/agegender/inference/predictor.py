@@ -1,4 +1,5 @@
-"""``Predictor``: age and gender for every face in a photo, or for aligned face chips."""
+"""``Predictor``: age and gender for every face in a photo, or for aligned face chips, as an ``ImageResult``
+per image."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from agegender.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from agegender.inference.align import align_face
 from agegender.inference.detector import Detection, FaceDetector
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
-from agegender.inference.results import Face, plot
+from agegender.inference.results import Face, ImageResult, plot, source_name
 from agegender.labels import AGE_GROUPS, GENDERS
 from agegender.outputs import AGE_KEYS, GENDER_KEYS, Decoded
 from agegender.preprocess import CHIP_SIZE
@@ -26,6 +27,10 @@ class Predictor:
     >>> faces = predictor.predict("group.jpg")  # doctest: +SKIP
     >>> faces[0].age, faces[0].gender  # doctest: +SKIP
     (31.4, 'female')
+    >>> faces.save("group_annotated.jpg")  # doctest: +SKIP
+
+    ``predict`` returns an :class:`ImageResult`: the sequence of faces, with the image, its source and size,
+    ``to_dict()``, ``rows()``, ``plot()``, ``save()`` and ``save_crops()``.
 
     ``model``: an ``agegender export`` ONNX file (default: the shipped flagship). ``detector``: a
     ``FaceDetector``, ``"auto"`` (YuNet, located as ``FaceDetector`` documents) or ``None`` to treat every input
@@ -47,17 +52,21 @@ class Predictor:
         self.detector: FaceDetector | None = detector
         self.flip, self.max_pixels = flip, max_pixels
 
-    def predict(self, image: ImageSource) -> list[Face]:
+    def predict(self, image: ImageSource) -> ImageResult:
         """Faces in one image (path, bytes, BGR numpy array or PIL image), most confident detection first."""
         return self.predict_batch([image])[0]
 
-    def predict_batch(self, images: Sequence[ImageSource]) -> list[list[Face]]:
-        """Faces of many images, all of them in one forward pass."""
+    def predict_batch(self, images: Sequence[ImageSource]) -> list[ImageResult]:
+        """Faces of many images, all of them in one forward pass; a path's result names it as its source."""
         decoded_images = [load_image(img, max_pixels=self.max_pixels) for img in images]
-        return self.predict_arrays(decoded_images)
+        return self.predict_arrays(decoded_images, sources=[source_name(img) for img in images])
 
-    def predict_arrays(self, images_bgr: Sequence[np.ndarray]) -> list[list[Face]]:
-        """Like ``predict_batch`` for images already decoded to BGR uint8 arrays."""
+    def predict_arrays(self, images_bgr: Sequence[np.ndarray],
+                       sources: Sequence[str] | None = None) -> list[ImageResult]:
+        """Like ``predict_batch`` for images already decoded to BGR uint8 arrays; ``sources`` names them
+        (default ``"array"``)."""
+        if sources is not None and len(sources) != len(images_bgr):
+            raise ValueError(f"{len(sources)} sources for {len(images_bgr)} images")
         chips: list[np.ndarray] = []
         located: list[list[Detection | None]] = []
         for image in images_bgr:
@@ -68,19 +77,19 @@ class Predictor:
             detections = self.detector.detect(image)
             chips.extend(align_face(image, d.landmarks, CHIP_SIZE) for d in detections)
             located.append(list(detections))
-        if not chips:
-            return [[] for _ in images_bgr]
-        decoded = self.model.predict(chips, flip=self.flip)
-        results, i = [], 0
-        for image, dets in zip(images_bgr, located, strict=True):
-            faces = []
-            for det in dets:
-                faces.append(_face(decoded, i, det, image.shape))
-                i += 1
-            results.append(faces)
-        return results
+        found: list[list[Face]] = [[] for _ in images_bgr]
+        if chips:
+            decoded, i = self.model.predict(chips, flip=self.flip), 0
+            for faces, image, dets in zip(found, images_bgr, located, strict=True):
+                for det in dets:
+                    faces.append(_face(decoded, i, det, image.shape))
+                    i += 1
+        names = ["array"] * len(images_bgr) if sources is None else sources
+        return [ImageResult(faces, source=name, image=image, model=self.model.config.name)
+                for faces, image, name in zip(found, images_bgr, names, strict=True)]
 
     def plot(self, image_bgr: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """``image_bgr`` with ``faces`` drawn; for a prediction's own image, ``result.plot()`` does the same."""
         return plot(image_bgr, faces)
 
 

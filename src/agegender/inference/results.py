@@ -1,17 +1,60 @@
-"""Per-face results: what ``Predictor.predict`` returns, with ``to_dict()`` and drawing."""
+"""Results: a ``Face`` per face, and an ``ImageResult`` per image, which is what ``Predictor.predict`` returns.
+
+An ``ImageResult`` is a sequence of its faces (``len``, iteration, indexing, equal to a list of the same faces)
+that also knows its source, its size, its pixels and the model that made it. Every output derives from it:
+``to_dict()``/``to_json()`` (the JSON schema in the README), ``rows()`` (one flat row per face, the columns of
+:data:`ROW_COLUMNS`: the CLI's CSV and the bulk outputs), ``plot()``/``save()`` (the annotated image) and
+``crops()``/``save_crops()`` (the aligned face chips).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, overload
 
 import cv2
 import numpy as np
 
+from agegender.inference.align import align_face
 from agegender.inference.detector import LANDMARK_NAMES
+from agegender.preprocess import CHIP_SIZE
 
 MALE_COLOR, FEMALE_COLOR = (235, 150, 40), (120, 60, 230)  # BGR
+
+FACE_SCHEMA: dict[str, tuple[Any, str | None]] = {
+    "box": (list[float], "x, y, width, height in image pixels"),
+    "score": (float, "detector confidence, 0..1"),
+    "age": (float, "estimated age in years"),
+    "age_range": (list[float], "80% interval of the age, in years"),
+    "age_group": (str, None),
+    "age_group_confidence": (float, None),
+    "gender": (str, "'female' or 'male'"),
+    "gender_confidence": (float, "probability of the predicted gender"),
+    "landmarks": (dict[str, list[float]] | None, "five facial points, name -> [x, y]"),
+}
+"""What ``Face.to_dict()`` writes: key -> (JSON type as a Python annotation, description). The HTTP API's
+response model is generated from it."""
+
+LANDMARK_COLUMNS = tuple(f"{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy")
+"""The landmarks in a row: ``right_eye_x, right_eye_y, ... left_mouth_y`` (empty without landmarks)."""
+
+ROW_COLUMNS: tuple[str, ...] = (
+    "file", "frame", "track", "face", "x", "y", "w", "h", "score", "age", "age_low", "age_high", "age_group",
+    "age_group_confidence", "gender", "gender_confidence", "error",
+    "image_width", "image_height", "model", *LANDMARK_COLUMNS)
+"""The columns of :meth:`ImageResult.rows`, in order: the ``agegender predict --csv`` columns (up to ``error``),
+then the image's size, the model's name and the flattened landmarks.
+
+``file`` is the input (a path, or a name such as ``image data`` for bytes); ``frame`` and ``track`` are for
+videos, filled by the caller (empty for images); ``face`` is the face's index in the image (most confident
+first); ``x, y, w, h`` the box; ``age_low, age_high`` the 80% interval; ``error`` is empty for an image that was
+read (see :meth:`ImageResult.error_row`). An image without a face gives one row whose face columns are empty.
+Values are those of ``Face.to_dict()`` (same rounding); an empty value is ``None``.
+"""
 
 
 @dataclass(frozen=True)
@@ -32,12 +75,18 @@ class Face:
     gender_confidence: float
     landmarks: np.ndarray | None = None
 
+    def __eq__(self, other: object) -> bool:
+        """Field by field; the landmarks (an array) compare by value."""
+        if not isinstance(other, Face):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
+
     @property
     def label(self) -> str:
         return f"{self.gender[0].upper()} {self.age:.0f} ({self.age_range[0]:.0f}-{self.age_range[1]:.0f})"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; the schema is documented in the README."""
+        """JSON-ready dict with the keys of :data:`FACE_SCHEMA`; the schema is documented in the README."""
         return {
             "box": [round(float(v), 1) for v in self.box],
             "score": round(float(self.score), 4),
@@ -51,6 +100,175 @@ class Face:
                 name: [round(float(x), 1), round(float(y), 1)]
                 for name, (x, y) in zip(LANDMARK_NAMES, self.landmarks, strict=True)},
         }
+
+    def to_row(self) -> dict[str, Any]:
+        """This face's columns of a row (see :data:`ROW_COLUMNS`), from ``to_dict()``."""
+        d = self.to_dict()
+        x, y, w, h = d["box"]
+        row = {"x": x, "y": y, "w": w, "h": h, "score": d["score"], "age": d["age"],
+               "age_low": d["age_range"][0], "age_high": d["age_range"][1], "age_group": d["age_group"],
+               "age_group_confidence": d["age_group_confidence"], "gender": d["gender"],
+               "gender_confidence": d["gender_confidence"]}
+        points = d["landmarks"] or {}
+        for name in LANDMARK_NAMES:
+            row[f"{name}_x"], row[f"{name}_y"] = points.get(name, (None, None))
+        return row
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return a is not None and b is not None and np.array_equal(a, b)
+    return bool(a == b)
+
+
+def source_name(source: Any) -> str:
+    """How a result names its input: the path of a file, else what ``load_image`` calls the input."""
+    if isinstance(source, str | os.PathLike):
+        return os.fsdecode(source)
+    if isinstance(source, bytes | bytearray | memoryview):
+        return "image data"
+    if isinstance(source, np.ndarray):
+        return "array"
+    return "PIL image" if hasattr(source, "getexif") else type(source).__name__
+
+
+@dataclass(frozen=True, eq=False)
+class ImageResult(Sequence[Face]):
+    """The faces found in one image (most confident detection first), with the image they were found in.
+
+    A sequence of :class:`Face`: ``len(result)``, ``for face in result``, ``result[0].age``, and
+    ``result == [face, ...]`` all work as on the list of faces; ``result[1:]`` is an ``ImageResult`` with those
+    faces. ``source`` names the input (its path, ``"image data"`` for bytes, ``"array"``, ``"PIL image"``),
+    ``size`` is the image's (width, height) as displayed (EXIF orientation applied; the boxes refer to it),
+    ``image`` the decoded BGR pixels (needed by ``plot``, ``save``, ``crops`` and ``save_crops``; ``None`` if
+    the result was built without them), ``model`` the name of the model that predicted the faces.
+
+    Two results are equal when their faces, source, size and model are; the pixels are not compared.
+    """
+
+    faces: Sequence[Face]  # stored as a tuple
+    source: str = "array"
+    size: tuple[int, int] = (0, 0)
+    image: np.ndarray | None = field(default=None, repr=False)
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "faces", tuple(self.faces))
+        object.__setattr__(self, "source", source_name(self.source))
+        if self.size == (0, 0):
+            if self.image is None:
+                raise ValueError("an ImageResult needs its image or its size=(width, height)")
+            object.__setattr__(self, "size", (int(self.image.shape[1]), int(self.image.shape[0])))
+        object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
+
+    @property
+    def width(self) -> int:
+        return self.size[0]
+
+    @property
+    def height(self) -> int:
+        return self.size[1]
+
+    # --- the sequence of faces ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    @overload
+    def __getitem__(self, index: int) -> Face: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> ImageResult: ...
+
+    def __getitem__(self, index: int | slice) -> Face | ImageResult:
+        if isinstance(index, slice):
+            return replace(self, faces=self.faces[index])
+        return self.faces[index]
+
+    def __iter__(self) -> Iterator[Face]:
+        return iter(self.faces)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ImageResult):
+            return (self.faces, self.source, self.size, self.model) == (other.faces, other.source, other.size,
+                                                                        other.model)
+        if isinstance(other, list | tuple):
+            return list(self.faces) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # --- outputs -----------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"source", "width", "height", "model", "faces": [Face.to_dict(), ...]}``."""
+        return {"source": self.source, "width": self.width, "height": self.height, "model": self.model,
+                "faces": [face.to_dict() for face in self.faces]}
+
+    def to_json(self, **options: Any) -> str:
+        """``to_dict()`` as JSON text; ``options`` go to ``json.dumps``."""
+        return json.dumps(self.to_dict(), **options)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat dict per face with every column of :data:`ROW_COLUMNS` in order; one row with empty face
+        columns when the image has no face."""
+        image = {"file": self.source, "image_width": self.width, "image_height": self.height, "model": self.model}
+        if not self.faces:
+            return [_row(image)]
+        return [_row({**image, "face": i, **face.to_row()}) for i, face in enumerate(self.faces)]
+
+    @classmethod
+    def error_row(cls, source: Any, message: str) -> dict[str, Any]:
+        """The row (columns of :data:`ROW_COLUMNS`) for an input that could not be read or predicted."""
+        return _row({"file": source_name(source), "error": message})
+
+    def plot(self) -> np.ndarray:
+        """A copy of the image with each face's box and label drawn (see :func:`plot`)."""
+        return plot(self._pixels(), self.faces)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the annotated image (``plot()``) to ``path``, its format from the suffix; returns the path."""
+        return _write(Path(path), self.plot())
+
+    def crops(self) -> list[np.ndarray]:
+        """Each face's chip: aligned on its landmarks at ``CHIP_SIZE`` x ``CHIP_SIZE`` (what the model saw),
+        or, for a face without landmarks (``detector=None``), the pixels of its box (the whole chip)."""
+        image = self._pixels()
+        return [align_face(image, face.landmarks, CHIP_SIZE) if face.landmarks is not None
+                else _box_pixels(image, face.box) for face in self.faces]
+
+    def save_crops(self, directory: str | os.PathLike, stem: str | None = None) -> list[Path]:
+        """Write ``crops()`` as ``DIRECTORY/STEM_face{i}.jpg`` (``stem``: default the source's file stem);
+        returns the paths written, in face order."""
+        stem = Path(self.source).stem if stem is None else stem
+        return [_write(Path(directory) / f"{stem}_face{i}.jpg", chip) for i, chip in enumerate(self.crops())]
+
+    def _pixels(self) -> np.ndarray:
+        if self.image is None:
+            raise ValueError(f"this result for {self.source} holds no image: build it with image=...")
+        return self.image
+
+
+def _row(values: dict[str, Any]) -> dict[str, Any]:
+    """A row with every column of ``ROW_COLUMNS``, in order, ``None`` where ``values`` has nothing."""
+    return {column: values.get(column) for column in ROW_COLUMNS}
+
+
+def _box_pixels(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    x, y, w, h = (int(round(v)) for v in box)
+    x0, y0 = max(x, 0), max(y, 0)
+    return image[y0:max(y + h, y0), x0:max(x + w, x0)]
+
+
+def _write(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        written = image.size > 0 and cv2.imwrite(str(path), image)
+    except cv2.error as err:  # e.g. a suffix no encoder knows
+        raise OSError(f"cannot write {path}: {getattr(err, 'err', err)}") from err
+    if not written:
+        raise OSError(f"cannot write {path}")
+    return path
 
 
 def plot(image_bgr: np.ndarray, faces: Sequence[Face]) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -47,7 +47,7 @@ class FaceTracker:
     tracks: list[Track] = field(default_factory=list)
     _next_id: int = 1
 
-    def update(self, faces: list[Face]) -> list[tuple[int, Face]]:
+    def update(self, faces: Sequence[Face]) -> list[tuple[int, Face]]:
         """Assign each face a track id and return it with smoothed age and gender."""
         free = list(self.tracks)
         out = []

@@ -17,10 +17,11 @@ from fastapi import APIRouter, FastAPI, File, HTTPException, Query, Request, Upl
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agegender.images import ImageError
+from agegender.inference.results import FACE_SCHEMA
 from agegender.serving.batching import QueueFullError
 from agegender.serving.service import InferenceService
 from agegender.serving.settings import MIB, ServeSettings
@@ -34,18 +35,10 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none
 """Content-Security-Policy of the web page: it loads nothing from outside this server."""
 
 
-class FaceOut(BaseModel):
-    """One face, as ``Face.to_dict()`` writes it."""
-
-    box: list[float] = Field(description="x, y, width, height in image pixels")
-    score: float = Field(description="detector confidence, 0..1")
-    age: float = Field(description="estimated age in years")
-    age_range: list[float] = Field(description="80% interval of the age, in years")
-    age_group: str
-    age_group_confidence: float
-    gender: str = Field(description="'female' or 'male'")
-    gender_confidence: float = Field(description="probability of the predicted gender")
-    landmarks: dict[str, list[float]] | None = Field(description="five facial points, name -> [x, y]")
+_FACE_FIELDS: dict[str, Any] = {name: (kind, Field(description=text)) for name, (kind, text) in FACE_SCHEMA.items()}
+FaceOut = create_model("FaceOut", __doc__="One face, as ``Face.to_dict()`` writes it.", __module__=__name__,
+                       **_FACE_FIELDS)
+"""One face in a response: generated from ``FACE_SCHEMA``, the keys, types and meanings of ``Face.to_dict()``."""
 
 
 class ImageSize(BaseModel):
@@ -53,8 +46,8 @@ class ImageSize(BaseModel):
     height: int
 
 
-class PredictOut(BaseModel):
-    faces: list[FaceOut] = Field(description="most confident detection first")
+class PredictOut(BaseModel):  # ImageResult.to_dict() with the size under "image", and the timing
+    faces: list[FaceOut] = Field(description="most confident detection first")  # type: ignore[valid-type]
     image: ImageSize = Field(description="size after applying the EXIF orientation; boxes refer to it")
     model: str
     timing_ms: dict[str, float] = Field(description="decode, queue, inference and total milliseconds")
@@ -98,7 +91,7 @@ async def predict(
     data = await image.read()
     try:
         async with asyncio.timeout(settings.timeout_s):
-            result = await _service(request).predict(data, flip)
+            prediction = await _service(request).predict(data, flip)
     except ImageError as err:
         raise HTTPException(422, str(err)) from err
     except QueueFullError as err:
@@ -107,10 +100,10 @@ async def predict(
     except TimeoutError as err:
         raise HTTPException(504, f"no answer within the server's {settings.timeout_s:g} s limit; "
                                  "retry later, or send a smaller image") from err
-    body = {"faces": [face.to_dict() for face in result.faces],
-            "image": {"width": result.width, "height": result.height},
-            "model": _service(request).model_name, "timing_ms": result.timing_ms}
-    return JSONResponse(body, headers={"X-Batch-Size": str(result.batch_size)})
+    found = prediction.result.to_dict()
+    body = {"faces": found["faces"], "image": {"width": found["width"], "height": found["height"]},
+            "model": found["model"], "timing_ms": prediction.timing_ms}
+    return JSONResponse(body, headers={"X-Batch-Size": str(prediction.batch_size)})
 
 
 @router.get("/healthz", summary="Liveness: the model is loaded and the server answers")

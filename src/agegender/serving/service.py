@@ -1,11 +1,12 @@
 """The inference side of the server: model and detector loaded once, decoding in a thread pool, and
-concurrent requests micro-batched into one ``Predictor.predict_arrays`` call."""
+concurrent requests micro-batched into one ``Predictor.predict_arrays`` call, which gives each upload its
+``ImageResult``."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +19,7 @@ from agegender.inference.detector import FaceDetector
 from agegender.inference.factory import load_model
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.inference.predictor import Predictor
-from agegender.inference.results import Face
+from agegender.inference.results import Face, ImageResult
 from agegender.preprocess import CHIP_SIZE
 from agegender.serving.batching import BatchStats, MicroBatcher
 from agegender.serving.settings import ServeSettings
@@ -29,13 +30,23 @@ _Item = tuple[np.ndarray, bool]  # a decoded BGR image and its flip setting
 
 @dataclass(frozen=True)
 class Prediction:
-    """Faces found in one upload, its size after EXIF rotation, and where the time went."""
+    """The result for one upload (its faces, and its size after EXIF rotation), and where the time went."""
 
-    faces: list[Face]
-    width: int
-    height: int
+    result: ImageResult
     timing_ms: dict[str, float]
     batch_size: int
+
+    @property
+    def faces(self) -> Sequence[Face]:
+        return self.result
+
+    @property
+    def width(self) -> int:
+        return self.result.width
+
+    @property
+    def height(self) -> int:
+        return self.result.height
 
 
 class InferenceService:
@@ -52,7 +63,7 @@ class InferenceService:
                             for flip in (True, False)}
         self.model_name = model.config.name
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="agegender-decode")
-        self._batcher: MicroBatcher[_Item, list[Face]] | None = None
+        self._batcher: MicroBatcher[_Item, ImageResult] | None = None
         if settings.batch_max > 1:
             self._batcher = MicroBatcher(
                 self._predict_items, max_batch=settings.batch_max, max_wait_s=settings.batch_wait_ms / 1000,
@@ -87,13 +98,12 @@ class InferenceService:
         decoded = time.perf_counter()
         item = (image, self.settings.flip if flip is None else flip)
         if self._batcher is not None:
-            faces, stats = await self._batcher.submit(item)
+            result, stats = await self._batcher.submit(item)
         else:
-            faces, stats = await self._in_pool(partial(self._predict_timed, item, decoded))
+            result, stats = await self._in_pool(partial(self._predict_timed, item, decoded))
         timing = {"decode": (decoded - start) * 1000, "queue": stats.queue_ms, "inference": stats.run_ms,
                   "total": (time.perf_counter() - start) * 1000}
-        return Prediction(faces, image.shape[1], image.shape[0], {k: round(v, 1) for k, v in timing.items()},
-                          stats.batch_size)
+        return Prediction(result, {k: round(v, 1) for k, v in timing.items()}, stats.batch_size)
 
     def _decode(self, data: bytes) -> np.ndarray:
         """``load_image``; other decoder failures become ``ImageError`` too, since the upload caused them."""
@@ -107,22 +117,21 @@ class InferenceService:
     async def _in_pool(self, fn: Callable[[], _Result]) -> _Result:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
-    def _predict_items(self, items: list[_Item]) -> list[list[Face]]:
-        """Faces for each (image, flip) item: one ``predict_arrays`` call per flip setting present."""
-        results: list[list[Face]] = [[] for _ in items]
+    def _predict_items(self, items: list[_Item]) -> list[ImageResult]:
+        """The result of each (image, flip) item: one ``predict_arrays`` call per flip setting present."""
+        results: dict[int, ImageResult] = {}
         for flip, predictor in self._predictors.items():
             chosen = [i for i, (_, f) in enumerate(items) if f == flip]
             if chosen:
-                found = predictor.predict_arrays([items[i][0] for i in chosen])
-                for i, faces in zip(chosen, found, strict=True):
-                    results[i] = faces
-        return results
+                found = predictor.predict_arrays([items[i][0] for i in chosen], sources=["image data"] * len(chosen))
+                results.update(zip(chosen, found, strict=True))
+        return [results[i] for i in range(len(items))]
 
-    def _predict_timed(self, item: _Item, queued_at: float) -> tuple[list[Face], BatchStats]:
+    def _predict_timed(self, item: _Item, queued_at: float) -> tuple[ImageResult, BatchStats]:
         """Unbatched path: one item, with the same statistics the batcher reports."""
         start = time.perf_counter()
-        faces = self._predict_items([item])[0]
-        return faces, BatchStats((start - queued_at) * 1000, (time.perf_counter() - start) * 1000, 1)
+        result = self._predict_items([item])[0]
+        return result, BatchStats((start - queued_at) * 1000, (time.perf_counter() - start) * 1000, 1)
 
     @staticmethod
     def _warm_up(model: OnnxAgeGender, detector: FaceDetector) -> None:
