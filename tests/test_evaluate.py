@@ -46,7 +46,7 @@ from agegender.training.config import TrainConfig, load_config
 from agegender.training.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_CONFIGS = sorted((REPO / "configs" / "seeds").glob("[!_]*.yaml"))
+SEED_CONFIGS = sorted((REPO / "configs" / "seeds").glob("*/[!_]*.yaml"))
 TINY: dict[str, Any] = {"model": "vu_multitask", "epochs": 1, "batch_size": 64, "threads": 1}
 
 
@@ -266,7 +266,7 @@ def test_data_filter_keeps_one_gender_or_age_group_after_the_limit() -> None:
         select_records(splits, DataConfig(filter={"age_group": "8-13"}))
 
 
-@pytest.mark.parametrize("path", SEED_CONFIGS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SEED_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_seed_config_loads_and_builds_its_model(path: Path) -> None:
     cfg, _ = load_config(path)
     assert "seed 00" in cfg.description.lower() and "§" in cfg.description

@@ -27,7 +27,7 @@ from agegender.training.forward import model_outputs
 from agegender.training.losses import distillation_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGSHIP = ROOT / "configs" / "flagship.yaml"
+FLAGSHIP = ROOT / "configs" / "flagship" / "v02.yaml"
 
 
 def small(utkface_dir: Path, limit: int, epochs: int, *extra: str) -> list[str]:
@@ -47,7 +47,7 @@ def test_overrides_and_unknown_keys_are_reported() -> None:
         load_config(FLAGSHIP, ["optimiser.lr=1"])
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "flagship").glob("*.yaml")), ids=lambda p: p.stem)
 def test_flagship_config_loads_and_builds_its_model(path: Path) -> None:
     """Every recipe of configs/ resolves through its ``base:`` chain and builds its network."""
     cfg, _ = load_config(path)
@@ -66,7 +66,7 @@ def test_two_epochs_on_real_chips_lower_the_validation_loss(utkface_dir: Path, t
 
 
 def test_age_heads_can_start_at_the_training_mean_age(utkface_dir: Path, tmp_path: Path) -> None:
-    zhu = ROOT / "configs" / "seeds" / "seed002_zhu_joint.yaml"
+    zhu = ROOT / "configs" / "seeds" / "zhu_2016" / "joint.yaml"
     cfg, raw = load_config(zhu, small(utkface_dir, 64, 1))
     assert cfg.start_age_at_mean  # the Zhu recipe's documented deviation
     trainer = Trainer(cfg, tmp_path / "zhu", raw, progress=False)

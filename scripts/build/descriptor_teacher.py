@@ -150,7 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="our models to stack with (run folders, checkpoints or ONNX)")
     parser.add_argument("--out", type=Path, required=True, help="the .npz for distill.stored (train rows)")
-    parser.add_argument("--config", default="configs/flagship.yaml", help="training config whose data to use")
+    parser.add_argument("--config", default="configs/flagship/v02.yaml", help="training config whose data to use")
     parser.add_argument("--work", type=Path, default=None, help="descriptor cache folder (default: beside --out)")
     parser.add_argument("--workers", type=int, default=2, help="processes computing descriptors")
     parser.add_argument("--folds", type=int, default=5, help="cross-fitting folds for the train rows")

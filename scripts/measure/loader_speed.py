@@ -1,6 +1,6 @@
 """How many training images per second the data path delivers (cached arrays, augmentation, normalisation).
 
-    python scripts/measure/loader_speed.py [--root UTKFACE_FOLDER] [--config configs/flagship.yaml]
+    python scripts/measure/loader_speed.py [--root UTKFACE_FOLDER] [--config configs/flagship/v02.yaml]
 
 The number to compare with is the model's own training speed (about 200 images/s for a 0.9M-parameter 64 px
 net on this 2-core CPU): the loader must be much faster so that it is never the bottleneck.
@@ -22,7 +22,7 @@ from agegender.training.config import load_config
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/flagship.yaml")
+    parser.add_argument("--config", default="configs/flagship/v02.yaml")
     parser.add_argument("--root", default=str(default_path("utkface")), help="UTKFace folder (default: the shared one)")
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)

@@ -1,5 +1,6 @@
-"""``agegender models``: the registry with parameter counts against the papers' figures, or what one exported
-model file holds (its input, version, quantisation, age calibration and stored metrics with their protocol)."""
+"""``agegender models``: the registry (input size, outputs, the papers' parameter counts; ``--params`` builds each
+network to count its parameters), or what one exported model file holds (its input, version, quantisation, age
+calibration and stored metrics with their protocol). Only ``--params`` imports torch."""
 
 from __future__ import annotations
 
@@ -12,11 +13,15 @@ from agegender.cli.common import UserError, require_extra
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the registered models, or describe an exported model file",
-                       description="Without MODEL: every registered network with its parameter count against the "
-                                   "paper's (needs the `train` extra). With MODEL: what the exported file holds.")
+                       description="Without MODEL: every registered network with its input size, outputs and the "
+                                   "paper's parameter count; --params builds each one to count its parameters "
+                                   "(needs the `train` extra). With MODEL: what the exported file holds.")
     p.add_argument("model", nargs="?",
                    help="a shipped model (flagship-int8, flagship) or an `agegender export` ONNX file")
     p.add_argument("--json", action="store_true", help="MODEL: print its description as JSON")
+    p.add_argument("--params", action="store_true",
+                   help="without MODEL: build every network and print its parameter count beside the paper's "
+                        "(needs the `train` extra; takes seconds)")
     p.set_defaults(handler=run)
 
 
@@ -24,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         if args.json:
             raise UserError("--json describes one MODEL: give a shipped model's name or an ONNX file")
-        return list_registry()
+        return list_registry(count_params=args.params)
+    if args.params:
+        raise UserError("--params counts the registered networks' parameters: give no MODEL")
     from agegender.inference.onnx_model import ModelError, OnnxAgeGender
 
     if args.model.endswith(".pt"):
@@ -62,15 +69,21 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     return lines
 
 
-def list_registry() -> int:
-    require_extra("train", "torch")
-    from agegender.models import create_model, list_models
+def list_registry(count_params: bool = False) -> int:
+    """One line per registered network, from the registry's static catalog (no torch); ``count_params`` builds
+    each network and adds its parameter count."""
+    from agegender.models import get_config, list_models
 
+    if count_params:
+        require_extra("train", "torch")
+        from agegender.models import create_model
     for name in list_models():
-        model = create_model(name)
-        n = sum(p.numel() for p in model.parameters())
-        cfg = model.config
+        cfg = get_config(name)
         paper = f"{cfg.paper_params / 1e6:.2f}M" if cfg.paper_params else "-"
-        print(f"{name:34s} {n / 1e6:7.2f}M params (paper {paper:>6s})  {cfg.input_size:>3d}px  "
-              f"{','.join(cfg.outputs)}")
+        if count_params:
+            n = sum(p.numel() for p in create_model(name).parameters())
+            counts = f"{n / 1e6:7.2f}M params (paper {paper:>6s})"
+        else:
+            counts = f"paper params {paper:>6s}"
+        print(f"{name:34s} {counts}  {cfg.input_size:>3d}px  {','.join(cfg.outputs)}")
     return 0

@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from agegender.labels import NUM_AGE_GROUPS
 from agegender.model_config import ModelConfig
+from agegender.models._catalog import AGE_SPECIFIC_GENDER, CHAINED
 from agegender.models.layers import Outputs
-from agegender.models.levi_hassner import lh_config
 from agegender.models.options import arch_options
 from agegender.models.registry import create_model, get_config, register_model
 
@@ -93,18 +93,6 @@ class ChainedPredictor(nn.Module):
 
 def _composed_config(config: ModelConfig, hard: bool) -> ModelConfig:
     return config.replace(extra={**config.extra, "hard": hard})
-
-
-CHAINED = lh_config(
-    "levi_hassner_chained", ("age_group_logits", "gender_logit"),
-    "seed 000 §3.3 and §5 (Fig. 3, Table 4): gender net, then male-only and female-only age nets",
-    gate_model="levi_hassner_gender", expert_model="levi_hassner_age",
-)
-AGE_SPECIFIC_GENDER = lh_config(
-    "levi_hassner_age_specific_gender", ("age_group_logits", "gender_logit"),
-    "seed 000 §5 (Table 3): age net, then one gender net per age group",
-    gate_model="levi_hassner_age", expert_model="levi_hassner_gender",
-)
 
 
 def build(config: ModelConfig, **overrides: Any) -> ChainedPredictor:

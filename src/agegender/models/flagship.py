@@ -1,6 +1,6 @@
 """The flagship: a compact residual CNN for CPU inference with a label-distribution age head and a gender head.
 
-Not from a seed document; chosen by measurement (see configs/flagship.yaml and MODEL_CARD.md). A stem conv
+Not from a seed document; chosen by measurement (see configs/flagship/ and MODEL_CARD.md). A stem conv
 (stride 2 for inputs larger than 64 px, so that the later layers keep their size), then stages of
 basic residual blocks (3x3 conv, BN, ReLU) with stride-2 transitions, global average pooling, dropout, then a
 101-bin age distribution (ages 0..100; the decoder reports its median) and a P(female) logit.
@@ -15,6 +15,7 @@ from torch import nn
 
 from agegender.labels import MAX_AGE
 from agegender.model_config import ModelConfig
+from agegender.models._catalog import FLAGSHIP
 from agegender.models.registry import register_model
 
 
@@ -65,10 +66,6 @@ class CompactResNet(nn.Module):
         return out
 
 
-_OUTPUTS = ("age_dist_logits", "gender_logit")
-
-
-@register_model(ModelConfig("flagship", input_size=64, resize=72, outputs=_OUTPUTS,
-                            source="agegender flagship v1 (chosen by measurement)"))
+@register_model(FLAGSHIP)
 def flagship(config: ModelConfig, **kwargs) -> nn.Module:
     return CompactResNet(config, **kwargs)

@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from agegender.model_config import ModelConfig
+from agegender.models._catalog import LEVI_HASSNER
 from agegender.models.layers import (
     HeadedNet,
     Heads,
@@ -32,9 +33,7 @@ from agegender.models.registry import register_model
 #: (filters, kernel, stride, padding) of conv1..conv3 in the deploy prototxts.
 CONV_STAGES = ((96, 7, 4, 0), (256, 5, 1, 2), (384, 3, 1, 1))
 FC_WIDTH = 512
-#: Per-channel means of ``mean.binaryproto`` (BGR 78.43, 87.77, 114.90), in RGB order; Caffe does not scale.
-MEAN_RGB = (114.8958, 87.7689, 78.4263)
-PROTOTXT = "peers/levi_hassner_2015/deploy_{age,gender}.prototxt"
+VARIANTS = LEVI_HASSNER
 
 
 def levi_hassner(
@@ -56,40 +55,6 @@ def levi_hassner(
     model = HeadedNet(nn.Sequential(*layers), Heads(FC_WIDTH, outputs))
     init_weights(model, partial(nn.init.normal_, std=0.01))
     return model
-
-
-def lh_config(name: str, outputs: tuple[str, ...], source: str, **extra: Any) -> ModelConfig:
-    """A model fed like Levi & Hassner's: resize to 256, crop 227, subtract the Adience mean, no scaling."""
-    return ModelConfig(
-        name=name, input_size=227, resize=256, outputs=outputs, mean=MEAN_RGB, std=(1.0, 1.0, 1.0),
-        source=source, extra=extra,
-    )
-
-
-GENDER = ("gender_logit",)
-VARIANTS = (
-    lh_config("levi_hassner_age", ("age_group_logits",), f"seed 000 §3.1 (8-way age); {PROTOTXT}"),
-    lh_config("levi_hassner_gender", GENDER, f"seed 000 §3.1 (gender), seed 001 Table 1 model 1; {PROTOTXT}"),
-    lh_config("levi_hassner_m2", GENDER, "seed 001 §3.1 Table 1 model 2 (conv3 removed)", conv_layers=2),
-    lh_config(
-        "levi_hassner_m3", GENDER, "seed 001 §3.1 Table 1 model 3 (conv3 and fc7 removed)",
-        conv_layers=2, fc_layers=1,
-    ),
-    lh_config(
-        "levi_hassner_m4", GENDER, "seed 001 §3.1 Table 1 model 4 (conv2, conv3 and fc7 removed)",
-        conv_layers=1, fc_layers=1,
-    ),
-    lh_config("levi_hassner_joint16", ("joint_logits",), "seed 001 §3.3.1 (16 gender x age categories)"),
-    lh_config(
-        "levi_hassner_twohead", ("age_group_logits", "gender_logit"),
-        "seed 001 §3.3.2 (unweighted two-head caffe: mean of the two losses)", gender_weight=1.0,
-    ),
-    lh_config(
-        "levi_hassner_ordinal", ("age_ordinal_logits", "gender_logit"),
-        "seed 001 §3.3.3 (weighted caffe, ordinal age encoding of Zhang et al. 2017)",
-        ordinal_weights=[1.0, 1.0, 1.0, 1.3, 1.5, 1.5, 1.3, 1.0], gender_weight=9.6,
-    ),
-)
 
 
 def build(config: ModelConfig, **overrides: Any) -> HeadedNet:

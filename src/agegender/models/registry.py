@@ -1,26 +1,38 @@
-"""One registry for every network: ``create_model(name, **overrides)`` and ``list_models()``."""
+"""One registry for every network: ``create_model(name, **overrides)``, ``get_config(name)`` and ``list_models()``.
+
+Names and configs come from ``_catalog`` (no torch): listing models and reading their configs imports no network.
+``create_model`` imports the module that registers a model's builder on first use. ``register_model`` also takes
+models outside the catalog (they are listed once their module is imported).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from agegender.model_config import ModelConfig
+from agegender.models import _catalog
 
-Builder = Callable[..., nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
+
+Builder = Callable[..., "nn.Module"]
 _REGISTRY: dict[str, tuple[Builder, ModelConfig]] = {}
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 
 def register_model(config: ModelConfig) -> Callable[[Builder], Builder]:
-    """Register ``builder(config, **kwargs) -> nn.Module`` under ``config.name``."""
+    """Register ``builder(config, **kwargs) -> nn.Module`` under ``config.name``; a catalogued name must come
+    with the catalog's config."""
 
     def wrap(builder: Builder) -> Builder:
         if config.name in _REGISTRY:
             raise ValueError(f"model {config.name!r} is registered twice")
+        catalogued = _catalog.CONFIGS.get(config.name)
+        if catalogued is not None and catalogued != config:
+            raise ValueError(f"model {config.name!r} is registered with a config other than the catalog's")
         _REGISTRY[config.name] = (builder, config)
         return builder
 
@@ -28,11 +40,16 @@ def register_model(config: ModelConfig) -> Callable[[Builder], Builder]:
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_catalog.CONFIGS.keys() | _REGISTRY.keys())
 
 
 def get_config(name: str) -> ModelConfig:
-    return _lookup(name)[1]
+    if name in _REGISTRY:
+        return _REGISTRY[name][1]
+    try:
+        return _catalog.CONFIGS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
@@ -48,6 +65,11 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
 
 
 def _lookup(name: str) -> tuple[Builder, ModelConfig]:
+    """The builder and config of ``name``, importing the module that registers it the first time."""
+    if name not in _REGISTRY and name in _catalog.MODULES:
+        importlib.import_module(_catalog.MODULES[name])
+        if name not in _REGISTRY:
+            raise RuntimeError(f"{_catalog.MODULES[name]} registers no builder for the catalogued model {name!r}")
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -14,7 +14,8 @@ import torchvision
 from torch import nn
 from torchvision.models import ResNet34_Weights, WeightsEnum
 
-from agegender.model_config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from agegender.model_config import ModelConfig
+from agegender.models._catalog import RESNET
 from agegender.models.layers import HeadedNet, Heads, SqueezeExcitation, global_pool
 from agegender.models.options import arch_options, torchvision_weights
 from agegender.models.registry import register_model
@@ -36,32 +37,7 @@ def resnet34_multitask(
     return HeadedNet(nn.Sequential(*layers, global_pool()), Heads(FEATURES, outputs))
 
 
-def resnet_config(name: str, outputs: tuple[str, ...], source: str, **extra: Any) -> ModelConfig:
-    return ModelConfig(
-        name=name, input_size=224, outputs=outputs, mean=IMAGENET_MEAN, std=IMAGENET_STD, source=source,
-        extra=extra,
-    )
-
-
-GROUPS = ("age_group_logits", "gender_logit")
-ORDINAL = ("age_ordinal_logits", "gender_logit")
-# Models 9-10 (and 11-12) train only "the last 10 layers except output layers": the last 10 parameterised
-# trunk layers plus the 2 heads, for ``freezing.freeze_all_but_last(model, 12)``. Models 13-14 train all.
-# Table 14: per-threshold age weights, and the gender weight for "the first few epochs" (start) and after;
-# the paper gives no epoch for the switch.
-ORDINAL_WEIGHTS = [1.0, 1.0, 1.0, 1.3, 1.8, 1.8, 1.3, 1.0]
-VARIANTS = (
-    resnet_config("resnet34_multitask", GROUPS, "seed 001 §4.1 (model 9)", trainable_last=12),
-    resnet_config("resnet34_se_multitask", GROUPS, "seed 001 §4.2 (model 10)", se=True, trainable_last=12),
-    resnet_config(
-        "resnet34_ordinal", ORDINAL, "seed 001 §4.3, Tables 14-15 (models 11 and 13)",
-        ordinal_weights=ORDINAL_WEIGHTS, gender_weight_start=4.0, gender_weight=0.9,
-    ),
-    resnet_config(
-        "resnet34_se_ordinal", ORDINAL, "seed 001 §4.3, Tables 14-15 (models 12 and 14, SE block)",
-        se=True, ordinal_weights=ORDINAL_WEIGHTS, gender_weight_start=2.0, gender_weight=0.5,
-    ),
-)
+VARIANTS = RESNET
 
 
 def build(config: ModelConfig, **overrides: Any) -> HeadedNet:

@@ -19,7 +19,8 @@ import torchvision
 from torch import nn
 from torchvision.models import VGG16_Weights, WeightsEnum
 
-from agegender.model_config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from agegender.model_config import ModelConfig
+from agegender.models._catalog import UTK_MODEL_A, UTK_MODEL_B
 from agegender.models.layers import (
     Branches,
     HeadedNet,
@@ -95,28 +96,13 @@ def utk_vgg16(
     return HeadedNet(backbone, heads)
 
 
-MODEL_A = ModelConfig(
-    name="utk_model_a", input_size=128, outputs=("age", "gender_logit"), paper_params=1_015_906,
-    source="seed 003 §2 (Model A, custom two-branch CNN); parameter count §4",
-)
-# §3: loss 1.0 * age + 10.0 * gender. The VGG-16 base is frozen for 5 epochs: only the 10 parameterised
-# layers of the branches train (``freezing.freeze_all_but_last(model, 10)``), the trainable count of §4.
-# Then its last 2 blocks are unfrozen, 8 Keras layers of which 6 are convs: ``unfreeze_last(model, 16)``.
-MODEL_B = ModelConfig(
-    name="utk_vgg16", input_size=128, outputs=("age", "gender_logit"), mean=IMAGENET_MEAN,
-    std=IMAGENET_STD, paper_params=1_449_474,
-    source="seed 003 §3 (Model B, VGG-16 with gradual unfreezing); parameter count §4",
-    extra={"gender_weight": 10.0, "trainable_last": 10, "unfreeze": [[5, 16]]},
-)
-
-
-@register_model(MODEL_A)
+@register_model(UTK_MODEL_A)
 def build_model_a(config: ModelConfig, **overrides: Any) -> HeadedNet:
     options = arch_options(config, overrides, "spatial_dropout", "dropout")
     return utk_model_a(input_size=config.input_size, **options)
 
 
-@register_model(MODEL_B)
+@register_model(UTK_MODEL_B)
 def build_model_b(config: ModelConfig, **overrides: Any) -> HeadedNet:
     options = arch_options(config, overrides, "weights", "pretrained", "dropout", "age_units", "gender_units")
     return utk_vgg16(**options)

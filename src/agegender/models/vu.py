@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from agegender.model_config import ModelConfig
+from agegender.models._catalog import VU
 from agegender.models.layers import (
     HeadedNet,
     Heads,
@@ -50,10 +51,7 @@ def vu_multitask(outputs: Sequence[str] = ("age", "gender_logit")) -> HeadedNet:
     return model
 
 
-@register_model(ModelConfig(
-    name="vu_multitask", input_size=64, outputs=("age", "gender_logit"), paper_params=0.9e6,
-    source="seed 004 §III-B Table I (architecture), §III-C (loss, init), Table III (0.9M parameters)",
-))
+@register_model(VU)
 def build(config: ModelConfig, **overrides: Any) -> HeadedNet:
     arch_options(config, overrides)  # no options: rejects unknown names
     return vu_multitask(config.outputs)

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from agegender.model_config import ModelConfig
+from agegender.models._catalog import ZHU
 from agegender.models.layers import HeadedNet, Heads, conv_block, dense_block, flat_features, init_weights
 from agegender.models.options import arch_options
 from agegender.models.registry import register_model
@@ -48,22 +49,7 @@ def zhu_net(outputs: Sequence[str], conv_layers: int = 4, input_size: int = 64) 
     return model
 
 
-def zhu_config(name: str, outputs: tuple[str, ...], conv_layers: int, source: str) -> ModelConfig:
-    # §3.1: "only 6 x 10^6 parameters" for the 4-conv net, which single-4conv shares (§4.3).
-    return ModelConfig(
-        name=name, input_size=64, outputs=outputs, source=source, extra={"conv_layers": conv_layers},
-        paper_params=6e6 if conv_layers == 4 else None,
-    )
-
-
-VARIANTS = (
-    zhu_config("zhu_lightweight", ("age", "gender_logit"), 4, "seed 002 §3.1-3.2 (joint regression)"),
-    *(
-        zhu_config(f"zhu_{task}_{depth}conv", (key,), depth, f"seed 002 §4.3 Table 3 (single-{depth}conv)")
-        for task, key in (("age", "age"), ("gender", "gender_logit"))
-        for depth in (3, 4, 5, 6)
-    ),
-)
+VARIANTS = ZHU
 
 
 def build(config: ModelConfig, **overrides: Any) -> HeadedNet:

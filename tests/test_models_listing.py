@@ -1,0 +1,79 @@
+"""`agegender models` lists the registry from its static catalog without importing torch; `--params` builds the
+networks and counts their parameters; every catalogued model's module registers a builder for the catalog's config.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from agegender.cli import main
+from agegender.models import _catalog, create_model, get_config, list_models, registry
+
+LISTING = """
+import sys
+from agegender.cli import main
+rc = main(["models"])
+print("torch imported:", "torch" in sys.modules, "rc:", rc)
+"""
+
+
+def test_listing_names_every_model_without_torch() -> None:
+    result = subprocess.run([sys.executable, "-c", LISTING], capture_output=True, text=True, timeout=120, check=True)
+    *lines, last = result.stdout.splitlines()
+    assert last == "torch imported: False rc: 0", result.stdout + result.stderr
+    rows = {line.split()[0]: line for line in lines}
+    assert sorted(rows) == list_models() and len(rows) == len(lines) == len(_catalog.CONFIGS)
+    for name, line in rows.items():
+        config = get_config(name)
+        paper = f"{config.paper_params / 1e6:.2f}M" if config.paper_params else "-"
+        assert f" {paper} " in line and f" {config.input_size}px " in line, line
+        assert line.endswith(",".join(config.outputs)), line
+
+
+@pytest.mark.parametrize("name", ["vu_multitask", "utk_model_a"])
+def test_params_counts_what_building_counts(
+    name: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agegender.models
+
+    monkeypatch.setattr(agegender.models, "list_models", lambda: [name])
+    assert main(["models", "--params"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    count = sum(p.numel() for p in create_model(name).parameters())
+    assert line.startswith(f"{name:34s} {count / 1e6:7.2f}M params (paper "), line
+
+
+def test_params_is_for_the_listing_only(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "flagship-int8", "--params"]) == 2
+    assert "give no MODEL" in capsys.readouterr().err
+
+
+def test_every_catalogued_model_has_a_builder_for_its_config() -> None:
+    for name, config in _catalog.CONFIGS.items():
+        _, registered = registry._lookup(name)  # imports the builder's module, builds nothing
+        assert registered is config and get_config(name) is config
+
+
+def test_a_catalogued_name_takes_only_the_catalogs_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    config = _catalog.VU
+    with pytest.raises(ValueError, match="catalog"):
+        registry.register_model(config.replace(input_size=32))(lambda cfg: None)
+    registry.register_model(config)(lambda cfg: None)
+    with pytest.raises(ValueError, match="twice"):
+        registry.register_model(config)(lambda cfg: None)
+
+
+def test_a_model_outside_the_catalog_is_listed_once_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch import nn
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    config = _catalog.VU.replace(name="tiny_test_model", paper_params=None)
+    registry.register_model(config)(lambda cfg, **kwargs: nn.Linear(2, 1))
+    assert "tiny_test_model" in list_models() and get_config("tiny_test_model") is config
+    assert create_model("tiny_test_model").config.name == "tiny_test_model"
+    with pytest.raises(KeyError, match="unknown model"):
+        get_config("no_such_model")
