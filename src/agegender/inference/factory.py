@@ -10,17 +10,19 @@ from agegender.inference.onnx_model import OnnxAgeGender
 
 
 def load_model(model: str | Path | None = None, *, accurate: bool = False, threads: int | None = None,
-               descriptor_weights: str | os.PathLike | None = None) -> OnnxAgeGender:
+               descriptor_weights: str | os.PathLike | None = None, backend: str = "auto",
+               device: str | None = None) -> OnnxAgeGender:
     """A shipped model's name (``flagship-int8``, ``flagship``), an ``agegender export`` file, or ``None`` for the
     default; with ``accurate``, that model (default: the float32 flagship) stacked with the head on dlib's face
     descriptors (``descriptor_weights``: dlib's ``.dat``, else found as :mod:`~agegender.inference.accurate.stacked`
-    says). ``threads`` caps each runtime session's threads.
+    says). ``threads`` caps each runtime session's threads; ``backend`` and ``device`` choose the runtime
+    (:func:`~agegender.inference.backends.open_session`).
 
     >>> load_model().config.name, load_model("flagship").metadata.get("quantization") is None
     ('flagship', True)
     """
     if accurate:
-        return StackedAgeGender(model, threads, descriptor_weights)
+        return StackedAgeGender(model, threads, descriptor_weights, backend=backend, device=device)
     if descriptor_weights is not None:
         raise ValueError("descriptor_weights is for the accurate mode (accurate=True)")
-    return OnnxAgeGender(model, threads=threads)
+    return OnnxAgeGender(model, threads, backend, device)

@@ -66,6 +66,8 @@ class OnnxAgeGender:
         #: The age correction ``agegender calibrate`` stored in the file (None: ages as the network decodes them).
         self.age_calibration = AgeCalibration.from_metadata(self.metadata)
         self.output_names = self.session.output_names
+        #: The file and the version that exported it, as tabular outputs record them.
+        self.version_label = f"{self.path.name} (agegender {self.metadata.get('version', 'unknown')})"
 
     def raw(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs for a preprocessed batch (N x 3 x S x S float32 RGB 0..255)."""

@@ -1,23 +1,68 @@
 """``Predictor``: age and gender for every face in a photo, or for aligned face chips, as an ``ImageResult``
-per image."""
+per image.
+
+Its work comes in two halves that the bulk path runs in different processes: :func:`prepare_image` decodes one
+photo (a JPEG at the reduced scale that still holds the detector's working size), finds its faces and aligns
+each from pixels that hold it at the network's resolution (:mod:`agegender.inference.faces`);
+:meth:`Predictor.finish` runs the model over the chips of many photos in one batch.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from agegender.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
-from agegender.inference.align import align_face
+from agegender.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, ScaledImage, load_image, load_scaled
 from agegender.inference.detector import Detection, FaceDetector
+from agegender.inference.faces import locate_faces
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
-from agegender.inference.results import Face, ImageResult, plot, source_name
+from agegender.inference.results import Face, ImageFailure, ImageResult, plot, source_name
 from agegender.labels import AGE_GROUPS, GENDERS
 from agegender.outputs import AGE_KEYS, GENDER_KEYS, Decoded
-from agegender.preprocess import CHIP_SIZE
 
 _AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One photo ready for the model: its source, full size, detections (full-resolution coordinates; ``None``
+    for a chip given as is), their aligned chips, and the decoded pixels at ``scale`` (None when not kept)."""
+
+    source: str
+    size: tuple[int, int]
+    detections: list[Detection | None]
+    chips: list[np.ndarray]
+    image: np.ndarray | None = None
+    scale: float = 1.0
+
+
+def prepare_image(source: ImageSource, detector: FaceDetector | None, input_side: int,
+                  max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True,
+                  keep_pixels: bool = True) -> PreparedImage:
+    """Decode, detect and align one input (see the module doc); ``detector=None`` takes the whole input as an
+    aligned chip. ``reduced``: decode a JPEG at the smallest DCT scale that still holds the detector's working
+    size (its ``max_side``), so that it finds the same faces (``scripts/measure/photo_scale.py`` measures it).
+    Raises :class:`~agegender.images.ImageError` for an input that cannot be decoded."""
+    name = source_name(source)
+    min_side = detector.max_side if reduced and detector is not None else None
+    scaled = load_scaled(source, min_side=min_side, max_pixels=max_pixels)
+    return prepare_pixels(scaled, name, detector, input_side,
+                          partial(load_image, source, max_pixels=max_pixels), keep_pixels)
+
+
+def prepare_pixels(scaled: ScaledImage, name: str, detector: FaceDetector | None, input_side: int,
+                   full_image: Callable[[], np.ndarray] | None = None, keep_pixels: bool = True) -> PreparedImage:
+    """:func:`prepare_image` for pixels already decoded."""
+    image = scaled.pixels if keep_pixels else None
+    if detector is None:
+        return PreparedImage(name, scaled.full_size, [None], [scaled.pixels], image, scaled.scale)
+    detections, chips = locate_faces(scaled, detector, input_side, full_image)
+    return PreparedImage(name, scaled.full_size, list(detections), chips, image, scaled.scale)
 
 
 class Predictor:
@@ -32,15 +77,17 @@ class Predictor:
     ``predict`` returns an :class:`ImageResult`: the sequence of faces, with the image, its source and size,
     ``to_dict()``, ``rows()``, ``plot()``, ``save()`` and ``save_crops()``.
 
-    ``model``: an ``agegender export`` ONNX file (default: the shipped flagship). ``detector``: a
-    ``FaceDetector``, ``"auto"`` (YuNet, located as ``FaceDetector`` documents) or ``None`` to treat every input
-    as an already aligned face chip. ``flip``: average each face with its mirror image.
+    ``model``: an ``agegender export`` ONNX file or a loaded model (default: the shipped flagship). ``detector``:
+    a ``FaceDetector``, ``"auto"`` (YuNet, located as ``FaceDetector`` documents) or ``None`` to treat every
+    input as an already aligned face chip. ``flip``: average each face with its mirror image. ``reduced``: decode
+    large JPEGs at a reduced scale (:func:`prepare_image`); False decodes every photo at full size.
     """
 
     def __init__(self, model: str | Path | OnnxAgeGender | None = None,
                  detector: FaceDetector | str | None = _AUTO, threads: int | None = None,
-                 flip: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        self.model = model if isinstance(model, OnnxAgeGender) else OnnxAgeGender(model, threads=threads)
+                 flip: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True,
+                 backend: str = "auto", device: str | None = None) -> None:
+        self.model = model if isinstance(model, OnnxAgeGender) else OnnxAgeGender(model, threads, backend, device)
         outputs = set(self.model.config.outputs)
         if not (outputs & AGE_KEYS and outputs & GENDER_KEYS):
             raise ModelError(f"{self.model.path} predicts only {', '.join(sorted(outputs))}; the Predictor needs "
@@ -50,16 +97,34 @@ class Predictor:
         elif isinstance(detector, str | Path):
             detector = FaceDetector(detector)
         self.detector: FaceDetector | None = detector
-        self.flip, self.max_pixels = flip, max_pixels
+        self.flip, self.max_pixels, self.reduced = flip, max_pixels, reduced
+
+    @property
+    def input_side(self) -> int:
+        """The side at which the network reads a chip."""
+        return self.model.config.load_size
 
     def predict(self, image: ImageSource) -> ImageResult:
         """Faces in one image (path, bytes, BGR numpy array or PIL image), most confident detection first."""
         return self.predict_batch([image])[0]
 
-    def predict_batch(self, images: Sequence[ImageSource]) -> list[ImageResult]:
-        """Faces of many images, all of them in one forward pass; a path's result names it as its source."""
-        decoded_images = [load_image(img, max_pixels=self.max_pixels) for img in images]
-        return self.predict_arrays(decoded_images, sources=[source_name(img) for img in images])
+    def predict_batch(self, images: Sequence[ImageSource], errors: Literal["raise", "return"] = "raise"
+                      ) -> list[ImageResult | ImageFailure]:
+        """Faces of many images, all of them in one forward pass; a path's result names it as its source. With
+        ``errors="return"`` an input that cannot be decoded gives an :class:`ImageFailure` in its place instead
+        of raising :class:`~agegender.images.ImageError`."""
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        prepared: list[PreparedImage | ImageFailure] = []
+        for image in images:
+            try:
+                prepared.append(prepare_image(image, self.detector, self.input_side, self.max_pixels,
+                                              self.reduced))
+            except ImageError as err:
+                if errors == "raise":
+                    raise
+                prepared.append(ImageFailure(source_name(image), err.kind, str(err)))
+        return self.finish(prepared)
 
     def predict_arrays(self, images_bgr: Sequence[np.ndarray],
                        sources: Sequence[str] | None = None) -> list[ImageResult]:
@@ -67,36 +132,40 @@ class Predictor:
         (default ``"array"``)."""
         if sources is not None and len(sources) != len(images_bgr):
             raise ValueError(f"{len(sources)} sources for {len(images_bgr)} images")
-        chips: list[np.ndarray] = []
-        located: list[list[Detection | None]] = []
-        for image in images_bgr:
-            if self.detector is None:
-                chips.append(image)
-                located.append([None])
-                continue
-            detections = self.detector.detect(image)
-            chips.extend(align_face(image, d.landmarks, CHIP_SIZE) for d in detections)
-            located.append(list(detections))
-        found: list[list[Face]] = [[] for _ in images_bgr]
-        if chips:
-            decoded, i = self.model.predict(chips, flip=self.flip), 0
-            for faces, image, dets in zip(found, images_bgr, located, strict=True):
-                for det in dets:
-                    faces.append(_face(decoded, i, det, image.shape))
-                    i += 1
         names = ["array"] * len(images_bgr) if sources is None else sources
-        return [ImageResult(faces, source=name, image=image, model=self.model.config.name)
-                for faces, image, name in zip(found, images_bgr, names, strict=True)]
+        prepared = [prepare_pixels(ScaledImage(img, 1.0, (img.shape[1], img.shape[0])), name, self.detector,
+                                   self.input_side) for img, name in zip(images_bgr, names, strict=True)]
+        return self.finish(prepared)  # type: ignore[return-value]
+
+    def finish(self, prepared: Sequence[PreparedImage | ImageFailure]) -> list[ImageResult | ImageFailure]:
+        """The model over every chip of ``prepared`` in one batch; one result per item (failures pass through)."""
+        chips = [chip for item in prepared if isinstance(item, PreparedImage) for chip in item.chips]
+        decoded = self.model.predict(chips, flip=self.flip) if chips else None
+        results: list[ImageResult | ImageFailure] = []
+        i = 0
+        for item in prepared:
+            if isinstance(item, ImageFailure):
+                results.append(item)
+                continue
+            faces = []
+            for det in item.detections:
+                faces.append(_face(decoded, i, det, item.size))
+                i += 1
+            results.append(ImageResult(faces, source=item.source, size=item.size, image=item.image,
+                                       model=self.model.config.name, scale=item.scale,
+                                       model_version=self.model.version_label))
+        return results
 
     def plot(self, image_bgr: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """``image_bgr`` with ``faces`` drawn; for a prediction's own image, ``result.plot()`` does the same."""
         return plot(image_bgr, faces)
 
 
-def _face(decoded: Decoded, i: int, det: Detection | None, shape: tuple[int, ...]) -> Face:
-    female = float(decoded.female_prob[i])  # the Predictor only accepts models with a gender output
+def _face(decoded: Decoded | None, i: int, det: Detection | None, size: tuple[int, int]) -> Face:
+    assert decoded is not None and decoded.female_prob is not None  # the Predictor needs age and gender outputs
+    female = float(decoded.female_prob[i])
     group = int(decoded.age_group[i])
-    box = det.box if det is not None else (0.0, 0.0, float(shape[1]), float(shape[0]))
+    box = det.box if det is not None else (0.0, 0.0, float(size[0]), float(size[1]))
     return Face(
         box=tuple(float(v) for v in box), score=det.score if det is not None else 1.0,
         age=float(decoded.age[i]), age_range=(float(decoded.age_low[i]), float(decoded.age_high[i])),

@@ -45,9 +45,9 @@ LANDMARK_COLUMNS = tuple(f"{name}_{axis}" for name in LANDMARK_NAMES for axis in
 ROW_COLUMNS: tuple[str, ...] = (
     "file", "frame", "track", "face", "x", "y", "w", "h", "score", "age", "age_low", "age_high", "age_group",
     "age_group_confidence", "gender", "gender_confidence", "error",
-    "image_width", "image_height", "model", *LANDMARK_COLUMNS)
+    "image_width", "image_height", "model", "model_version", *LANDMARK_COLUMNS)
 """The columns of :meth:`ImageResult.rows`, in order: the ``agegender predict --csv`` columns (up to ``error``),
-then the image's size, the model's name and the flattened landmarks.
+then the image's size, the model's name, the model's file and version, and the flattened landmarks.
 
 ``file`` is the input (a path, or a name such as ``image data`` for bytes); ``frame`` and ``track`` are for
 videos, filled by the caller (empty for images); ``face`` is the face's index in the image (most confident
@@ -55,6 +55,13 @@ first); ``x, y, w, h`` the box; ``age_low, age_high`` the 80% interval; ``error`
 read (see :meth:`ImageResult.error_row`). An image without a face gives one row whose face columns are empty.
 Values are those of ``Face.to_dict()`` (same rounding); an empty value is ``None``.
 """
+
+
+#: Each column's type in tabular outputs (Parquet's schema): ``str``, ``int`` or ``float``.
+ROW_TYPES: dict[str, str] = {
+    column: "str" if column in ("file", "age_group", "gender", "error", "model", "model_version")
+    else "int" if column in ("frame", "track", "face", "image_width", "image_height") else "float"
+    for column in ROW_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -141,7 +148,9 @@ class ImageResult(Sequence[Face]):
     faces. ``source`` names the input (its path, ``"image data"`` for bytes, ``"array"``, ``"PIL image"``),
     ``size`` is the image's (width, height) as displayed (EXIF orientation applied; the boxes refer to it),
     ``image`` the decoded BGR pixels (needed by ``plot``, ``save``, ``crops`` and ``save_crops``; ``None`` if
-    the result was built without them), ``model`` the name of the model that predicted the faces.
+    the result was built without them) at ``scale`` of ``size`` (a JPEG decoded at a reduced scale keeps those
+    pixels: the plot is drawn on them, the crops cut from them), ``model`` the name of the model that predicted
+    the faces.
 
     Two results are equal when their faces, source, size and model are; the pixels are not compared.
     """
@@ -151,6 +160,8 @@ class ImageResult(Sequence[Face]):
     size: tuple[int, int] = (0, 0)
     image: np.ndarray | None = field(default=None, repr=False)
     model: str | None = None
+    scale: float = 1.0
+    model_version: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faces", tuple(self.faces))
@@ -212,7 +223,8 @@ class ImageResult(Sequence[Face]):
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per face with every column of :data:`ROW_COLUMNS` in order; one row with empty face
         columns when the image has no face."""
-        image = {"file": self.source, "image_width": self.width, "image_height": self.height, "model": self.model}
+        image = {"file": self.source, "image_width": self.width, "image_height": self.height, "model": self.model,
+                 "model_version": self.model_version}
         if not self.faces:
             return [_row(image)]
         return [_row({**image, "face": i, **face.to_row()}) for i, face in enumerate(self.faces)]
@@ -224,7 +236,7 @@ class ImageResult(Sequence[Face]):
 
     def plot(self) -> np.ndarray:
         """A copy of the image with each face's box and label drawn (see :func:`plot`)."""
-        return plot(self._pixels(), self.faces)
+        return plot(self._pixels(), [_scaled(face, self.scale) for face in self.faces])
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the annotated image (``plot()``) to ``path``, its format from the suffix; returns the path."""
@@ -234,8 +246,9 @@ class ImageResult(Sequence[Face]):
         """Each face's chip: aligned on its landmarks at ``CHIP_SIZE`` x ``CHIP_SIZE`` (what the model saw),
         or, for a face without landmarks (``detector=None``), the pixels of its box (the whole chip)."""
         image = self._pixels()
+        faces = [_scaled(face, self.scale) for face in self.faces]
         return [align_face(image, face.landmarks, CHIP_SIZE) if face.landmarks is not None
-                else _box_pixels(image, face.box) for face in self.faces]
+                else _box_pixels(image, face.box) for face in faces]
 
     def save_crops(self, directory: str | os.PathLike, stem: str | None = None) -> list[Path]:
         """Write ``crops()`` as ``DIRECTORY/STEM_face{i}.jpg`` (``stem``: default the source's file stem);
@@ -247,6 +260,31 @@ class ImageResult(Sequence[Face]):
         if self.image is None:
             raise ValueError(f"this result for {self.source} holds no image: build it with image=...")
         return self.image
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """An input that could not be read or predicted, in place of its :class:`ImageResult` (``predict_batch(...,
+    errors="return")``): ``kind`` names the reason in a few words (see :class:`agegender.images.ImageError`)."""
+
+    source: str
+    kind: str
+    message: str
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Its one row: :meth:`ImageResult.error_row`."""
+        return [ImageResult.error_row(self.source, self.message)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "error": self.message, "error_kind": self.kind}
+
+
+def _scaled(face: Face, scale: float) -> Face:
+    """``face`` with its box and landmarks in the coordinates of pixels at ``scale``."""
+    if scale == 1.0:
+        return face
+    return replace(face, box=tuple(v * scale for v in face.box),
+                   landmarks=None if face.landmarks is None else face.landmarks * scale)
 
 
 def _row(values: dict[str, Any]) -> dict[str, Any]:

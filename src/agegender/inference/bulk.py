@@ -1,0 +1,148 @@
+"""The bulk path: a photo collection through the Predictor into a crash-safe table, one row per face.
+
+Decoding, detection and alignment (:func:`~agegender.inference.predictor.prepare_image`) run in ``workers``
+processes, each with its own detector; the model runs in this process, batched across photos
+(:meth:`~agegender.inference.predictor.Predictor.finish`). Every input gets rows: one per face, one with empty face
+columns for a photo without a face, one with the reason in ``error`` for an input that cannot be read; rows go to a
+:class:`~agegender.inference.sinks.RowSink` whole photos at a time, so a crash loses at most the photos in flight
+and a resumed run skips exactly the inputs already written.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from agegender.images import DEFAULT_MAX_PIXELS, ImageError
+from agegender.inference.collection import UNREADABLE_SUFFIXES, Collection
+from agegender.inference.detector import FaceDetector
+from agegender.inference.predictor import Predictor, PreparedImage, prepare_image
+from agegender.inference.results import ImageFailure, ImageResult
+from agegender.inference.sinks import RowSink
+
+__all__ = ["BulkSummary", "run_bulk"]
+
+#: Faces per forward pass: the model's time per face flattens out from about 64 (docs/bench.md).
+BATCH_FACES = 64
+
+
+@dataclass
+class BulkSummary:
+    """What a bulk run did: inputs listed, already in the output, photos read, faces, photos without a face,
+    errors by kind, files skipped by type, seconds."""
+
+    inputs: int = 0
+    resumed: int = 0
+    photos: int = 0
+    faces: int = 0
+    no_face: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def add(self, result: ImageResult | ImageFailure) -> None:
+        if isinstance(result, ImageFailure):
+            self.errors[result.kind] += 1
+            return
+        self.photos += 1
+        self.faces += len(result)
+        self.no_face += not len(result)
+
+    def lines(self) -> list[str]:
+        rate = self.photos / self.seconds if self.seconds else 0.0
+        out = [f"{self.inputs} input(s): {self.photos} photo(s) read ({rate:.1f}/s), {self.faces} face(s), "
+               f"{self.no_face} without a face, {sum(self.errors.values())} error(s)"
+               + (f", {self.resumed} already in the output (resumed)" if self.resumed else "")]
+        out += [f"  errors, {kind}: {n}" for kind, n in sorted(self.errors.items())]
+        out += [f"  skipped, {reason}: {n}" for reason, n in sorted(self.skipped.items())]
+        return out
+
+
+_WORKER: dict[str, object] = {}
+
+
+def _start_worker(detector_path: str | None, max_side: int | None, input_side: int, max_pixels: int,
+                  reduced: bool) -> None:
+    cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only contend
+    detector = None if detector_path is None else FaceDetector(detector_path, max_side=max_side)
+    _WORKER.update(detector=detector, input_side=input_side, max_pixels=max_pixels, reduced=reduced)
+
+
+def _prepare(path: str) -> PreparedImage | ImageFailure:
+    """One input, in a worker: decoded, detected and aligned, or the reason it could not be."""
+    suffix = Path(path).suffix.lower()
+    if suffix in UNREADABLE_SUFFIXES:
+        return ImageFailure(path, "unsupported format",
+                            f"{path}: {suffix} images cannot be decoded here (convert them to JPEG or PNG)")
+    try:
+        return prepare_image(path, _WORKER["detector"], _WORKER["input_side"], _WORKER["max_pixels"],  # type: ignore[arg-type]
+                             _WORKER["reduced"], keep_pixels=False)  # type: ignore[arg-type]
+    except ImageError as err:
+        return ImageFailure(path, err.kind, str(err))
+    except (OSError, ValueError, MemoryError) as err:  # a photo must never stop the run
+        return ImageFailure(path, "cannot read", f"{path}: {err}")
+
+
+def _prepared(paths: Sequence[str], predictor: Predictor, workers: int, max_pixels: int
+              ) -> Iterator[PreparedImage | ImageFailure]:
+    """Each path prepared, in order, by ``workers`` processes (1: in this process)."""
+    detector = predictor.detector
+    init = (None if detector is None else str(detector.model_path), None if detector is None else detector.max_side,
+            predictor.input_side, max_pixels, predictor.reduced)
+    if workers <= 1:
+        if detector is not None:
+            _WORKER.update(detector=detector, input_side=predictor.input_side, max_pixels=max_pixels,
+                           reduced=predictor.reduced)
+        else:
+            _start_worker(*init)
+        yield from map(_prepare, paths)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker, initargs=init) as pool:
+        yield from pool.imap(_prepare, paths, chunksize=2)
+
+
+def _batches(items: Iterable[PreparedImage | ImageFailure], faces: int
+             ) -> Iterator[list[PreparedImage | ImageFailure]]:
+    """Consecutive items holding about ``faces`` faces (or 32 photos) each."""
+    batch: list[PreparedImage | ImageFailure] = []
+    count = 0
+    for item in items:
+        batch.append(item)
+        count += len(item.chips) if isinstance(item, PreparedImage) else 0
+        if count >= faces or len(batch) >= 32:
+            yield batch
+            batch, count = [], 0
+    if batch:
+        yield batch
+
+
+def run_bulk(predictor: Predictor, collection: Collection, sink: RowSink, workers: int = 1,
+             max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> BulkSummary:
+    """Predict every file of ``collection`` not yet in ``sink`` and write its rows; the collection's listing
+    errors become error rows too. Returns the summary."""
+    start = time.perf_counter()
+    summary = BulkSummary(inputs=len(collection.files) + len(collection.errors), skipped=collection.skipped_counts())
+    for path, reason in collection.errors:
+        if path not in sink.done:
+            failure = ImageFailure(path, "cannot read", f"{path}: {reason}")
+            sink.write(failure.rows())
+            summary.add(failure)
+    todo = [p for p in collection.files if p not in sink.done]
+    summary.resumed = summary.inputs - len(todo) - len(collection.errors) + sum(
+        1 for p, _ in collection.errors if p in sink.done)
+    with tqdm(total=len(todo), desc="predict", unit="photo", disable=not progress, smoothing=0.1) as bar:
+        for batch in _batches(_prepared(todo, predictor, workers, max_pixels), BATCH_FACES):
+            for result in predictor.finish(batch):
+                sink.write(result.rows())
+                summary.add(result)
+                bar.update()
+    sink.close()
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -1,0 +1,151 @@
+"""A photo collection as the bulk path sees it: the inputs a command names, expanded into a deterministic list of
+files, with every file left out counted and named, and a disjoint share of them for one of N machines.
+
+Folders are read recursively (symbolic links followed, each folder once, so a link loop ends), in sorted order.
+A file named on the command line is always an input. In a folder, a file whose ending is an image's
+(:data:`~agegender.images.IMAGE_SUFFIXES`), a format we cannot decode (:data:`UNREADABLE_SUFFIXES`, which then gets
+an error row saying so) or that has no ending (its bytes decide) is an input; any other file is skipped by type and
+named in the summary. What cannot be read at all (a missing path, a folder without permission, a FIFO, a link
+loop) becomes an error entry, so that it gets an error row too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agegender.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+__all__ = ["UNREADABLE_SUFFIXES", "Collection", "collect", "in_shard", "parse_shard", "shard_paths"]
+
+#: Image formats a user may well have that this package does not decode: their files get an error row.
+UNREADABLE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".cr2", ".nef", ".arw", ".dng", ".raw", ".psd",
+                                 ".svg"})
+
+
+@dataclass
+class Collection:
+    """``files``: the inputs, in order; ``errors``: (path, reason) of what could not be listed; ``skipped``:
+    files left out, by reason (e.g. ``"video"``, ``"not an image (.txt)"``)."""
+
+    files: list[str] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, reason: str, path: str) -> None:
+        self.skipped.setdefault(reason, []).append(path)
+
+    def skipped_counts(self) -> Counter[str]:
+        return Counter({reason: len(paths) for reason, paths in self.skipped.items()})
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _classify(path: Path, out: Collection, named: bool, videos: bool) -> None:
+    """Add one non-folder path: an input, an error, or a skip."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as err:
+        reason = "a symbolic link loop" if err.errno == 40 else (err.strerror or str(err))
+        out.errors.append((str(path), f"cannot read: {reason}"))
+        return
+    if not stat.S_ISREG(mode):
+        out.errors.append((str(path), f"cannot read: {_kind(mode)}"))
+        return
+    suffix = path.suffix.lower()
+    if named or suffix in IMAGE_SUFFIXES or suffix in UNREADABLE_SUFFIXES or not suffix or (
+            videos and suffix in VIDEO_SUFFIXES):
+        out.files.append(str(path))
+    elif suffix in VIDEO_SUFFIXES:
+        out.skip("video (predict it on its own: agegender predict VIDEO)", str(path))
+    else:
+        out.skip(f"not an image ({suffix})", str(path))
+
+
+def _walk(root: Path, out: Collection, videos: bool) -> None:
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                out.errors.append((str(folder), "cannot read: a symbolic link loop (folder already read)"))
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            out.errors.append((str(folder), f"cannot read folder: {err.strerror or err}"))
+            continue
+        subfolders = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subfolders.append(path)
+            else:
+                _classify(path, out, named=False, videos=videos)
+        stack.extend(reversed(subfolders))  # depth first, in sorted order
+
+
+def collect(inputs: Iterable[str | os.PathLike], videos: bool = False) -> Collection:
+    """Expand files and folders into a :class:`Collection` (see the module doc); ``videos``: a folder's videos
+    are inputs too (else skipped by type). A path that does not exist is an error entry."""
+    out = Collection()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            _walk(path, out, videos)
+        elif not os.path.lexists(path):
+            out.errors.append((str(path), "no such file or folder"))
+        else:
+            _classify(path, out, named=True, videos=videos)
+    return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``.
+
+    >>> parse_shard("2/8")
+    (2, 8)
+    """
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text}: need N >= 1 and 0 <= I < N")
+    return index, count
+
+
+def in_shard(path: str, shard: tuple[int, int]) -> bool:
+    """Whether ``path`` falls in ``shard``: by a hash of the path as given, so N machines that name the same
+    paths split them into N disjoint parts that together cover every input, whatever the order.
+
+    >>> paths = [f"img{i}.jpg" for i in range(100)]
+    >>> parts = [[p for p in paths if in_shard(p, (i, 3))] for i in range(3)]
+    >>> sorted(sum(parts, [])) == sorted(paths), min(map(len, parts)) > 20
+    (True, True)
+    """
+    index, count = shard
+    digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count == index
+
+
+def shard_paths(paths: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
+    """The paths of ``shard`` (all of them for ``None``), order kept."""
+    return list(paths) if shard is None else [p for p in paths if in_shard(p, shard)]

@@ -1,0 +1,197 @@
+"""Crash-safe row outputs for the bulk path: Parquet (pyarrow), JSON Lines and CSV, each resumable.
+
+Rows arrive whole images at a time. What a sink has accepted survives a ``kill -9``; only rows not yet handed to
+it are lost, and a resumed run reads back which sources are done (:attr:`RowSink.done`), so it neither repeats
+nor drops an input.
+
+- **JSON Lines / CSV**: each image's rows go to the file in one unbuffered ``write``; a line cut by a crash (no
+  newline at the end) is removed when the run resumes.
+- **Parquet**: a Parquet file cannot be appended to and is unreadable until its footer is written, so rows are
+  flushed as small complete files into ``OUTPUT.parts/`` (each written beside and renamed into place), every
+  ``flush_rows`` rows or ``flush_seconds``; closing merges the existing output and the parts into one file,
+  renamed over the output, and only then removes the parts.
+
+An existing output is never overwritten: without ``resume`` the sink refuses to start.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FORMATS", "OutputExistsError", "RowSink", "open_sink"]
+
+#: Output formats by file ending.
+FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+#: Column types a schema may use: Python type names, mapped to Parquet types.
+_ARROW_TYPES = {"str": "string", "float": "float64", "int": "int64"}
+
+
+class OutputExistsError(FileExistsError):
+    """The output exists and the run was not asked to resume it."""
+
+
+def _clean(value: Any) -> Any:
+    """NaN and None become empty (null) values."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+class RowSink:
+    """Base class: ``done`` holds the ``source`` of every image already in the output."""
+
+    def __init__(self, path: Path, schema: Mapping[str, str], source_column: str = "source") -> None:
+        self.path, self.schema, self.source_column = path, dict(schema), source_column
+        self.done: set[str] = set()
+        self.rows_written = 0
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Make everything written durable and final."""
+
+    def __enter__(self) -> RowSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _TextSink(RowSink):
+    """JSON Lines or CSV: appended through one unbuffered file descriptor."""
+
+    def __init__(self, path: Path, schema: Mapping[str, str], resume: bool, kind: str) -> None:
+        super().__init__(path, schema)
+        self.kind = kind
+        exists = path.exists() and path.stat().st_size > 0
+        if exists:
+            self._truncate_partial_line()
+            self.done = self._read_sources()
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if kind == "csv" and not exists:
+            self._emit([dict(zip(self.schema, self.schema, strict=True))], header=True)
+
+    def _truncate_partial_line(self) -> None:
+        with open(self.path, "rb+") as handle:
+            data = handle.read()
+            if data.endswith(b"\n"):
+                return
+            handle.truncate(data.rfind(b"\n") + 1)
+
+    def _read_sources(self) -> set[str]:
+        with open(self.path, encoding="utf-8", newline="") as handle:
+            if self.kind == "csv":
+                return {row[self.source_column] for row in csv.DictReader(handle)}
+            return {json.loads(line)[self.source_column] for line in handle if line.strip()}
+
+    def _emit(self, rows: Sequence[Mapping[str, Any]], header: bool = False) -> None:
+        if self.kind == "csv":
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            for row in rows:
+                writer.writerow(["" if _clean(row.get(c)) is None else row.get(c) for c in self.schema])
+            data = buffer.getvalue()
+        else:
+            data = "".join(json.dumps({c: _clean(row.get(c)) for c in self.schema}) + "\n" for row in rows)
+        os.write(self.fd, data.encode("utf-8"))
+        if not header:
+            self.rows_written += len(rows)
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if rows:
+            self._emit(rows)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _ParquetSink(RowSink):
+    """Parquet through pyarrow: complete part files while running, one file at the end."""
+
+    def __init__(self, path: Path, schema: Mapping[str, str], resume: bool, flush_rows: int = 512,
+                 flush_seconds: float = 10.0) -> None:
+        super().__init__(path, schema)
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as err:
+            raise ImportError("Parquet output needs pyarrow: pip install 'agegender[bulk]' (or write .jsonl or "
+                              ".csv)") from err
+        self.pa, self.pq = pa, pq
+        self.arrow_schema = pa.schema([(name, getattr(pa, _ARROW_TYPES[kind])()) for name, kind in schema.items()])
+        self.parts = path.with_name(path.name + ".parts")
+        self.parts.mkdir(exist_ok=True)
+        for stale in self.parts.glob("*.tmp"):
+            stale.unlink()  # a part cut by a crash: its rows were never counted as done
+        for file in [path] * path.exists() + sorted(self.parts.glob("part-*.parquet")):
+            column = pq.read_table(file, columns=[self.source_column]).column(0)
+            self.done.update(column.to_pylist())
+        self.next_part = 1 + max((int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.parquet")), default=0)
+        self.pending: list[Mapping[str, Any]] = []
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.last_flush = time.monotonic()
+
+    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.pending.extend(rows)
+        if len(self.pending) >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.pending:
+            return
+        table = self.pa.Table.from_pylist([{c: _clean(r.get(c)) for c in self.schema} for r in self.pending],
+                                          schema=self.arrow_schema)
+        target = self.parts / f"part-{self.next_part:06d}.parquet"
+        tmp = target.with_suffix(".tmp")
+        self.pq.write_table(table, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        self.next_part += 1
+        self.rows_written += len(self.pending)
+        self.pending = []
+
+    def close(self) -> None:
+        self.flush()
+        parts = sorted(self.parts.glob("part-*.parquet"))
+        if not parts:
+            if not self.path.exists():
+                self.pq.write_table(self.arrow_schema.empty_table(), self.path)
+            self.parts.rmdir()
+            return
+        tables = [self.pq.read_table(f, schema=self.arrow_schema) for f in [self.path] * self.path.exists() + parts]
+        tmp = self.path.with_name(f".{self.path.name}.merging.tmp")
+        self.pq.write_table(self.pa.concat_tables(tables), tmp)
+        os.replace(tmp, self.path)
+        for part in parts:
+            part.unlink()
+        self.parts.rmdir()
+
+
+def open_sink(path: str | os.PathLike, schema: Mapping[str, str], resume: bool = False) -> RowSink:
+    """A sink for ``path`` by its ending (:data:`FORMATS`); ``schema`` maps each column to ``str``, ``float`` or
+    ``int``. Raises :class:`OutputExistsError` when the output (or unfinished Parquet parts) exists and ``resume``
+    is False, ValueError for an unknown ending."""
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"--output {path}: unknown format; use one of {', '.join(FORMATS)}")
+    unfinished = path.with_name(path.name + ".parts")
+    if not resume and (path.exists() or unfinished.exists()):
+        raise OutputExistsError(f"{path if path.exists() else unfinished} exists: pass --resume to continue it, "
+                                "or choose another output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "parquet":
+        return _ParquetSink(path, schema, resume)
+    return _TextSink(path, schema, resume, kind)
