@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bulk.add_argument("--resume", action="store_true", help="continue --output: skip the inputs already in it")
     bulk.add_argument("--shard", metavar="I/N", help="take the I-th of N disjoint parts of the inputs (0 <= I < N), "
                                                      "so that N machines or array jobs cover all of them")
+    bulk.add_argument("--flush-seconds", type=float, default=10.0,
+                      help="Parquet: make the rows written so far durable at least this often (default 10)")
     bulk.add_argument("--workers", type=int, default=1,
                       help="processes that decode and detect in parallel while the model runs batched (default 1)")
     bulk.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
@@ -169,7 +171,7 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
 
     try:
         shard = parse_shard(args.shard) if args.shard else None
-        sink = open_sink(args.output, ROW_TYPES, resume=args.resume)
+        sink = open_sink(args.output, ROW_TYPES, resume=args.resume, flush_seconds=args.flush_seconds)
     except ImportError as err:
         raise UserError(str(err)) from err
     collection = collect(args.paths)

@@ -44,9 +44,9 @@ def _clean(value: Any) -> Any:
 
 
 class RowSink:
-    """Base class: ``done`` holds the ``source`` of every image already in the output."""
+    """Base class: ``done`` holds the ``file`` (the source) of every image already in the output."""
 
-    def __init__(self, path: Path, schema: Mapping[str, str], source_column: str = "source") -> None:
+    def __init__(self, path: Path, schema: Mapping[str, str], source_column: str = "file") -> None:
         self.path, self.schema, self.source_column = path, dict(schema), source_column
         self.done: set[str] = set()
         self.rows_written = 0
@@ -67,7 +67,7 @@ class RowSink:
 class _TextSink(RowSink):
     """JSON Lines or CSV: appended through one unbuffered file descriptor."""
 
-    def __init__(self, path: Path, schema: Mapping[str, str], resume: bool, kind: str) -> None:
+    def __init__(self, path: Path, schema: Mapping[str, str], kind: str) -> None:
         super().__init__(path, schema)
         self.kind = kind
         exists = path.exists() and path.stat().st_size > 0
@@ -118,7 +118,7 @@ class _TextSink(RowSink):
 class _ParquetSink(RowSink):
     """Parquet through pyarrow: complete part files while running, one file at the end."""
 
-    def __init__(self, path: Path, schema: Mapping[str, str], resume: bool, flush_rows: int = 512,
+    def __init__(self, path: Path, schema: Mapping[str, str], flush_rows: int = 512,
                  flush_seconds: float = 10.0) -> None:
         super().__init__(path, schema)
         try:
@@ -179,10 +179,12 @@ class _ParquetSink(RowSink):
         self.parts.rmdir()
 
 
-def open_sink(path: str | os.PathLike, schema: Mapping[str, str], resume: bool = False) -> RowSink:
+def open_sink(path: str | os.PathLike, schema: Mapping[str, str], resume: bool = False,
+              flush_seconds: float = 10.0) -> RowSink:
     """A sink for ``path`` by its ending (:data:`FORMATS`); ``schema`` maps each column to ``str``, ``float`` or
-    ``int``. Raises :class:`OutputExistsError` when the output (or unfinished Parquet parts) exists and ``resume``
-    is False, ValueError for an unknown ending."""
+    ``int``; ``flush_seconds``: Parquet parts are written at least this often. Raises :class:`OutputExistsError`
+    when the output (or unfinished Parquet parts) exists and ``resume`` is False, ValueError for an unknown
+    ending."""
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
@@ -193,5 +195,5 @@ def open_sink(path: str | os.PathLike, schema: Mapping[str, str], resume: bool =
                                 "or choose another output")
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "parquet":
-        return _ParquetSink(path, schema, resume)
-    return _TextSink(path, schema, resume, kind)
+        return _ParquetSink(path, schema, flush_seconds=flush_seconds)
+    return _TextSink(path, schema, kind)

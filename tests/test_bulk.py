@@ -1,0 +1,148 @@
+"""The bulk path (`agegender predict SRC --output FILE`): every input gets its rows, a kill -9 loses at most the
+photos in flight, --resume neither repeats nor drops an input, --shard splits the inputs, workers agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from agegender.cli import main
+from agegender.inference.collection import collect, shard_paths
+from agegender.inference.predictor import Predictor
+from agegender.inference.results import ROW_COLUMNS
+
+pyarrow = pytest.importorskip("pyarrow", reason="Parquet output needs pyarrow (pip install 'agegender[bulk]')")
+import pyarrow.parquet as pq  # noqa: E402
+
+
+def read_rows(path: Path) -> list[dict]:
+    if path.suffix == ".parquet":
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def collection_dir(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+    """The shared photos, a sub-folder, a truncated JPEG, a HEIC, a text file and a file without an ending."""
+    root = tmp_path_factory.mktemp("collection")
+    (root / "sub").mkdir()
+    for photo in sorted(photos_dir.glob("*.jpg")):
+        shutil.copy(photo, root / photo.name)
+    shutil.copy(next(photos_dir.glob("smahesh29_kid1.jpg")), root / "sub" / "kid_no_ending")
+    data = (photos_dir / "mowshon_test-image.jpg").read_bytes()
+    (root / "sub" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (root / "notes.txt").write_text("not a photo")
+    return root
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_every_input_gets_its_rows(collection_dir: Path, tmp_path: Path, yunet_path: Path, suffix: str,
+                                   capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / f"rows{suffix}"
+    code = main(["predict", str(collection_dir), str(tmp_path / "missing.jpg"), "--output", str(out),
+                 "--detector", str(yunet_path)])
+    assert code == 1  # errors happened, and were written
+    err = capsys.readouterr().err
+    assert "skipped 1 file(s), not an image (.txt)" in err and "9 input(s)" in err
+    rows = read_rows(out)
+    assert list(rows[0]) == list(ROW_COLUMNS)
+    errors = {Path(r["file"]).name: r["error"] for r in rows if r["error"]}
+    assert set(errors) == {"truncated.jpg", "phone.heic", "missing.jpg"}
+    assert "heic images cannot be decoded" in errors["phone.heic"] and "truncated" in errors["truncated.jpg"]
+    faces = Counter(Path(r["file"]).name for r in rows if not r["error"])
+    assert faces["kid_no_ending"] == 1 and faces["dlib_2007_007763.jpg"] == 7
+
+    # the same rows as the Predictor's, photo by photo
+    predictor = Predictor(detector=str(yunet_path))
+    photo = collection_dir / "mowshon_test-image-2.jpg"
+    expected = predictor.predict(photo).rows()
+    got = [r for r in rows if r["file"] == str(photo)]
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert float(a["age"]) == pytest.approx(b["age"], abs=0.051) and a["gender"] == b["gender"]
+        assert float(a["x"]) == pytest.approx(b["x"], abs=0.051)
+
+
+def test_an_existing_output_is_never_overwritten(collection_dir: Path, tmp_path: Path, yunet_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "rows.jsonl"
+    out.write_text('{"file": "x"}\n')
+    assert main(["predict", str(collection_dir), "--output", str(out), "--detector", str(yunet_path)]) == 2
+    assert "pass --resume" in capsys.readouterr().err and out.read_text() == '{"file": "x"}\n'
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--output", str(tmp_path / "e.parquet"), "--detector", str(yunet_path)]) == 1
+    assert "no input" in capsys.readouterr().err
+
+
+def test_shards_are_disjoint_and_cover_the_inputs(collection_dir: Path) -> None:
+    files = collect([collection_dir]).files
+    parts = [shard_paths(files, (i, 3)) for i in range(3)]
+    assert sorted(sum(parts, [])) == sorted(files) and not set(parts[0]) & set(parts[1])
+
+
+@pytest.fixture(scope="module")
+def many_photos(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("many")
+    photos = sorted(photos_dir.glob("*.jpg"))
+    for i in range(60):
+        shutil.copy(photos[i % len(photos)], root / f"photo_{i:03d}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_kill_9_then_resume_neither_repeats_nor_drops_an_input(many_photos: Path, tmp_path: Path,
+                                                               yunet_path: Path, suffix: str) -> None:
+    out = tmp_path / f"rows{suffix}"
+    command = [sys.executable, "-m", "agegender.cli", "predict", str(many_photos), "--output", str(out),
+               "--detector", str(yunet_path), "--threads", "1", "--flush-seconds", "0.2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    written = out.with_name(out.name + ".parts") if suffix == ".parquet" else out
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # wait until some rows are durable
+        if suffix == ".parquet" and written.is_dir() and any(written.glob("part-*.parquet")):
+            break
+        if suffix == ".jsonl" and written.is_file() and written.stat().st_size > 2000:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed: give it more photos"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    if suffix == ".jsonl":  # a line cut mid-write must not break the resume
+        with open(out, "a") as handle:
+            handle.write('{"file": "half a li')
+    partial = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert partial.returncode == 0, partial.stderr
+    assert "already in the output (resumed)" in partial.stderr
+    rows = read_rows(out)
+    per_file = Counter(r["file"] for r in rows)
+    assert sorted(per_file) == sorted(str(p) for p in many_photos.glob("*.jpg"))
+    faces = {p.name: n for p, n in ((Path(f), n) for f, n in per_file.items())}
+    assert faces["photo_000.jpg"] == 7 and faces["photo_005.jpg"] == 7  # dlib photo: 7 faces, each once
+    pairs = [(r["file"], r["face"]) for r in rows]
+    assert len(pairs) == len(set(pairs))
+    assert not out.with_name(out.name + ".parts").exists()
+
+
+def test_two_workers_give_the_rows_of_one(many_photos: Path, tmp_path: Path, yunet_path: Path) -> None:
+    files = sorted(many_photos.glob("*.jpg"))[:10]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    for out, workers in ((one, "1"), (two, "2")):
+        assert main(["predict", *map(str, files), "--output", str(out), "--workers", workers,
+                     "--detector", str(yunet_path)]) == 0
+    assert read_rows(one) == read_rows(two)
