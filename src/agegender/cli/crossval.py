@@ -38,9 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from agegender.data.adience import NUM_FOLDS
     from agegender.evaluation.crossval import adience_official_folds, dataset_folds, run_crossval
     from agegender.reporting.metrics import METRIC_LABELS, format_metric
-    from agegender.training.config import load_config
+    from agegender.training.config import ConfigError, load_config
 
-    cfg, raw = load_config(args.config, args.set)
+    try:  # every key is checked before any data is read
+        cfg, raw = load_config(args.config, args.set)
+    except ConfigError as err:
+        raise UserError(err.one_line()) from err
     adience = args.scheme == "adience-official" or args.adience_images is not None
     if adience:
         if args.adience_images is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from agegender.cli.common import require_extra
+from agegender.cli.common import UserError, require_extra
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,10 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch")
-    from agegender.training.config import load_config
+    from agegender.training.config import ConfigError, load_config
+
+    try:  # every key is checked before any data is read
+        cfg, raw = load_config(args.config, args.set)
+    except ConfigError as err:
+        raise UserError(err.one_line()) from err
     from agegender.training.engine import train
 
-    cfg, raw = load_config(args.config, args.set)
     run_dir = args.run_dir or f"runs/{cfg.model}"
     results = train(cfg, run_dir, resume=args.resume, raw_config=raw, progress=not args.quiet)
     for tta, summary in results.items():

@@ -7,22 +7,25 @@ seed 000's random ``input_size`` crops of the ``resize`` image with mirroring (`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 
-@dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(BaseModel):
+    """The ``data.augment`` section of a training config; every range is "either way" around no change."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     flip: bool = False
     random_crop: bool = False  # Levi-Hassner: a random window instead of the center one
-    rotation: float = 0.0  # max degrees either way
-    zoom: float = 0.0  # max relative scale change either way
-    translate: float = 0.0  # max shift as a fraction of the side
-    shear: float = 0.0  # max degrees either way
-    brightness: float = 0.0  # max additive change as a fraction of 255
-    contrast: float = 0.0  # max relative change of contrast
+    rotation: float = Field(default=0.0, ge=0, le=180)  # max degrees either way
+    zoom: float = Field(default=0.0, ge=0, lt=1)  # max relative scale change either way (1 could flip the scale)
+    translate: float = Field(default=0.0, ge=0, le=1)  # max shift as a fraction of the side
+    shear: float = Field(default=0.0, ge=0, lt=90)  # max degrees either way
+    brightness: float = Field(default=0.0, ge=0, le=1)  # max additive change as a fraction of 255
+    contrast: float = Field(default=0.0, ge=0, le=1)  # max relative change of contrast (above 1 could invert it)
 
     @property
     def geometric(self) -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agegender.data.augment import AugmentConfig
 from agegender.data.cache import cached_images
@@ -25,14 +27,30 @@ FILTER_KEYS = ("gender", "age_group")
 SplitRecords = Mapping[str, Sequence[FaceRecord]]
 
 
-@dataclass
-class DataConfig:
-    dataset: str = "utkface"  # utkface | manifest
+class DataConfig(BaseModel):
+    """The ``data`` section of a training config: which faces, and how their batches are augmented."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Literal["utkface", "manifest"] = "utkface"
     root: str | None = None  # folder (utkface) or CSV (manifest); None: the shared UTKFace folder (agegender.paths)
     splits_dir: str | None = None  # where split manifests are written (default: the cache folder)
-    train_limit: int | None = None  # train on a fixed sample of N faces (validate and test on N/8): budgets
-    filter: dict[str, str] = field(default_factory=dict)  # keep only e.g. {gender: male} or {age_group: 0-2}
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train_limit: int | None = Field(default=None, ge=1)  # train on a fixed sample of N faces (validate and test on N/8)
+    filter: dict[str, str] = Field(default_factory=dict)  # keep only e.g. {gender: male} or {age_group: 0-2}
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+    @field_validator("root", "splits_dir", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _known_filter(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):  # every label as text (YAML may give a number), checked as filtering checks
+            value = {str(key): str(label) for key, label in value.items()}
+            filter_records([], value)
+        return value
 
 
 @dataclass

@@ -1,108 +1,238 @@
-"""Training configs: YAML files with ``key.sub=value`` command-line overrides, into typed sections."""
+"""Training configs: YAML files with ``key.sub=value`` command-line overrides, validated into typed sections.
+
+Every section is a pydantic model that refuses unknown keys and values out of range, so that ``load_config``
+stops before any data is read. It reports every problem at once, one line each, as ``file: key = value: what is
+allowed`` (a ``ConfigError``, which is a ``ValueError``).
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+import difflib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agegender.data.augment import AugmentConfig
 from agegender.data.datasets import DataConfig
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
+from agegender.reporting.metrics import METRIC_LABELS
 from agegender.training.losses import LossSpec, scheduled_weight
 
-
-@dataclass
-class OptimConfig:
-    name: str = "adamw"  # sgd | adam | adamw | rmsprop
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-
-
-@dataclass
-class ScheduleConfig:
-    name: str = "none"  # none | step | multistep | onecycle | cosine | plateau
-    step_size: int = 10  # epochs (step)
-    milestones: list[int] = field(default_factory=list)  # epochs (multistep)
-    gamma: float = 0.1
-    pct_start: float = 0.25  # onecycle warm-up share
-    patience: int = 3  # plateau
+#: What ``select`` may name: a validation loss, or a validation figure of ``compute_metrics`` (higher is better
+#: for all but losses and the MAE).
+SELECTABLE = ("val_loss", "val_age_loss", "val_gender_loss", *(f"val_{key}" for key in METRIC_LABELS if key != "n"))
+_Count = Annotated[int, Field(ge=0)]
+#: ``[epoch, N]``: from that epoch on, the last N parameterised layers train.
+_Unfreeze = Annotated[list[_Count], Field(min_length=2, max_length=2)]
 
 
-@dataclass
-class DistillConfig:
+def _text_path(value: Any) -> Any:
+    """A path given from Python (``Path``) as the text a YAML config gives."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [str(v) if isinstance(v, Path) else v for v in value]
+    return value
+
+
+class ConfigError(ValueError):
+    """A config that does not validate: ``problems`` holds one ``key = value: what is allowed`` line each."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__("\n".join(f"{source}: {problem}" for problem in self.problems))
+
+    def one_line(self) -> str:
+        """Every problem on one line, the file named once (as the command line reports it)."""
+        return f"{self.source}: {'; '.join(self.problems)}"
+
+
+class OptimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # sgd and rmsprop
+
+
+class ScheduleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["none", "step", "multistep", "onecycle", "cosine", "plateau"] = "none"
+    step_size: int = Field(default=10, ge=1)  # epochs (step)
+    milestones: list[_Count] = Field(default_factory=list)  # epochs (multistep)
+    gamma: float = Field(default=0.1, gt=0, le=1)  # the factor of each decay (step, multistep, plateau)
+    pct_start: float = Field(default=0.25, ge=0, le=1)  # onecycle warm-up share
+    patience: int = Field(default=3, ge=0)  # plateau
+
+
+class DistillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     # a checkpoint or a run folder (its best.pt) of any model with the same input, or a list of them (an ensemble)
     teacher: str | list[str] | None = None
-    weight: float = 1.0  # the distillation term's weight beside the labels' loss
-    temperature: float = 1.0
+    weight: float = Field(default=1.0, ge=0)  # the distillation term's weight beside the labels' loss
+    temperature: float = Field(default=1.0, gt=0)
     flip: bool = False  # the teacher's outputs are averaged with those for the mirrored batch
-    runtime: str = "auto"  # where the teacher runs: auto (ONNX Runtime on a CPU, else PyTorch) | torch | onnx
+    runtime: Literal["auto", "torch", "onnx"] = "auto"  # where the teacher runs: auto is ONNX Runtime on a CPU
     # instead of a teacher model: its outputs stored beforehand, one row per training image (an .npz written by
     # agegender.training.distill.save_stored_outputs, e.g. by scripts/build/descriptor_teacher.py)
     stored: str | None = None
     # weight of each distilled head (an output name such as descriptor or gender_logit) inside the distillation
     # term: a number or [epoch, weight] knots, linear between them (default 1 for every head)
-    heads: dict[str, float | list[list[float]]] = field(default_factory=dict)
+    heads: dict[str, float | list[list[float]]] = Field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    @field_validator("teacher", "stored", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        return _text_path(value)
+
+    @field_validator("heads", mode="before")
+    @classmethod
+    def _known_heads(cls, heads: Any) -> Any:
+        if not isinstance(heads, Mapping):
+            return heads  # pydantic says what a mapping is
         known = (*OUTPUT_KEYS, *AUXILIARY_KEYS)
-        for head, weight in self.heads.items():
+        for head, weight in heads.items():
             if head not in known:
-                raise ValueError(f"distill.heads: {head!r} is not a model output; known: {', '.join(known)}")
+                raise ValueError(f"{head!r} is not a model output; known: {', '.join(known)}")
             try:
                 scheduled_weight(weight, 0)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"distill.heads.{head}: give a number or [epoch, weight] pairs, not {weight!r}") \
                     from err
+        return heads
 
     def head_weights(self, epoch: float) -> dict[str, float]:
         """Each listed head's weight at ``epoch``."""
         return {head: scheduled_weight(weight, epoch) for head, weight in self.heads.items()}
 
 
-@dataclass
-class TrainConfig:
-    model: str
-    model_args: dict[str, Any] = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    optimizer: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    loss: LossSpec = field(default_factory=LossSpec)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(min_length=1)
+    model_args: dict[str, Any] = Field(default_factory=dict)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optimizer: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     init: str | None = None  # start from the weights of a checkpoint or run folder (its best.pt) of the same model
-    epochs: int = 10
-    batch_size: int = 64
-    seed: int = 0
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**32)
     start_age_at_mean: bool = False  # the age regression heads' bias starts at the training set's mean age
-    ema: float | None = None  # decay of an exponential moving average of the weights, per step (e.g. 0.998)
-    select: str = "val_loss"  # checkpoint selection: val_loss | val_age_loss | val_gender_loss | val_<metric>
-    early_stopping: int | None = None  # patience in epochs
-    trainable_last: int | None = None  # freeze all but the last N parameterised layers
-    unfreeze: list[list[int]] = field(default_factory=list)  # [epoch, N]: from epoch on, the last N train
-    threads: int | None = None
+    ema: float | None = Field(default=None, ge=0, lt=1)  # per-step decay of a moving average of the weights (0.998)
+    select: str = "val_loss"  # checkpoint selection: val_loss, val_age_loss, val_gender_loss or val_<metric>
+    early_stopping: int | None = Field(default=None, ge=1)  # patience in epochs
+    trainable_last: int | None = Field(default=None, ge=0)  # freeze all but the last N parameterised layers
+    unfreeze: list[_Unfreeze] = Field(default_factory=list)  # [epoch, N]: from epoch on, the last N train
+    threads: int | None = Field(default=None, ge=1)
     description: str = ""
 
+    @field_validator("init", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        return _text_path(value)
 
-_SECTIONS = {"data": DataConfig, "optimizer": OptimConfig, "schedule": ScheduleConfig, "loss": LossSpec,
-             "distill": DistillConfig}
+    @field_validator("select")
+    @classmethod
+    def _selectable(cls, select: str) -> str:
+        if select not in SELECTABLE:
+            raise ValueError(f"Input should be one of {', '.join(SELECTABLE)}")
+        return select
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"unknown key(s) in {where}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    kwargs = dict(values)
-    for name, section in _SECTIONS.items():
-        if name in kwargs and name in known and isinstance(kwargs[name], dict):
-            kwargs[name] = _build(section, kwargs[name], f"{where}.{name}")
-    if cls is DataConfig and isinstance(kwargs.get("augment"), dict):
-        kwargs["augment"] = _build(AugmentConfig, kwargs["augment"], f"{where}.augment")
-    return cls(**kwargs)
+def _data_path(loc: tuple[str | int, ...], raw: Any, keep_last: bool
+               ) -> tuple[tuple[str | int, ...], Any, tuple[str | int, ...] | None]:
+    """``loc`` without the names pydantic gives the members of a union (``str``, ``list[str]``): the parts that
+    lead through ``raw``, the value they lead to, and the path to the first union (None: no union on the way)."""
+    path: list[str | int] = []
+    union: tuple[str | int, ...] | None = None
+    node = raw
+    for i, part in enumerate(loc):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list | tuple) and isinstance(part, int) and -len(node) <= part < len(node):
+            node = node[part]
+        elif not (keep_last and i == len(loc) - 1):
+            union = tuple(path) if union is None else union
+            continue
+        path.append(part)
+    return tuple(path), node, union
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "(the whole config)"
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _section_keys(path: Sequence[str | int]) -> tuple[str, list[str]]:
+    """The section ``path`` leads to, and its keys (empty when it is not a section)."""
+    cls: type[BaseModel] = TrainConfig
+    for part in path:
+        field = cls.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return _dotted(path), []
+        cls = annotation
+    return (_dotted(path) if path else ""), sorted(cls.model_fields)
+
+
+def describe_errors(err: ValidationError, raw: Any) -> list[str]:
+    """One ``key = value: what is allowed`` line per problem of a validation of ``raw``."""
+    unknown: dict[tuple[str | int, ...], list[str]] = {}  # per section, its unknown keys
+    found: list[tuple[tuple[str | int, ...], Any, str, tuple[str | int, ...] | None]] = []
+    for error in err.errors(include_url=False):
+        kind = error["type"]
+        path, value, union = _data_path(tuple(error["loc"]), raw, keep_last=kind in ("missing", "extra_forbidden"))
+        key = _dotted(path)
+        if kind == "extra_forbidden":
+            close = difflib.get_close_matches(str(path[-1]), _section_keys(path[:-1])[1], n=1)
+            unknown.setdefault(path[:-1], []).append(f"{key} = {_show(error['input'])}"
+                                                     f"{f' (did you mean {close[0]}?)' if close else ''}")
+            continue
+        message = error["msg"]
+        for prefix in ("Value error, ", "Assertion failed, ", f"{key}: "):
+            message = message.removeprefix(prefix)
+        found.append((path, "(missing)" if kind == "missing" else _show(value), message, union))
+    # a union's member that got further into the value tells more than one that refused it whole
+    deeper = {union for path, _, _, union in found if union is not None and len(path) > len(union)}
+    lines: dict[str, tuple[str, list[str]]] = {}  # per key, its value and messages (one per union member)
+    for path, value, message, union in found:
+        if union is not None and path == union and union in deeper:
+            continue
+        messages = lines.setdefault(_dotted(path), (value, []))[1]
+        if message not in messages:
+            messages.append(message)
+    out = []
+    for section_path, keys in unknown.items():
+        section, known = _section_keys(section_path)
+        out.append(f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(keys)}: known keys"
+                   f"{f' of {section}' if section else ''}: {', '.join(known)}")
+    return out + [f"{key} = {value}: {' or '.join(messages)}" for key, (value, messages) in lines.items()]
+
+
+def validate_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
+    """``raw`` as a typed config, or a ``ConfigError`` naming every key that is wrong, its value and what is
+    allowed."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(source, describe_errors(err, raw)) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -114,9 +244,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         key, value = item.split("=", 1)
         node = out
         *parents, leaf = key.split(".")
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {'.'.join(parents[:i + 1])} is {node!r}, not a section")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not YAML ({' '.join(str(err).split())})") from None
     return out
 
 
@@ -138,7 +273,12 @@ def read_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
         raise FileNotFoundError(f"config file not found: {path}")
     if path in _seen:
         raise ValueError(f"config base cycle: {' -> '.join(p.name for p in (*_seen, path))}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(str(path), [f"not valid YAML: {' '.join(str(err).split())}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), [f"a config is a mapping of keys, not a {type(raw).__name__}"])
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -147,12 +287,13 @@ def read_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
     """A typed config and the raw dict it came from, ``base:`` merged in (saved beside the run for
-    reproducibility); command-line ``overrides`` are applied and named at the end of its description."""
+    reproducibility); command-line ``overrides`` are applied and named at the end of its description. A config
+    that does not validate raises ``ConfigError`` before anything else happens."""
     path = Path(path)
     raw = apply_overrides(read_raw_config(path), overrides or [])
-    if overrides:
-        raw["description"] = " ".join(filter(None, [raw.get("description", "").strip(),
+    if overrides and isinstance(raw.get("description", ""), str | None):
+        raw["description"] = " ".join(filter(None, [(raw.get("description") or "").strip(),
                                                     f"Overridden on the command line: {', '.join(overrides)}."]))
     if "model" not in raw:
-        raise ValueError(f"{path}: a config needs a 'model' (see `agegender models`)")
-    return _build(TrainConfig, raw, path.name), raw
+        raise ConfigError(str(path), ["a config needs a 'model' (see `agegender models`)"])
+    return validate_config(raw, str(path)), raw

@@ -18,11 +18,12 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from agegender.labels import MAX_AGE, NUM_AGE_GROUPS
 from agegender.outputs import ACTIVATIONS
@@ -150,23 +151,29 @@ def distillation_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tenso
     return total, {f"kd_{k}": float(v.detach()) for k, v in terms.items()}
 
 
-@dataclass
-class LossSpec:
+_Weight = Annotated[float, Field(ge=0)]
+#: An ``[epoch, weight]`` pair, both at least 0.
+_Knot = Annotated[list[_Weight], Field(min_length=2, max_length=2)]
+
+
+class LossSpec(BaseModel):
     """Weights of each term, and the options of the terms. ``gender_schedule`` lists ``[epoch, weight]`` pairs
     from which on the gender weight changes (seed 001 section 4.3 lowers it after the first epochs)."""
 
-    age_group: float = 1.0
-    age_ordinal: float = 1.0
-    age: float = 1.0
-    age_dist: float = 1.0
-    joint: float = 1.0
-    gender: float = 1.0
-    ordinal_weights: list[float] | None = None
-    regression: str = "l1"
-    sigma: float = 2.0
-    l1_weight: float = 1.0
-    label_smoothing: float = 0.0
-    gender_schedule: list[list[float]] = field(default_factory=list)
+    model_config = ConfigDict(extra="forbid")
+
+    age_group: _Weight = 1.0
+    age_ordinal: _Weight = 1.0
+    age: _Weight = 1.0
+    age_dist: _Weight = 1.0
+    joint: _Weight = 1.0
+    gender: _Weight = 1.0
+    ordinal_weights: list[_Weight] | None = None
+    regression: Literal["l1", "l2"] = "l1"
+    sigma: float = Field(default=2.0, gt=0)  # years: the width of the Gaussian label distribution
+    l1_weight: _Weight = 1.0
+    label_smoothing: float = Field(default=0.0, ge=0, le=1)
+    gender_schedule: list[_Knot] = Field(default_factory=list)
 
     def gender_weight(self, epoch: int) -> float:
         weight = self.gender
