@@ -131,3 +131,44 @@ def test_video_faces_keep_their_track(predictor: Predictor, tmp_path: Path) -> N
     assert len(frames) == 4
     ids = [sorted(t for t, _ in tracked) for _, _, tracked in frames]
     assert len(ids[0]) == 6 and all(i == ids[0] for i in ids)
+
+
+def _clip(tmp_path: Path, frames: int = 4) -> Path:
+    image = load_image(shared_path("photos", "mowshon_test-image-2.jpg"))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, image.shape[1::-1])
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for shift in range(frames):
+        writer.write(np.roll(image, 2 * shift, axis=1))
+    writer.release()
+    return video
+
+
+def test_a_tracked_face_reads_the_group_of_its_smoothed_age(predictor: Predictor, tmp_path: Path) -> None:
+    from agegender.labels import AGE_GROUPS, age_to_group
+
+    for _, _, tracked in predict_video(predictor, str(_clip(tmp_path))):
+        for _, face in tracked:
+            assert face.age_group == AGE_GROUPS[age_to_group(face.age)]
+
+
+def test_save_dir_on_a_video_writes_one_annotated_video(tmp_path: Path, yunet_path: Path) -> None:
+    video = _clip(tmp_path, frames=6)
+    out = tmp_path / "out"
+    assert main(["predict", str(video), "--save-dir", str(out), "--detector", str(yunet_path), "--json"]) == 0
+    assert [p.name for p in out.iterdir()] == ["clip_annotated.mp4"]
+    capture = cv2.VideoCapture(str(out / "clip_annotated.mp4"))
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok and count == 6 and abs(frame.shape[0] - 435) <= 1 and frame.shape[1] == 634  # mp4v: even sides
+
+
+def test_a_closed_pipe_during_a_video_ends_quietly(tmp_path: Path, yunet_path: Path) -> None:
+    video = _clip(tmp_path, frames=30)
+    proc = subprocess.Popen([sys.executable, "-m", "agegender.cli", "predict", str(video), "--json",
+                             "--detector", str(yunet_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait() == 1 and err == "", err

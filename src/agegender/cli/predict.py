@@ -76,11 +76,11 @@ def csv_columns() -> tuple[str, ...]:
 class Writer:
     """Prints ``ImageResult``s as text, JSON Lines (``to_dict()``) or CSV (``rows()``)."""
 
-    def __init__(self, mode: str, stream: TextIO = sys.stdout) -> None:
-        self.mode, self.stream = mode, stream
+    def __init__(self, mode: str, stream: TextIO | None = None) -> None:
+        self.mode, self.stream = mode, stream or sys.stdout
         self.csv: csv.DictWriter[str] | None = None
         if mode == "csv":
-            self.csv = csv.DictWriter(stream, fieldnames=csv_columns(), extrasaction="ignore")
+            self.csv = csv.DictWriter(self.stream, fieldnames=csv_columns(), extrasaction="ignore")
             self.csv.writeheader()
 
     def result(self, result: ImageResult, frame: int | None = None, tracks: list[int] | None = None) -> None:
@@ -120,9 +120,9 @@ class Writer:
         print(f"agegender predict: {where}{message}", file=sys.stderr)
 
 
-def _save(save_dir: Path, result: ImageResult, frame: int | None = None) -> None:
-    """``STEM_annotated.jpg`` and the face chips ``STEM_face{i}.jpg`` (STEM: the file's, with a video's frame)."""
-    stem = Path(result.source).stem + (f"_{frame:06d}" if frame is not None else "")
+def _save(save_dir: Path, result: ImageResult) -> None:
+    """``STEM_annotated.jpg`` and the face chips ``STEM_face{i}.jpg`` (STEM: the file's)."""
+    stem = Path(result.source).stem
     try:
         result.save(save_dir / f"{stem}_annotated.jpg")
         result.save_crops(save_dir, stem)
@@ -187,10 +187,36 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
     return 1 if summary.errors else 0
 
 
+def _video(args: argparse.Namespace, predictor: Predictor, writer: Writer, file: str) -> None:
+    """Each predicted frame to the writer; with ``--save-dir``, one annotated video ``STEM_annotated.mp4``."""
+    from agegender.inference.results import ImageResult
+    from agegender.inference.video import AnnotatedVideo, frame_rate, predict_video
+
+    video = None
+    if args.save_dir:
+        _make_dir(args.save_dir)
+        stem = "camera" + file if file.isdigit() else Path(file).stem
+        video = AnnotatedVideo(str(args.save_dir / f"{stem}_annotated.mp4"), frame_rate(file), args.every)
+    try:
+        for frame_no, frame, tracked in predict_video(predictor, file, args.every, args.max_frames):
+            result = ImageResult([f for _, f in tracked], source=file, image=frame, model=predictor.model.config.name)
+            writer.result(result, frame=frame_no, tracks=[t for t, _ in tracked])
+            if video is not None:
+                video.write(result.plot())
+    finally:
+        if video is not None:
+            video.close()
+
+
+def _make_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--save-dir: {err}") from err
+
+
 def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
     from agegender.images import ImageError
-    from agegender.inference.results import ImageResult
-    from agegender.inference.video import predict_video
 
     writer = Writer("json" if args.json else "csv" if args.csv else "text")
     files, collection = expand(args.paths)
@@ -203,14 +229,11 @@ def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
         is_video = Path(file).suffix.lower() in VIDEO_SUFFIXES or file.isdigit()
         try:
             if is_video:
-                for frame_no, frame, tracked in predict_video(predictor, file, args.every, args.max_frames):
-                    result = ImageResult([f for _, f in tracked], source=file, image=frame,
-                                         model=predictor.model.config.name)
-                    writer.result(result, frame=frame_no, tracks=[t for t, _ in tracked])
-                    if args.save_dir:
-                        _save(args.save_dir, result, frame_no)
+                _video(args, predictor, writer, file)
                 continue
             result = predictor.predict(file)
+        except BrokenPipeError:
+            raise  # the reader of stdout went away: main() ends quietly
         except (ImageError, ValueError, OSError) as err:
             failed += 1
             writer.error(file, str(err))

@@ -10,6 +10,7 @@ import numpy as np
 
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import Face
+from agegender.labels import AGE_GROUPS, age_to_group
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -39,7 +40,8 @@ class Track:
 @dataclass
 class FaceTracker:
     """Greedy IoU tracker; age and P(female) are exponential moving averages per track (``alpha`` = weight
-    of the newest frame)."""
+    of the newest frame). The age group follows the smoothed age by the gap policy (``labels.age_to_group``), so a
+    tracked face never reads "age 43, group 48-53"."""
 
     alpha: float = 0.3
     min_iou: float = 0.3
@@ -65,8 +67,10 @@ class FaceTracker:
                 self._next_id += 1
                 self.tracks.append(track)
             shift = track.age - face.age
+            group = AGE_GROUPS[age_to_group(track.age)]
             out.append((track.track_id, replace(
                 face, age=track.age, age_range=(face.age_range[0] + shift, face.age_range[1] + shift),
+                age_group=group, age_group_confidence=face.age_group_confidence if group == face.age_group else 0.0,
                 gender="female" if track.female >= 0.5 else "male",
                 gender_confidence=max(track.female, 1 - track.female))))
         for track in free:
@@ -81,6 +85,36 @@ def open_capture(source: str) -> cv2.VideoCapture:
     if not capture.isOpened():
         raise ValueError(f"cannot open video or camera {source!r}")
     return capture
+
+
+class AnnotatedVideo:
+    """Writes annotated frames into one video file (``.mp4``, MPEG-4 Part 2), at the source's frame rate divided by
+    the frames skipped; opened on the first frame."""
+
+    def __init__(self, path: str, source_fps: float, every: int = 1) -> None:
+        self.path, self.fps = path, max((source_fps or 25.0) / max(every, 1), 1.0)
+        self.writer: cv2.VideoWriter | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.writer is None:
+            self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                          (frame.shape[1], frame.shape[0]))
+            if not self.writer.isOpened():
+                raise OSError(f"cannot write the video {self.path}")
+        self.writer.write(frame)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
+def frame_rate(source: str) -> float:
+    """The frames per second a video file or camera reports (0 when it does not say)."""
+    capture = open_capture(source)
+    try:
+        return float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        capture.release()
 
 
 def predict_video(predictor: Predictor, source: str, every: int = 1,
