@@ -3,8 +3,9 @@
 For every photo of the shared folder and its upscaled copies (written once to ``--work``), the Predictor with the
 reduced decode (the default: a JPEG at the smallest DCT scale that still holds the detector's working size) and
 with full decoding (``reduced=False``) predict the faces; faces are matched by box overlap (IoU >= 0.5).
-Reported: faces found by each, the median and largest absolute age difference, gender agreement, and the time per photo end to end (file in,
-faces out) next to a plain ``cv2.imread`` of the same file, the three timed in turn (median of ``--rounds``).
+Reported: faces found by each, the median and largest absolute age difference, gender agreement, and the time per
+photo end to end (file in, faces out) next to a plain ``cv2.imread`` of the same file, the three timed in turn
+(median of ``--rounds``).
 
     python scripts/measure/photo_scale.py --markdown docs/photo_scale.md
 """
