@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from agegender.cli.common import UserError, add_accurate_options, check_accurate_options, require_extra
+from agegender.cli.common import (
+    UserError,
+    add_accurate_options,
+    add_backend_options,
+    check_accurate_options,
+    require_extra,
+)
 from agegender.images import DEFAULT_MAX_PIXELS
 
 
@@ -19,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "`agegender export` ONNX file")
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, the cache, or a download)")
     add_accurate_options(p)
+    add_backend_options(p)
     p.add_argument("--workers", type=int, default=1,
                    help="server processes, each with its own model (default %(default)d)")
     p.add_argument("--threads", type=int, help="inference and decoding threads per process "
@@ -54,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, detector=args.detector, max_upload_bytes=round(args.max_upload_mb * MIB),
         max_pixels=args.max_pixels, timeout_s=args.timeout, workers=args.workers, threads=args.threads,
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
-        flip=not args.no_flip, accurate=args.accurate, descriptor_weights=args.descriptor_weights)
+        flip=not args.no_flip, accurate=args.accurate, descriptor_weights=args.descriptor_weights,
+        backend=args.backend, device=args.device)
     try:  # fail here with one clear line, not in every worker; also fetches YuNet once for all workers
         InferenceService(settings)
     except (ModelError, WeightsError) as err:

@@ -14,18 +14,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from agegender.images import ImageError, load_image
+from agegender.images import ImageError
 from agegender.inference.detector import FaceDetector
 from agegender.inference.factory import load_model
 from agegender.inference.onnx_model import OnnxAgeGender
-from agegender.inference.predictor import Predictor
+from agegender.inference.predictor import Predictor, PreparedImage, prepare_image
 from agegender.inference.results import Face, ImageResult
 from agegender.preprocess import CHIP_SIZE
 from agegender.serving.batching import BatchStats, MicroBatcher
 from agegender.serving.settings import ServeSettings
 
 _Result = TypeVar("_Result")
-_Item = tuple[np.ndarray, bool]  # a decoded BGR image and its flip setting
+_Item = tuple[PreparedImage, bool]  # a decoded photo's aligned faces, and its flip setting
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ class InferenceService:
         self.settings = settings
         threads = settings.thread_count
         self._model = model = load_model(settings.model, accurate=settings.accurate, threads=threads,
-                                         descriptor_weights=settings.descriptor_weights)
+                                         descriptor_weights=settings.descriptor_weights, backend=settings.backend,
+                                         device=settings.device)
         self._detector = detector = FaceDetector(settings.detector)
         # One predictor per flip setting, sharing the model and the detector.
         self._predictors = {flip: Predictor(model, detector, flip=flip, max_pixels=settings.max_pixels)
@@ -92,11 +93,12 @@ class InferenceService:
                 "detector": self._detector.model_path.name}
 
     async def predict(self, data: bytes, flip: bool | None = None) -> Prediction:
-        """Decode ``data`` (raises ``ImageError``) and find its faces; ``flip=None``: the server default."""
+        """Decode ``data`` (raises ``ImageError``), find and align its faces in the decoding pool, then run the
+        model on them, batched with other requests; ``flip=None``: the server default."""
         start = time.perf_counter()
-        image = await self._in_pool(partial(self._decode, data))
+        prepared = await self._in_pool(partial(self._prepare, data))
         decoded = time.perf_counter()
-        item = (image, self.settings.flip if flip is None else flip)
+        item = (prepared, self.settings.flip if flip is None else flip)
         if self._batcher is not None:
             result, stats = await self._batcher.submit(item)
         else:
@@ -105,10 +107,12 @@ class InferenceService:
                   "total": (time.perf_counter() - start) * 1000}
         return Prediction(result, {k: round(v, 1) for k, v in timing.items()}, stats.batch_size)
 
-    def _decode(self, data: bytes) -> np.ndarray:
-        """``load_image``; other decoder failures become ``ImageError`` too, since the upload caused them."""
+    def _prepare(self, data: bytes) -> PreparedImage:
+        """``prepare_image``: a JPEG decoded at the reduced scale that holds the detector's working size, its faces
+        found and aligned; decoder failures become ``ImageError`` (the upload caused them)."""
+        predictor = self._predictors[True]
         try:
-            return load_image(data, max_pixels=self.settings.max_pixels)
+            return prepare_image(data, self._detector, predictor.input_side, self.settings.max_pixels)
         except ImageError:
             raise
         except Exception as err:  # Pillow raises more than load_image maps: ValueError for bad PPM headers
@@ -118,13 +122,13 @@ class InferenceService:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     def _predict_items(self, items: list[_Item]) -> list[ImageResult]:
-        """The result of each (image, flip) item: one ``predict_arrays`` call per flip setting present."""
+        """The result of each (prepared photo, flip) item: one forward pass per flip setting present."""
         results: dict[int, ImageResult] = {}
         for flip, predictor in self._predictors.items():
             chosen = [i for i, (_, f) in enumerate(items) if f == flip]
             if chosen:
-                found = predictor.predict_arrays([items[i][0] for i in chosen], sources=["image data"] * len(chosen))
-                results.update(zip(chosen, found, strict=True))
+                found = predictor.finish([items[i][0] for i in chosen])
+                results.update(zip(chosen, found, strict=True))  # type: ignore[arg-type]
         return [results[i] for i in range(len(items))]
 
     def _predict_timed(self, item: _Item, queued_at: float) -> tuple[ImageResult, BatchStats]:

@@ -26,7 +26,7 @@ class ServeSettings:
     ``max_queue``: requests waiting beyond this many get 503. ``flip``: default of the ``flip`` parameter.
     ``accurate``: serve the accurate mode (``StackedAgeGender``: ``model``, by default the float32 flagship,
     stacked with the dlib descriptor head), dlib's weights found at ``descriptor_weights`` or located as
-    ``predict --accurate`` does.
+    ``predict --accurate`` does. ``backend``, ``device``: the runtime (``agegender.inference.backends``).
     """
 
     model: str | None = None
@@ -42,6 +42,8 @@ class ServeSettings:
     flip: bool = True
     accurate: bool = False
     descriptor_weights: str | None = None
+    backend: str = "auto"
+    device: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_upload_bytes", "max_pixels", "workers", "batch_max", "max_queue"):
