@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("a", type=Path, help="model A (.pt or .onnx)")
     parser.add_argument("b", type=Path, help="model B (.pt or .onnx)")
     parser.add_argument("--root", help="UTKFace folder (default: the shared one)")
-    parser.add_argument("--split", default="test", choices=("test", "val"))
+    parser.add_argument("--split", default="val", choices=("test", "val"))
     parser.add_argument("--tta", default="flip", choices=TTA_MODES)
     args = parser.parse_args()
     for path in (args.a, args.b):

@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="data set (default utkface)")
     p.add_argument("--root", help="UTKFace folder (default ../shared/data/UTKFace), manifest CSV, or the "
                                   "Adience image folder holding faces/ or aligned/")
-    p.add_argument("--split", choices=SPLIT_CHOICES, default="test",
-                   help="utkface/manifest: part of the leakage-safe split (default test; all = every face)")
+    p.add_argument("--split", choices=SPLIT_CHOICES, default="val",
+                   help="utkface/manifest: part of the leakage-safe split (default val; all = every face). The test "
+                        "split is sealed: score it with --split test once per model that ships, never to choose")
     p.add_argument("--folds", type=int, nargs="+", default=[0], metavar="K",
                    help="adience: official fold number(s) (default 0)")
     p.add_argument("--adience-folds", default=None,
