@@ -395,3 +395,14 @@ def test_plot_breakdown_skips_when_nothing_to_draw(tmp_path):
 
     empty = {"by_race": {"white": {"n": 0, "group_exact": None}}}
     assert plot_breakdown(empty, "by_race", tmp_path / "x.png") is None and not (tmp_path / "x.png").exists()
+
+
+def test_a_gender_tie_favours_neither_class_and_is_reported() -> None:
+    """P(female) exactly 0.5 (the int8 model's quantised outputs can land there) is half right whatever the truth."""
+    decoded = Decoded(age=None, age_low=None, age_high=None, group_probs=None,
+                      female_prob=np.array([0.5, 0.5, 0.9, 0.1]))
+    for truth in ([0, 0, 1, 0], [1, 1, 1, 0]):
+        overall = compute_metrics(None, None, np.array(truth), decoded)["overall"]
+        assert overall["gender_accuracy"] == 0.75 and overall["gender_ties"] == 2
+    confusion = compute_metrics(None, None, np.array([0, 1, 1, 0]), decoded)["confusion"]["gender"]["counts"]
+    assert sum(map(sum, confusion)) == 2  # ties are not placed in either column

@@ -12,6 +12,9 @@ Age groups are the eight Adience groups. Ages in years that fall in the gaps bet
 from __future__ import annotations
 
 import re
+from typing import Any
+
+import numpy as np
 
 AGE_GROUPS: tuple[str, ...] = ("0-2", "4-6", "8-13", "15-20", "25-32", "38-43", "48-53", "60+")
 #: Inclusive (low, high) bounds of each group in years; the last group is open, 100 stands for its top.
@@ -24,6 +27,25 @@ MAX_AGE = 100  # ages above are clipped to this for age-distribution heads
 #: Gender codes follow UTKFace: 0 male, 1 female. Models predict P(female).
 GENDERS: tuple[str, ...] = ("male", "female")
 MALE, FEMALE = 0, 1
+#: The code and the name of a gender prediction whose P(female) is exactly 0.5: neither class is chosen (the int8
+#: model's quantised, flip-averaged outputs can land there); metrics count such a face as half right.
+GENDER_TIE, TIE_NAME = -1, "unknown"
+
+
+def gender_codes(female_prob: Any) -> np.ndarray:
+    """Predicted gender per face: FEMALE above 0.5, MALE below, GENDER_TIE at exactly 0.5 (a rule that favours
+    neither class).
+
+    >>> gender_codes([0.2, 0.5, 0.9]).tolist()
+    [0, -1, 1]
+    """
+    p = np.asarray(female_prob, dtype=np.float64)
+    return np.where(p > 0.5, FEMALE, np.where(p < 0.5, MALE, GENDER_TIE)).astype(np.int64)
+
+
+def gender_name(code: int) -> str:
+    """``male``, ``female`` or ``unknown`` (a tie)."""
+    return TIE_NAME if code == GENDER_TIE else GENDERS[code]
 
 RACES: tuple[str, ...] = ("white", "black", "asian", "indian", "others")
 

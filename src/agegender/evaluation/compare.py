@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from agegender.data.records import FaceRecord
+from agegender.labels import GENDER_TIE, gender_codes
 from agegender.outputs import Decoded
 from agegender.training.batches import record_targets
 
@@ -47,8 +48,8 @@ def face_scores(faces: Mapping[str, np.ndarray], metric: str) -> tuple[np.ndarra
         return (off <= (0 if metric == "group_exact" else 1)).astype(float), (faces["true_group"] >= 0) & (
             faces["group"] >= 0)
     if metric == "gender_accuracy":
-        pred = (faces["female_prob"] >= 0.5).astype(np.int64)
-        return (pred == faces["true_gender"]).astype(float), (faces["true_gender"] >= 0) & ~np.isnan(
+        pred = gender_codes(faces["female_prob"])  # a tie counts half, as in compute_metrics
+        return (pred == faces["true_gender"]) + 0.5 * (pred == GENDER_TIE), (faces["true_gender"] >= 0) & ~np.isnan(
             faces["female_prob"])
     if metric == "age_mae":
         return -np.abs(faces["age"] - faces["true_age"]), ~np.isnan(faces["true_age"]) & ~np.isnan(faces["age"])

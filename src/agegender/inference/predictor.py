@@ -22,7 +22,7 @@ from agegender.inference.detector import Detection, FaceDetector
 from agegender.inference.faces import locate_faces
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
 from agegender.inference.results import Face, ImageFailure, ImageResult, plot, source_name
-from agegender.labels import AGE_GROUPS, GENDERS
+from agegender.labels import AGE_GROUPS, gender_codes, gender_name
 from agegender.outputs import AGE_KEYS, GENDER_KEYS, Decoded
 
 _AUTO = "auto"
@@ -170,5 +170,5 @@ def _face(decoded: Decoded | None, i: int, det: Detection | None, size: tuple[in
         box=tuple(float(v) for v in box), score=det.score if det is not None else 1.0,
         age=float(decoded.age[i]), age_range=(float(decoded.age_low[i]), float(decoded.age_high[i])),
         age_group=AGE_GROUPS[group], age_group_confidence=float(decoded.group_probs[i, group]),
-        gender=GENDERS[int(female >= 0.5)], gender_confidence=max(female, 1 - female),
+        gender=gender_name(int(gender_codes(female))), gender_confidence=max(female, 1 - female),
         landmarks=None if det is None else det.landmarks)

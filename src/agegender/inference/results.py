@@ -32,7 +32,7 @@ FACE_SCHEMA: dict[str, tuple[Any, str | None]] = {
     "age_range": (list[float], "80% interval of the age, in years"),
     "age_group": (str, None),
     "age_group_confidence": (float, None),
-    "gender": (str, "'female' or 'male'"),
+    "gender": (str, "'female', 'male', or 'unknown' when both are exactly equally likely"),
     "gender_confidence": (float, "probability of the predicted gender"),
     "landmarks": (dict[str, list[float]] | None, "five facial points, name -> [x, y]"),
 }

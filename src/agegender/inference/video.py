@@ -10,7 +10,7 @@ import numpy as np
 
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import Face
-from agegender.labels import AGE_GROUPS, age_to_group
+from agegender.labels import AGE_GROUPS, age_to_group, gender_codes, gender_name
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -71,7 +71,7 @@ class FaceTracker:
             out.append((track.track_id, replace(
                 face, age=track.age, age_range=(face.age_range[0] + shift, face.age_range[1] + shift),
                 age_group=group, age_group_confidence=face.age_group_confidence if group == face.age_group else 0.0,
-                gender="female" if track.female >= 0.5 else "male",
+                gender=gender_name(int(gender_codes(track.female))),
                 gender_confidence=max(track.female, 1 - track.female))))
         for track in free:
             track.missed += 1

@@ -5,7 +5,10 @@ turns that into ``None`` so its result stays strict JSON. Confusion matrices hav
 predictions on the columns, as Levi & Hassner's Table 5.
 
 Gender: the positive class is **female (1)**, the class the models predict a probability for; a face counts as
-predicted female when ``P(female) >= 0.5``. ``gender_macro_f1`` averages the F1 of both classes.
+predicted female when ``P(female) > 0.5``, male below, and a tie at exactly 0.5 (``labels.gender_codes``) counts as
+half right in ``gender_accuracy`` (the chance of a fair coin) and is reported as ``gender_ties``; precision,
+recall, F1 and the confusion matrix are over the faces that are not ties. ``gender_macro_f1`` averages the F1 of
+both classes.
 
 >>> import numpy as np
 >>> from agegender.outputs import decode
@@ -24,11 +27,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from agegender.labels import AGE_GROUPS, GENDERS, NUM_AGE_GROUPS, RACES, age_to_group
+from agegender.labels import AGE_GROUPS, GENDER_TIE, GENDERS, NUM_AGE_GROUPS, RACES, age_to_group, gender_codes
 from agegender.outputs import Decoded
 
-#: P(female) at or above which a face counts as predicted female.
-GENDER_THRESHOLD = 0.5
 CS_TOLERANCE = 5
 
 #: Every overall figure ``compute_metrics`` may report, in report order, with its human name.
@@ -38,6 +39,7 @@ METRIC_LABELS: dict[str, str] = {
     "group_exact": "Age group exact accuracy",
     "group_one_off": "Age group 1-off accuracy",
     "gender_accuracy": "Gender accuracy",
+    "gender_ties": "Gender ties (P(female) exactly 0.5, counted half right)",
     "gender_precision": "Gender precision (female positive)",
     "gender_recall": "Gender recall (female positive)",
     "gender_f1": "Gender F1 (female positive)",
@@ -245,7 +247,8 @@ def compute_metrics(
     has_gender = decoded.female_prob is not None and bool(gender_ok.any())
     pred_group = decoded.age_group if decoded.age_group is not None else np.zeros(n, dtype=np.int64)
     female_prob = np.zeros(n) if decoded.female_prob is None else decoded.female_prob
-    pred_gender = np.greater_equal(female_prob, GENDER_THRESHOLD).astype(np.int64)
+    pred_gender = gender_codes(female_prob)
+    decided = pred_gender != GENDER_TIE
 
     def figures(rows: np.ndarray, gender_prf: bool = True) -> dict[str, float | int | None]:
         out: dict[str, float] = {}
@@ -259,7 +262,11 @@ def compute_metrics(
             out["group_one_off"] = one_off_accuracy(pred_group[m], group[m])
         if has_gender:
             m = rows & gender_ok
-            out["gender_accuracy"] = exact_accuracy(pred_gender[m], gender[m])
+            ties = m & ~decided
+            out["gender_accuracy"] = _share((pred_gender[m] == gender[m]) + 0.5 * ~decided[m])
+            if ties.any():
+                out["gender_ties"] = int(ties.sum())
+            m = m & decided
             if gender_prf:
                 prf = binary_prf(pred_gender[m], gender[m], positive=1)
                 out["gender_precision"], out["gender_recall"], out["gender_f1"] = prf
@@ -277,8 +284,9 @@ def compute_metrics(
         result["confusion"]["age_group"] = _confusion_entry(
             confusion_matrix(pred_group[group_ok], group[group_ok], NUM_AGE_GROUPS), AGE_GROUPS)
     if has_gender:
+        sure = gender_ok & decided
         result["confusion"]["gender"] = _confusion_entry(
-            confusion_matrix(pred_gender[gender_ok], gender[gender_ok], len(GENDERS)), GENDERS)
+            confusion_matrix(pred_gender[sure], gender[sure], len(GENDERS)), GENDERS)
         result["by_gender"] = breakdown(gender, gender_ok, GENDERS, gender_prf=False)
     if race_ok.any():
         result["by_race"] = breakdown(race, race_ok, RACES)
