@@ -32,7 +32,7 @@ $(VENV)/.base: pyproject.toml | $(BIN)/python
 	$(call PIP_TRY,-e .,exit 1)
 	touch $@
 
-FULL_EXTRAS := -e '.[train,serve,dev]'
+FULL_EXTRAS := -e '.[train,serve,dev,bulk,ray]'
 # The OpenVINO peer (extra `bench`) and dlib (extra `teacher`) are optional: when one cannot be installed, the
 # tests that need it skip and say so.
 $(VENV)/.full: pyproject.toml | $(BIN)/python
