@@ -74,14 +74,15 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return load_scaled(source, max_pixels=max_pixels).pixels
 
 
-def load_scaled(source: ImageSource, *, min_side: int | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> ScaledImage:
+def load_scaled(source: ImageSource, *, min_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                name: str | None = None) -> ScaledImage:
     """:func:`load_image`, with JPEG files and bytes decoded at a reduced scale when ``min_side`` allows.
 
     libjpeg scales in the DCT domain while it decodes (1/2, 1/4 or 1/8 of each side), far faster than a full
     decode followed by a resize: of those scales, the smallest whose longer side still holds ``min_side`` pixels
     is used (a detector's working size, say). Other formats, arrays and PIL images come at scale 1. The
-    ``max_pixels`` check applies to the full size, read from the header before any pixel is decoded.
+    ``max_pixels`` check applies to the full size, read from the header before any pixel is decoded. ``name``:
+    what messages call encoded bytes (e.g. the file they were read from; default ``image data``).
     """
     if isinstance(source, np.ndarray):
         return _whole(_from_array(source, max_pixels))
@@ -90,8 +91,9 @@ def load_scaled(source: ImageSource, *, min_side: int | None = None,
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
-            raise ImageError("empty image data (0 bytes)", "empty")
-        return _open_and_convert(io.BytesIO(data), max_pixels, name="image data", min_side=min_side)
+            raise ImageError(f"empty image file (0 bytes): {name}" if name else "empty image data (0 bytes)",
+                             "empty")
+        return _open_and_convert(io.BytesIO(data), max_pixels, name=name or "image data", min_side=min_side)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         try:

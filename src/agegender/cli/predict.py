@@ -48,9 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="Parquet: make the rows written so far durable at least this often (default 10)")
     bulk.add_argument("--workers", type=int, default=1,
                       help="processes that decode and detect in parallel while the model runs batched (default 1)")
-    bulk.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
-                      help="run on a Ray cluster (ADDRESS, default: the one `ray start` made, else a local one) "
-                           "through Ray Data; needs --output .parquet and the `ray` extra")
+    bulk.add_argument("--ray", action="store_true",
+                      help="run through Ray Data on a Ray cluster (--ray-address; default: the one `ray start` made "
+                           "on this machine, else a local one); needs --output .parquet and the `ray` extra")
+    bulk.add_argument("--ray-address", default="auto", metavar="ADDRESS",
+                      help="--ray: HOST:PORT of the cluster's head, auto (default), or local (a private local Ray)")
     p.add_argument("--every", type=int, default=1, help="videos: predict every N-th frame (default 1)")
     p.add_argument("--max-frames", type=int, help="videos: stop after this many frames")
     p.set_defaults(handler=run)
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     return _bulk(args, predictor) if args.output is not None else _stream(args, predictor)
 
 
-def _report_skipped(collection: Collection) -> None:
+def report_skipped(collection: Collection) -> None:
     for reason, paths in sorted(collection.skipped.items()):
         shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         print(f"agegender predict: skipped {len(paths)} file(s), {reason}: {shown}", file=sys.stderr)
@@ -177,7 +179,7 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
     collection = collect(args.paths)
     collection.files = shard_paths(collection.files, shard)
     collection.errors = [(p, r) for p, r in collection.errors if p in shard_paths([p], shard)]
-    _report_skipped(collection)
+    report_skipped(collection)
     summary = run_bulk(predictor, collection, sink, workers=args.workers, progress=sys.stderr.isatty())
     for line in summary.lines():
         print(f"agegender predict: {line}", file=sys.stderr)
@@ -220,7 +222,7 @@ def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
 
     writer = Writer("json" if args.json else "csv" if args.csv else "text")
     files, collection = expand(args.paths)
-    _report_skipped(collection)
+    report_skipped(collection)
     failed = 0
     for file, reason in collection.errors:
         failed += 1

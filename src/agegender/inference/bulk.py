@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import cv2
 from tqdm import tqdm
@@ -27,7 +27,7 @@ from agegender.inference.predictor import Predictor, PreparedImage, prepare_imag
 from agegender.inference.results import ImageFailure, ImageResult
 from agegender.inference.sinks import RowSink
 
-__all__ = ["BulkSummary", "run_bulk"]
+__all__ = ["BulkSummary", "run_bulk", "unsupported_format"]
 
 #: Faces per forward pass: the model's time per face flattens out from about 64 (docs/bench.md).
 BATCH_FACES = 64
@@ -75,12 +75,20 @@ def _start_worker(detector_path: str | None, max_side: int | None, input_side: i
     _WORKER.update(detector=detector, input_side=input_side, max_pixels=max_pixels, reduced=reduced)
 
 
+def unsupported_format(path: str) -> ImageFailure | None:
+    """The failure of a file whose ending is a format this package cannot decode (``.heic`` ...), else None."""
+    suffix = PurePosixPath(path).suffix.lower()
+    if suffix not in UNREADABLE_SUFFIXES:
+        return None
+    return ImageFailure(path, "unsupported format",
+                        f"{path}: {suffix} images cannot be decoded here (convert them to JPEG or PNG)")
+
+
 def _prepare(path: str) -> PreparedImage | ImageFailure:
     """One input, in a worker: decoded, detected and aligned, or the reason it could not be."""
-    suffix = Path(path).suffix.lower()
-    if suffix in UNREADABLE_SUFFIXES:
-        return ImageFailure(path, "unsupported format",
-                            f"{path}: {suffix} images cannot be decoded here (convert them to JPEG or PNG)")
+    unsupported = unsupported_format(path)
+    if unsupported is not None:
+        return unsupported
     try:
         return prepare_image(path, _WORKER["detector"], _WORKER["input_side"], _WORKER["max_pixels"],  # type: ignore[arg-type]
                              _WORKER["reduced"], keep_pixels=False)  # type: ignore[arg-type]

@@ -26,19 +26,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "OutputExistsError", "RowSink", "open_sink"]
+__all__ = ["ARROW_TYPES", "FORMATS", "OutputExistsError", "RowSink", "clean_value", "open_sink"]
 
 #: Output formats by file ending.
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-#: Column types a schema may use: Python type names, mapped to Parquet types.
-_ARROW_TYPES = {"str": "string", "float": "float64", "int": "int64"}
+#: Column types a schema may use: Python type names, mapped to pyarrow's type constructors.
+ARROW_TYPES = {"str": "string", "float": "float64", "int": "int64"}
 
 
 class OutputExistsError(FileExistsError):
     """The output exists and the run was not asked to resume it."""
 
 
-def _clean(value: Any) -> Any:
+def clean_value(value: Any) -> Any:
     """NaN and None become empty (null) values."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
@@ -96,10 +96,10 @@ class _TextSink(RowSink):
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
             for row in rows:
-                writer.writerow(["" if _clean(row.get(c)) is None else row.get(c) for c in self.schema])
+                writer.writerow(["" if clean_value(row.get(c)) is None else row.get(c) for c in self.schema])
             data = buffer.getvalue()
         else:
-            data = "".join(json.dumps({c: _clean(row.get(c)) for c in self.schema}) + "\n" for row in rows)
+            data = "".join(json.dumps({c: clean_value(row.get(c)) for c in self.schema}) + "\n" for row in rows)
         os.write(self.fd, data.encode("utf-8"))
         if not header:
             self.rows_written += len(rows)
@@ -128,7 +128,7 @@ class _ParquetSink(RowSink):
             raise ImportError("Parquet output needs pyarrow: pip install 'agegender[bulk]' (or write .jsonl or "
                               ".csv)") from err
         self.pa, self.pq = pa, pq
-        self.arrow_schema = pa.schema([(name, getattr(pa, _ARROW_TYPES[kind])()) for name, kind in schema.items()])
+        self.arrow_schema = pa.schema([(name, getattr(pa, ARROW_TYPES[kind])()) for name, kind in schema.items()])
         self.parts = path.with_name(path.name + ".parts")
         self.parts.mkdir(exist_ok=True)
         for stale in self.parts.glob("*.tmp"):
@@ -150,7 +150,7 @@ class _ParquetSink(RowSink):
         self.last_flush = time.monotonic()
         if not self.pending:
             return
-        table = self.pa.Table.from_pylist([{c: _clean(r.get(c)) for c in self.schema} for r in self.pending],
+        table = self.pa.Table.from_pylist([{c: clean_value(r.get(c)) for c in self.schema} for r in self.pending],
                                           schema=self.arrow_schema)
         target = self.parts / f"part-{self.next_part:06d}.parquet"
         tmp = target.with_suffix(".tmp")

@@ -1,0 +1,161 @@
+"""``agegender predict SRC... --ray [ADDRESS] --output FILE.parquet``: the bulk path on a Ray cluster.
+
+The same rows, summary, ``--shard`` and ``--resume`` as the local bulk path (``agegender predict --output``); the
+photos are decoded, detected and predicted by a pool of Ray actors, one per CPU of the cluster
+(:mod:`agegender.inference.ray_pipeline`), and their rows stream back into the crash-safe Parquet sink here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from agegender.cli.common import UserError, require_extra
+
+if TYPE_CHECKING:
+    from agegender.inference.sinks import RowSink
+
+#: What ``--ray`` alone means: the cluster ``ray start`` made (or ``$RAY_ADDRESS``), else a local Ray.
+AUTO = "auto"
+
+
+def _say(message: str) -> None:
+    print(f"agegender predict: {message}", file=sys.stderr, flush=True)
+
+
+def connect(address: str) -> bool:
+    """Connect to the Ray cluster at ``address`` (``auto``: the one ``ray start`` made on this machine or
+    ``$RAY_ADDRESS`` names, else a new local Ray; ``local``: always a new local Ray). Returns whether this call
+    connected, so that the caller disconnects (a Ray already initialised in this process is used as it is)."""
+    import ray
+
+    if ray.is_initialized():
+        _say("using the Ray already started in this process")
+        return False
+    if address == AUTO:
+        try:
+            ray.init(address=AUTO)
+        except ConnectionError:
+            if os.environ.get("RAY_ADDRESS"):
+                raise UserError(f"--ray: no Ray cluster answers at $RAY_ADDRESS={os.environ['RAY_ADDRESS']}") from None
+            _say("no running Ray cluster found (`ray start --head` makes one, --ray ADDRESS names one): starting a "
+                 f"local Ray on this machine's {os.cpu_count()} CPU(s)")
+            ray.init(address="local")
+            return True
+    else:
+        try:
+            ray.init(address=address)
+        except (ConnectionError, ValueError) as err:
+            raise UserError(f"--ray {address}: cannot connect ({err})") from err
+    _say(f"connected to the Ray cluster at {ray.get_runtime_context().gcs_address}")
+    return True
+
+
+def _keep(sink: RowSink) -> None:
+    """After a failure or an interrupt: the photos whose rows arrived stay in the part files (``--resume`` goes on
+    from them); when there were none, nothing is left behind, so that a plain rerun may start."""
+    flush = getattr(sink, "flush", None)
+    if flush is not None:
+        flush()
+    parts = getattr(sink, "parts", None)
+    if parts is not None:
+        try:
+            parts.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
+def _load_failure(err: BaseException) -> str | None:
+    """The reason an actor could not load the model or the detector (a ``ModelError`` or ``WeightsError`` raised in
+    its constructor, which Ray hands back as an actor that died with the worker's traceback as text); else None."""
+    found = re.findall(r"agegender\.[\w.]*(?:ModelError|WeightsError): (.*)", str(err))
+    return found[-1] if found else None
+
+
+def run_ray(args: argparse.Namespace) -> int:
+    """``agegender predict --ray``: see the module doc. Exit code 1 if any input failed, as the bulk path."""
+    require_extra("ray", "ray.data", "pyarrow")
+    from agegender.cli.predict import report_skipped
+    from agegender.inference.bulk import BulkSummary
+    from agegender.inference.collection import parse_shard, shard_paths
+    from agegender.inference.ray_pipeline import files_dataset, list_images, predict_dataset, write_rows
+    from agegender.inference.results import ROW_TYPES, ImageFailure
+    from agegender.inference.sinks import open_sink
+
+    if args.output.suffix.lower() != ".parquet":
+        raise UserError(f"--ray writes Parquet: give --output FILE.parquet (got {args.output})")
+    if args.workers != 1:
+        raise UserError("--workers is for the local bulk path: with --ray, Ray runs one model per CPU of the "
+                        "cluster (--threads CPUs each)")
+    threads = args.threads or 1
+    if threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+    start = time.perf_counter()
+    collection = list_images(args.paths)
+    collection.files = shard_paths(collection.files, shard)
+    collection.errors = [(p, r) for p, r in collection.errors if shard_paths([p], shard)]
+    report_skipped(collection)
+    sink = open_sink(args.output, ROW_TYPES, resume=args.resume)
+    todo = [p for p in collection.files if p not in sink.done]
+    connected = False
+    try:
+        if todo:
+            connected = connect(args.ray_address)
+    except BaseException:
+        _keep(sink)  # nothing written: no part folder left behind
+        raise
+    summary = BulkSummary(inputs=len(collection.files) + len(collection.errors),
+                          skipped=collection.skipped_counts())
+    summary.resumed = sum(p in sink.done for p in collection.files) + sum(p in sink.done for p, _ in collection.errors)
+    try:
+        if todo:
+            import ray
+            import ray.data
+
+            ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+            _say(f"{len(todo)} photo(s) to predict on {int(ray.cluster_resources().get('CPU', 0))} CPU(s)")
+            ds = predict_dataset(files_dataset(todo), args.model, None if args.no_detect else (args.detector or "auto"),
+                                 flip=not args.no_flip, threads=threads, backend=args.backend, device=args.device,
+                                 accurate=args.accurate, descriptor_weights=args.descriptor_weights,
+                                 error_kinds=True)
+            write_rows(ds, sink, summary)
+        # after the photos, so that a worker that cannot start leaves no output behind
+        for path, reason in collection.errors:
+            if path not in sink.done:
+                failure = ImageFailure(path, "cannot read", f"{path}: {reason}")
+                sink.write(failure.rows())
+                summary.add(failure)
+    except Exception as err:
+        _keep(sink)
+        cause = _load_failure(err)
+        if cause is None:
+            raise
+        raise UserError(f"the Ray workers cannot load the model or the detector: {cause} (on an offline cluster: "
+                        "--detector PATH that every node has, or AGEGENDER_YUNET, which is passed on to the workers)"
+                        ) from err
+    except BaseException:
+        _keep(sink)
+        raise
+    else:
+        sink.close()
+    finally:
+        if connected:
+            import ray
+
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - start
+    for line in summary.lines():
+        _say(line)
+    if not summary.inputs:
+        _say("no input: the paths hold no image file")
+        return 1
+    return 1 if summary.errors else 0

@@ -1,0 +1,344 @@
+"""The bulk path on a Ray cluster: a ``ray.data.Dataset`` of photos through the Predictor, one row per face.
+
+The rows are those of the local bulk path (:mod:`agegender.inference.bulk`), column for column
+(:data:`~agegender.inference.results.ROW_COLUMNS`, typed by :data:`~agegender.inference.results.ROW_TYPES`): a
+photo gives one row per face, or one with empty face columns when it has none; an input that cannot be read gives
+one row with the reason in ``error``. Each actor of the pool (:class:`AgeGenderBatchPredictor`, one CPU each) loads
+the model and the detector once, then decodes, detects and aligns the photos of a batch from their bytes
+(:func:`~agegender.inference.predictor.prepare_pixels`, so no worker needs the driver's filesystem) and runs the
+model over all their faces in one pass (:meth:`~agegender.inference.predictor.Predictor.finish`).
+
+>>> import ray  # doctest: +SKIP
+>>> from agegender.inference.ray_pipeline import predict_dataset, read_images, write_parquet  # doctest: +SKIP
+>>> ds = predict_dataset(read_images(["photos/", "s3://bucket/more/"]))  # doctest: +SKIP
+>>> write_parquet(ds, "faces.parquet")  # one file, crash-safe and resumable, like --output  # doctest: +SKIP
+>>> ds.write_parquet("s3://bucket/faces/")  # or Ray's own writer: a folder of files, the same schema  # doctest: +SKIP
+
+Torch is never imported; a worker needs only ``pip install 'agegender[ray]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from agegender.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image, load_scaled
+from agegender.inference import bulk
+from agegender.inference.collection import UNREADABLE_SUFFIXES, Collection, collect, shard_paths
+from agegender.inference.results import ROW_COLUMNS, ROW_TYPES, ImageFailure, ImageResult
+from agegender.inference.sinks import ARROW_TYPES, RowSink, clean_value, open_sink
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+
+    from agegender.inference.predictor import PreparedImage
+
+__all__ = ["BATCH_PHOTOS", "ERROR_KIND", "AgeGenderBatchPredictor", "arrow_schema", "files_dataset", "list_images",
+           "predict_dataset", "read_images", "write_parquet", "write_rows"]
+
+log = logging.getLogger(__name__)
+
+#: Photos per ``map_batches`` call: each actor runs the model once over all their faces.
+BATCH_PHOTOS = 16
+#: The extra column ``error_kind`` (:class:`~agegender.images.ImageError`'s ``kind``) that
+#: ``predict_dataset(..., error_kinds=True)`` appends, so that a summary can count errors by kind.
+ERROR_KIND = "error_kind"
+#: Environment variables the driver passes on to the actors: where the weights are on an offline cluster.
+FORWARDED_ENV = ("AGEGENDER_YUNET", "AGEGENDER_DLIB_RESNET")
+#: File endings taken from a URI's listing: images, and formats that get an "unsupported format" row.
+URI_SUFFIXES = IMAGE_SUFFIXES | UNREADABLE_SUFFIXES
+
+
+def arrow_schema(error_kinds: bool = False) -> pa.Schema:
+    """The Arrow schema of the rows: :data:`ROW_TYPES` as the Parquet sink writes it (plus ``error_kind``)."""
+    import pyarrow as pa
+
+    fields = [(name, getattr(pa, ARROW_TYPES[kind])()) for name, kind in ROW_TYPES.items()]
+    return pa.schema(fields + [(ERROR_KIND, pa.string())] * error_kinds)
+
+
+def _column(batch: Any, name: str) -> list[Any]:
+    """One column of a Ray batch (a pyarrow Table, or a dict of numpy arrays or lists) as a Python list."""
+    column = batch[name]
+    return column.to_pylist() if hasattr(column, "to_pylist") else list(column)
+
+
+class AgeGenderBatchPredictor:
+    """The callable class for ``Dataset.map_batches``: a batch of ``{"path", "bytes"}`` (what
+    ``ray.data.read_binary_files(..., include_paths=True)`` gives) -> a pyarrow Table of their rows.
+
+    ``model``: a shipped model's name or an ``agegender export`` file (default: the shipped int8 flagship);
+    ``detector``: a YuNet file, ``"auto"`` (found as :class:`~agegender.inference.detector.FaceDetector` says, on
+    the worker) or ``None`` (the inputs are aligned chips); ``flip``, ``max_pixels``, ``reduced`` as the
+    :class:`~agegender.inference.predictor.Predictor` takes them; ``threads``: the model's threads (one per CPU
+    the actor holds); ``backend``/``device``/``accurate``/``descriptor_weights`` as
+    :func:`~agegender.inference.factory.load_model` takes them; ``error_kinds``: append ``error_kind``.
+    """
+
+    def __init__(self, model: str | None = None, detector: str | None = "auto", flip: bool = True,
+                 threads: int = 1, backend: str = "auto", *, device: str | None = None, accurate: bool = False,
+                 descriptor_weights: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True,
+                 error_kinds: bool = False) -> None:
+        import cv2
+
+        from agegender.inference.factory import load_model
+        from agegender.inference.predictor import Predictor
+
+        cv2.setNumThreads(threads)  # one actor per CPU: OpenCV's own threads would only contend
+        model_ = load_model(model, accurate=accurate, threads=threads, descriptor_weights=descriptor_weights,
+                            backend=backend, device=device)
+        self.predictor = Predictor(model_, detector=detector, threads=threads, flip=flip, max_pixels=max_pixels,
+                                   reduced=reduced)
+        self.error_kinds = error_kinds
+        self.schema = arrow_schema(error_kinds)
+
+    def __call__(self, batch: Any) -> pa.Table:
+        prepared = [self.prepare(str(path), data)
+                    for path, data in zip(_column(batch, "path"), _column(batch, "bytes"), strict=True)]
+        return self.table(self.predictor.finish(prepared))
+
+    def prepare(self, name: str, data: bytes | None) -> PreparedImage | ImageFailure:
+        """One input from its bytes, named ``name``: what the bulk path's worker makes of the file
+        (the same formats refused, the same errors, the same pixels)."""
+        from agegender.inference.predictor import prepare_pixels
+
+        unsupported = bulk.unsupported_format(name)
+        if unsupported is not None:
+            return unsupported
+        p = self.predictor
+        try:
+            min_side = p.detector.max_side if p.reduced and p.detector is not None else None
+            scaled = load_scaled(data or b"", min_side=min_side, max_pixels=p.max_pixels, name=name)
+            return prepare_pixels(scaled, name, p.detector, p.input_side,
+                                  partial(load_image, data, max_pixels=p.max_pixels), keep_pixels=False)
+        except ImageError as err:
+            return ImageFailure(name, err.kind, str(err))
+        except (OSError, ValueError, MemoryError) as err:  # a photo must never stop the run
+            return ImageFailure(name, "cannot read", f"{name}: {err}")
+
+    def table(self, results: Sequence[ImageResult | ImageFailure]) -> pa.Table:
+        """The rows of ``results`` as a Table of :func:`arrow_schema`, values as the Parquet sink writes them."""
+        import pyarrow as pa
+
+        rows = []
+        for result in results:
+            kind = result.kind if isinstance(result, ImageFailure) else None
+            for row in result.rows():
+                cleaned = {c: clean_value(row[c]) for c in ROW_COLUMNS}
+                if self.error_kinds:
+                    cleaned[ERROR_KIND] = kind
+                rows.append(cleaned)
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+
+# --- inputs ----------------------------------------------------------------------------------------------------
+
+def _is_uri(source: str | os.PathLike) -> bool:
+    return isinstance(source, str) and "://" in source and not os.path.exists(source)
+
+
+def _uri_prefix(uri: str, path: str) -> str:
+    """What pyarrow strips off ``uri`` to give the filesystem ``path`` (``s3://`` for ``s3://bucket/key``)."""
+    uri = uri.rstrip("/")
+    path = path.rstrip("/")
+    return uri[:len(uri) - len(path)] if path and uri.endswith(path) else ""
+
+
+def _list_uri(uri: str, out: Collection) -> None:
+    """Add the files under ``uri`` (a file or a folder, recursively) whose ending is an image's, named by their
+    URI; anything else is skipped by type, a missing URI is an error entry."""
+    from pyarrow import fs as pafs
+
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            out.errors.append((uri, "no such file or folder"))
+            return
+        prefix = _uri_prefix(uri, root)
+        if info.type != pafs.FileType.Directory:
+            out.files.append(uri)  # a file named on the command line is always an input
+            return
+        entries = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    except (OSError, ValueError) as err:
+        out.errors.append((uri, f"cannot read: {err}"))
+        return
+    for entry in sorted((e for e in entries if e.type == pafs.FileType.File), key=lambda e: e.path):
+        suffix = PurePosixPath(entry.path).suffix.lower()
+        if suffix in URI_SUFFIXES:
+            out.files.append(prefix + entry.path)
+        else:
+            out.skip(f"not an image ({suffix or 'no ending'})", prefix + entry.path)
+
+
+def list_images(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> Collection:
+    """The inputs under ``sources``: local files and folders as :func:`~agegender.inference.collection.collect`
+    lists them (the bulk path's rules), and URIs that pyarrow reads (``s3://``, ``gs://``, ``hdfs://``,
+    ``file://``...) listed recursively, their files taken by ending (:data:`URI_SUFFIXES`) and named by URI."""
+    if isinstance(sources, str | os.PathLike):
+        sources = [sources]
+    sources = list(sources)
+    out = collect(s for s in sources if not _is_uri(s))
+    for uri in (s for s in sources if _is_uri(s)):
+        _list_uri(str(uri), out)
+    return out
+
+
+def _add_prefix(batch: pa.Table, prefix: str) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    index = batch.schema.get_field_index("path")
+    return batch.set_column(index, "path", pc.binary_join_element_wise(pa.scalar(prefix), batch["path"], ""))
+
+
+def files_dataset(files: Sequence[str], **read_args: Any) -> ray.data.Dataset:
+    """A Dataset of ``{"path", "bytes"}`` for ``files`` (local paths, as given, or URIs), read by Ray's
+    ``read_binary_files`` (``read_args`` go to it). ``path`` is each file's name as given, so that rows name their
+    file as the bulk path names it and a resumed run knows them."""
+    import ray.data
+
+    groups: dict[str, list[str]] = {}
+    for file in files:
+        parts = urlsplit(file) if _is_uri(file) else None
+        groups.setdefault(f"{parts.scheme}://{parts.netloc}" if parts else "", []).append(file)
+    if not groups:
+        raise ValueError("no input files")
+    datasets = []
+    for key, group in groups.items():
+        if not key:
+            datasets.append(ray.data.read_binary_files(group, include_paths=True, **read_args))
+            continue
+        from pyarrow import fs as pafs
+
+        filesystem, first = pafs.FileSystem.from_uri(group[0])
+        prefix = _uri_prefix(group[0], first)
+        ds = ray.data.read_binary_files([f[len(prefix):] for f in group], include_paths=True,
+                                        filesystem=filesystem, **read_args)
+        datasets.append(ds.map_batches(_add_prefix, fn_kwargs={"prefix": prefix},  # type: ignore[arg-type]
+                                       batch_format="pyarrow") if prefix else ds)
+    return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+def read_images(sources: str | os.PathLike | Iterable[str | os.PathLike], *, shard: tuple[int, int] | None = None,
+                exclude: Iterable[str] = (), **read_args: Any) -> ray.data.Dataset:
+    """A Dataset of ``{"path", "bytes"}``, one per input under ``sources`` (:func:`list_images`): a folder, files,
+    or URIs; ``shard`` (I, N) keeps the I-th of N parts (:func:`~agegender.inference.collection.shard_paths`),
+    ``exclude`` drops inputs already done. What could not be listed is logged (the CLI writes it as error rows)."""
+    collection = list_images(sources)
+    for path, reason in collection.errors:
+        log.warning("%s: %s", path, reason)
+    done = set(exclude)
+    return files_dataset([f for f in shard_paths(collection.files, shard) if f not in done], **read_args)
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------------
+
+def _local_file(path: str | os.PathLike | None) -> str | None:
+    """An existing local file as an absolute path (workers do not share the driver's working folder); anything
+    else (a shipped model's name, ``"auto"``, a path that only the workers have) as given."""
+    if path is None:
+        return None
+    return str(Path(path).resolve()) if Path(path).is_file() else os.fsdecode(path)
+
+
+def predict_dataset(ds: ray.data.Dataset, model: str | os.PathLike | None = None,
+                    detector: str | os.PathLike | None = "auto", *, flip: bool = True, threads: int = 1,
+                    backend: str = "auto", device: str | None = None, accurate: bool = False,
+                    descriptor_weights: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    reduced: bool = True, actors: int | None = None, batch_size: int = BATCH_PHOTOS,
+                    error_kinds: bool = False, env: Mapping[str, str] | None = None) -> ray.data.Dataset:
+    """``ds`` (``{"path", "bytes"}`` rows) -> a Dataset of result rows (:func:`arrow_schema`), through a pool of
+    :class:`AgeGenderBatchPredictor` actors with ``threads`` CPUs each: up to ``actors`` of them (default: as many
+    as the cluster's CPUs allow), ``batch_size`` photos per call. ``env`` adds to the environment variables the
+    actors get (:data:`FORWARDED_ENV` from this process's). The other arguments: :class:`AgeGenderBatchPredictor`.
+    """
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    if actors is None:
+        if not ray.is_initialized():
+            ray.init()  # what Ray Data would do on first use: the cluster `ray start` made, else a local Ray
+        actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+    env_vars = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)} | dict(env or {})
+    kwargs = dict(model=_local_file(model), detector=detector if detector in (None, "auto") else _local_file(detector),
+                  flip=flip, threads=threads, backend=backend, device=device, accurate=accurate,
+                  descriptor_weights=_local_file(descriptor_weights), max_pixels=max_pixels, reduced=reduced,
+                  error_kinds=error_kinds)
+    return ds.map_batches(AgeGenderBatchPredictor, fn_constructor_kwargs=kwargs, batch_size=batch_size,
+                          batch_format="pyarrow", compute=ActorPoolStrategy(min_size=1, max_size=actors),
+                          num_cpus=threads, runtime_env={"env_vars": env_vars} if env_vars else None)
+
+
+# --- outputs ---------------------------------------------------------------------------------------------------
+
+def _photos(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive rows grouped by ``file`` (one photo's rows are consecutive)."""
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i]["file"] != rows[start]["file"]:
+            yield rows[start:i]
+            start = i
+
+
+def _count(summary: bulk.BulkSummary, photo: list[dict[str, Any]]) -> None:
+    first = photo[0]
+    if first["error"] is not None:
+        summary.errors[first.get(ERROR_KIND) or "cannot read"] += 1
+    elif first["face"] is None:
+        summary.photos += 1
+        summary.no_face += 1
+    else:
+        summary.photos += 1
+        summary.faces += len(photo)
+
+
+def write_rows(ds: ray.data.Dataset, sink: RowSink, summary: bulk.BulkSummary | None = None) -> int:
+    """Stream the rows of ``ds`` (from :func:`predict_dataset`) into ``sink`` on this process, whole photos at a
+    time (a photo split across two batches is held back until its last row arrived), skipping the inputs already in
+    ``sink.done``; counts them into ``summary`` (errors by kind when ``ds`` has ``error_kind``). Returns the number
+    of photos written. The sink is not closed."""
+    written = 0
+    carry: list[dict[str, Any]] = []
+
+    def emit(rows: list[dict[str, Any]]) -> None:
+        nonlocal written
+        for photo in _photos(rows):
+            if photo[0]["file"] in sink.done:
+                continue
+            sink.write([{c: row[c] for c in ROW_COLUMNS} for row in photo])
+            written += 1
+            if summary is not None:
+                _count(summary, photo)
+
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = carry + batch.to_pylist()  # type: ignore[union-attr]  # a pyarrow Table
+        if not rows:
+            continue
+        last = rows[-1]["file"]
+        cut = len(rows)
+        while cut and rows[cut - 1]["file"] == last:
+            cut -= 1
+        emit(rows[:cut])
+        carry = rows[cut:]
+    emit(carry)
+    return written
+
+
+def write_parquet(ds: ray.data.Dataset, path: str | os.PathLike, resume: bool = False) -> int:
+    """Write the rows of ``ds`` (from :func:`predict_dataset`) to one Parquet file as ``agegender predict --output
+    PATH.parquet`` does: the same schema, crash-safe part files merged on success; ``resume`` continues an
+    existing output (rows of inputs already in it are dropped: exclude them from ``ds`` to save the work). Returns
+    the number of photos written."""
+    if Path(path).suffix.lower() != ".parquet":
+        raise ValueError(f"{path}: write_parquet writes a .parquet file")
+    sink = open_sink(path, ROW_TYPES, resume=resume)
+    written = write_rows(ds, sink)
+    sink.close()
+    return written

@@ -1,0 +1,205 @@
+"""The bulk path on Ray (`agegender predict SRC --ray --output FILE.parquet`, `agegender.inference.ray_pipeline`):
+on a real local Ray, the same rows and the same Parquet schema as the local bulk path and the Predictor, error rows
+for what cannot be read, --shard and --resume, URIs, and one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agegender.cli import main
+from agegender.inference.collection import collect, shard_paths
+from agegender.inference.predictor import Predictor
+from agegender.inference.results import ROW_COLUMNS, ROW_TYPES
+
+ray = pytest.importorskip("ray", reason="the Ray path needs the `ray` extra: pip install 'agegender[ray]'")
+pytest.importorskip("ray.data", reason="the Ray path needs Ray Data: pip install 'agegender[ray]'")
+pyarrow = pytest.importorskip("pyarrow", reason="Parquet output needs pyarrow: pip install 'agegender[ray]'")
+import pyarrow.parquet as pq  # noqa: E402
+
+from agegender.inference import ray_pipeline  # noqa: E402
+
+# Ray Data's own settings warn about their deprecated names when it copies them: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+
+
+@pytest.fixture(scope="module")
+def local_ray(yunet_path: Path) -> Any:
+    """A private local Ray on 2 CPUs for this module; its workers find YuNet offline through AGEGENDER_YUNET."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AGEGENDER_YUNET", str(yunet_path))
+    mp.setenv("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
+    mp.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def collection_dir(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+    """The shared photos, a file without an ending, a truncated JPEG, a HEIC and a text file."""
+    root = tmp_path_factory.mktemp("ray-collection")
+    (root / "sub").mkdir()
+    for photo in sorted(photos_dir.glob("*.jpg")):
+        shutil.copy(photo, root / photo.name)
+    shutil.copy(photos_dir / "smahesh29_kid1.jpg", root / "sub" / "kid_no_ending")
+    data = (photos_dir / "mowshon_test-image.jpg").read_bytes()
+    (root / "sub" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (root / "notes.txt").write_text("not a photo")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sources(collection_dir: Path) -> list[str]:
+    """The folder and a path that does not exist (an error row)."""
+    return [str(collection_dir), str(collection_dir.parent / "missing.jpg")]
+
+
+@pytest.fixture(scope="module")
+def bulk_output(tmp_path_factory: pytest.TempPathFactory, sources: list[str], yunet_path: Path) -> Path:
+    """What the local bulk path writes for the sources."""
+    out = tmp_path_factory.mktemp("bulk") / "bulk.parquet"
+    assert main(["predict", *sources, "--output", str(out), "--detector", str(yunet_path)]) == 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_rows(local_ray: Any, collection_dir: Path, yunet_path: Path) -> Any:
+    """The folder through the Python API, materialised (with error kinds)."""
+    ds = ray_pipeline.read_images(collection_dir)
+    return ray_pipeline.predict_dataset(ds, detector=yunet_path, error_kinds=True).materialize()
+
+
+def rows_of(table_or_path: Any) -> list[dict[str, Any]]:
+    table = table_or_path if isinstance(table_or_path, pyarrow.Table) else pq.read_table(table_or_path)
+    key = lambda r: (r["file"], -1 if r["face"] is None else r["face"])  # noqa: E731
+    return sorted(table.to_pylist(), key=key)
+
+
+def table_of(ds: Any) -> Any:
+    return pyarrow.concat_tables(list(ds.iter_batches(batch_size=None, batch_format="pyarrow")))
+
+
+def assert_same_rows(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """Row by row, column by column: text and integers exactly, numbers to their rounding (the runtimes' thread
+    counts differ)."""
+    assert [r["file"] for r in got] == [r["file"] for r in expected]
+    for a, b in zip(got, expected, strict=True):
+        for column in ROW_COLUMNS:
+            if ROW_TYPES[column] == "float" and a[column] is not None and b[column] is not None:
+                assert a[column] == pytest.approx(b[column], abs=0.051), (a["file"], column)
+            else:
+                assert a[column] == b[column], (a["file"], column)
+
+
+def test_rows_are_the_bulk_paths_and_the_predictors(ray_rows: Any, bulk_output: Path, collection_dir: Path,
+                                                     yunet_path: Path) -> None:
+    table = table_of(ray_rows)
+    assert table.column_names == [*ROW_COLUMNS, ray_pipeline.ERROR_KIND]
+    rows = rows_of(table)
+    missing = str(collection_dir.parent / "missing.jpg")  # listed by the CLI only: read_images logs it
+    assert_same_rows([{c: r[c] for c in ROW_COLUMNS} for r in rows],
+                     [r for r in rows_of(bulk_output) if r["file"] != missing])
+
+    errors = {Path(r["file"]).name: (r["error"], r["error_kind"]) for r in rows if r["error"]}
+    assert set(errors) == {"truncated.jpg", "phone.heic"}
+    assert "truncated" in errors["truncated.jpg"][0] and errors["truncated.jpg"][1] == "corrupt"
+    assert str(collection_dir / "sub" / "truncated.jpg") in errors["truncated.jpg"][0]  # named by path, not bytes
+    assert "heic images cannot be decoded" in errors["phone.heic"][0]
+    assert errors["phone.heic"][1] == "unsupported format"
+    faces = Counter(Path(r["file"]).name for r in rows if not r["error"])
+    assert faces["kid_no_ending"] == 1 and faces["dlib_2007_007763.jpg"] == 7
+
+    predictor = Predictor(detector=str(yunet_path))
+    for photo in sorted(collection_dir.glob("*.jpg")):
+        assert_same_rows([{c: r[c] for c in ROW_COLUMNS} for r in rows if r["file"] == str(photo)],
+                         predictor.predict(photo).rows())
+
+
+def test_parquet_written_by_ray_has_the_bulk_schema(ray_rows: Any, bulk_output: Path, tmp_path: Path) -> None:
+    expected = pq.read_schema(bulk_output)
+    native = ray_rows.drop_columns([ray_pipeline.ERROR_KIND])
+    native.write_parquet(str(tmp_path / "ray"))  # Ray's own writer: a folder of files
+    files = sorted((tmp_path / "ray").glob("*.parquet"))
+    assert files
+    for file in files:
+        assert pq.read_schema(file).equals(expected, check_metadata=False)
+    assert pq.read_table(tmp_path / "ray").num_rows == pq.read_metadata(bulk_output).num_rows - 1  # no missing.jpg
+
+    out = tmp_path / "one.parquet"  # write_parquet: one file, as --output writes it
+    assert ray_pipeline.write_parquet(ray_rows, out) == 8
+    assert pq.read_schema(out).equals(expected, check_metadata=True)
+
+
+def test_cli_end_to_end(local_ray: Any, sources: list[str], bulk_output: Path, yunet_path: Path, tmp_path: Path,
+                        capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "rows.parquet"
+    assert main(["predict", *sources, "--ray", "--output", str(out), "--detector", str(yunet_path)]) == 1
+    err = capsys.readouterr().err
+    assert "skipped 1 file(s), not an image (.txt)" in err and "9 input(s): 6 photo(s) read" in err
+    assert "errors, corrupt: 1" in err and "errors, unsupported format: 1" in err and "errors, cannot read: 1" in err
+    assert pq.read_schema(out).equals(pq.read_schema(bulk_output), check_metadata=True)
+    assert_same_rows(rows_of(out), rows_of(bulk_output))
+    assert not out.with_name(out.name + ".parts").exists()
+
+
+def test_cli_shard_then_resume(local_ray: Any, sources: list[str], collection_dir: Path, bulk_output: Path,
+                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sharded.parquet"
+    main(["predict", *sources, "--ray", "--shard", "0/2", "--output", str(out)])  # the detector from AGEGENDER_YUNET
+    first = {r["file"] for r in rows_of(out)}
+    listed = collect(sources)
+    assert first == set(shard_paths(listed.files + [p for p, _ in listed.errors], (0, 2)))
+    assert 0 < len(first) < 9
+    capsys.readouterr()
+
+    main(["predict", "--ray", *sources, "--resume", "--output", str(out)])  # --ray is a flag: SRC may follow it
+    err = capsys.readouterr().err
+    assert f"{len(first)} already in the output (resumed)" in err
+    rows = rows_of(out)
+    assert_same_rows(rows, rows_of(bulk_output))  # every input once, none lost, none repeated
+
+    main(["predict", *sources, "--ray", "--resume", "--output", str(out)])  # nothing left to do: Ray not needed
+    assert "9 already in the output (resumed)" in capsys.readouterr().err
+    assert rows_of(out) == rows
+
+
+def test_uris_are_listed_by_ending_and_named_by_uri(local_ray: Any, collection_dir: Path) -> None:
+    uri = f"file://{collection_dir}"
+    listed = ray_pipeline.list_images(uri)
+    names = {Path(f).name for f in listed.files}
+    assert names == {p.name for p in collection_dir.glob("*.jpg")} | {"phone.heic", "truncated.jpg"}
+    assert all(f.startswith(uri) for f in listed.files)
+    assert set(listed.skipped) == {"not an image (.txt)", "not an image (no ending)"}
+    photo = f"{uri}/smahesh29_kid1.jpg"
+    rows = table_of(ray_pipeline.predict_dataset(ray_pipeline.files_dataset([photo]))).to_pylist()
+    assert [r["file"] for r in rows] == [photo] and rows[0]["age"] is not None
+
+
+def test_cli_needs_parquet_and_the_extra(collection_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", str(collection_dir), "--ray", "--output", str(tmp_path / "rows.csv")]) == 2
+    assert "--ray writes Parquet: give --output FILE.parquet" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    assert main(["predict", str(collection_dir), "--ray", "--output", str(tmp_path / "rows.parquet")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'agegender[ray]'" in err[0]
+    assert not (tmp_path / "rows.parquet").exists()
+
+
+def test_a_worker_that_cannot_load_the_detector_stops_the_run_in_one_line(
+        local_ray: Any, collection_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "rows.parquet"
+    code = main(["predict", str(collection_dir), "--ray", "--detector", str(tmp_path / "no-yunet.onnx"),
+                 "--output", str(out)])
+    assert code == 2
+    assert "error: the Ray workers cannot load the model or the detector" in capsys.readouterr().err
+    assert not out.exists() and not out.with_name(out.name + ".parts").exists()  # a plain rerun may start
