@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     for key in keys:
         print(f"{METRIC_LABELS.get(key, key).split(' (')[0]:34s}"
               + "".join(f"{format_metric(key, m['overall'].get(key)):>12s}" for m in results.values()))
+        ranges = [m.get("intervals", {}).get(key) for m in results.values()]
+        if any(ranges):
+            print(f"{'  95% interval':34s}" + "".join(
+                f"{'-'.join(format_metric(key, x) for x in r) if r else '':>12s}" for r in ranges))
     print(f"reports: {out}/<tta>/report.md")
     if args.store_metrics:
         from agegender.export import set_metadata

@@ -23,6 +23,7 @@ from agegender.data.adience import read_adience_fold
 from agegender.data.datasets import DataConfig, dataset_root, dataset_splits, decode_split
 from agegender.data.records import FaceRecord, ReadReport
 from agegender.data.splits import SPLITS
+from agegender.evaluation.compare import face_arrays, face_intervals
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.model_config import ModelConfig
 from agegender.outputs import Decoded, decode
@@ -162,7 +163,8 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
                         ttas: Sequence[str], out_dir: str | Path, progress: bool = True) -> dict[str, dict]:
     """Evaluate a loaded model (``name``: what reports call it) once per TTA mode; write ``out_dir/<tta>/``
     (metrics.json, report.md, confusion matrices as CSV and PNG, breakdown plots) and ``out_dir/summary.json``
-    (overall figures per mode)."""
+    (overall figures per mode). Each mode's metrics carry ``intervals``: the 95% bootstrap interval (faces
+    resampled) of age MAE, group accuracies and gender accuracy."""
     unknown = [t for t in ttas if t not in TTA_MODES]
     if unknown:
         raise ValueError(f"unknown TTA mode(s) {unknown}: use {', '.join(TTA_MODES)}")
@@ -174,7 +176,9 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
     out = Path(out_dir)
     results = {}
     for tta in ttas:
-        metrics = face_metrics(data.records, predict_faces(net, data.images, tta))
+        decoded = predict_faces(net, data.images, tta)
+        metrics = face_metrics(data.records, decoded)
+        metrics["intervals"] = face_intervals(face_arrays(data.records, decoded))
         write_report(metrics, out / tta, title=f"{config.name} ({name})",
                      protocol=protocol_text(description, tta))
         results[tta] = metrics

@@ -80,8 +80,12 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, title: str, pr
     if "n_folds" in metrics:
         md += [f"Figures are mean ± sample standard deviation over {metrics['n_folds']} folds.", ""]
     md += ["## Overall", ""]
-    md += _table(["Metric", "Value"], [[METRIC_LABELS.get(k, k), _format(k, v)]
-                                       for k, v in metrics["overall"].items()])
+    intervals = metrics.get("intervals", {})
+    md += _table(["Metric", "Value", *(["95% interval (bootstrap over faces)"] if intervals else [])],
+                 [[METRIC_LABELS.get(k, k), _format(k, v),
+                   *([" to ".join(format_metric(k, x) for x in intervals[k]) if k in intervals else ""]
+                     if intervals else [])]
+                  for k, v in metrics["overall"].items()])
 
     for name, entry in metrics.get("confusion", {}).items():
         heading = name.replace("_", " ").capitalize()
