@@ -1,8 +1,10 @@
 """Deterministic, leakage-safe train/val/test and k-fold splits over groups of records.
 
-Each group lands in one split by a hash of its id, so a split never depends on file order, and adding images
-moves no existing group. Byte-identical copies are collapsed into one record (label rule below); near
-duplicates stay separate but share a group id.
+Each group lands in one split by a hash of its id, and a group's id is the file name of its first member in sorted
+order (``dup:NAME``), so a split never depends on file order, and adding images moves no existing group (unless
+a new image joins two groups into one). Byte-identical copies are collapsed into one record (label rule below); near
+duplicates (mirrored, blurred, re-encoded or re-cropped copies: :mod:`agegender.data.dedup`) stay separate but
+share a group id.
 
 Label rule for identical copies whose names disagree: the median age and the majority gender; a group whose
 copies split evenly on gender is dropped, since its true gender cannot be told.
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agegender.data.dedup import duplicate_groups, file_fingerprints
+from agegender.data.dedup import METHOD, duplicate_groups, file_fingerprints, near_duplicate_pairs
 from agegender.data.manifest import read_manifest, write_manifest
 from agegender.data.records import FaceRecord
 from agegender.labels import age_to_group
@@ -41,6 +43,9 @@ class DedupStats:
     dropped_gender_ties: int
     near_duplicate_groups: int  # groups (beyond identical copies) holding several distinct images
     groups: int
+    near_duplicate_pairs: int  # pairs of distinct files judged copies of one photo
+    mirror_pairs: int  # of which they match as mirror images of each other
+    largest_group: int  # records in the largest group
 
     def to_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -54,10 +59,16 @@ def _bucket(group_id: str, salt: str = "agegender-v1") -> float:
 def collapse_duplicates(records: Sequence[FaceRecord], max_bits: int = 6, min_corr: float = 0.9,
                         progress: bool = True) -> tuple[list[FaceRecord], DedupStats]:
     """One record per byte-identical set (label rule in the module doc); group ids become the union of the
-    records' own groups (subjects) and their duplicate groups."""
-    md5s, hashes, thumbs = file_fingerprints([r.path for r in records], progress=progress)
-    group = duplicate_groups(md5s, hashes, thumbs, max_bits=max_bits, min_corr=min_corr,
-                             subjects=[r.group_id for r in records])
+    records' own groups (subjects) and their duplicate groups. ``max_bits`` and ``min_corr`` only matter for sets
+    too small to fit the near-duplicate test (see :mod:`agegender.data.dedup`)."""
+    fp = file_fingerprints([r.path for r in records], progress=progress)
+    pairs = near_duplicate_pairs(fp, max_bits=max_bits, min_corr=min_corr)
+    group = duplicate_groups(fp, subjects=[r.group_id for r in records], pairs=pairs)
+    md5s = fp.md5s
+    first_name: dict[int, str] = {}
+    for g, record in zip(group.tolist(), records, strict=True):
+        name = Path(record.path).name
+        first_name[g] = min(first_name.get(g, name), name)
     by_md5: dict[str, list[int]] = defaultdict(list)
     for i, digest in enumerate(md5s):
         by_md5[digest].append(i)
@@ -77,14 +88,15 @@ def collapse_duplicates(records: Sequence[FaceRecord], max_bits: int = 6, min_co
             age = float(np.median(ages)) if ages else None
             rec = replace(rec, age=age, age_group=age_to_group(age) if age is not None else rec.age_group,
                           gender=top[0][0] if top else None)
-        out.append(replace(rec, group_id=f"dup{group[members[0]]:05d}"))
+        out.append(replace(rec, group_id=f"dup:{first_name[int(group[members[0]])]}"))
     sizes = Counter(r.group_id for r in out)
     multi_identical = [m for m in by_md5.values() if len(m) > 1]
     stats = DedupStats(
         images=len(records), identical_groups=len(multi_identical),
         identical_extra_copies=sum(len(m) - 1 for m in multi_identical), label_conflicts=conflicts,
         dropped_gender_ties=ties, near_duplicate_groups=sum(1 for s in sizes.values() if s > 1),
-        groups=len(sizes))
+        groups=len(sizes), near_duplicate_pairs=len(pairs), mirror_pairs=int(pairs.mirrored.sum()),
+        largest_group=max(sizes.values(), default=0))
     return out, stats
 
 
@@ -139,16 +151,19 @@ def splits_folder(records: Sequence[FaceRecord], out_dir: str | Path) -> Path:
 
 def load_or_make_splits(records: Sequence[FaceRecord], out_dir: str | Path, max_bits: int = 6,
                         progress: bool = True) -> tuple[dict[str, list[FaceRecord]], DedupStats]:
-    """Split manifests under :func:`splits_folder` (made once, re-read after), with dedup statistics."""
+    """Split manifests under :func:`splits_folder` (made once, re-read after), with dedup statistics. Manifests
+    made by another deduplication method (``method`` in ``dedup.json``) are made again."""
     folder = splits_folder(records, out_dir)
     stats_file = folder / "dedup.json"
     if stats_file.is_file() and all((folder / f"{s}.csv").is_file() for s in SPLITS):
-        splits = {s: read_manifest(folder / f"{s}.csv")[0] for s in SPLITS}
-        check_no_leakage(splits)
-        return splits, DedupStats(**json.loads(stats_file.read_text()))
+        saved = json.loads(stats_file.read_text())
+        if saved.pop("method", None) == METHOD and saved.keys() == DedupStats.__dataclass_fields__.keys():
+            splits = {s: read_manifest(folder / f"{s}.csv")[0] for s in SPLITS}
+            check_no_leakage(splits)
+            return splits, DedupStats(**saved)
     collapsed, stats = collapse_duplicates(records, max_bits=max_bits, progress=progress)
     splits = split_records(collapsed)
     for name, recs in splits.items():
         write_manifest(recs, folder / f"{name}.csv")
-    stats_file.write_text(json.dumps(stats.to_dict(), indent=2))
+    stats_file.write_text(json.dumps({"method": METHOD, **stats.to_dict()}, indent=2))
     return splits, stats
