@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from agegender.labels import AGE_GROUPS, age_to_group
 from agegender.outputs import ACTIVATIONS, OUTPUT_KEYS, Decoded, decode, sigmoid, softmax
 from agegender.oversample import (
     CROP_ORDER,
@@ -406,3 +407,14 @@ def test_a_gender_tie_favours_neither_class_and_is_reported() -> None:
         assert overall["gender_accuracy"] == 0.75 and overall["gender_ties"] == 2
     confusion = compute_metrics(None, None, np.array([0, 1, 1, 0]), decoded)["confusion"]["gender"]["counts"]
     assert sum(map(sum, confusion)) == 2  # ties are not placed in either column
+
+
+def test_the_group_of_a_distribution_is_the_group_its_age_falls_in() -> None:
+    """Most mass in 25-32 but the median at 36: the face reads age 36, group 38-43 (the gap policy), never 25-32."""
+    probs = np.full((1, 101), 1e-9)
+    probs[0, 30:33] = 0.45 / 3  # 25-32 holds the most mass of any one group
+    probs[0, 36] = 0.2  # in the gap 33-37, counted to 38-43 by the policy: the median lands here
+    probs[0, 50] = 0.35
+    decoded = decode({"age_dist_logits": np.log(probs)})
+    assert decoded.group_probs.argmax() == AGE_GROUPS.index("25-32")
+    assert AGE_GROUPS[int(decoded.age_group[0])] == AGE_GROUPS[age_to_group(float(decoded.age[0]))] == "38-43"

@@ -58,10 +58,19 @@ class Decoded:
     age_high: np.ndarray | None  # 90th percentile in years
     group_probs: np.ndarray | None  # (N, 8)
     female_prob: np.ndarray | None  # None when the model has no gender output
+    #: The group is the one the age falls in (gap policy), not the most probable: set when both come from one age
+    #: distribution, so that a face never reads "age 36, group 25-32" (``scripts/measure/age_group_rule.py``
+    #: found the two rules level on exact group accuracy and the age's group ahead on one-off).
+    group_follows_age: bool = False
 
     @property
     def age_group(self) -> np.ndarray | None:
-        return None if self.group_probs is None else self.group_probs.argmax(axis=1)
+        """The predicted group index per face (see ``group_follows_age``)."""
+        if self.group_probs is None:
+            return None
+        if self.group_follows_age and self.age is not None:
+            return np.array([age_to_group(max(float(a), 0.0)) for a in self.age], dtype=np.int64)
+        return self.group_probs.argmax(axis=1)
 
     @property
     def n(self) -> int:
@@ -148,9 +157,11 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
     elif "age_ordinal_logits" in outputs:
         group_probs = ordinal_to_group_probs(outputs["age_ordinal_logits"])
 
+    follows = False
     if "age_dist_logits" in outputs:
         age_probs = softmax(outputs["age_dist_logits"])
         age, low, high = (age_quantile(age_probs, q) for q in (0.5, 0.1, 0.9))
+        follows = group_probs is None
         group_probs = dist_to_group_probs(age_probs) if group_probs is None else group_probs
     elif "age" in outputs:
         age = np.clip(outputs["age"].reshape(-1).astype(np.float64), 0, MAX_AGE + 16)
@@ -165,7 +176,8 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
     else:  # a gender-only model
         return Decoded(age=None, age_low=None, age_high=None, group_probs=None, female_prob=female)
     return Decoded(age=np.asarray(age, dtype=np.float64), age_low=np.minimum(low, age),
-                   age_high=np.maximum(high, age), group_probs=group_probs, female_prob=female)
+                   age_high=np.maximum(high, age), group_probs=group_probs, female_prob=female,
+                   group_follows_age=follows)
 
 
 __all__ = ["ACTIVATIONS", "AGE_GROUPS", "Decoded", "OUTPUT_KEYS", "age_quantile", "decode", "dist_to_group_probs",
