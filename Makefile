@@ -13,7 +13,7 @@ ifneq ($(wildcard $(SHARED)/models/yunet/yunet_s_640_640.onnx),)
 export AGEGENDER_YUNET ?= $(abspath $(SHARED)/models/yunet/yunet_s_640_640.onnx)
 endif
 
-.PHONY: predict test chromium lint bench reproduce clean
+.PHONY: predict test chromium lint bench logs reproduce clean
 
 # A dropped connection must not fail a build: pip retries and resumes downloads (older pips ignore the
 # variables they do not know), and each install is tried 3 times.
@@ -57,6 +57,18 @@ lint: $(VENV)/.full
 
 bench: $(VENV)/.full
 	$(BIN)/agegender bench --accurate --markdown docs/bench.md
+
+# Every measured figure the README and the model card quote that has no report of its own, as committed logs
+# (command, date, machine, load, output) in docs/logs/.
+LOG = $(BIN)/python scripts/measure/logged.py
+logs: $(VENV)/.full
+	$(LOG) docs/logs/loader_speed.md -- $(BIN)/python scripts/measure/loader_speed.py
+	$(LOG) docs/logs/calibration_families.md -- $(BIN)/python scripts/measure/calibration_families.py src/agegender/weights/flagship.onnx
+	$(LOG) docs/logs/int8_settings.md -- $(BIN)/python scripts/measure/int8_settings.py src/agegender/weights/flagship.onnx
+	$(LOG) docs/logs/photo_scale.md -- $(BIN)/python scripts/measure/photo_scale.py
+	$(LOG) docs/logs/age_group_rule.md -- $(BIN)/python scripts/measure/age_group_rule.py src/agegender/weights/flagship_int8.onnx
+	$(LOG) docs/logs/split_overlap.md -- $(BIN)/python scripts/measure/split_overlap.py --rev e1618da --out ../runs/split_overlap
+	$(LOG) docs/logs/load_test.md -- $(BIN)/python scripts/measure/load_test.py --start-server --clients 50 --requests 400
 
 reproduce: $(VENV)/.full
 	$(BIN)/python scripts/measure/reproduce.py
