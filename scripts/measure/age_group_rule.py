@@ -31,7 +31,7 @@ def groups(model: OnnxAgeGender, records: list[FaceRecord], chips: list[np.ndarr
     """(true group, most probable group, group of the age) per face."""
     decoded = model.predict(chips, flip=True)
     by_age = np.array([age_to_group(a) for a in decoded.age])
-    return np.array([r.age_group for r in records]), decoded.age_group, by_age
+    return np.array([r.age_group for r in records]), decoded.group_probs.argmax(axis=1), by_age
 
 
 def score(name: str, true: np.ndarray, argmax: np.ndarray, by_age: np.ndarray) -> list[str]:
