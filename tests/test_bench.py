@@ -1,7 +1,9 @@
-"""``agegender bench``: the timer, the peer adapters on real UTKFace test chips, a small end-to-end run."""
+"""``agegender bench``: the timer (alone and interleaved), the peer adapters on real UTKFace test chips, the
+runtimes our models run on, a small end-to-end run, the profile and the photo-size sweep."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -19,11 +21,22 @@ from agegender.benchmark.peers import (
     load_peers,
     square_crop,
 )
-from agegender.benchmark.run import BenchOptions, load_models, subset, utkface_test
-from agegender.benchmark.timing import Timing, per_face_latency, time_call
+from agegender.benchmark.photos import resized_photo
+from agegender.benchmark.profile import CHIP_BATCHES, CHIP_STAGES, STAGES
+from agegender.benchmark.run import (
+    BenchOptions,
+    bench_runtimes,
+    load_models,
+    run_bench,
+    subset,
+    to_markdown,
+    utkface_test,
+)
+from agegender.benchmark.timing import Timing, per_face_latency, time_call, time_interleaved
 from agegender.cli import main
 from agegender.data.records import FaceRecord
 from agegender.images import load_image
+from agegender.inference.backends import BackendError, available_backends, cpu_info
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.reporting.metrics import exact_accuracy, mae
 from tests.conftest import shared_path
@@ -57,6 +70,32 @@ def test_per_face_latency_divides_by_batch_and_cycles_chips() -> None:
                              min_seconds=0)
     assert set(sizes) == {4}
     assert 5.0 <= stats.median_ms < 20.0  # 20 ms per call / 4 faces
+
+
+def test_time_interleaved_takes_turns() -> None:
+    log: list[str] = []
+    calls = {name: (lambda name=name: log.append(name)) for name in "abc"}
+    stats = time_interleaved(calls, warmup=1, runs=3, min_seconds=0)
+    assert log[:3] == ["a", "b", "c"]  # the warm-up, in turn
+    assert log[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # a round each, the order rotated by one
+    assert {name: s.runs for name, s in stats.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_time_interleaved_repeats_fast_calls_within_their_turn() -> None:
+    log: list[str] = []
+
+    def slow() -> None:
+        log.append("slow")
+        time.sleep(0.01)
+
+    stats = time_interleaved({"slow": slow, "fast": lambda: log.append("fast")}, warmup=1, runs=4, min_seconds=0.05)
+    assert stats["slow"].runs >= 5 and stats["slow"].median_ms >= 10.0  # 50 ms of 10 ms calls
+    assert stats["fast"].runs > 100 and stats["fast"].median_ms < 1.0
+    timed = log[2:]
+    slow_at = [i for i, name in enumerate(timed) if name == "slow"]
+    # spread over the rounds, not all of them after the fast calls: fast calls come between slow ones
+    assert any(b - a > 1 for a, b in itertools.pairwise(slow_at))
+    assert timed.index("fast") < slow_at[-1]
 
 
 def test_timing_statistics() -> None:
@@ -142,11 +181,26 @@ def test_peer_crop_geometry() -> None:
     assert big.shape == (62, 62, 3)
 
 
-def test_bench_defaults_to_both_shipped_models() -> None:
-    models, unavailable = load_models(BenchOptions(threads=1))
-    assert unavailable == {} and [m.name for m in models] == [
-        "agegender flagship int8", "agegender flagship int8, no flip",
-        "agegender flagship fp32", "agegender flagship fp32, no flip"]
+def test_bench_defaults_to_both_shipped_models_on_every_backend() -> None:
+    backends = [name for name, device in bench_runtimes("auto", "cpu")]
+    assert backends == list(available_backends())
+    models, unavailable = load_models(BenchOptions(threads=1, device="cpu"))
+    assert unavailable == {}
+    assert [m.name for m in models] == [
+        f"agegender flagship {variant} ({backend})"
+        for variant in ("int8", "int8, no flip", "fp32", "fp32, no flip") for backend in backends]
+
+
+def test_both_backends_with_openvino_installed() -> None:
+    pytest.importorskip("openvino", reason="the openvino package is not installed")
+    models, _ = load_models(BenchOptions(threads=1, device="cpu"))
+    assert {m.model.session.backend for m in models} == {"onnxruntime", "openvino"}  # type: ignore[attr-defined]
+    only, _ = load_models(BenchOptions(threads=1, backend="openvino"))
+    assert [m.name for m in only][:2] == ["agegender flagship int8 (openvino)",
+                                          "agegender flagship int8, no flip (openvino)"]
+    assert {m.model.session.backend for m in only} == {"openvino"}  # type: ignore[attr-defined]
+    with pytest.raises(BackendError, match="cuda"):
+        bench_runtimes("openvino", "cuda")
 
 
 # --- the whole bench --------------------------------------------------------------------------------------
@@ -159,14 +213,20 @@ def test_bench_cli_small_run(tmp_path: Path, model_path: Path, shared_dir: Path,
     code = main(["bench", "--model", str(model_path), "--peers", str(peers_dir),
                  "--utkface", str(utkface_dir), "--adience-sample", str(sample), "--adience-fold", str(fold),
                  "--photos", str(photos_dir), "--detector", str(yunet_path), "--limit", "20",
-                 "--threads", "1", "--runs", "2", "--min-time", "0",
+                 "--threads", "1", "--runs", "2", "--min-time", "0", "--no-sweep", "--device", "cpu",
                  "--out", str(tmp_path / "out"), "--markdown", str(table)])
     assert code == 0
     result = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert next(iter(result)) == "cpu" and result["cpu"] == cpu_info().describe()  # the CPU comes first
+    backends = list(available_backends())
+    assert result["environment"]["runtimes"] == backends
     names = [m["name"] for m in result["models"]]
-    assert len(names) == 2 + 2 - len(result["unavailable"])  # ours with and without flip, then the peers
+    ours = [n for n in names if n.startswith("agegender")]
+    assert len(ours) == 2 * len(backends)  # ours with and without flip on every backend, then the peers
+    assert len(names) == len(ours) + 2 - sum(not n.startswith("agegender") for n in result["unavailable"])
     precision = "int8" if "quantization" in OnnxAgeGender(model_path).metadata else "fp32"
-    assert names[:2] == [f"agegender flagship {precision}", f"agegender flagship {precision}, no flip"]
+    assert ours == [f"agegender flagship {precision}{flip} ({backend})"
+                    for flip in ("", ", no flip") for backend in backends]
     for dataset in ("utkface", "adience"):
         assert result["datasets"][dataset]["faces"] == 20
         for name in names:
@@ -177,7 +237,45 @@ def test_bench_cli_small_run(tmp_path: Path, model_path: Path, shared_dir: Path,
         assert set(result["speed"][name]) == {"1", "64"}
         assert result["speed"][name]["64"]["median_ms"] > 0
     assert len(result["photos"]) == 5 and all(set(p["models"]) == set(names) for p in result["photos"])
+    assert result["profile"] is None and result["photos_at_scale"] is None
     markdown = table.read_text()
-    assert markdown.startswith("## Benchmark") and "| Model | Size (MB) | UTKFace age MAE" in markdown
+    assert markdown.startswith("## Benchmark")
+    assert f"CPU: {cpu_info().describe()}" in markdown.split("| Model |")[0]  # above the tables
+    assert "| Model | Size (MB) | UTKFace age MAE" in markdown
     assert all(f"| {name} |" in markdown for name in names)
-    assert "### End-to-end photo latency" in markdown
+    assert "### End-to-end photo latency" in markdown and "Photos at scale" not in markdown
+
+
+def test_profile_and_photo_size_sweep(tmp_path: Path, yunet_path: Path, photos_dir: Path) -> None:
+    """One photo, 0.3 and 2 MP, the bulk runs on 2 photos: every stage and every size gets positive times."""
+    opts = BenchOptions(photos=photos_dir, detector=yunet_path, threads=1, runs=1, min_seconds=0,
+                        backend="onnxruntime", device="cpu", profile=True, sweep_sizes=(0.3, 2.0), sweep_photos=1,
+                        work_dir=tmp_path / "work", bulk_photos=2, bulk_rounds=1)
+    result = run_bench(opts)
+    profile = result["profile"]
+    on_photos = profile["on_photos"]
+    assert profile["backend"] == "onnxruntime" and len(on_photos["photos"]) == 1 and on_photos["faces"] > 0
+    for key, _ in STAGES:
+        stage = on_photos["stages"][key]
+        assert stage["ms_per_photo"] > 0 and stage["ms_per_face"] > 0
+    assert on_photos["stages"]["end_to_end"]["ms_per_photo"] > 0
+    for batch in CHIP_BATCHES:
+        assert all(profile["on_chips"][str(batch)][key]["ms_per_face"] > 0 for key in CHIP_STAGES)
+    scale = result["photos_at_scale"]
+    assert [row["megapixels"] for row in scale["sweep"]] == [0.3, 2.0]
+    for row in scale["sweep"]:
+        (width, height), = row["pixels"]
+        assert abs(width * height / 1e6 - row["megapixels"]) < 0.02 * row["megapixels"]
+        assert row["faces"] > 0 and row["predict_ms"] > 0 and row["imread_ms"] > 0 and row["ratio"] > 0
+    assert sorted((row["set"], row["workers"]) for row in scale["bulk"]) == [("shared photos", 1),
+                                                                              ("shared photos", 2)]
+    assert all(row["photos"] == 2 and row["photos_per_s"] > 0 for row in scale["bulk"])
+    assert [t["what"] for t in scale["targets"]] == ["shared photos: 2 workers / 1, photos/s past the start"]
+    markdown = to_markdown(result)
+    assert "### Where the time goes" in markdown and "| network |" in markdown
+    assert "| 0.3 MP | " in markdown and "| 2 MP | " in markdown and "| shared photos | 2 |" in markdown
+    first = tmp_path / "work" / scale["sweep"][0]["photos"][0]
+    written = first.stat().st_mtime_ns
+    source = photos_dir / first.name.replace("_0.3mp", "")
+    assert resized_photo(source, 0.3, tmp_path / "work") == first and first.stat().st_mtime_ns == written  # once
+    assert sorted(p.name for p in (tmp_path / "work").glob("*.jpg")) == [row["photos"][0] for row in scale["sweep"]]

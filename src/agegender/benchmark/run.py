@@ -1,6 +1,9 @@
-"""The whole bench: our exported model (fp32 with and without flip averaging, optionally an int8 variant) and
-every peer, scored on UTKFace test chips and the Adience sample, timed per face at batch 1 and 64, and timed
-end to end on photos. :func:`run_bench` returns one JSON-ready dict; :func:`to_markdown` turns it into tables.
+"""The whole bench: our exported model (int8 and fp32, each with and without flip averaging, on every installed
+backend) and every peer, scored on UTKFace test chips and the Adience sample, timed per face at batch 1 and 64
+and end to end on photos, all systems of a measurement timed interleaved; optionally the default pipeline's time
+per stage (:mod:`~agegender.benchmark.profile`); and photos at scale: end to end by photo size next to
+``cv2.imread``, and the bulk path's throughput (:mod:`~agegender.benchmark.photos`). :func:`run_bench` returns
+one JSON-ready dict, the CPU first; :func:`to_markdown` turns it into tables.
 """
 
 from __future__ import annotations
@@ -23,22 +26,39 @@ import numpy as np
 import onnxruntime as ort
 
 from agegender.benchmark.peers import FaceModel, load_peers
+from agegender.benchmark.photos import (
+    BULK_SIZE,
+    DEFAULT_BULK_PHOTOS,
+    DEFAULT_BULK_ROUNDS,
+    SHARED_LABEL,
+    SWEEP_SIZES,
+    bulk_label,
+    bulk_throughput,
+    default_work_dir,
+    photos_markdown,
+    size_sweep,
+    targets,
+)
+from agegender.benchmark.profile import profile_markdown, run_profile
 from agegender.benchmark.timing import (
     DEFAULT_MIN_SECONDS,
     DEFAULT_RUNS,
     DEFAULT_WARMUP,
-    per_face_latency,
-    time_call,
+    batch_call,
+    time_interleaved,
 )
 from agegender.data.adience import read_adience_fold
 from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.data.records import FaceRecord
 from agegender.images import IMAGE_SUFFIXES, load_image
+from agegender.inference import backends
 from agegender.inference.accurate.stacked import DESCRIPTOR_CHIP_SIZE, StackedAgeGender
 from agegender.inference.align import align_face
+from agegender.inference.backends import BackendError, available_backends, cpu_info
 from agegender.inference.detector import Detection, FaceDetector
 from agegender.inference.factory import load_model
 from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.inference.predictor import Predictor
 from agegender.labels import AGE_GROUPS, GENDERS
 from agegender.outputs import Decoded
 from agegender.preprocess import CHIP_SIZE
@@ -54,7 +74,9 @@ SUBSET_SEED = 0
 @dataclass(frozen=True)
 class BenchOptions:
     """What to bench and on which data. A data path None leaves that part out; ``model`` and ``int8`` both None
-    are the shipped float32 flagship and its int8 variant."""
+    are the shipped float32 flagship and its int8 variant. ``backend`` ``auto`` runs our models on every installed
+    backend, a name on that one only; ``device`` ``None`` adds CUDA where ONNX Runtime has it, ``cuda`` asks for it
+    (an error where it is missing), ``cpu`` leaves it out."""
 
     model: Path | None = None
     int8: Path | None = None
@@ -70,11 +92,39 @@ class BenchOptions:
     threads: int = os.cpu_count() or 1
     runs: int = DEFAULT_RUNS
     min_seconds: float = DEFAULT_MIN_SECONDS
+    backend: str = "auto"
+    device: str | None = None
+    profile: bool = False  # the default pipeline's time per stage (needs photos)
+    sweep: bool = True  # photos at scale: end to end by photo size, and the bulk throughput (needs photos)
+    sweep_sizes: tuple[float, ...] = SWEEP_SIZES
+    sweep_photos: int | None = None  # the first N photos only (None: all)
+    work_dir: Path | None = None  # where the resized photos are kept (None: the cache's bench-photos)
+    bulk_photos: int = DEFAULT_BULK_PHOTOS  # photos per bulk run (0: no bulk throughput)
+    bulk_rounds: int = DEFAULT_BULK_ROUNDS
 
     @property
     def timing(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`~agegender.benchmark.timing.time_call`."""
+        """Keyword arguments for :func:`~agegender.benchmark.timing.time_interleaved`."""
         return {"warmup": DEFAULT_WARMUP, "runs": self.runs, "min_seconds": self.min_seconds}
+
+
+def bench_runtimes(backend: str = "auto", device: str | None = None) -> list[tuple[str, str]]:
+    """(backend, device) pairs our models run on: every installed backend on the CPU (``backend`` a name: that
+    one), and ONNX Runtime on CUDA when ``device`` is ``cuda`` or is None and ONNX Runtime has CUDA."""
+    installed = available_backends()
+    if backend != "auto" and backend not in installed:
+        raise BackendError(f"the {backend} backend is not installed")
+    names = installed if backend == "auto" else (backend,)
+    if device == "cuda" and "onnxruntime" not in names:
+        raise BackendError("--device cuda runs through ONNX Runtime: use --backend onnxruntime or auto")
+    pairs = [(name, "cpu") for name in names] if device != "cuda" or backend == "auto" else []
+    if "onnxruntime" in names and (device == "cuda" or (device is None and backends._cuda_available())):
+        pairs.append(("onnxruntime", "cuda"))
+    return pairs
+
+
+def runtime_label(backend: str, device: str) -> str:
+    return backend if device == "cpu" else f"{backend} {device.upper()}"
 
 
 class OursModel:
@@ -82,7 +132,10 @@ class OursModel:
 
     def __init__(self, model: OnnxAgeGender, variant: str, flip: bool = True) -> None:
         self.model, self.flip = model, flip
-        self.name = f"agegender {model.config.name} {variant}" + ("" if flip else ", no flip")
+        session = model.session
+        self.runtime = runtime_label(session.backend, session.device)
+        self.name = (f"agegender {model.config.name} {variant}" + ("" if flip else ", no flip")
+                     + f" ({self.runtime})")
         size, load = model.config.input_size, model.config.load_size
         mirror = ", + mirror" if flip else ""
         self.input = f"RGB {size}x{size} centre of the chip resized to {load}{mirror}"
@@ -101,19 +154,39 @@ def precision(model: OnnxAgeGender) -> str:
 
 
 def load_models(opts: BenchOptions) -> tuple[list[FaceModel], dict[str, str]]:
-    """Our model (int8 when there is one, then fp32; each with and without flip; the accurate mode on fp32),
-    then every peer; and why a peer cannot run."""
+    """Our model (int8 when there is one, then fp32; each with and without flip; the accurate mode on fp32), each
+    variant on every runtime of :func:`bench_runtimes` in turn, then every peer; and why a runtime or a peer
+    cannot run. A runtime that was asked for by name must load."""
     int8 = opts.int8 if opts.int8 or opts.model else "flagship-int8"
-    ours = [load_model(path, threads=opts.threads) for path in (int8, opts.model or "flagship") if path]
-    models: list[FaceModel] = [OursModel(model, precision(model), flip) for model in ours for flip in (True, False)]
+    paths = [path for path in (int8, opts.model or "flagship") if path]
+    runtimes = bench_runtimes(opts.backend, opts.device)
+    loaded: dict[tuple[str, str], list[OnnxAgeGender]] = {}
+    unavailable: dict[str, str] = {}
+    for backend, device in runtimes:
+        try:
+            loaded[backend, device] = [load_model(path, threads=opts.threads, backend=backend, device=device)
+                                       for path in paths]
+            if opts.accurate:
+                loaded[backend, device].append(load_model(
+                    opts.model, accurate=True, threads=opts.threads, descriptor_weights=opts.descriptor_weights,
+                    backend=backend, device=device))
+        except BackendError as err:
+            if opts.backend != "auto" or opts.device == "cuda" and device == "cuda":
+                raise
+            unavailable[f"agegender on {runtime_label(backend, device)}"] = str(err)
+            loaded.pop((backend, device), None)
+    models: list[FaceModel] = []
+    for i in range(len(paths)):
+        for flip in (True, False):
+            models += [OursModel(ours[i], precision(ours[i]), flip) for ours in loaded.values()]
     if opts.accurate:
-        stacked = load_model(opts.model, accurate=True, threads=opts.threads,
-                             descriptor_weights=opts.descriptor_weights)
-        models.append(OursModel(stacked, "accurate"))
+        models += [OursModel(ours[-1], "accurate") for ours in loaded.values()]
+    if not models:
+        raise BackendError(f"no runtime could load our model: {unavailable}")
     if opts.peers is None:
-        return models, {}
-    peers, unavailable = load_peers(opts.peers, opts.threads)
-    return models + peers, unavailable
+        return models, unavailable
+    peers, peers_unavailable = load_peers(opts.peers, opts.threads)
+    return models + peers, {**unavailable, **peers_unavailable}
 
 
 def subset(records: Sequence[FaceRecord], limit: int | None) -> list[FaceRecord]:
@@ -197,39 +270,42 @@ def photo_files(folder: Path) -> list[Path]:
 
 def photo_latency(models: Sequence[FaceModel], detector: FaceDetector, folder: Path, opts: BenchOptions
                   ) -> list[dict[str, Any]]:
-    """Per photo: size, faces, decode + detect time, and each model's end-to-end time."""
+    """Per photo: size, faces, decode + detect time, and each model's end-to-end time, all timed interleaved."""
     rows = []
     for path in photo_files(folder):
         image = load_image(path)
         logger.info("photo %s", path.name)
+        calls = {"": partial(detect_file, path, detector),
+                 **{m.name: partial(photo_pipeline, path, detector, m) for m in models}}
+        times = time_interleaved(calls, **opts.timing)
         rows.append({
             "photo": path.name, "width": image.shape[1], "height": image.shape[0],
-            "faces": len(detector.detect(image)),
-            "detect": time_call(partial(detect_file, path, detector), **opts.timing).to_dict(),
-            "models": {m.name: time_call(partial(photo_pipeline, path, detector, m), **opts.timing).to_dict()
-                       for m in models},
+            "faces": len(detector.detect(image)), "detect": times[""].to_dict(),
+            "models": {m.name: times[m.name].to_dict() for m in models},
         })
     return rows
 
 
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+def chip_latency(models: Sequence[FaceModel], chips: Sequence[np.ndarray], opts: BenchOptions
+                 ) -> dict[str, dict[str, Any]]:
+    """Per model and batch size: the time per face, every model at every batch size timed interleaved."""
+    calls = {(m.name, b): batch_call(m.predict, chips, b) for m in models for b in BATCH_SIZES}
+    times = time_interleaved(calls, **opts.timing)
+    return {m.name: {str(b): times[m.name, b].scaled(1.0 / b).to_dict() for b in BATCH_SIZES} for m in models}
 
 
-def environment(threads: int) -> dict[str, Any]:
-    """Machine, thread count and library versions the figures were measured with."""
+def environment(threads: int, runtimes: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Machine, thread count, the runtimes our models ran on and library versions the figures were measured
+    with."""
     versions = {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
                 "onnxruntime": ort.__version__}
     try:
         versions["openvino"] = importlib.metadata.version("openvino")
     except importlib.metadata.PackageNotFoundError:
         pass
-    return {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "threads": threads, "versions": versions,
+    cpu = cpu_info()
+    return {"cpu": cpu.model, "cpu_features": list(cpu.features), "cpu_count": os.cpu_count(), "threads": threads,
+            "runtimes": [runtime_label(b, d) for b, d in runtimes], "versions": versions,
             "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
@@ -239,18 +315,46 @@ def _label_counts(records: Sequence[FaceRecord]) -> dict[str, dict[str, int]]:
     return {"age_group": {g: groups[g] for g in AGE_GROUPS if groups[g]}, "gender": dict(genders)}
 
 
+def default_predictor(opts: BenchOptions) -> Predictor:
+    """The default pipeline (``Predictor()`` with the bench's model, detector, threads, backend and device)."""
+    model = load_model(opts.int8 or opts.model, threads=opts.threads, backend=opts.backend, device=opts.device)
+    return Predictor(model, FaceDetector(opts.detector))
+
+
+def photos_at_scale(predictor: Predictor, photos: Sequence[Path], opts: BenchOptions) -> dict[str, Any]:
+    """The size sweep and the bulk throughput (on the shared photos and their 12 MP copies, when 12 MP is one of
+    the sweep's sizes), and the targets they check."""
+    work = opts.work_dir or default_work_dir()
+    logger.info("photo-size sweep: %s MP, %d photos, in %s", ", ".join(f"{s:g}" for s in opts.sweep_sizes),
+                len(photos), work)
+    sweep = size_sweep(predictor, photos, opts.sweep_sizes, work, opts.timing)
+    bulk: list[dict[str, Any]] = []
+    if opts.bulk_photos:
+        sets = {SHARED_LABEL: list(photos)}
+        if BULK_SIZE in opts.sweep_sizes:
+            sets[bulk_label(BULK_SIZE)] = [work / f"{p.stem}_{BULK_SIZE:g}mp.jpg" for p in photos]
+        logger.info("bulk throughput: %s", ", ".join(sets))
+        bulk = bulk_throughput(predictor, sets, opts.bulk_photos, opts.bulk_rounds, work)
+    return {"sweep": sweep, "bulk": bulk, "targets": targets(sweep, bulk), "folder": str(work)}
+
+
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
-    """Run every part of the bench the options enable and return the results (JSON-ready)."""
+    """Run every part of the bench the options enable and return the results (JSON-ready), the CPU first."""
     cv2.setNumThreads(opts.threads)
     models, unavailable = load_models(opts)
-    detector = FaceDetector(opts.detector) if opts.adience_sample or opts.photos else None
+    needs_detector = opts.adience_sample or opts.photos
+    detector = FaceDetector(opts.detector) if needs_detector else None
+    runtimes = sorted({(m.model.session.backend, m.model.session.device) for m in models
+                       if isinstance(m, OursModel)}, key=lambda r: (r[1], r[0]))
     result: dict[str, Any] = {
-        "environment": environment(opts.threads),
+        "cpu": cpu_info().describe(),
+        "environment": environment(opts.threads, runtimes),
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
         "timing": opts.timing,
         "models": [{"name": m.name, "input": m.input, "files": [str(f) for f in m.files],
                     "size_mb": sum(f.stat().st_size for f in m.files) / 2**20} for m in models],
         "unavailable": unavailable, "datasets": {}, "accuracy": {}, "speed": {}, "photos": [],
+        "profile": None, "photos_at_scale": None,
     }
     timing_chips: list[np.ndarray] = []
     if opts.utkface:
@@ -277,10 +381,16 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             timing_chips = [c for p in photo_files(opts.photos) for c in face_chips(load_image(p), detector)]
     if not timing_chips:
         raise ValueError("timing needs face chips: give a UTKFace folder or photos with faces")
-    for model in models:
-        logger.info("timing %s", model.name)
-        result["speed"][model.name] = {str(b): per_face_latency(model.predict, timing_chips, b, **opts.timing)
-                                       .to_dict() for b in BATCH_SIZES}
+    logger.info("timing %d models at batch %s, interleaved", len(models), " and ".join(map(str, BATCH_SIZES)))
+    result["speed"] = chip_latency(models, timing_chips, opts)
+    if opts.profile or (opts.sweep and opts.photos):
+        predictor = default_predictor(opts)
+        photos = photo_files(opts.photos)[:opts.sweep_photos] if opts.photos else []
+        if opts.profile:
+            logger.info("profile of the default pipeline")
+            result["profile"] = run_profile(predictor, photos, timing_chips, opts.timing)
+        if opts.sweep and photos:
+            result["photos_at_scale"] = photos_at_scale(predictor, photos, opts)
     return result
 
 
@@ -341,29 +451,44 @@ def _protocol(result: dict[str, Any]) -> list[str]:
     lines.append(
         "- Speed: per face, from aligned chip to decoded prediction (preprocessing included); median (p90) "
         f"over at least {timing_opts['runs']} runs and {timing_opts['min_seconds']:g} s after "
-        f"{timing_opts['warmup']} warm-up calls; threads: {env['threads']}, on {env['cpu']} "
-        f"({env['cpu_count']} logical CPUs); faces/s = 1000 / median at batch 64.")
+        f"{timing_opts['warmup']} warm-up calls, every model at both batch sizes timed interleaved (rounds that "
+        "give each its turn, so that the load of this shared machine falls on all alike); threads: "
+        f"{env['threads']}, on {env['cpu']} ({env['cpu_count']} logical CPUs); faces/s = 1000 / median at "
+        "batch 64.")
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     lines.append(f"- Versions: {versions}. Measured {env['date']}.")
     return lines
 
 
 def _photo_table(result: dict[str, Any]) -> list[str]:
-    names = [m["name"] for m in result["models"]]
-    rows = [[p["photo"], f"{p['width']}x{p['height']}", str(p["faces"]), _ms(p["detect"], p90=False),
-             *(_ms(p["models"][n], p90=False) for n in names)] for p in result["photos"]]
+    """One row per model (and decode + detect alone), one column per photo."""
+    photos = result["photos"]
+    header = ["Model", *(f"{p['photo']} ({p['width']}x{p['height']}, {p['faces']} face"
+                         f"{'' if p['faces'] == 1 else 's'})" for p in photos)]
+    rows = [["decode + detect only", *(_ms(p["detect"], p90=False) for p in photos)]]
+    rows += [[m["name"], *(_ms(p["models"][m["name"]], p90=False) for p in photos)] for m in result["models"]]
     return ["### End-to-end photo latency (ms, median)", "",
-            "Decode the file, detect faces (YuNet), align and predict every face; one photo per call.", "",
-            *_table(["Photo", "Pixels", "Faces", "Decode + detect", *names], rows)]
+            "Decode the file, detect faces (YuNet), align and predict every face; one photo per call, every model "
+            "timed interleaved on each photo.", "", *_table(header, rows)]
+
+
+def _machine(result: dict[str, Any]) -> str:
+    env = result["environment"]
+    return (f"CPU: {result['cpu']}, {env['cpu_count']} logical CPUs, {env['threads']} threads. Our models ran on: "
+            f"{', '.join(env['runtimes'])}.")
 
 
 def to_markdown(result: dict[str, Any]) -> str:
-    """The bench as Markdown: accuracy and speed per model, the protocol, the model inputs, and end-to-end
-    photo latency."""
-    lines = ["## Benchmark", "", *_main_table(result)]
+    """The bench as Markdown: the CPU, accuracy and speed per model, the protocol, the model inputs, end-to-end
+    photo latency, and (when run) the profile and photos at scale."""
+    lines = ["## Benchmark", "", _machine(result), "", *_main_table(result)]
     lines += [f"- Not run: {name}: {reason}." for name, reason in result["unavailable"].items()]
     lines += ["", "Protocol:", "", *_protocol(result), "", "Model inputs:", ""]
     lines += [f"- {m['name']}: {m['input']}." for m in result["models"]]
     if result["photos"]:
         lines += ["", *_photo_table(result)]
+    if result.get("profile"):
+        lines += ["", *profile_markdown(result["profile"])]
+    if result.get("photos_at_scale"):
+        lines += ["", *photos_markdown(result["photos_at_scale"])]
     return "\n".join(lines).rstrip() + "\n"

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from agegender.cli.common import UserError
+from agegender.cli.common import UserError, add_backend_options
 from agegender.paths import default_path
 
 #: The bench's data options, whose defaults come from the shared folder when it is there.
@@ -28,11 +28,31 @@ def _positive(value: str) -> int:
     return number
 
 
+def _sizes(value: str) -> tuple[float, ...]:
+    try:
+        sizes = tuple(float(v) for v in value.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"megapixels separated by commas, e.g. 0.3,2,12,24: {err}") from err
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be > 0, got {value}")
+    return sizes
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="speed and accuracy next to the peer models", description=(
-        "Time our model per face (batch 1 and 64) and end to end on photos, score it on UTKFace test chips "
-        "and the Adience sample, and do the same for every peer model in --peers. Data defaults to ../shared "
-        "when it exists; a part whose data is missing is left out. Writes bench.json and a Markdown table."))
+        "Time our model per face (batch 1 and 64) and end to end on photos, on every installed backend, score "
+        "it on UTKFace test chips and the Adience sample, and do the same for every peer model in --peers; "
+        "the systems of each measurement are timed interleaved. Then photos at scale: end to end by photo size "
+        "next to cv2.imread, and the bulk path's throughput (--no-sweep skips them); --profile adds the time "
+        "of each stage of the default pipeline. Data defaults to ../shared when it exists; a part whose data "
+        "is missing is left out. Writes bench.json and Markdown tables, the CPU and its features first."))
     p.add_argument("--model", type=Path, help="an `agegender export` ONNX file (default: the shipped flagship, "
                                                "float32, and its shipped int8 variant)")
     p.add_argument("--int8", type=Path, help="the model's int8 variant (`agegender quantize`), benched alongside")
@@ -58,6 +78,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="minimum timed runs per measurement (default 10)")
     p.add_argument("--min-time", type=float, default=1.0,
                    help="minimum seconds per measurement (default 1; 0 for a quick check)")
+    add_backend_options(p)
+    for action in p._actions:
+        if action.dest == "backend":
+            action.help = ("our models' runtime: auto (default) runs them on every installed one, onnxruntime or "
+                           "openvino that one only")
+        elif action.dest == "device":
+            action.help = ("cuda: also run them on ONNX Runtime's CUDA provider (an error where it is missing; "
+                           "with --backend onnxruntime, only there); cpu: leave CUDA out (default: CUDA too where "
+                           "ONNX Runtime has it)")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each stage of the default pipeline (decode, detect, align, preprocess, "
+                        "network, decode outputs) on the photos and on chips")
+    p.add_argument("--no-sweep", dest="sweep", action="store_false",
+                   help="skip photos at scale (the photo-size sweep and the bulk throughput)")
+    p.add_argument("--sweep-sizes", type=_sizes, default=(0.3, 2.0, 12.0, 24.0), metavar="MP[,MP...]",
+                   help="photo sizes of the sweep, in megapixels (default 0.3,2,12,24; the bulk throughput "
+                        "runs on 12 MP when it is one)")
+    p.add_argument("--sweep-photos", type=_positive, metavar="N",
+                   help="the sweep, the bulk throughput and the profile on the first N photos only (default: all)")
+    p.add_argument("--work-dir", type=Path,
+                   help="where the resized photos are written once (default: the agegender cache's bench-photos)")
+    p.add_argument("--bulk-photos", type=_count, default=60, metavar="N",
+                   help="photos per bulk run (default 60; 0 skips the bulk throughput)")
+    p.add_argument("--bulk-rounds", type=_positive, default=3, help="bulk runs per setting (default 3)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
     p.add_argument("--markdown", type=Path, help="Markdown file to write (default OUT/bench.md)")
     p.set_defaults(handler=run)
@@ -65,11 +109,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agegender.benchmark.run import BenchOptions, run_bench, to_markdown
+    from agegender.inference.backends import ModelError
     from agegender.inference.detector import WeightsError
-    from agegender.inference.onnx_model import ModelError
 
     if args.descriptor_weights and not args.accurate:
         raise UserError("--descriptor-weights is for --accurate")
+    if args.bulk_photos == 1:
+        raise UserError("--bulk-photos: at least 2 (0 skips the bulk throughput)")
     for option in ("model", "int8", "descriptor_weights", *BENCH_DATA):
         path = getattr(args, option)
         if path is not None and not path.exists():
@@ -79,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
         peers=args.peers, utkface=args.utkface,
         adience_sample=args.adience_sample, adience_fold=args.adience_fold, photos=args.photos,
         detector=args.detector, limit=args.limit, threads=args.threads, runs=args.runs,
-        min_seconds=args.min_time)
+        min_seconds=args.min_time, backend=args.backend, device=args.device, profile=args.profile,
+        sweep=args.sweep, sweep_sizes=args.sweep_sizes, sweep_photos=args.sweep_photos, work_dir=args.work_dir,
+        bulk_photos=args.bulk_photos, bulk_rounds=args.bulk_rounds)
     try:
         result = run_bench(opts)
     except (ModelError, WeightsError) as err:

@@ -1,0 +1,201 @@
+"""``agegender bench --profile``: the time of each stage of the default pipeline, on photos and on face chips.
+
+Each stage is the piece the pipeline calls, called directly on the previous stage's output (computed once
+beforehand), so its time is that piece's alone:
+
+- decode: :func:`agegender.images.load_scaled` at the reduced JPEG scale the Predictor uses;
+- detect: :meth:`FaceDetector.detect` on those pixels;
+- align: :func:`agegender.inference.faces.locate_faces` given those detections (each face aligned; a small face in
+  a reduced decode from a full-resolution decode of its photo);
+- preprocess: :func:`agegender.preprocess.chips_to_input`, and the mirrored copies when the model flips;
+- network: :meth:`OnnxAgeGender.raw`;
+- decode outputs: flip averaging, :func:`agegender.outputs.decode` and the model's age (and interval)
+  calibration, as :meth:`OnnxAgeGender.predict` applies them.
+
+Photos are predicted one at a time (``Predictor.predict``'s way), chips at batch 1 and 64; every stage is timed
+interleaved with the others (:func:`~agegender.benchmark.timing.time_interleaved`), and next to them the whole
+``Predictor.predict`` of the photos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agegender.benchmark.timing import time_interleaved
+from agegender.images import ScaledImage, load_image, load_scaled
+from agegender.inference.detector import Detection
+from agegender.inference.faces import locate_faces
+from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.inference.predictor import Predictor
+from agegender.outputs import Decoded, decode
+from agegender.oversample import flip_average
+from agegender.preprocess import chips_to_input
+
+#: The stages, in pipeline order: (key, what the tables call it).
+STAGES = (("decode", "decode (reduced JPEG)"), ("detect", "detect (YuNet)"), ("align", "align"),
+          ("preprocess", "preprocess (chips -> network input)"), ("network", "network"),
+          ("decode_outputs", "decode outputs (+ calibration)"))
+#: Stages that start from face chips (the others need a photo).
+CHIP_STAGES = ("preprocess", "network", "decode_outputs")
+CHIP_BATCHES = (1, 64)
+
+
+class _Found:
+    """A stand-in detector that returns detections found beforehand, so that ``locate_faces`` times the
+    alignment alone."""
+
+    def __init__(self, detections: list[Detection]) -> None:
+        self.detections = detections
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        return self.detections
+
+
+def network_input(model: OnnxAgeGender, chips: Sequence[np.ndarray], flip: bool) -> np.ndarray:
+    """What the network runs on: the chips' batch, followed by its mirror when ``flip``."""
+    pixels = chips_to_input(list(chips), model.config)
+    return np.concatenate([pixels, pixels[..., ::-1]]) if flip else pixels
+
+
+def decode_outputs(model: OnnxAgeGender, raw: dict[str, np.ndarray], n: int, flip: bool) -> Decoded:
+    """The network's raw outputs for ``n`` chips (and their mirrors when ``flip``) as decoded predictions."""
+    outputs = flip_average({k: v[:n] for k, v in raw.items()}, {k: v[n:] for k, v in raw.items()}) if flip else raw
+    decoded = decode(outputs)
+    if model.age_calibration:  # what OnnxAgeGender.predict applies: the age correction (carrying its interval one)
+        return model.age_calibration.apply(decoded)
+    interval = getattr(model, "interval_calibration", None)  # or the interval calibration alone
+    return interval.apply(decoded) if interval else decoded
+
+
+@dataclass
+class _Work:
+    """The chips of a set of inputs, run through each model stage once beforehand."""
+
+    chips: list[list[np.ndarray]]  # per call of the model: the chips it gets
+    inputs: list[np.ndarray]
+    raws: list[dict[str, np.ndarray]]
+
+    @classmethod
+    def of(cls, model: OnnxAgeGender, chips: list[list[np.ndarray]], flip: bool) -> _Work:
+        chips = [c for c in chips if c]
+        inputs = [network_input(model, c, flip) for c in chips]
+        work = cls(chips, inputs, [model.raw(x) for x in inputs])
+        for group, raw in zip(chips, work.raws, strict=True):  # the stages make what the model makes
+            expected, got = model.predict(group, flip=flip), decode_outputs(model, raw, len(group), flip)
+            if not all(np.allclose(getattr(got, k), getattr(expected, k), atol=1e-3)
+                       for k in ("age", "age_low", "age_high", "group_probs")):
+                raise AssertionError("the profile's stages do not reproduce OnnxAgeGender.predict")
+        return work
+
+    def calls(self, model: OnnxAgeGender, flip: bool) -> dict[str, Callable[[], object]]:
+        return {
+            "preprocess": lambda: [network_input(model, c, flip) for c in self.chips],
+            "network": lambda: [model.raw(x) for x in self.inputs],
+            "decode_outputs": lambda: [decode_outputs(model, r, len(c), flip)
+                                       for r, c in zip(self.raws, self.chips, strict=True)],
+        }
+
+
+def profile_photos(predictor: Predictor, photos: Sequence[Path], timing: dict[str, Any]) -> dict[str, Any]:
+    """Every stage over ``photos`` (one call: all of them, one at a time), in ms per photo and per face."""
+    detector, model = predictor.detector, predictor.model
+    if detector is None:
+        raise ValueError("the photo profile needs a detector")
+    min_side = detector.max_side if predictor.reduced else None
+    load = partial(load_scaled, min_side=min_side, max_pixels=predictor.max_pixels)
+    scaled: list[ScaledImage] = [load(p) for p in photos]
+    found = [detector.detect(s.pixels) for s in scaled]
+    full = [partial(load_image, p, max_pixels=predictor.max_pixels) for p in photos]
+
+    def align() -> list[tuple[list[Detection], list[np.ndarray]]]:
+        return [locate_faces(s, _Found(f), predictor.input_side, d)
+                for s, f, d in zip(scaled, found, full, strict=True)]
+
+    chips = [c for _, c in align()]
+    work = _Work.of(model, chips, predictor.flip)
+    calls: dict[str, Callable[[], object]] = {
+        "decode": lambda: [load(p) for p in photos],
+        "detect": lambda: [detector.detect(s.pixels) for s in scaled],
+        "align": align,
+        **work.calls(model, predictor.flip),
+        "end_to_end": lambda: [predictor.predict(p) for p in photos],
+    }
+    times = time_interleaved(calls, **timing)
+    faces = sum(len(c) for c in chips)
+    stages = {key: {"ms_per_photo": t.median_ms / len(photos), "ms_per_face": t.median_ms / faces if faces else None,
+                    "p90_ms_per_photo": t.p90_ms / len(photos), "runs": t.runs} for key, t in times.items()}
+    return {"photos": [p.name for p in photos], "faces": faces,
+            "pixels": [[s.full_size[0], s.full_size[1]] for s in scaled],
+            "decoded_at": [[s.pixels.shape[1], s.pixels.shape[0]] for s in scaled], "stages": stages}
+
+
+def profile_chips(model: OnnxAgeGender, chips: Sequence[np.ndarray], flip: bool, timing: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The model's stages on face chips at each of :data:`CHIP_BATCHES`, in ms per face."""
+    if not chips:
+        raise ValueError("no chips to profile")
+    calls: dict[tuple[int, str], Callable[[], object]] = {}
+    for batch in CHIP_BATCHES:
+        group = [chips[i % len(chips)] for i in range(batch)]
+        for key, call in _Work.of(model, [group], flip).calls(model, flip).items():
+            calls[batch, key] = call
+    times = time_interleaved(calls, **timing)
+    return {str(batch): {key: {"ms_per_face": times[batch, key].median_ms / batch,
+                               "p90_ms_per_face": times[batch, key].p90_ms / batch, "runs": times[batch, key].runs}
+                         for key in CHIP_STAGES} for batch in CHIP_BATCHES}
+
+
+def run_profile(predictor: Predictor, photos: Sequence[Path], chips: Sequence[np.ndarray], timing: dict[str, Any]
+                ) -> dict[str, Any]:
+    """The profile's JSON: what ran, the stages on the photos and on chips."""
+    info = predictor.model.describe()
+    return {"model": predictor.model.path.name, "backend": info["backend"], "device": info["device"],
+            "flip": predictor.flip, "reduced_decode": predictor.reduced,
+            "on_photos": profile_photos(predictor, photos, timing) if photos else None,
+            "on_chips": profile_chips(predictor.model, chips, predictor.flip, timing) if chips else None}
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def profile_markdown(profile: dict[str, Any]) -> list[str]:
+    """The profile as a table: one row per stage, ms per photo and per face on the photos, ms per face on chips."""
+    photos, chips = profile["on_photos"], profile["on_chips"]
+    header = ["Stage"]
+    if photos:
+        header += ["photos: ms/photo", "photos: ms/face"]
+    if chips:
+        header += [f"chips, batch {b}: ms/face" for b in CHIP_BATCHES]
+    rows = []
+    for key, title in (*STAGES, ("end_to_end", "end to end (`Predictor.predict`)")):
+        row = [title]
+        if photos:
+            stage = photos["stages"].get(key)
+            row += [_ms(stage["ms_per_photo"]), _ms(stage["ms_per_face"])] if stage else ["–", "–"]
+        if chips:
+            row += [_ms(chips[str(b)][key]["ms_per_face"]) if key in CHIP_STAGES else "–" for b in CHIP_BATCHES]
+        rows.append(row)
+    if photos:
+        total = sum(photos["stages"][k]["ms_per_photo"] for k, _ in STAGES)
+        per_face = total * len(photos["photos"]) / photos["faces"] if photos["faces"] else None
+        sums = [_ms(total), _ms(per_face)]
+        if chips:
+            sums += [_ms(sum(chips[str(b)][k]["ms_per_face"] for k in CHIP_STAGES)) for b in CHIP_BATCHES]
+        rows.insert(len(STAGES), ["sum of the stages", *sums])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    flip = "with flip averaging" if profile["flip"] else "without flip"
+    what = (f"{profile['model']} on {profile['backend']} ({profile['device']}), {flip}, "
+            f"{'reduced' if profile['reduced_decode'] else 'full'} JPEG decode")
+    intro = [f"Stages of the default pipeline ({what}), each piece called directly on the previous stage's output, "
+             "all timed interleaved (median)."]
+    if photos:
+        intro.append(f"Photos: {len(photos['photos'])} ({photos['faces']} faces), one at a time.")
+    return ["### Where the time goes (`--profile`)", "", " ".join(intro), "", *lines, ""]
