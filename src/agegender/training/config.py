@@ -134,6 +134,8 @@ class TrainConfig(BaseModel):
     trainable_last: int | None = Field(default=None, ge=0)  # freeze all but the last N parameterised layers
     unfreeze: list[_Unfreeze] = Field(default_factory=list)  # [epoch, N]: from epoch on, the last N train
     threads: int | None = Field(default=None, ge=1)
+    # fp32, bf16-mixed (bfloat16 autocast, float32 weights) or auto: bf16 where it measures faster (docs/precision.md)
+    precision: Literal["fp32", "bf16-mixed", "auto"] = "fp32"
     description: str = ""
 
     @field_validator("init", mode="before")

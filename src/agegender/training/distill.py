@@ -5,6 +5,9 @@ smaller input (an integer fraction of the student's, same field of view) sees th
 size, so a high-resolution student can learn from low-resolution teachers. On a CPU the teacher runs in ONNX
 Runtime, where its forward pass takes about half the time it takes in eager PyTorch.
 
+A teacher that runs in PyTorch runs under the student's precision (``precision: bf16-mixed``: bfloat16 autocast),
+its outputs upcast to float32; in ONNX Runtime it runs in float32.
+
 Outputs of several models or views are averaged the way test-time oversampling averages them
 (``agegender.oversample.average_outputs``): probabilities, turned back into logits.
 
@@ -30,6 +33,7 @@ from agegender.model_config import ModelConfig
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
 from agegender.oversample import average_outputs
 from agegender.training.checkpoint import load_model, run_checkpoint
+from agegender.training.precision import autocast, upcast
 
 RUNTIMES = ("auto", "torch", "onnx")
 
@@ -74,10 +78,12 @@ def input_scale(teacher: ModelConfig, student: ModelConfig, name: str = "distill
 class Teacher:
     """Frozen models in eval mode whose (averaged) outputs are targets, never trained. ``flip`` also runs each
     model on the mirrored batch and averages the two views; ``runtime`` "onnx" runs the models in ONNX Runtime;
-    ``scales`` (one per model, default 1) average-pools the batch by that factor for that model."""
+    ``scales`` (one per model, default 1) average-pools the batch by that factor for that model. ``precision``
+    (``fp32`` or ``bf16-mixed``, which the engine sets to the run's) is the autocast the PyTorch models run under;
+    the outputs are float32 either way."""
 
     def __init__(self, models: Sequence[nn.Module], flip: bool = False, runtime: str = "torch",
-                 scales: Sequence[int] | None = None) -> None:
+                 scales: Sequence[int] | None = None, precision: str = "fp32") -> None:
         if not models:
             raise ValueError("a teacher needs at least one model")
         if runtime not in ("torch", "onnx"):
@@ -89,10 +95,12 @@ class Teacher:
         if len(self.scales) != len(self.models):
             raise ValueError(f"{len(self.models)} teacher models but {len(self.scales)} input scales")
         self.flip = flip
+        self.runtime = runtime
+        self.precision = precision
 
     @classmethod
     def load(cls, paths: str | Path | Sequence[str | Path], student: ModelConfig, device: str | torch.device = "cpu",
-             flip: bool = False, runtime: str = "auto") -> Teacher:
+             flip: bool = False, runtime: str = "auto", precision: str = "fp32") -> Teacher:
         """Load one teacher or an ensemble; each must see what the student sees (input size, mean, std).
         ``runtime`` "auto" is ONNX Runtime on a CPU and PyTorch elsewhere."""
         if runtime not in RUNTIMES:
@@ -105,14 +113,16 @@ class Teacher:
             model = load_model(run_checkpoint(path, "distill.teacher"), device)
             scales.append(input_scale(model.config, student, f"distill.teacher {path}"))
             models.append(model.to(device, memory_format=torch.channels_last))
-        return cls(models, flip, runtime, scales)
+        return cls(models, flip, runtime, scales, precision)
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
         n = len(x)
         batch = torch.cat([x, x.flip(-1)]) if self.flip else x  # both views in one call
         views = {s: F.avg_pool2d(batch, s) if s > 1 else batch for s in set(self.scales)}
-        outputs = [run(views[s]) for run, s in zip(self.runners, self.scales, strict=True)]
+        with autocast(self.precision if self.runtime == "torch" else "fp32", x.device):
+            outputs = [run(views[s]) for run, s in zip(self.runners, self.scales, strict=True)]
+        outputs = [upcast(out) for out in outputs]
         if self.flip:
             outputs = [{k: v[part] for k, v in out.items()} for out in outputs
                        for part in (slice(0, n), slice(n, None))]

@@ -6,10 +6,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,6 +46,15 @@ class Distributed:
         yield
         if self.world > 1 and self.is_main:
             dist.barrier()
+
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (a picklable object): a choice that rank 0 made, e.g. by measuring, so
+        that every rank takes it."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def wrap(self, model: nn.Module) -> nn.Module:
         if self.world == 1:

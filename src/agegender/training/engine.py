@@ -4,6 +4,11 @@ A run folder holds ``config.yaml``, ``last.pt`` (everything needed to resume, wr
 epoch), ``best.pt`` (the epoch chosen by ``select``; with ``ema`` set, the averaged weights, which are also the
 ones validated), ``history.csv``, ``curves.png`` and, at the end,
 ``test/`` with the held-out metrics of the best epoch.
+
+``precision`` (``fp32``, ``bf16-mixed`` or ``auto``; :mod:`agegender.training.precision`) is the autocast of every
+forward pass, in training, validation and testing, and of a teacher that runs in PyTorch; the losses are computed
+in float32 and the weights stay float32. ``auto`` is resolved once per run, by measuring, and kept in the
+checkpoints so that ``--resume`` continues in the same precision; ``summary.yaml`` records it and why.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from agegender.training.distributed import Distributed
 from agegender.training.forward import model_outputs
 from agegender.training.losses import distillation_loss, multitask_loss
 from agegender.training.optim import Schedule, build_optimizer
+from agegender.training.precision import autocast, bf16_hardware, check_precision, choose_precision, upcast
 
 log = logging.getLogger(__name__)
 AGE_TERMS = ("age_group", "age_ordinal", "age", "age_dist", "joint")
@@ -52,9 +58,10 @@ def seed_everything(seed: int) -> None:
 
 
 def evaluate_split(model: nn.Module, data: SplitData, cfg: TrainConfig, epoch: int, tta: str = "none",
-                   device: str = "cpu") -> dict[str, Any]:
-    """Loss terms and metrics of a model on one split (numbers flattened for the history)."""
-    outputs = model_outputs(model, data.images, model.config, tta=tta, device=device)
+                   device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
+    """Loss terms and metrics of a model on one split (numbers flattened for the history); the model runs under
+    ``precision``'s autocast, the losses and metrics are computed in float32."""
+    outputs = model_outputs(model, data.images, model.config, tta=tta, device=device, precision=precision)
     t = record_targets(data.records)
     targets = {k: torch.from_numpy(v) for k, v in t.items()}
     total, terms = multitask_loss({k: torch.from_numpy(v) for k, v in outputs.items()}, targets, cfg.loss, epoch)
@@ -91,12 +98,21 @@ class Trainer:
             log.info("weights start from %s", cfg.init)
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
         self.config = self.model.config
+        # the precision of the run: None until ``auto`` is resolved (by measuring, or from the run resumed)
+        self.precision: str | None = None if cfg.precision == "auto" else cfg.precision
+        self.precision_reason = "" if cfg.precision == "auto" else "the config's `precision`"
+        self._precision_logged = False
+        if self.precision is not None:
+            check_precision(self.precision, self.device)
+        if self.precision == "bf16-mixed" and not bf16_hardware(self.device)[0]:
+            self.precision_reason += f"; {bf16_hardware(self.device)[1]}, so expect it slower than fp32"
+        self.images_per_s = math.nan  # training throughput of the last epoch (all ranks together)
         if cfg.trainable_last is not None:
             freeze_all_but_last(self.model, cfg.trainable_last)
         if cfg.distill.teacher and cfg.distill.stored:
             raise ValueError("distill: give a teacher model or stored teacher outputs, not both")
         self.teacher = (Teacher.load(cfg.distill.teacher, self.config, self.device, cfg.distill.flip,
-                                     cfg.distill.runtime)
+                                     cfg.distill.runtime, self.precision or "fp32")
                         if cfg.distill.teacher else None)
         with self.dist.main_first():  # rank 0 builds the split manifests and image cache, the others reuse them
             self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
@@ -131,7 +147,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "batches": self.batches.state(),
                 "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "best": self.best, "stale": self.stale,
-                "history": self.history, "model_config": self.config.to_dict(), "model_args": self.cfg.model_args}
+                "history": self.history, "model_config": self.config.to_dict(), "model_args": self.cfg.model_args,
+                "precision": self.precision, "precision_reason": self.precision_reason}
 
     def resume(self) -> bool:
         """Continue from ``last.pt`` when it exists; True if resumed."""
@@ -147,12 +164,41 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.batches.load_state(state["batches"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location took it to the run's device
         self.epoch, self.best, self.stale, self.history = (state["epoch"], state["best"], state["stale"],
                                                            state["history"])
+        began = state.get("precision") or "fp32"  # runs from before `precision` trained in float32
+        if self.cfg.precision == "auto":
+            kept = "; kept on resuming"
+            reason = (state.get("precision_reason") or "the run began in fp32").removesuffix(kept)
+            self._set_precision(began, reason + kept)
+        elif began != self.precision:
+            log.warning("precision: the run began in %s and goes on in %s, as the config says", began,
+                        self.precision)
         self._apply_unfreeze()
         log.info("resumed %s at epoch %d", self.run_dir, self.epoch)
         return True
+
+    # -- precision -------------------------------------------------------------------------------------------
+    def _set_precision(self, precision: str, reason: str) -> None:
+        check_precision(precision, self.device)
+        self.precision, self.precision_reason = precision, reason
+        if self.teacher is not None:
+            self.teacher.precision = precision
+
+    def resolve_precision(self) -> str:
+        """The run's precision: ``auto`` resolved on first use, by rank 0's measurement (every rank takes it),
+        unless a resumed run brought its own. Logged once with the reason."""
+        if self.precision is None:
+            choice = ("", "")  # what the other ranks hold until rank 0's measurement reaches them
+            if self.dist.is_main:
+                choice = choose_precision(self.model, self.batches.batch_size, self.config.input_size, self.device)
+            self._set_precision(*self.dist.from_main(choice))
+        if not self._precision_logged and self.dist.is_main:
+            log.info("precision: %s (%s)", self.precision, self.precision_reason)
+        self._precision_logged = True
+        assert self.precision is not None
+        return self.precision
 
     # -- loop ------------------------------------------------------------------------------------------------
     def _apply_unfreeze(self) -> None:
@@ -161,14 +207,18 @@ class Trainer:
                 unfreeze_last(self.model, n)
 
     def train_epoch(self) -> float:
+        precision = self.resolve_precision()
         self.net.train()
         total, seen = 0.0, 0
+        start = time.perf_counter()
         bar = tqdm(self.batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
                    disable=not (self.progress and self.dist.is_main))
         for step, (x, targets) in enumerate(bar):
             x = x.to(self.device, non_blocking=True)
             targets = {k: v.to(self.device) for k, v in targets.items()}
-            outputs = self.net(x)
+            with autocast(precision, self.device):
+                outputs = self.net(x)
+            outputs = upcast(outputs)  # the losses in float32 (a no-op in fp32)
             loss, terms = multitask_loss(outputs, targets, self.cfg.loss, self.epoch)
             taught = (self.teacher(x) if self.teacher is not None
                       else self.stored(targets["index"]) if self.stored is not None else None)
@@ -189,6 +239,7 @@ class Trainer:
             total += loss.item() * len(x)
             seen += len(x)
             bar.set_postfix(loss=f"{total / seen:.3f}", **{k: f"{v:.3f}" for k, v in terms.items()})
+        self.images_per_s = seen * self.dist.world / (time.perf_counter() - start)
         self.dist.sync_buffers(self.model)
         if self.ema is not None:
             self.dist.sync_buffers(self.ema.module)
@@ -196,15 +247,18 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        precision = self.resolve_precision()
         while self.epoch < cfg.epochs:
             self._apply_unfreeze()
             start = time.time()
             train_loss = self.train_epoch()
-            val = evaluate_split(self.eval_model, self.data["val"], cfg, self.epoch, device=self.device)["summary"]
+            val = evaluate_split(self.eval_model, self.data["val"], cfg, self.epoch, device=self.device,
+                                 precision=precision)["summary"]
             self.epoch += 1
             self.schedule.after_epoch(val["loss"])
             row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                   **{f"val_{k}": v for k, v in val.items()}, "seconds": time.time() - start}
+                   **{f"val_{k}": v for k, v in val.items()}, "seconds": time.time() - start,
+                   "images_per_s": self.images_per_s}
             self.history.append(row)
             value = row.get(cfg.select)
             if value is None:
@@ -245,9 +299,10 @@ class Trainer:
             return results
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
+        precision = self.resolve_precision()
         for tta in ("none", "flip"):
             ev = evaluate_split(self.model, self.data["test"], self.cfg, best["epoch"], tta=tta,
-                                device=self.device)
+                                device=self.device, precision=precision)
             results[tta] = ev["summary"]
             write_report(ev["metrics"], self.run_dir / f"test_{tta}", title=f"{self.cfg.model}: test split",
                          protocol=protocol_text(f"{self.cfg.data.dataset}: the run's test split "
@@ -255,7 +310,8 @@ class Trainer:
                                   f"({best['epoch']}) by {self.cfg.select}", tta))
         (self.run_dir / "summary.yaml").write_text(yaml.safe_dump(
             {"model": self.cfg.model, "best_epoch": best["epoch"], "epochs_run": self.epoch,
-             "train_seconds": float(sum(r["seconds"] for r in self.history)), "test": results}, sort_keys=False))
+             "train_seconds": float(sum(r["seconds"] for r in self.history)), "precision": precision,
+             "precision_reason": self.precision_reason, "test": results}, sort_keys=False))
         return results
 
 
