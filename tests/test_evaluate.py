@@ -331,13 +331,13 @@ def test_a_gender_only_rows_faces_save_without_pickling(tmp_path: Path) -> None:
             compare_faces(faces, {**faces, "path": faces["path"][::-1]}, "gender_accuracy")
 
 
-def test_export_stores_the_run_s_test_metrics_and_models_shows_them_with_their_protocol(
+def test_export_stores_the_run_s_metrics_and_models_shows_them_with_their_protocol(
         checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    report = json.loads((checkpoint.parent / "test_flip" / "metrics.json").read_text())
+    report = json.loads((checkpoint.parent / "val_flip" / "metrics.json").read_text())
     assert "its mirror" in report["protocol"] and "manifest" in report["protocol"]
     out = tmp_path / "model.onnx"
     assert main(["export", str(checkpoint), str(out), "--metrics",
-                 str(checkpoint.parent / "test_flip" / "metrics.json")]) == 0
+                 str(checkpoint.parent / "val_flip" / "metrics.json")]) == 0
     stored = dict(OnnxAgeGender(out).metrics)
     assert stored.pop("protocol") == report["protocol"] and stored == pytest.approx(report["overall"])
     capsys.readouterr()

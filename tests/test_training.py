@@ -60,9 +60,10 @@ def test_two_epochs_on_real_chips_lower_the_validation_loss(utkface_dir: Path, t
     results = train(cfg, tmp_path / "run", raw_config=raw, progress=False)
     rows = history(tmp_path / "run")
     assert float(rows[1]["val_loss"]) < float(rows[0]["val_loss"])
-    for name in ("best.pt", "last.pt", "curves.png", "config.yaml", "summary.yaml", "test_flip/report.md"):
+    for name in ("best.pt", "last.pt", "curves.png", "config.yaml", "summary.yaml", "val_flip/report.md"):
         assert (tmp_path / "run" / name).is_file(), name
     assert set(results) == {"none", "flip"} and results["flip"]["age_mae"] > 0
+    assert not (tmp_path / "run" / "test_flip").exists()  # the test split stays sealed
 
 
 def test_age_heads_can_start_at_the_training_mean_age(utkface_dir: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path, help="best.pt or last.pt of a run")
     p.add_argument("output", type=Path, help="ONNX file to write")
     p.add_argument("--metrics", type=Path, help="JSON file of metrics to store in the model (e.g. the run's "
-                                                "test_flip/metrics.json)")
+                                                "val_flip/metrics.json)")
     p.add_argument("--int8", type=Path, help="also write a static int8 (QDQ) model here, calibrated on "
                                              "chips from --calibration (as `agegender quantize` does)")
     add_quantization_options(p)

@@ -118,6 +118,7 @@ def run_crossval(cfg: TrainConfig, raw: dict[str, Any], run_dir: str | Path,
     each test-time augmentation mode the engine reports into ``run_dir/test_<tta>/`` (report.md,
     metrics.json with mean, std and per-fold figures). Returns ``{tta: summary}``."""
     run_dir = Path(run_dir)
+    cfg = cfg.model_copy(update={"final_split": "test"})  # each run's held-out fold is the protocol's figure
     runs = plan_runs(folds, scheme)
     per_tta: dict[str, list[dict[str, Any]]] = {}
     for run in runs:

@@ -136,6 +136,9 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     # fp32, bf16-mixed (bfloat16 autocast, float32 weights) or auto: bf16 where it measures faster (docs/precision.md)
     precision: Literal["fp32", "bf16-mixed", "auto"] = "fp32"
+    # the split the best epoch is scored on at the end: val (the test split stays sealed: `agegender evaluate
+    # --split test` scores it once for a model that ships) or test (cross-validation, whose folds are the protocol)
+    final_split: Literal["val", "test"] = "val"
     description: str = ""
 
     @field_validator("init", mode="before")

@@ -2,8 +2,9 @@
 
 A run folder holds ``config.yaml``, ``last.pt`` (everything needed to resume, written atomically after each
 epoch), ``best.pt`` (the epoch chosen by ``select``; with ``ema`` set, the averaged weights, which are also the
-ones validated), ``history.csv``, ``curves.png`` and, at the end,
-``test/`` with the held-out metrics of the best epoch.
+ones validated), ``history.csv``, ``curves.png`` and, at the end, ``val_none/`` and ``val_flip/`` with the best
+epoch's reports on the validation split (``final_split: test``, which cross-validation sets, scores the run's test
+split instead: otherwise the test split stays sealed for the one evaluation of a model that ships).
 
 ``precision`` (``fp32``, ``bf16-mixed`` or ``auto``; :mod:`agegender.training.precision`) is the autocast of every
 forward pass, in training, validation and testing, and of a teacher that runs in PyTorch; the losses are computed
@@ -293,31 +294,32 @@ class Trainer:
         plot_learning_curves(path, self.run_dir / "curves.png")
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate the best epoch on the held-out test split (plain and flip-averaged) and write reports."""
+        """Evaluate the best epoch on ``final_split`` (plain and flip-averaged) and write reports."""
         results: dict[str, Any] = {}
         if not self.dist.is_main:
             return results
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
         precision = self.resolve_precision()
+        split = self.cfg.final_split
         for tta in ("none", "flip"):
-            ev = evaluate_split(self.model, self.data["test"], self.cfg, best["epoch"], tta=tta,
+            ev = evaluate_split(self.model, self.data[split], self.cfg, best["epoch"], tta=tta,
                                 device=self.device, precision=precision)
             results[tta] = ev["summary"]
-            write_report(ev["metrics"], self.run_dir / f"test_{tta}", title=f"{self.cfg.model}: test split",
-                         protocol=protocol_text(f"{self.cfg.data.dataset}: the run's test split "
-                                  f"({len(self.data['test'].records)} held-out faces), the best epoch "
+            write_report(ev["metrics"], self.run_dir / f"{split}_{tta}", title=f"{self.cfg.model}: {split} split",
+                         protocol=protocol_text(f"{self.cfg.data.dataset}: the run's {split} split "
+                                  f"({len(self.data[split].records)} faces), the best epoch "
                                   f"({best['epoch']}) by {self.cfg.select}", tta))
         (self.run_dir / "summary.yaml").write_text(yaml.safe_dump(
             {"model": self.cfg.model, "best_epoch": best["epoch"], "epochs_run": self.epoch,
              "train_seconds": float(sum(r["seconds"] for r in self.history)), "precision": precision,
-             "precision_reason": self.precision_reason, "test": results}, sort_keys=False))
+             "precision_reason": self.precision_reason, split: results}, sort_keys=False))
         return results
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, raw_config: dict | None = None,
           progress: bool = True, splits: SplitRecords | None = None) -> dict[str, Any]:
-    """Train (or resume) one run, on ``splits`` when given; returns the test figures of the best epoch."""
+    """Train (or resume) one run, on ``splits`` when given; returns the best epoch's figures on ``final_split``."""
     if not resume and (Path(run_dir) / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
                               "--run-dir")
