@@ -129,10 +129,10 @@ class ShippedFile:
 ARTIFACTS: dict[str, ShippedFile | RemoteFile] = {
     "flagship-int8": ShippedFile(
         "flagship, static int8 (the default model)", "weights/flagship_int8.onnx",
-        "8e4dccb440f82e6de59d3b5dacf7383653cdefef4ec0b2240312de1227f933cd"),
+        "0223231cc9a8d1091baf7338d916a8ef845c056ef52f9dd7619b65bdf2e0b2c4"),
     "flagship": ShippedFile(
         "flagship, float32", "weights/flagship.onnx",
-        "000283f54ae1ee1b64f7a5735bc72335711714c60a033be7c0cd2327ff065506"),
+        "2b9199dc2e1a7e221ea14d9c1f73ac1f3451eb3b97e1f64198c5dfc491652ff5"),
     "descriptor-head": ShippedFile(
         "accurate mode's head on dlib face descriptors", "weights/descriptor_head.onnx",
         "65099138bb93255e9af259560c64d3e8a8acf98353bc51ac430ddc2ac4c74145"),

@@ -1,6 +1,6 @@
 """``agegender models``: the registry (input size, outputs, the papers' parameter counts; ``--params`` builds each
 network to count its parameters), or what one exported model file holds (its input, version, quantisation, age
-calibration and stored metrics with their protocol). Only ``--params`` imports torch."""
+calibration, interval calibration and stored metrics with their protocol). Only ``--params`` imports torch."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
 def describe_lines(info: dict[str, Any]) -> list[str]:
     """``OnnxAgeGender.describe()`` as lines a person reads."""
-    from agegender.age_calibration import AgeCalibration
+    from agegender.age_calibration import AgeCalibration, IntervalCalibration
     from agegender.reporting.metrics import METRIC_LABELS, format_metric
 
     cfg = info["config"]
@@ -60,6 +60,8 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
              f"  agegender        {info['version'] or 'unknown version'}",
              f"  precision        {info['quantization'] or 'float32'}",
              f"  age calibration  {AgeCalibration(**info['age_calibration']) if info['age_calibration'] else 'none'}"]
+    interval = info.get("age_interval_calibration")
+    lines.append(f"  age interval     {IntervalCalibration.from_dict(interval) if interval else 'as decoded'}")
     metrics = dict(info["metrics"])
     protocol = metrics.pop("protocol", None)
     if not metrics:

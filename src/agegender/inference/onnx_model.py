@@ -3,7 +3,6 @@ out. No torch needed."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from agegender.age_calibration import AgeCalibration
+from agegender.age_calibration import AgeCalibration, IntervalCalibration
 from agegender.artifacts import DEFAULT_MODEL, SHIPPED_MODELS, WeightsError, shipped_path
 from agegender.inference.backends import META_PREFIX, ModelError, open_session
 from agegender.model_config import ModelConfig
@@ -63,8 +62,13 @@ class OnnxAgeGender:
             raise ModelError(f"{self.path} has no agegender metadata: export it with `agegender export`")
         self.config = ModelConfig.from_dict(json.loads(self.metadata["config"]))
         self.metrics: dict[str, Any] = json.loads(self.metadata.get("metrics", "{}"))
-        #: The age correction ``agegender calibrate`` stored in the file (None: ages as the network decodes them).
+        #: The age correction ``agegender calibrate`` stored in the file (None: ages as the network decodes them);
+        #: it carries the interval calibration fitted after it.
         self.age_calibration = AgeCalibration.from_metadata(self.metadata)
+        #: The interval calibration ``agegender calibrate`` stored in the file, applied after the age correction
+        #: (None: the interval as the network decodes it).
+        self.interval_calibration = (self.age_calibration.interval if self.age_calibration
+                                     else IntervalCalibration.stored(self.metadata))
         self.output_names = self.session.output_names
         #: The file and the version that exported it, as tabular outputs record them.
         self.version_label = f"{self.path.name} (agegender {self.metadata.get('version', 'unknown')})"
@@ -85,13 +89,17 @@ class OnnxAgeGender:
         return flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()})
 
     def predict(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> Decoded:
-        """Decoded predictions for aligned BGR chips (ages corrected by the file's age calibration, if any);
-        ``flip`` averages each chip with its mirror."""
+        """Decoded predictions for aligned BGR chips (ages corrected by the file's age calibration, if any, and
+        then the interval by its interval calibration, if any); ``flip`` averages each chip with its mirror."""
         decoded = decode(self.outputs(chips_bgr, flip))
-        return self.age_calibration.apply(decoded) if self.age_calibration else decoded
+        if self.age_calibration:
+            return self.age_calibration.apply(decoded)  # the interval calibration it carries included
+        return self.interval_calibration.apply(decoded) if self.interval_calibration else decoded
 
     def describe(self) -> dict[str, Any]:
+        cal, interval = self.age_calibration, self.interval_calibration
         return {"path": str(self.path), "backend": self.session.backend, "device": self.session.device,
                 "config": self.config.to_dict(), "metrics": self.metrics,
                 "version": self.metadata.get("version"), "quantization": self.metadata.get("quantization"),
-                "age_calibration": dataclasses.asdict(self.age_calibration) if self.age_calibration else None}
+                "age_calibration": {"knee": cal.knee, "slope": cal.slope} if cal else None,
+                "age_interval_calibration": interval.to_dict() if interval else None}

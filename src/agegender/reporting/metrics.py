@@ -10,6 +10,10 @@ half right in ``gender_accuracy`` (the chance of a fair coin) and is reported as
 recall, F1 and the confusion matrix are over the faces that are not ties. ``gender_macro_f1`` averages the F1 of
 both classes.
 
+Age interval: ``age_interval_coverage`` is the share of faces whose true age lies within ``[age_low, age_high]``
+(the bounds count as inside; nominally 80%), ``age_interval_width`` the mean of ``age_high - age_low`` in years;
+both only for a model that gives an interval (some face with ``age_high > age_low``).
+
 >>> import numpy as np
 >>> from agegender.outputs import decode
 >>> decoded = decode({"age": np.array([3.0, 30.0, 70.0]), "gender_logit": np.array([2.0, -2.0, 2.0])})
@@ -36,6 +40,8 @@ CS_TOLERANCE = 5
 METRIC_LABELS: dict[str, str] = {
     "age_mae": "Age MAE (years)",
     "age_cs5": f"Age CS@{CS_TOLERANCE} (share within {CS_TOLERANCE} years)",
+    "age_interval_coverage": "Age interval coverage (share of true ages within age_range, nominal 80%)",
+    "age_interval_width": "Age interval width (mean, years)",
     "group_exact": "Age group exact accuracy",
     "group_one_off": "Age group 1-off accuracy",
     "gender_accuracy": "Gender accuracy",
@@ -47,7 +53,7 @@ METRIC_LABELS: dict[str, str] = {
     "n": "Faces",
 }
 #: Figures that are shares in [0, 1] (reports print them as percentages).
-SHARE_METRICS = frozenset(METRIC_LABELS) - {"age_mae", "n"}
+SHARE_METRICS = frozenset(METRIC_LABELS) - {"age_mae", "age_interval_width", "n"}
 
 
 def format_metric(key: str, value: float | None) -> str:
@@ -105,6 +111,17 @@ def cumulative_score(pred: ArrayLike, true: ArrayLike, tolerance: float = CS_TOL
     """
     pred, true = _pair(pred, true)
     return _share(np.abs(pred.astype(np.float64) - true) <= tolerance)
+
+
+def interval_coverage(low: ArrayLike, high: ArrayLike, true: ArrayLike) -> float:
+    """Share of true values within their interval ``[low, high]`` (the bounds count as inside).
+
+    >>> interval_coverage([20, 30, 0], [30, 40, 2], [25, 41, 2])
+    0.6666666666666666
+    """
+    low, true = _pair(low, true)
+    high, _ = _pair(high, true)
+    return _share((low <= true) & (true <= high))
 
 
 def exact_accuracy(pred_group: ArrayLike, true_group: ArrayLike) -> float:
@@ -243,6 +260,9 @@ def compute_metrics(
     gender, gender_ok = _labels(true_gender, n, "true_gender")
     race, race_ok = _labels(races, n, "races")
     has_age = decoded.age is not None and bool(age_ok.any())
+    interval_low = np.zeros(n) if decoded.age_low is None else decoded.age_low
+    interval_high = np.zeros(n) if decoded.age_high is None else decoded.age_high
+    has_interval = has_age and bool(np.any(interval_high > interval_low))
     has_group = decoded.group_probs is not None
     has_gender = decoded.female_prob is not None and bool(gender_ok.any())
     pred_group = decoded.age_group if decoded.age_group is not None else np.zeros(n, dtype=np.int64)
@@ -256,6 +276,11 @@ def compute_metrics(
             m = rows & age_ok
             out["age_mae"] = mae(decoded.age[m], age[m])
             out["age_cs5"] = cumulative_score(decoded.age[m], age[m])
+        if has_interval:
+            m = rows & age_ok
+            low, high = interval_low[m], interval_high[m]
+            out["age_interval_coverage"] = interval_coverage(low, high, age[m])
+            out["age_interval_width"] = _share(high - low)
         if has_group:
             m = rows & group_ok
             out["group_exact"] = exact_accuracy(pred_group[m], group[m])

@@ -24,7 +24,7 @@ from typing import Any, cast
 import cv2
 import numpy as np
 
-from agegender.age_calibration import AgeCalibration
+from agegender.age_calibration import AgeCalibration, IntervalCalibration
 from agegender.artifacts import RemoteFile, WeightsError, artifact, sha256_of, shipped_path
 from agegender.inference.accurate.dlib_format import installed_model_path, read_dlib_resnet
 from agegender.inference.accurate.onnx_graph import to_onnx
@@ -115,8 +115,11 @@ class StackedAgeGender(OnnxAgeGender):
                              "`python scripts/build/descriptor_teacher.py ... --export-head`")
         self.weights: dict[str, float] = json.loads(meta["stack_weights"])
         self.metrics = json.loads(meta.get("metrics", "{}"))
-        # the stack's own correction, if its head carries one: the flagship's was fitted to the flagship alone
+        # the stack's own correction and interval calibration, if its head carries them: the flagship's were
+        # fitted to the flagship alone (an interval calibration in the head applies after the head's correction)
         self.age_calibration = AgeCalibration.from_metadata(meta)
+        self.interval_calibration = (self.age_calibration.interval if self.age_calibration
+                                     else IntervalCalibration.stored(meta))
         self.network_path = descriptor_network(descriptor_weights)
         self.network = open_session(self.network_path, backend, device, threads)
         self._matrix = chip_transform()
