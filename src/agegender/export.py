@@ -15,7 +15,7 @@ import onnx
 import torch
 from torch import nn
 
-from agegender.age_calibration import METADATA_KEY
+from agegender.age_calibration import INTERVAL_METADATA_KEY, METADATA_KEY
 from agegender.data.cache import cached_images
 from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.inference.onnx_model import META_PREFIX
@@ -155,7 +155,8 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, chips: np.ndarra
         prepared.unlink(missing_ok=True)
     target = onnx.load(str(tmp))
     del target.metadata_props[:]
-    measured = {META_PREFIX + "metrics", META_PREFIX + METADATA_KEY}  # both belong to the float model's outputs
+    # the metrics and both age corrections were measured on the float model's outputs
+    measured = {META_PREFIX + key for key in ("metrics", METADATA_KEY, INTERVAL_METADATA_KEY)}
     target.metadata_props.extend(e for e in source.metadata_props if e.key not in measured)
     onnx.save(target, str(tmp))
     kept = ("first convolution in float" if keep_float is None

@@ -56,6 +56,10 @@ class ExportedModel(nn.Module):
     def age_calibration(self) -> AgeCalibration | None:
         return self.onnx.age_calibration
 
+    def calibrate(self, decoded: Decoded) -> Decoded:
+        """The file's stored corrections (age, then interval), as ``OnnxAgeGender.predict`` applies them."""
+        return self.onnx.calibrate(decoded)
+
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         raw = self.onnx.raw(np.ascontiguousarray(pixels.float().cpu().numpy()))
         return {key: torch.from_numpy(value) for key, value in raw.items()}
@@ -89,12 +93,12 @@ def _device(model: nn.Module) -> str:
 
 
 def predict_faces(model: nn.Module, images: np.ndarray, tta: str = "none", calibrated: bool = True) -> Decoded:
-    """Decoded predictions for cached uint8 images (N x S x S x 3 RGB at the model's load size), ages corrected
-    by the model's ``age_calibration`` when it has one (an export that ``agegender calibrate`` fitted) unless
-    ``calibrated`` is False."""
+    """Decoded predictions for cached uint8 images (N x S x S x 3 RGB at the model's load size), with the
+    corrections an export stores (``agegender calibrate``: the age, then the interval) unless ``calibrated`` is
+    False; a checkpoint has none."""
     decoded = decode(model_outputs(model, images, model_config(model), tta=tta, device=_device(model)))
-    calibration = getattr(model, "age_calibration", None) if calibrated else None
-    return calibration.apply(decoded) if calibration else decoded
+    calibrate = getattr(model, "calibrate", None) if calibrated else None
+    return calibrate(decoded) if calibrate else decoded
 
 
 def face_metrics(records: Sequence[FaceRecord], decoded: Decoded) -> dict[str, Any]:

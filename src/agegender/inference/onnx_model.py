@@ -91,7 +91,11 @@ class OnnxAgeGender:
     def predict(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> Decoded:
         """Decoded predictions for aligned BGR chips (ages corrected by the file's age calibration, if any, and
         then the interval by its interval calibration, if any); ``flip`` averages each chip with its mirror."""
-        decoded = decode(self.outputs(chips_bgr, flip))
+        return self.calibrate(decode(self.outputs(chips_bgr, flip)))
+
+    def calibrate(self, decoded: Decoded) -> Decoded:
+        """The corrections stored in the file, applied to decoded outputs: the age calibration, then the interval
+        calibration (each only if the file has one)."""
         if self.age_calibration:
             return self.age_calibration.apply(decoded)  # the interval calibration it carries included
         return self.interval_calibration.apply(decoded) if self.interval_calibration else decoded

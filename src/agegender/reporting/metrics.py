@@ -53,7 +53,12 @@ METRIC_LABELS: dict[str, str] = {
     "n": "Faces",
 }
 #: Figures that are shares in [0, 1] (reports print them as percentages).
-SHARE_METRICS = frozenset(METRIC_LABELS) - {"age_mae", "age_interval_width", "n"}
+#: Figures that count faces (printed as integers) and figures in years; every other figure is a share.
+COUNT_METRICS = frozenset({"n", "gender_ties"})
+SHARE_METRICS = frozenset(METRIC_LABELS) - {"age_mae", "age_interval_width"} - COUNT_METRICS
+#: Figures a checkpoint can be selected by: higher is better for every one of them but the age MAE (lower).
+SELECTABLE_METRICS = tuple(k for k in METRIC_LABELS if k not in COUNT_METRICS | {"age_interval_coverage",
+                                                                                   "age_interval_width"})
 
 
 def format_metric(key: str, value: float | None) -> str:
@@ -68,7 +73,7 @@ def format_metric(key: str, value: float | None) -> str:
         return "–"
     if key in SHARE_METRICS:
         return f"{100 * value:.1f}%"
-    return f"{value:.0f}" if key == "n" else f"{value:.2f}"
+    return f"{value:.0f}" if key in COUNT_METRICS else f"{value:.2f}"
 
 
 class PRF(NamedTuple):

@@ -18,12 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agegender.data.datasets import DataConfig
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
-from agegender.reporting.metrics import METRIC_LABELS
+from agegender.reporting.metrics import SELECTABLE_METRICS
 from agegender.training.losses import LossSpec, scheduled_weight
 
 #: What ``select`` may name: a validation loss, or a validation figure of ``compute_metrics`` (higher is better
 #: for all but losses and the MAE).
-SELECTABLE = ("val_loss", "val_age_loss", "val_gender_loss", *(f"val_{key}" for key in METRIC_LABELS if key != "n"))
+SELECTABLE = ("val_loss", "val_age_loss", "val_gender_loss", *(f"val_{key}" for key in SELECTABLE_METRICS))
 _Count = Annotated[int, Field(ge=0)]
 #: ``[epoch, N]``: from that epoch on, the last N parameterised layers train.
 _Unfreeze = Annotated[list[_Count], Field(min_length=2, max_length=2)]
