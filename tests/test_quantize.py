@@ -17,6 +17,7 @@ from agegender.data.splits import load_or_make_splits
 from agegender.data.utkface import read_utkface
 from agegender.export import META_PREFIX, first_convolution, quantize_int8, set_metadata
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender, model_path, shipped_model_path
+from agegender.outputs import decode
 from agegender.paths import default_cache_dir
 
 
@@ -56,16 +57,22 @@ def test_shipped_int8_is_quantised_and_predicts_as_the_float_model(test_chips: t
     assert int8.metrics["n"] == 2117 and 4.8 < int8.metrics["age_mae"] < 5.4  # its own test-split metrics
 
 
-def test_quantize_command_reproduces_the_shipped_int8_model(tmp_path: Path, utkface_dir: Path,
-                                                             test_chips: tuple) -> None:
+def test_quantize_command_remakes_the_shipped_int8_model(tmp_path: Path, utkface_dir: Path,
+                                                          test_chips: tuple) -> None:
+    """The shipped int8 file was quantised on 512 chips of the train split as it was before 2026-12-04; the command
+    now draws them from today's train split, so its activation ranges differ a little: on 200 UTKFace chips the
+    remade model's ages were a mean 0.17 years (at most 1.2) from the shipped one's, P(female) 0.002 (at most 0.04),
+    one gender in 200 flipped. Identical chips gave identical files (atol 1e-5) before the split moved."""
     out = tmp_path / "int8.onnx"
     assert main(["quantize", "flagship", str(out), "--calibration", str(utkface_dir)]) == 0  # a shipped name
     made, shipped = OnnxAgeGender(out), OnnxAgeGender()
     assert made.metrics == {} and made.age_calibration is None  # measured on the float model: not carried over
+    assert made.interval_calibration is None
     assert made.metadata["quantization"] == shipped.metadata["quantization"]
     chips = test_chips[2][:64]
-    for key, value in made.outputs(chips).items():
-        np.testing.assert_allclose(value, shipped.outputs(chips)[key], atol=1e-5, err_msg=key)
+    a, b = decode(made.outputs(chips)), decode(shipped.outputs(chips))
+    assert np.abs(a.age - b.age).mean() < 0.4 and np.abs(a.age - b.age).max() < 2.5
+    assert np.abs(a.female_prob - b.female_prob).mean() < 0.01
     assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
 
 
