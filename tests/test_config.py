@@ -85,7 +85,7 @@ def test_every_problem_is_one_line_naming_the_file(config: Path) -> None:
     for expected in ("optimizer.name = 'lion': Input should be 'sgd', 'adam', 'adamw' or 'rmsprop'",
                      "schedule.name = 'linear': Input should be 'none', 'step', 'multistep', 'onecycle', 'cosine' "
                      "or 'plateau'",
-                     "data.dataset = 'imdb': Input should be 'utkface' or 'manifest'",
+                     "data.dataset = 'imdb': Input should be 'utkface', 'manifest' or 'celeba'",
                      "data.augment.zoom = 2: Input should be less than 1",
                      "loss.label_smoothing = 1.5: Input should be less than or equal to 1",
                      "distill.runtime = 'gpu': Input should be 'auto', 'torch' or 'onnx'",

@@ -9,7 +9,10 @@ A model's ``forward`` returns a dict holding any of these keys (batch first):
   median, the estimate with the least expected absolute error (the mean, which training's L1 term reads, has the
   least squared error), and the 80% interval its 10th and 90th percentiles;
 - ``joint_logits`` (N, 16): gender x age group, index ``gender * 8 + group``;
-- ``gender_logit`` (N,): logit of P(female).
+- ``gender_logit`` (N,): logit of P(female);
+- ``attributes`` (N, 40): logit of each of CelebA's 40 binary attributes (``ATTRIBUTES``, in the data set's
+  order; seed 001 §4.1 pre-trains on them). A model without ``gender_logit`` or ``joint_logits`` reads its gender
+  from the ``Male`` attribute.
 
 In training mode a model may add an auxiliary output that only a loss reads, never the decoder or an export:
 
@@ -34,16 +37,28 @@ from agegender.labels import AGE_GROUPS, MAX_AGE, NUM_AGE_GROUPS, age_to_group, 
 
 OUTPUT_KEYS = (
     "age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits", "gender_logit",
+    "attributes",
 )
 AUXILIARY_KEYS = ("descriptor",)
 #: What turns each output into what it predicts: a softmax or a sigmoid for the probability heads, nothing for an
 #: age in years. Decoding, output averaging (``agegender.oversample``) and distillation all read this table.
 ACTIVATIONS = {
     "age_group_logits": "softmax", "age_dist_logits": "softmax", "joint_logits": "softmax",
-    "age_ordinal_logits": "sigmoid", "gender_logit": "sigmoid", "age": "identity",
+    "age_ordinal_logits": "sigmoid", "gender_logit": "sigmoid", "age": "identity", "attributes": "sigmoid",
 }
+#: CelebA's 40 attributes, in the order of its ``list_attr_celeba.txt``: the columns of the ``attributes`` output.
+ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
+    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses",
+    "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache",
+    "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks",
+    "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
+    "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+#: The column of ``attributes`` whose probability is P(male).
+MALE_ATTRIBUTE = ATTRIBUTES.index("Male")
 AGE_KEYS = frozenset({"age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits"})
-GENDER_KEYS = frozenset({"gender_logit", "joint_logits"})
+GENDER_KEYS = frozenset({"gender_logit", "joint_logits", "attributes"})  # attributes: its `Male` column
 #: Group index of every one-year bin 0..100, following the gap policy.
 BIN_GROUP = np.array([age_to_group(a) for a in range(MAX_AGE + 1)])
 GROUP_MIDPOINTS = np.array([group_midpoint(g) for g in range(NUM_AGE_GROUPS)], dtype=np.float32)
@@ -138,6 +153,9 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
 
     >>> decode({"gender_logit": np.array([0.0])}).age is None
     True
+    >>> male = np.zeros((1, 40)); male[0, MALE_ATTRIBUTE] = 2.0  # an attribute net: gender from ``Male``
+    >>> round(float(decode({"attributes": male}).female_prob[0]), 3)
+    0.119
     >>> probs = np.full((1, 101), 1e-12); probs[0, 20], probs[0, 30] = 0.6, 0.4
     >>> round(float(decode({"age_dist_logits": np.log(probs)}).age[0]), 2)  # the median; the mean is 24
     20.33
@@ -146,6 +164,8 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
     if not outputs:
         raise ValueError(f"model outputs hold none of {OUTPUT_KEYS}")
     female = sigmoid(outputs["gender_logit"]).reshape(-1) if "gender_logit" in outputs else None
+    if female is None and "attributes" in outputs and "joint_logits" not in outputs:
+        female = sigmoid(-outputs["attributes"][:, MALE_ATTRIBUTE])
     group_probs = None
     if "joint_logits" in outputs:
         joint = softmax(outputs["joint_logits"]).reshape(-1, 2, NUM_AGE_GROUPS)
@@ -180,5 +200,5 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
                    group_follows_age=follows)
 
 
-__all__ = ["ACTIVATIONS", "AGE_GROUPS", "Decoded", "OUTPUT_KEYS", "age_quantile", "decode", "dist_to_group_probs",
-           "ordinal_to_group_probs"]
+__all__ = ["ACTIVATIONS", "AGE_GROUPS", "ATTRIBUTES", "MALE_ATTRIBUTE", "Decoded", "OUTPUT_KEYS", "age_quantile",
+           "decode", "dist_to_group_probs", "ordinal_to_group_probs"]

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agegender.data.augment import AugmentConfig
 from agegender.data.cache import cached_images
+from agegender.data.celeba import read_celeba
 from agegender.data.manifest import read_manifest
 from agegender.data.records import FaceRecord
 from agegender.data.splits import SPLITS, load_or_make_splits
@@ -32,8 +33,9 @@ class DataConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Literal["utkface", "manifest"] = "utkface"
-    root: str | None = None  # folder (utkface) or CSV (manifest); None: the shared UTKFace folder (agegender.paths)
+    dataset: Literal["utkface", "manifest", "celeba"] = "utkface"
+    # folder (utkface, celeba) or CSV (manifest); None: the shared UTKFace folder (agegender.paths)
+    root: str | None = None
     splits_dir: str | None = None  # where split manifests are written (default: the cache folder)
     train_limit: int | None = Field(default=None, ge=1)  # train on a fixed sample of N faces (validate and test on N/8)
     filter: dict[str, str] = Field(default_factory=dict)  # keep only e.g. {gender: male} or {age_group: 0-2}
@@ -72,8 +74,11 @@ def read_dataset(cfg: DataConfig) -> list[FaceRecord]:
         records, report = read_utkface(root)
     elif cfg.dataset == "manifest":
         records, report = read_manifest(root)
+    elif cfg.dataset == "celeba":
+        splits, report = read_celeba(root)
+        records = [r for name in SPLITS for r in splits[name]]
     else:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}: use utkface or manifest")
+        raise ValueError(f"unknown dataset {cfg.dataset!r}: use utkface, manifest or celeba")
     log.info("%s: %s", root, report.summary())
     return records
 
@@ -98,8 +103,14 @@ def filter_records(records: Sequence[FaceRecord], spec: Mapping[str, str]) -> li
 
 def dataset_splits(cfg: DataConfig | None = None, progress: bool = True) -> dict[str, list[FaceRecord]]:
     """The configured data set's leakage-safe train/val/test records (deduplicated; made once, then reused);
-    default: the shared UTKFace folder. Every command and script gets its splits here."""
+    default: the shared UTKFace folder. Every command and script gets its splits here. CelebA's are its official
+    partition, as published (no deduplication; :mod:`agegender.data.celeba`)."""
     cfg = cfg or DataConfig()
+    if cfg.dataset == "celeba":
+        splits, report = read_celeba(dataset_root(cfg))
+        log.info("%s: %s (%s)", dataset_root(cfg), report.summary(),
+                 ", ".join(f"{name} {len(splits[name])}" for name in SPLITS))
+        return splits
     records = read_dataset(cfg)
     splits_dir = Path(cfg.splits_dir) if cfg.splits_dir else default_cache_dir() / "splits"
     splits, stats = load_or_make_splits(records, splits_dir, progress=progress)

@@ -12,7 +12,9 @@ class FaceRecord:
     """One labelled face image.
 
     ``group_id`` is the leakage unit: records sharing it must stay on one side of every split (a subject for
-    Adience, a near-duplicate group for UTKFace, a user-given subject for CSV manifests).
+    Adience, a near-duplicate group for UTKFace, a user-given subject for CSV manifests, an identity for CelebA).
+    ``attributes`` holds a face's binary attributes (CelebA's 40, in ``agegender.outputs.ATTRIBUTES`` order: 1
+    present, 0 absent, -1 unknown), None when the data set has none.
     """
 
     path: str
@@ -21,6 +23,7 @@ class FaceRecord:
     gender: int | None
     race: int | None = None
     group_id: str = ""
+    attributes: tuple[int, ...] | None = None
 
     @classmethod
     def from_age(cls, path: str, age: float | None, gender: int | None, race: int | None = None,

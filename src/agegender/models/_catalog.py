@@ -89,6 +89,8 @@ _ORDINAL = ("age_ordinal_logits", "gender_logit")
 # the paper gives no epoch for the switch.
 RESNET_ORDINAL_WEIGHTS = [1.0, 1.0, 1.0, 1.3, 1.8, 1.8, 1.3, 1.0]
 RESNET = (
+    resnet_config("resnet34_attributes", ("attributes",),
+                  "seed 001 §4.1 (pre-training on CelebA's 40 attributes, from which models 9-12 start)"),
     resnet_config("resnet34_multitask", _GROUPS, "seed 001 §4.1 (model 9)", trainable_last=12),
     resnet_config("resnet34_se_multitask", _GROUPS, "seed 001 §4.2 (model 10)", se=True, trainable_last=12),
     resnet_config(

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from agegender.labels import MAX_AGE, NUM_AGE_GROUPS
-from agegender.outputs import OUTPUT_KEYS
+from agegender.outputs import ATTRIBUTES, OUTPUT_KEYS
 
 #: Width of each contract output (see ``agegender.outputs``); the scalar ones are returned as shape (N,).
 OUTPUT_SIZES: dict[str, int] = {
@@ -19,6 +19,7 @@ OUTPUT_SIZES: dict[str, int] = {
     "age_dist_logits": MAX_AGE + 1,
     "joint_logits": 2 * NUM_AGE_GROUPS,
     "gender_logit": 1,
+    "attributes": len(ATTRIBUTES),
 }
 
 Outputs = dict[str, Tensor]

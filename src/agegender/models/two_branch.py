@@ -31,7 +31,7 @@ from agegender.models.layers import (
     global_pool,
     init_weights,
 )
-from agegender.models.options import arch_options, torchvision_weights
+from agegender.models.options import arch_options, torchvision_net
 from agegender.models.registry import register_model
 
 #: Model A widths: 1,015,906 trainable parameters (§4) are matched exactly by these, the only all-power-of-two
@@ -76,13 +76,13 @@ def utk_vgg16(
     """Model B (§3, Fig. 3): VGG-16 conv base (``torchvision.models.vgg16`` without its classifier), global
     average pooling and dropout; an age branch (dropout, dense-BN-ReLU-dropout blocks, linear output) and a
     gender branch (the same blocks, sigmoid output). ``model.backbone`` is the conv base.
-    ``pretrained=True`` loads ``VGG16_Weights.IMAGENET1K_V1``; ``weights`` goes to torchvision as is.
+    ``pretrained=True`` loads ``VGG16_Weights.IMAGENET1K_V1``; ``weights`` is an entry of that enum (or its name)
+    or the path of its ``.pth`` file (``options.torchvision_net``).
 
     Four power-of-two branch widths give §4's 1,449,474: age (512, 256) or (1024, 512) or (1024, 128) or
     (1024, 256), with gender (1024, 512), (512, 256), (1024, 256), (1024, 128) respectively. The age branch
     is taken as the wider, since it is the one given an extra dropout layer."""
-    weights = torchvision_weights(weights, pretrained, VGG16_Weights.IMAGENET1K_V1)
-    vgg = torchvision.models.vgg16(weights=weights)
+    vgg = torchvision_net(torchvision.models.vgg16, weights, pretrained, VGG16_Weights.IMAGENET1K_V1)
     backbone = nn.Sequential(vgg.features, global_pool(), nn.Dropout(dropout))
     features = 512
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,10 @@ from torch import nn
 
 from agegender.model_config import ModelConfig
 from agegender.models import create_model
+
+log = logging.getLogger(__name__)
+#: The builder options that load pretrained weights, and the values that load none.
+NO_WEIGHTS = {"pretrained": False, "weights": None}
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> None:
@@ -37,7 +42,11 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
     state = torch.load(path, map_location=device, weights_only=False)
     config = ModelConfig.from_dict(state["model_config"])
     fields = {k: v for k, v in config.to_dict().items() if k not in ("name", "extra")}
-    model = create_model(config.name, **{**fields, **state.get("model_args", {})})
+    args = dict(state.get("model_args", {}))
+    # the checkpoint's weights replace any a builder would load: no download, no local weights file needed
+    skipped = {key: args[key] for key in NO_WEIGHTS if key in args}
+    model = create_model(config.name, **{**fields, **args, **{key: NO_WEIGHTS[key] for key in skipped}})
+    model.config = model.config.replace(extra={**model.config.extra, **skipped})  # as the run recorded them
     weights = state["model"]
     if state.get("ema"):
         weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
@@ -47,12 +56,37 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
 
 def init_from(model: nn.Module, path: str | Path) -> None:
     """Copy into ``model`` the weights of a checkpoint or run folder (``init:`` in a training config); the
-    averaged weights when that run kept an average. The two must be the same network."""
+    averaged weights when that run kept an average. The same network gets every weight. Another network that
+    shares its trunk and input (pre-training, e.g. seed 001's ``resnet34_attributes`` on CelebA for a
+    ``resnet34_multitask``) gets every weight the two share by name and shape, which must include the source's
+    whole ``backbone``; its own heads and blocks the source lacks keep their fresh start, and are logged."""
     source = load_model(run_checkpoint(path, "init"))
     if source.config.name != model.config.name:
-        raise ValueError(f"init: {path} holds a {source.config.name}, not a {model.config.name}")
+        _init_trunk(model, source, path)
+        return
     try:
         model.load_state_dict(source.state_dict())
     except RuntimeError as err:
         raise ValueError(f"init: {path} is a {source.config.name} of another shape (check model_args): "
                          f"{' '.join(str(err).split())[:300]}") from err
+
+
+def _init_trunk(model: nn.Module, source: nn.Module, path: str | Path) -> None:
+    """:func:`init_from` across networks: the trunk and whatever else matches by name and shape."""
+    names = f"init: {path} holds a {source.config.name}, not a {model.config.name}"
+    inputs = ("input_size", "resize", "face_crop", "mean", "std")
+    differ = [f"{key} {getattr(source.config, key)} vs {getattr(model.config, key)}" for key in inputs
+              if getattr(source.config, key) != getattr(model.config, key)]
+    if differ:
+        raise ValueError(f"{names}, trained on other inputs ({'; '.join(differ)}): set model_args alike")
+    target, weights = model.state_dict(), source.state_dict()
+    shared = {k: v for k, v in weights.items() if k in target and target[k].shape == v.shape}
+    trunk = [k for k in weights if k.startswith("backbone.")]
+    misfit = [k for k in trunk if k not in shared]
+    if not trunk or misfit:
+        raise ValueError(f"{names}, and its trunk does not fit ({len(misfit) if trunk else 'no'} of its "
+                         f"{len(trunk)} backbone tensors without a match{f', e.g. {misfit[0]}' if misfit else ''})")
+    model.load_state_dict(shared, strict=False)
+    fresh = sorted({k.rsplit(".", 1)[0] for k in target if k not in shared})
+    log.info("init: %s's trunk and the layers they share (%d tensors) from %s; starting fresh: %s",
+             source.config.name, len(shared), path, ", ".join(fresh) or "nothing")

@@ -1,6 +1,6 @@
 """Heads' losses as small functions, and the weighted multi-task loss built from a config.
 
-Missing labels (age NaN, group or gender -1) are masked out of every term.
+Missing labels (age NaN, group, gender or attribute -1) are masked out of every term.
 
 >>> import torch
 >>> ordinal_targets(torch.tensor([0, 3]))
@@ -68,6 +68,19 @@ def gender_loss(logit: Tensor, gender: Tensor, label_smoothing: float = 0.0) -> 
     mask = (gender >= 0).float()
     target = gender.clamp(min=0).float() * (1 - label_smoothing) + 0.5 * label_smoothing
     return _masked_mean(F.binary_cross_entropy_with_logits(logit, target, reduction="none"), mask)
+
+
+def attribute_loss(logits: Tensor, attributes: Tensor) -> Tensor:
+    """Multi-label BCE over binary attributes (CelebA's 40), the mean over every known label (0 or 1; -1 is
+    unknown and masked).
+
+    >>> logits = torch.tensor([[0.0, 50.0]])
+    >>> round(float(attribute_loss(logits, torch.tensor([[1.0, -1.0]]))), 4)  # only the first label counts
+    0.6931
+    """
+    mask = (attributes >= 0).float()
+    per = F.binary_cross_entropy_with_logits(logits, attributes.clamp(min=0).to(logits.dtype), reduction="none")
+    return _masked_mean(per, mask)
 
 
 def regression_loss(pred: Tensor, age: Tensor, kind: str = "l1") -> Tensor:
@@ -168,6 +181,7 @@ class LossSpec(BaseModel):
     age_dist: _Weight = 1.0
     joint: _Weight = 1.0
     gender: _Weight = 1.0
+    attributes: _Weight = 1.0  # multi-label BCE on the ``attributes`` output (CelebA's 40)
     ordinal_weights: list[_Weight] | None = None
     regression: Literal["l1", "l2"] = "l1"
     sigma: float = Field(default=2.0, gt=0)  # years: the width of the Gaussian label distribution
@@ -203,7 +217,10 @@ def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
     if "gender_logit" in outputs:
         terms["gender"] = (spec.gender_weight(epoch),
                            gender_loss(outputs["gender_logit"], gender, spec.label_smoothing))
+    if "attributes" in outputs and "attributes" in targets:  # data without attribute labels adds no term
+        terms["attributes"] = (spec.attributes, attribute_loss(outputs["attributes"], targets["attributes"]))
     if not terms:
-        raise ValueError(f"no loss applies to the outputs {sorted(outputs)}")
+        hint = " (attributes are labelled in the celeba data set only)" if "attributes" in outputs else ""
+        raise ValueError(f"no loss applies to the outputs {sorted(outputs)}{hint}")
     total = sum(w * t for w, t in terms.values())
     return total, {k: float(t.detach()) for k, (_, t) in terms.items()}
