@@ -6,7 +6,6 @@ and builds its model; the reproduction table reads "not run" for what has not ru
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import importlib.util
 import json
@@ -26,7 +25,6 @@ from agegender.age_calibration import METADATA_KEY, AgeCalibration
 from agegender.cli import main
 from agegender.data.datasets import DataConfig, decode_split, filter_records, limit_records, select_records
 from agegender.data.records import FaceRecord
-from agegender.data.utkface import parse_utkface_name
 from agegender.evaluation.calibrate import fit_age_calibration
 from agegender.evaluation.compare import compare_faces, face_arrays, face_scores
 from agegender.evaluation.crossval import plan_runs
@@ -50,19 +48,6 @@ SEED_CONFIGS = sorted((REPO / "configs" / "seeds").glob("*/[!_]*.yaml"))
 TINY: dict[str, Any] = {"model": "vu_multitask", "epochs": 1, "batch_size": 64, "threads": 1}
 
 
-@pytest.fixture(scope="session")
-def manifest(tmp_path_factory: pytest.TempPathFactory, utkface_dir: Path) -> Path:
-    """300 real UTKFace faces (every 70th file) as a CSV manifest: small splits and caches of their own."""
-    path = tmp_path_factory.mktemp("data") / "faces.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "age", "gender", "race"])
-        for file in sorted(utkface_dir.iterdir())[::70][:300]:
-            labels = parse_utkface_name(file.name)
-            assert labels is not None, file
-            age, gender, race = labels
-            writer.writerow([file, age, gender, "" if race is None else race])
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -313,6 +298,11 @@ def test_claims_are_judged_by_a_paired_bootstrap() -> None:
     assert repro.judge(claim, {"a": poor, "b": good})[0] == "contradicted"
     assert repro.judge(claim, {"a": good, "b": good})[0] == "inconclusive"
     assert repro.judge(claim, {"a": good})[0] == "not run"
+    # below half of the recipes' samples a disagreement is not a contradiction, and unequal budgets are named
+    low = {"a": (0.1, 12_000.0), "b": (0.6, 135_000.0)}
+    verdict, words = repro.judge(claim, {"a": poor, "b": good}, low)
+    assert verdict == "not reproduced at this budget" and "unequal budgets" in words and "one seed" in words
+    assert repro.judge(claim, {"a": poor, "b": good}, {"a": (0.8, 1e5), "b": (0.9, 1e5)})[0] == "contradicted"
 
 
 def test_a_gender_only_rows_faces_save_without_pickling(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from agegender.oversample import TTA_MODES
 from agegender.paths import default_path
 from agegender.reporting.metrics import METRIC_LABELS, format_metric
 from agegender.reporting.report import protocol_text, write_report
-from agegender.training.config import load_config, read_raw_config
+from agegender.training.config import TrainConfig, load_config, read_raw_config
 from agegender.training.engine import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,8 +231,18 @@ def evaluate_row(row: Row, runs_dir: Path, records: Sequence[FaceRecord], descri
 
 
 # -- claims ---------------------------------------------------------------------------------------------
-def judge(claim: Claim, results: Mapping[str, RowResult | None]) -> tuple[str, str]:
-    """(verdict, our comparison in words) of a claim."""
+#: Below this share of its recipe's training samples, a row that disagrees with a paper is "not reproduced at
+#: this budget" rather than a contradiction of the paper.
+MIN_SHARE = 0.5
+#: Compared arms whose training samples differ by more than this factor are called unequal in the verdict.
+EQUAL_BUDGET = 1.25
+
+
+def judge(claim: Claim, results: Mapping[str, RowResult | None],
+          budgets: Mapping[str, tuple[float | None, float | None]] | None = None) -> tuple[str, str]:
+    """(verdict, our comparison in words) of a claim. ``budgets``: each row's (share of its recipe's training
+    samples, training samples), :func:`row_budget`; with them a disagreement below :data:`MIN_SHARE` reads "not
+    reproduced at this budget", and arms of unequal budgets are named so. Every run is one training seed."""
     better, worse = results.get(claim.better), results.get(claim.worse)
     if better is None or worse is None:
         return NOT_RUN, "–"
@@ -246,7 +256,17 @@ def judge(claim: Claim, results: Mapping[str, RowResult | None]) -> tuple[str, s
     unit = "pts" if COMPARABLE[claim.metric] == "pts" else "years better"
     verdict = "supported" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"
     figures = f"{_figure(claim.metric, better.overall)} vs {_figure(claim.metric, worse.overall)}"
-    return verdict, f"{figures}: {mean:+.1f} {unit}, 95% CI {lo:+.1f} to {hi:+.1f}"
+    words = f"{figures}: {mean:+.1f} {unit}, 95% CI {lo:+.1f} to {hi:+.1f}; one seed"
+    (share_a, samples_a), (share_b, samples_b) = ((budgets or {}).get(name, (None, None))
+                                                  for name in (claim.better, claim.worse))
+    shares = [s for s in (share_a, share_b) if s is not None]
+    if verdict == "contradicted" and budgets is not None and (len(shares) < 2 or min(shares) < MIN_SHARE):
+        verdict = "not reproduced at this budget"
+    if shares:
+        words += f"; {', '.join(f'{100 * s:.0f}%' for s in shares)} of the recipes' samples"
+    if samples_a and samples_b and max(samples_a, samples_b) / min(samples_a, samples_b) > EQUAL_BUDGET:
+        words += f"; unequal budgets ({samples_a:,.0f} vs {samples_b:,.0f} training samples)"
+    return verdict, words
 
 
 # -- rendering ------------------------------------------------------------------------------------------
@@ -279,6 +299,34 @@ def budget_text(run: Run, recipe: Mapping[str, Any] | None, full: bool) -> str:
             original = get_config(recipe["model"]).input_size
         parts.append(f"{key} {value} (recipe: {'default' if original is None else original})")
     return ", ".join(parts)
+
+
+def run_samples(run: Run, recipe: Mapping[str, Any] | None, n_train: int | None, full: bool
+                ) -> tuple[float | None, float | None]:
+    """(share of its recipe's training samples, training samples) of a run: epochs x training faces, with the
+    budget's overrides against the recipe's own values (None where the recipe or the data size is unknown).
+
+    >>> run = Run("r", "c.yaml", budget=("epochs=3", "data.train_limit=4000"))
+    >>> run_samples(run, {"epochs": 30}, 16000, full=False)
+    (0.025, 12000.0)
+    """
+    if recipe is None or n_train is None:
+        return (1.0 if full or not run.budget else None), None
+    epochs_recipe = float(_recipe_value(recipe, "epochs") or TrainConfig.model_fields["epochs"].default)
+    limit = _recipe_value(recipe, "data.train_limit")
+    faces_recipe = min(int(limit), n_train) if limit else n_train
+    budget = dict(item.split("=", 1) for item in ([] if full else run.budget))
+    epochs = float(budget.get("epochs", epochs_recipe))
+    faces = min(int(budget["data.train_limit"]), n_train) if "data.train_limit" in budget else faces_recipe
+    return epochs * faces / (epochs_recipe * faces_recipe), epochs * faces
+
+
+def row_budget(row: Row, suite: Suite, context: Context) -> tuple[float | None, float | None]:
+    """A row's smallest share of its runs' recipes and the training samples of all its runs."""
+    parts = [run_samples(suite.runs[name], context.recipes.get(name), context.n_train, context.full)
+             for name in row.runs]
+    shares, samples = [p[0] for p in parts], [p[1] for p in parts]
+    return (None if None in shares else min(shares)), (None if None in samples else sum(samples))
 
 
 def _count(n: int | None) -> str:
@@ -328,16 +376,22 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
             + [(f"{name}: " if row.chain else "") + budget_text(suite.runs[name], context.recipes.get(name),
                                                                  context.full)
                for name in row.runs])
+        share = row_budget(row, suite, context)[0]
+        if share is not None:
+            protocol += f"; {100 * share:.0f}% of the recipe's training samples"
         time = "–" if result is None else _minutes(result.train_seconds)
         lines.append(f"| {row.title} | {row.paper} | {ours} | {protocol} | {time} |")
     lines += ["", "## The papers' claims against our numbers", "",
               f"Paired bootstrap over our test faces ({BOOTSTRAP_SAMPLES:,} resamples): *supported* when the 95% "
               "interval of the difference lies above zero, *contradicted* when below, *inconclusive* when it "
-              "spans zero. One training seed per run and budgeted training: a verdict says what these runs show, not "
-              "what a full-recipe run would.", "",
+              "spans zero. Each run is one training seed, so the intervals hold the spread of test faces only, not "
+              "of training; the share of each recipe's training samples (epochs x faces) is given, and a "
+              f"disagreement at less than {100 * MIN_SHARE:.0f}% of a recipe reads *not reproduced at this budget* "
+              "rather than *contradicted*; arms trained on unequal numbers of samples are named so.", "",
               "| Claim | Paper | Ours | Verdict |", "|---|---|---|---|"]
+    budgets = {row.name: row_budget(row, suite, context) for row in suite.rows}
     for claim in suite.claims:
-        verdict, ours = judge(claim, results)
+        verdict, ours = judge(claim, results, budgets)
         lines.append(f"| {claim.claim} | {claim.paper} | {ours} | **{verdict}** |")
     lines += ["", "## Runs", "", "| Run | Config | Status | Est. budget time |", "|---|---|---|---|"]
     for name, run in suite.runs.items():
