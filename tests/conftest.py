@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agegender import paths
+from agegender.data.utkface import parse_utkface_name
 
 SHARED = paths.shared_dir().resolve()
 
@@ -158,3 +161,34 @@ def server_url(server_args: list[str], tmp_path_factory: pytest.TempPathFactory)
     pytest.importorskip("httpx", reason="httpx (dev extra) is needed to talk to the server")
     with running_server(server_args, tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def manifest(tmp_path_factory: pytest.TempPathFactory, utkface_dir: Path) -> Path:
+    """300 real UTKFace faces (every 70th file) as a CSV manifest: small splits and caches of their own."""
+    path = tmp_path_factory.mktemp("data") / "faces.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "age", "gender", "race"])
+        for file in sorted(utkface_dir.iterdir())[::70][:300]:
+            labels = parse_utkface_name(file.name)
+            assert labels is not None, file
+            age, gender, race = labels
+            writer.writerow([file, age, gender, "" if race is None else race])
+    return path
+
+
+@pytest.fixture(scope="session")
+def collection_dir(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+    """A photo collection: the shared photos, and in a sub-folder a file without an ending and a truncated JPEG;
+    a HEIC (a format we cannot decode) and a text file."""
+    root = tmp_path_factory.mktemp("collection")
+    (root / "sub").mkdir()
+    for photo in sorted(photos_dir.glob("*.jpg")):
+        shutil.copy(photo, root / photo.name)
+    shutil.copy(photos_dir / "smahesh29_kid1.jpg", root / "sub" / "kid_no_ending")
+    data = (photos_dir / "mowshon_test-image.jpg").read_bytes()
+    (root / "sub" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (root / "notes.txt").write_text("not a photo")
+    return root

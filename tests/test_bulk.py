@@ -35,19 +35,6 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-@pytest.fixture(scope="module")
-def collection_dir(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
-    """The shared photos, a sub-folder, a truncated JPEG, a HEIC, a text file and a file without an ending."""
-    root = tmp_path_factory.mktemp("collection")
-    (root / "sub").mkdir()
-    for photo in sorted(photos_dir.glob("*.jpg")):
-        shutil.copy(photo, root / photo.name)
-    shutil.copy(next(photos_dir.glob("smahesh29_kid1.jpg")), root / "sub" / "kid_no_ending")
-    data = (photos_dir / "mowshon_test-image.jpg").read_bytes()
-    (root / "sub" / "truncated.jpg").write_bytes(data[: len(data) // 3])
-    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
-    (root / "notes.txt").write_text("not a photo")
-    return root
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])

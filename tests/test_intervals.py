@@ -4,7 +4,6 @@ in an export's metadata beside the age correction and is applied wherever that i
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -23,7 +22,6 @@ from agegender.age_calibration import (
 )
 from agegender.cli import main
 from agegender.data.records import FaceRecord
-from agegender.data.utkface import parse_utkface_name
 from agegender.evaluation.calibrate import fit_interval_calibration
 from agegender.evaluation.evaluate import load_evaluable, model_config, predict_faces
 from agegender.export import set_metadata
@@ -241,19 +239,6 @@ def test_compute_metrics_reports_interval_coverage_and_width_by_hand() -> None:
 # --- agegender calibrate ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory, utkface_dir: Path) -> Path:
-    """300 real UTKFace faces (every 70th file) as a CSV manifest."""
-    path = tmp_path_factory.mktemp("intervals") / "faces.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "age", "gender", "race"])
-        for file in sorted(utkface_dir.iterdir())[::70][:300]:
-            labels = parse_utkface_name(file.name)
-            assert labels is not None, file
-            age, gender, race = labels
-            writer.writerow([file, age, gender, "" if race is None else race])
-    return path
 
 
 def test_calibrate_command_on_a_manifest_dry_run_no_interval_and_reset(

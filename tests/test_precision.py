@@ -4,7 +4,6 @@ and trains data-parallel in bf16. Tiny flagships on a manifest of real UTKFace f
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -18,7 +17,6 @@ import pytest
 import torch
 import yaml
 
-from agegender.data.utkface import parse_utkface_name
 from agegender.models import create_model
 from agegender.training import precision as precision_module
 from agegender.training.config import ConfigError, TrainConfig, load_config
@@ -38,20 +36,6 @@ FLAGSHIP = ROOT / "configs" / "flagship" / "v02.yaml"
 TINY_NET = "model_args={blocks: [1, 1, 1, 1], widths: [8, 16, 16, 16], stem_width: 8}"
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory, utkface_dir: Path) -> Path:
-    """About 200 real faces (evenly spaced UTKFace files) as a CSV manifest: small splits of their own."""
-    path = tmp_path_factory.mktemp("data") / "faces.csv"
-    files = sorted(utkface_dir.iterdir())
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "age", "gender", "race"])
-        for file in files[::max(len(files) // 200, 1)]:
-            labels = parse_utkface_name(file.name)
-            if labels is not None:
-                age, gender, race = labels
-                writer.writerow([file, age, gender, "" if race is None else race])
-    return path
 
 
 @pytest.fixture

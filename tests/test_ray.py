@@ -4,7 +4,6 @@ for what cannot be read, --shard and --resume, URIs, and one-line errors."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -41,19 +40,6 @@ def local_ray(yunet_path: Path) -> Any:
     mp.undo()
 
 
-@pytest.fixture(scope="module")
-def collection_dir(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
-    """The shared photos, a file without an ending, a truncated JPEG, a HEIC and a text file."""
-    root = tmp_path_factory.mktemp("ray-collection")
-    (root / "sub").mkdir()
-    for photo in sorted(photos_dir.glob("*.jpg")):
-        shutil.copy(photo, root / photo.name)
-    shutil.copy(photos_dir / "smahesh29_kid1.jpg", root / "sub" / "kid_no_ending")
-    data = (photos_dir / "mowshon_test-image.jpg").read_bytes()
-    (root / "sub" / "truncated.jpg").write_bytes(data[: len(data) // 3])
-    (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
-    (root / "notes.txt").write_text("not a photo")
-    return root
 
 
 @pytest.fixture(scope="module")
