@@ -224,7 +224,8 @@ def concat_decoded(parts: Sequence[Decoded]) -> Decoded:
         return np.concatenate([getattr(p, name) for p in parts])
 
     female = None if parts[0].female_prob is None else cat("female_prob")
-    return Decoded(cat("age"), cat("age_low"), cat("age_high"), cat("group_probs"), female)
+    return Decoded(cat("age"), cat("age_low"), cat("age_high"), cat("group_probs"), female,
+                   group_follows_age=parts[0].group_follows_age)
 
 
 def predict_all(models: Sequence[FaceModel], faces: Iterable[tuple[FaceRecord, np.ndarray]]
