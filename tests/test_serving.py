@@ -314,11 +314,20 @@ def test_oversize_chunked_upload_is_413_while_reading(client: httpx.Client) -> N
     assert client.get("/healthz").status_code == 200
 
 
-def test_concurrent_requests_are_batched(server_url: str, photos_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def patient_server(server_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server whose batcher waits a whole second for companions: requests of one burst, prepared by the
+    decoding pool one after another, meet in a batch however slow the machine is."""
+    log = tmp_path_factory.mktemp("patient") / "server.log"
+    with running_server([*server_args, "--batch-wait-ms", "1000"], log) as url:
+        yield url
+
+
+def test_concurrent_requests_are_batched(patient_server: str, photos_dir: Path) -> None:
     data = (photos_dir / GROUP_PHOTO).read_bytes()
 
     async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server_url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=patient_server, timeout=60) as http:
             return await asyncio.gather(*(http.post("/v1/predict", **upload(data)) for _ in range(12)))
 
     responses = asyncio.run(burst())
