@@ -27,12 +27,16 @@ def chips(utkface_dir: Path) -> list[np.ndarray]:
                          [("flagship", 1e-3, 1e-4, 0), ("flagship-int8", 1.5, 0.25, 3)])
 def test_openvino_agrees_with_onnxruntime(chips: list[np.ndarray], name: str, max_age: float, mean_age: float,
                                           gender_flips: int) -> None:
-    """float32 agrees to rounding; int8 within the stated tolerance (OpenVINO runs the QDQ graph with its own
-    int8 kernels: on 100 UTKFace chips a mean 0.11 years apart, at most 0.87, one gender of 100 flipped)."""
+    """float32 agrees to rounding where OpenVINO computes in f32; where it computes in bf16 (a CPU with AVX512-BF16
+    or AMX: on 100 UTKFace chips at most 0.09 years apart on an EPYC) and for int8 (its own int8 kernels: a mean
+    0.11 years apart, at most 0.87, one gender of 100 flipped) within the int8 tolerance."""
     ort_model = OnnxAgeGender(name, threads=1, backend="onnxruntime")
     ov_model = OnnxAgeGender(name, threads=1, backend="openvino")
     assert ov_model.metadata == ort_model.metadata and ov_model.age_calibration == ort_model.age_calibration
     assert ov_model.age_calibration is not None  # the shipped files carry a correction: both apply it
+    assert ort_model.describe()["float_precision"] == "f32"
+    if ov_model.describe()["float_precision"] == "bf16":
+        max_age, mean_age, gender_flips = 1.5, 0.25, 3
     a, b = ort_model.predict(chips), ov_model.predict(chips)
     diff = np.abs(a.age - b.age)
     assert diff.max() <= max_age and diff.mean() <= mean_age

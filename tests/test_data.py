@@ -24,7 +24,7 @@ from agegender.data.splits import (
     split_records,
 )
 from agegender.data.utkface import read_utkface
-from agegender.labels import AGE_GROUPS, adience_age_group, age_to_group
+from agegender.labels import AGE_GROUPS, adience_age_group, age_to_group, ages_to_groups
 from agegender.paths import default_cache_dir
 from agegender.preprocess import resize_square
 from tests.conftest import shared_path
@@ -40,6 +40,10 @@ def test_gap_policy_sends_every_gap_age_to_the_nearest_group_edge() -> None:
     assert {age: AGE_GROUPS[age_to_group(age)] for age in expected} == expected
     for group, (lo, hi) in enumerate([(0, 2), (4, 6), (8, 13), (15, 20), (25, 32), (38, 43), (48, 53)]):
         assert {age_to_group(a) for a in range(lo, hi + 1)} == {group}
+    # The vectorised rule agrees with the scalar one everywhere, fractional ages and exact midpoints included.
+    ages = np.round(np.arange(0, 120, 0.25), 2)
+    assert ages_to_groups(ages).tolist() == [age_to_group(float(a)) for a in ages]
+    assert ages_to_groups(list(expected)).tolist() == [AGE_GROUPS.index(g) for g in expected.values()]
 
 
 def test_adience_cleaning_table_of_seed_001() -> None:

@@ -1,9 +1,10 @@
-"""Is model A better than model B? A paired bootstrap over the faces of one UTKFace split.
+"""Is model A better than model B? A paired bootstrap over the faces of one UTKFace split (or of a manifest).
 
-Both models (checkpoints or exported ONNX) predict every face of the split; for each figure the per-face
-differences are resampled (`agegender.evaluation.compare`, as `reproduce.py` judges the papers' claims) and the
-mean with its 95% interval is printed. Example:
-``python scripts/measure/compare_models.py src/agegender/weights/flagship.onnx OLD.onnx``.
+Both models (checkpoints or exported ONNX) predict every face; for each figure the per-face differences are
+resampled (`agegender.evaluation.compare`, as `reproduce.py` judges the papers' claims) and the mean with its 95%
+interval is printed. Examples: ``python scripts/measure/compare_models.py src/agegender/weights/flagship.onnx
+OLD.onnx`` (the validation split), ``... A.onnx B.onnx --data manifest --root unseen_val.csv --split all`` (faces
+neither model was trained on, from ``scripts/measure/split_overlap.py``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agegender.data.datasets import DataConfig, dataset_splits, decode_split
+from agegender.data.datasets import decode_split
 from agegender.evaluation.compare import COMPARABLE, compare_faces, face_arrays
-from agegender.evaluation.evaluate import load_evaluable, model_config, predict_faces
+from agegender.evaluation.evaluate import evaluation_records, load_evaluable, model_config, predict_faces
 from agegender.oversample import TTA_MODES
 
 
@@ -21,20 +22,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="model A (.pt or .onnx)")
     parser.add_argument("b", type=Path, help="model B (.pt or .onnx)")
-    parser.add_argument("--root", help="UTKFace folder (default: the shared one)")
-    parser.add_argument("--split", default="val", choices=("test", "val"))
+    parser.add_argument("--data", default="utkface", choices=("utkface", "manifest"))
+    parser.add_argument("--root", help="UTKFace folder (default: the shared one) or manifest CSV")
+    parser.add_argument("--split", default="val", choices=("test", "val", "all"),
+                        help="part of the split (default val; the test split is for a shipped model, once)")
     parser.add_argument("--tta", default="flip", choices=TTA_MODES)
     args = parser.parse_args()
     for path in (args.a, args.b):
         if not path.is_file():
             parser.error(f"{path}: no such model file")
-    records = dataset_splits(DataConfig(dataset="utkface", root=args.root), progress=False)[args.split]
+    records, which = evaluation_records(args.data, args.root, args.split, progress=False)
     faces = []
     for path in (args.a, args.b):
         model = load_evaluable(path)
         data = decode_split(records, model_config(model), progress=True)
         faces.append(face_arrays(data.records, predict_faces(model, data.images, args.tta)))
-    print(f"A = {args.a}, B = {args.b}; UTKFace {args.split} split, {len(records)} faces, tta {args.tta}")
+    print(f"A = {args.a}, B = {args.b}; {which}; tta {args.tta}")
     print("| Figure | A - B (better is positive) | 95% interval |\n|---|---|---|")
     for metric, unit in COMPARABLE.items():
         difference = compare_faces(faces[0], faces[1], metric)

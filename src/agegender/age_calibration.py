@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agegender.labels import AGE_GROUPS, MAX_AGE, age_to_group
+from agegender.labels import AGE_GROUPS, MAX_AGE, ages_to_groups
 from agegender.outputs import Decoded
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def age_band_edges() -> tuple[float, ...]:
     >>> age_band_edges()
     (2.5, 6.5, 13.5, 22.5, 34.5, 45.5, 56.5)
     """
-    groups = [age_to_group(a) for a in range(MAX_AGE + 1)]
+    groups = ages_to_groups(np.arange(MAX_AGE + 1))
     return tuple(a - 0.5 for a in range(1, MAX_AGE + 1) if groups[a] != groups[a - 1])
 
 

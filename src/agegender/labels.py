@@ -12,6 +12,7 @@ Age groups are the eight Adience groups. Ages in years that fall in the gaps bet
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -50,18 +51,26 @@ def gender_name(code: int) -> str:
 RACES: tuple[str, ...] = ("white", "black", "asian", "indian", "others")
 
 
+#: Where each group hands over to the next: halfway between its top and the next group's bottom, so that an age in
+#: a gap goes to the group of the nearest edge, and an age exactly halfway to the older group.
+GROUP_THRESHOLDS: tuple[float, ...] = tuple((hi + lo) / 2 for (_, hi), (lo, _) in pairwise(AGE_GROUP_BOUNDS))
+
+
 def age_to_group(age: float) -> int:
     """Index of the Adience group for an age in years (gap policy: nearest group edge, ties to the older)."""
     if age < 0:
         raise ValueError(f"age must be >= 0, got {age}")
-    best, best_dist = 0, float("inf")
-    for k, (lo, hi) in enumerate(AGE_GROUP_BOUNDS):
-        dist = 0.0 if lo <= age <= hi else min(abs(age - lo), abs(age - hi))
-        if k == NUM_AGE_GROUPS - 1 and age >= lo:
-            dist = 0.0
-        if dist <= best_dist:  # '<=' sends ties to the older group
-            best, best_dist = k, dist
-    return best
+    return int(np.searchsorted(GROUP_THRESHOLDS, age, side="right"))
+
+
+def ages_to_groups(ages: Any) -> np.ndarray:
+    """:func:`age_to_group` of every age at once (negative ages count as 0), without a loop per face.
+
+    >>> ages_to_groups([0.0, 3.0, 36.9, 57.2, 99.0]).tolist()
+    [0, 1, 5, 7, 7]
+    """
+    return np.searchsorted(GROUP_THRESHOLDS, np.maximum(np.asarray(ages, dtype=np.float64), 0.0),
+                           side="right").astype(np.int64)
 
 
 def group_midpoint(group: int) -> float:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agegender.labels import AGE_GROUPS, MAX_AGE, NUM_AGE_GROUPS, age_to_group, group_midpoint
+from agegender.labels import AGE_GROUPS, MAX_AGE, NUM_AGE_GROUPS, ages_to_groups, group_midpoint
 
 OUTPUT_KEYS = (
     "age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits", "gender_logit",
@@ -60,7 +60,7 @@ MALE_ATTRIBUTE = ATTRIBUTES.index("Male")
 AGE_KEYS = frozenset({"age_group_logits", "age_ordinal_logits", "age", "age_dist_logits", "joint_logits"})
 GENDER_KEYS = frozenset({"gender_logit", "joint_logits", "attributes"})  # attributes: its `Male` column
 #: Group index of every one-year bin 0..100, following the gap policy.
-BIN_GROUP = np.array([age_to_group(a) for a in range(MAX_AGE + 1)])
+BIN_GROUP = ages_to_groups(np.arange(MAX_AGE + 1))
 GROUP_MIDPOINTS = np.array([group_midpoint(g) for g in range(NUM_AGE_GROUPS)], dtype=np.float32)
 
 
@@ -84,7 +84,7 @@ class Decoded:
         if self.group_probs is None:
             return None
         if self.group_follows_age and self.age is not None:
-            return np.array([age_to_group(max(float(a), 0.0)) for a in self.age], dtype=np.int64)
+            return ages_to_groups(self.age)
         return self.group_probs.argmax(axis=1)
 
     @property
@@ -186,7 +186,7 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
     elif "age" in outputs:
         age = np.clip(outputs["age"].reshape(-1).astype(np.float64), 0, MAX_AGE + 16)
         if group_probs is None:
-            group_probs = np.eye(NUM_AGE_GROUPS)[[age_to_group(a) for a in age]]
+            group_probs = np.eye(NUM_AGE_GROUPS)[ages_to_groups(age)]
             low, high = age, age
         else:
             low, high = _group_interval(group_probs)

@@ -6,7 +6,7 @@ beforehand), so its time is that piece's alone:
 - decode: :func:`agegender.images.load_scaled` at the reduced JPEG scale the Predictor uses;
 - detect: :meth:`FaceDetector.detect` on those pixels;
 - align: :func:`agegender.inference.faces.locate_faces` given those detections (each face aligned; a small face in
-  a reduced decode from a full-resolution decode of its photo);
+  a reduced decode from a finer decode of its photo);
 - preprocess: :func:`agegender.preprocess.chips_to_input`, and the mirrored copies when the model flips;
 - network: :meth:`OnnxAgeGender.raw`;
 - decode outputs: flip averaging, :func:`agegender.outputs.decode` and the model's age (and interval)
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from agegender.benchmark.timing import time_interleaved
-from agegender.images import ScaledImage, load_image, load_scaled
+from agegender.images import ScaledImage, load_scaled
 from agegender.inference.detector import Detection
 from agegender.inference.faces import locate_faces
 from agegender.inference.onnx_model import OnnxAgeGender
@@ -111,7 +111,7 @@ def profile_photos(predictor: Predictor, photos: Sequence[Path], timing: dict[st
     load = partial(load_scaled, min_side=min_side, max_pixels=predictor.max_pixels)
     scaled: list[ScaledImage] = [load(p) for p in photos]
     found = [detector.detect(s.pixels) for s in scaled]
-    full = [partial(load_image, p, max_pixels=predictor.max_pixels) for p in photos]
+    full = [partial(load_scaled, p, max_pixels=predictor.max_pixels) for p in photos]
 
     def align() -> list[tuple[list[Detection], list[np.ndarray]]]:
         return [locate_faces(s, _Found(f), predictor.input_side, d)

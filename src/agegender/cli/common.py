@@ -1,13 +1,18 @@
-"""What every subcommand shares: the user-facing error type, the check for optional extras, the accurate
-mode's options (predict and serve) and int8 quantisation (quantize and export)."""
+"""What every subcommand shares: the user-facing error type, the check for optional extras, training configs
+with their overrides (train and crossval), the accurate mode's options (predict and serve) and int8
+quantisation (quantize and export)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agegender.model_config import ModelConfig
+
+if TYPE_CHECKING:
+    from agegender.training.config import TrainConfig
 
 
 class UserError(Exception):
@@ -22,6 +27,24 @@ def require_extra(extra: str, *modules: str) -> None:
         except ImportError as err:
             raise UserError(f"this command needs the '{extra}' extra: pip install 'agegender[{extra}]' "
                             f"({err})") from err
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """``-s KEY=VALUE`` overrides of a training config and ``-q``, as ``train`` and ``crossval`` take them."""
+    p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def training_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
+    """``args.config`` with the ``-s`` overrides, every key checked before any data is read (a bad one is a
+    UserError), and the raw mapping the run folder records; needs the ``train`` extra."""
+    require_extra("train", "torch")
+    from agegender.training.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.set)
+    except ConfigError as err:
+        raise UserError(err.one_line()) from err
 
 
 def add_accurate_options(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agegender.cli.common import UserError, require_extra
+from agegender.cli.common import UserError, add_config_options, training_config
 
 SCHEME_HELP = (
     "group: k-fold over the config's data set by leakage group; adience-official: the 5 official Adience "
@@ -27,23 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adience-folds", default=None,
                    help="folder holding Adience's fold_k_data.txt (default ../shared/data/adience_folds)")
     p.add_argument("--run-dir", help="output folder (default runs/crossval/<config>-<scheme>)")
-    p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_config_options(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    require_extra("train", "torch")
+    cfg, raw = training_config(args)
     from agegender.data.adience import NUM_FOLDS
     from agegender.evaluation.crossval import adience_official_folds, dataset_folds, run_crossval
     from agegender.reporting.metrics import METRIC_LABELS, format_metric
-    from agegender.training.config import ConfigError, load_config
-
-    try:  # every key is checked before any data is read
-        cfg, raw = load_config(args.config, args.set)
-    except ConfigError as err:
-        raise UserError(err.one_line()) from err
     adience = args.scheme == "adience-official" or args.adience_images is not None
     if adience:
         if args.adience_images is None:

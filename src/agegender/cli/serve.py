@@ -11,7 +11,10 @@ from agegender.cli.common import (
     check_accurate_options,
     require_extra,
 )
-from agegender.images import DEFAULT_MAX_PIXELS
+from agegender.serving.settings import MIB, ServeSettings
+
+#: The defaults of every option below: the settings' own, stated once in ``ServeSettings``.
+_DEFAULTS = ServeSettings()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,24 +29,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, the cache, or a download)")
     add_accurate_options(p)
     add_backend_options(p)
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=int, default=_DEFAULTS.workers,
                    help="server processes, each with its own model (default %(default)d)")
     p.add_argument("--threads", type=int, help="inference and decoding threads per process "
                                                "(default: one per CPU, at most 4)")
-    p.add_argument("--max-upload-mb", type=float, default=10.0,
+    p.add_argument("--max-upload-mb", type=float, default=_DEFAULTS.max_upload_bytes / MIB,
                    help="largest upload in MiB, larger ones get 413 (default %(default)g)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=int, default=_DEFAULTS.max_pixels,
                    help="largest width*height, checked before decoding (default %(default)d)")
-    p.add_argument("--timeout", type=float, default=30.0,
+    p.add_argument("--timeout", type=float, default=_DEFAULTS.timeout_s,
                    help="seconds per request before 504 (default %(default)g)")
-    p.add_argument("--batch-max", type=int, default=16,
+    p.add_argument("--batch-max", type=int, default=_DEFAULTS.batch_max,
                    help="most images per forward pass; 1 turns micro-batching off (default %(default)d)")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0,
+    p.add_argument("--batch-wait-ms", type=float, default=_DEFAULTS.batch_wait_ms,
                    help="how long a batch waits for more requests (default %(default)g)")
     p.add_argument("--no-flip", action="store_true",
                    help="do not average faces with their mirror image unless a request asks with ?flip=true "
                         "(faster)")
-    p.add_argument("--max-queue", type=int, default=256,
+    p.add_argument("--max-queue", type=int, default=_DEFAULTS.max_queue,
                    help="requests waiting for the model beyond this many get 503 (default %(default)d)")
     p.set_defaults(handler=run)
 
@@ -55,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
     from agegender.inference.onnx_model import ModelError
     from agegender.serving.app import serve
     from agegender.serving.service import InferenceService
-    from agegender.serving.settings import MIB, ServeSettings
 
     settings = ServeSettings(
         model=args.model, detector=args.detector, max_upload_bytes=round(args.max_upload_mb * MIB),

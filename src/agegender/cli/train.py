@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from agegender.cli.common import UserError, require_extra
+from agegender.cli.common import add_config_options, training_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,19 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML config file")
     p.add_argument("--run-dir", help="output folder (default runs/<model>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    p.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_config_options(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    require_extra("train", "torch")
-    from agegender.training.config import ConfigError, load_config
-
-    try:  # every key is checked before any data is read
-        cfg, raw = load_config(args.config, args.set)
-    except ConfigError as err:
-        raise UserError(err.one_line()) from err
+    cfg, raw = training_config(args)
     from agegender.training.engine import train
 
     run_dir = args.run_dir or f"runs/{cfg.model}"

@@ -4,8 +4,9 @@ network's resolution.
 A JPEG decoded at 1/2, 1/4 or 1/8 scale (:func:`agegender.images.load_scaled`) still holds every face the
 detector can find, and a face that is large there is aligned from it. A face is *small* when the reduced image
 holds fewer pixels across its chip than the network reads from a chip (``CHIP_SIZE / input_side`` chip pixels per
-image pixel, e.g. 200 / 72): such a face is aligned from the full-resolution image, decoded once for the photo
-when the first small face asks for it. Boxes and landmarks are always in full-resolution coordinates.
+image pixel, e.g. 200 / 72): the photo is decoded once more, at the coarsest DCT scale that holds the smallest such
+face at the network's resolution (often 1/2 rather than full size, a quarter of the pixels), and the small faces
+are aligned from that. Boxes and landmarks are always in full-resolution coordinates.
 """
 
 from __future__ import annotations
@@ -33,22 +34,31 @@ def _to_full(detection: Detection, scale: float) -> Detection:
 
 
 def locate_faces(image: ScaledImage, detector: FaceDetector, input_side: int,
-                 full_image: Callable[[], np.ndarray] | None = None) -> tuple[list[Detection], list[np.ndarray]]:
+                 redecode: Callable[[int], ScaledImage] | None = None
+                 ) -> tuple[list[Detection], list[np.ndarray]]:
     """Detections (full-resolution coordinates, most confident first) and their aligned BGR chips
-    (``CHIP_SIZE`` square). ``input_side``: the side the network reads a chip at (its load size); ``full_image``
-    decodes the photo at full resolution (None: the reduced pixels serve every face)."""
+    (``CHIP_SIZE`` square). ``input_side``: the side the network reads a chip at (its load size); ``redecode``
+    decodes the photo again with its longer side at least the given number of pixels, e.g.
+    ``partial(load_scaled, path, max_pixels=...)`` called as ``redecode(min_side)`` (None: the reduced pixels serve
+    every face)."""
     found = detector.detect(image.pixels)
     limit = CHIP_SIZE / input_side  # chip pixels per image pixel beyond which the reduced image is too coarse
-    full: np.ndarray | None = None
-    detections, chips = [], []
-    for det in found:
-        magnification = math.sqrt(abs(float(np.linalg.det(similarity_matrix(det.landmarks, CHIP_SIZE)[:, :2]))))
-        located = _to_full(det, image.scale)
-        if image.scale < 1.0 and magnification > limit and full_image is not None:
-            if full is None:
-                full = full_image()
-            chips.append(align_face(full, located.landmarks, CHIP_SIZE))
+    located = [_to_full(det, image.scale) for det in found]
+    # The scale each face needs: chip pixels per full-resolution pixel over the limit (<= image.scale: coarse
+    # enough already).
+    needed = [image.scale * _magnification(det.landmarks) / limit for det in found]
+    finer: ScaledImage | None = None
+    if redecode is not None and image.scale < 1.0 and max(needed, default=0.0) > image.scale:
+        finer = redecode(math.ceil(max(needed) * max(image.full_size)))
+    chips = []
+    for det, full, scale in zip(found, located, needed, strict=True):
+        if finer is not None and scale > image.scale:
+            chips.append(align_face(finer.pixels, full.landmarks * finer.scale, CHIP_SIZE))
         else:
             chips.append(align_face(image.pixels, det.landmarks, CHIP_SIZE))
-        detections.append(located)
-    return detections, chips
+    return located, chips
+
+
+def _magnification(landmarks: np.ndarray) -> float:
+    """Chip pixels per image pixel of the alignment that maps ``landmarks`` onto the chip template."""
+    return math.sqrt(abs(float(np.linalg.det(similarity_matrix(landmarks, CHIP_SIZE)[:, :2]))))

@@ -103,7 +103,8 @@ class OnnxAgeGender:
     def describe(self) -> dict[str, Any]:
         cal, interval = self.age_calibration, self.interval_calibration
         return {"path": str(self.path), "backend": self.session.backend, "device": self.session.device,
-                "config": self.config.to_dict(), "metrics": self.metrics,
+                "float_precision": self.session.float_precision, "config": self.config.to_dict(),
+                "metrics": self.metrics,
                 "version": self.metadata.get("version"), "quantization": self.metadata.get("quantization"),
                 "age_calibration": {"knee": cal.knee, "slope": cal.slope} if cal else None,
                 "age_interval_calibration": interval.to_dict() if interval else None}

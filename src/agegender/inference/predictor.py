@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from agegender.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, ScaledImage, load_image, load_scaled
+from agegender.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, ScaledImage, load_scaled
 from agegender.inference.detector import Detection, FaceDetector
 from agegender.inference.faces import locate_faces
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
@@ -52,16 +52,18 @@ def prepare_image(source: ImageSource, detector: FaceDetector | None, input_side
     min_side = detector.max_side if reduced and detector is not None else None
     scaled = load_scaled(source, min_side=min_side, max_pixels=max_pixels)
     return prepare_pixels(scaled, name, detector, input_side,
-                          partial(load_image, source, max_pixels=max_pixels), keep_pixels)
+                          partial(load_scaled, source, max_pixels=max_pixels), keep_pixels)
 
 
 def prepare_pixels(scaled: ScaledImage, name: str, detector: FaceDetector | None, input_side: int,
-                   full_image: Callable[[], np.ndarray] | None = None, keep_pixels: bool = True) -> PreparedImage:
-    """:func:`prepare_image` for pixels already decoded."""
+                   redecode: Callable[[int], ScaledImage] | None = None,
+                   keep_pixels: bool = True) -> PreparedImage:
+    """:func:`prepare_image` for pixels already decoded; ``redecode``: see
+    :func:`~agegender.inference.faces.locate_faces`."""
     image = scaled.pixels if keep_pixels else None
     if detector is None:
         return PreparedImage(name, scaled.full_size, [None], [scaled.pixels], image, scaled.scale)
-    detections, chips = locate_faces(scaled, detector, input_side, full_image)
+    detections, chips = locate_faces(scaled, detector, input_side, redecode)
     return PreparedImage(name, scaled.full_size, list(detections), chips, image, scaled.scale)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from agegender.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image, load_scaled
+from agegender.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_scaled
 from agegender.inference import bulk
 from agegender.inference.collection import UNREADABLE_SUFFIXES, Collection, collect, shard_paths
 from agegender.inference.results import ROW_COLUMNS, ROW_TYPES, ImageFailure, ImageResult
@@ -116,7 +116,7 @@ class AgeGenderBatchPredictor:
             min_side = p.detector.max_side if p.reduced and p.detector is not None else None
             scaled = load_scaled(data or b"", min_side=min_side, max_pixels=p.max_pixels, name=name)
             return prepare_pixels(scaled, name, p.detector, p.input_side,
-                                  partial(load_image, data, max_pixels=p.max_pixels), keep_pixels=False)
+                                  partial(load_scaled, data, max_pixels=p.max_pixels, name=name), keep_pixels=False)
         except ImageError as err:
             return ImageFailure(name, err.kind, str(err))
         except (OSError, ValueError, MemoryError) as err:  # a photo must never stop the run

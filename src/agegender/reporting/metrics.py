@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from agegender.labels import AGE_GROUPS, GENDER_TIE, GENDERS, NUM_AGE_GROUPS, RACES, age_to_group, gender_codes
+from agegender.labels import AGE_GROUPS, GENDER_TIE, GENDERS, NUM_AGE_GROUPS, RACES, ages_to_groups, gender_codes
 from agegender.outputs import Decoded
 
 CS_TOLERANCE = 5
@@ -260,7 +260,7 @@ def compute_metrics(
     n = decoded.n
     age, age_ok = _labels(true_age, n, "true_age")
     if true_group is None:
-        true_group = [age_to_group(a) if ok else -1 for a, ok in zip(age, age_ok, strict=True)]
+        true_group = np.where(age_ok, ages_to_groups(np.where(age_ok, age, 0.0)), -1)
     group, group_ok = _labels(true_group, n, "true_group")
     gender, gender_ok = _labels(true_gender, n, "true_gender")
     race, race_ok = _labels(races, n, "races")

@@ -1,0 +1,78 @@
+"""Large JPEGs decoded at a reduced DCT scale give the faces, ages and genders of a full decode; small faces are
+aligned from the coarsest decode that holds them at the network's resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from agegender.images import ScaledImage, load_image, load_scaled
+from agegender.inference.align import align_face
+from agegender.inference.detector import FaceDetector
+from agegender.inference.faces import locate_faces
+from agegender.inference.predictor import Predictor
+from agegender.preprocess import CHIP_SIZE
+
+INPUT_SIDE = 72  # the shipped flagship's load size
+
+
+def upscaled(photos_dir: Path, name: str, width: int, folder: Path) -> Path:
+    """``name`` from the shared photos enlarged to ``width`` pixels across, as a JPEG a phone might write."""
+    image = Image.open(photos_dir / name).convert("RGB")
+    path = folder / f"{Path(name).stem}_{width}.jpg"
+    image.resize((width, round(image.height * width / image.width)), Image.Resampling.BILINEAR).save(path,
+                                                                                                    quality=90)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(yunet_path: Path) -> FaceDetector:
+    return FaceDetector(yunet_path)
+
+
+def test_a_12_mp_photo_decoded_reduced_gives_the_faces_of_a_full_decode(
+        photos_dir: Path, detector: FaceDetector, tmp_path: Path) -> None:
+    path = upscaled(photos_dir, "dlib_2007_007763.jpg", 4032, tmp_path)
+    reduced = Predictor(detector=detector, reduced=True).predict(path)
+    full = Predictor(detector=detector, reduced=False).predict(path)
+    assert len(reduced) == len(full) == 7
+    # Faces come most confident first, and near-equal scores may swap: pair each with the nearest full one.
+    centre = np.array([[x + w / 2, y + h / 2] for x, y, w, h in (f.box for f in full)])
+    pairs = [(a, full[int(np.argmin(np.linalg.norm(centre - [a.box[0] + a.box[2] / 2, a.box[1] + a.box[3] / 2],
+                                                      axis=1)))]) for a in reduced]
+    assert len({id(b) for _, b in pairs}) == 7
+    for a, b in pairs:
+        assert np.allclose(a.box, b.box, atol=0.01 * 4032)  # detected on the same working-size pixels
+    ages = np.abs([a.age - b.age for a, b in pairs])
+    assert np.median(ages) < 1.0 and ages.max() < 3.0
+    assert [a.gender for a, _ in pairs] == [b.gender for _, b in pairs]
+
+
+def test_small_faces_come_from_the_coarsest_decode_that_holds_them(
+        photos_dir: Path, detector: FaceDetector, tmp_path: Path) -> None:
+    path = upscaled(photos_dir, "mowshon_test-image-2.jpg", 5664, tmp_path)  # 24 MP, faces 130-300 px
+    scaled = load_scaled(path, min_side=detector.max_side)
+    assert scaled.scale == 0.25
+    asked: list[ScaledImage] = []
+
+    def redecode(min_side: int) -> ScaledImage:
+        asked.append(load_scaled(path, min_side=min_side))
+        return asked[-1]
+
+    detections, chips = locate_faces(scaled, detector, INPUT_SIDE, redecode)
+    assert len(asked) == 1 and asked[0].scale == 0.5  # a quarter of the full decode's pixels
+    full = load_image(path)
+    found = detector.detect(scaled.pixels)
+    small = 0
+    for det, located, chip in zip(found, detections, chips, strict=True):
+        np.testing.assert_allclose(located.landmarks, det.landmarks / scaled.scale, rtol=1e-5)
+        if np.array_equal(chip, align_face(scaled.pixels, det.landmarks, CHIP_SIZE)):
+            continue  # large enough in the reduced decode
+        small += 1
+        from_full = align_face(full, located.landmarks, CHIP_SIZE)
+        # The same face as a full decode would give, up to resampling.
+        assert np.abs(chip.astype(np.int16) - from_full).mean() < 4.0
+    assert 0 < small < len(chips)
