@@ -43,13 +43,16 @@ DATASETS = ("utkface", "adience", "manifest")
 class ExportedModel(nn.Module):
     """An ``agegender export`` file behind the torch interface :func:`~agegender.training.forward.model_outputs`
     drives, so that checkpoints and exports share one evaluation path. The export normalises inside its graph, so
-    it takes RGB pixels on a 0..255 scale (``takes_pixels``) and outputs the contract's keys."""
+    it takes RGB pixels on a 0..255 scale (``takes_pixels``) and outputs the contract's keys. It always runs on
+    ONNX Runtime's CPU provider, in float32 where the graph is float: a figure (and a calibration fitted from
+    predictions) must not depend on which runtime the machine would pick (OpenVINO computes in bf16 on some
+    CPUs); ``agegender bench`` scores each runtime on its own."""
 
     takes_pixels = True
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
-        self.onnx = OnnxAgeGender(path)
+        self.onnx = OnnxAgeGender(path, backend="onnxruntime", device="cpu")
         self.config = self.onnx.config
 
     @property
