@@ -58,7 +58,7 @@ def test_small_faces_come_from_the_coarsest_decode_that_holds_them(
     assert scaled.scale == 0.25
     asked: list[ScaledImage] = []
 
-    def redecode(min_side: int) -> ScaledImage:
+    def redecode(*, min_side: int) -> ScaledImage:
         asked.append(load_scaled(path, min_side=min_side))
         return asked[-1]
 
@@ -76,3 +76,6 @@ def test_small_faces_come_from_the_coarsest_decode_that_holds_them(
         # The same face as a full decode would give, up to resampling.
         assert np.abs(chip.astype(np.int16) - from_full).mean() < 4.0
     assert 0 < small < len(chips)
+    # The Predictor takes the same path, end to end.
+    faces = Predictor(detector=detector).predict(path)
+    assert len(faces) == len(chips)

@@ -12,8 +12,8 @@ are aligned from that. Boxes and landmarks are always in full-resolution coordin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 
@@ -22,7 +22,14 @@ from agegender.inference.align import align_face, similarity_matrix
 from agegender.inference.detector import Detection, FaceDetector
 from agegender.preprocess import CHIP_SIZE
 
-__all__ = ["locate_faces"]
+__all__ = ["Redecode", "locate_faces"]
+
+
+class Redecode(Protocol):
+    """Decodes the photo again with its longer side at least ``min_side`` pixels, e.g.
+    ``partial(load_scaled, path, max_pixels=...)``."""
+
+    def __call__(self, *, min_side: int) -> ScaledImage: ...
 
 
 def _to_full(detection: Detection, scale: float) -> Detection:
@@ -34,13 +41,10 @@ def _to_full(detection: Detection, scale: float) -> Detection:
 
 
 def locate_faces(image: ScaledImage, detector: FaceDetector, input_side: int,
-                 redecode: Callable[[int], ScaledImage] | None = None
-                 ) -> tuple[list[Detection], list[np.ndarray]]:
+                 redecode: Redecode | None = None) -> tuple[list[Detection], list[np.ndarray]]:
     """Detections (full-resolution coordinates, most confident first) and their aligned BGR chips
     (``CHIP_SIZE`` square). ``input_side``: the side the network reads a chip at (its load size); ``redecode``
-    decodes the photo again with its longer side at least the given number of pixels, e.g.
-    ``partial(load_scaled, path, max_pixels=...)`` called as ``redecode(min_side)`` (None: the reduced pixels serve
-    every face)."""
+    decodes the photo at a finer scale for its small faces (None: the reduced pixels serve every face)."""
     found = detector.detect(image.pixels)
     limit = CHIP_SIZE / input_side  # chip pixels per image pixel beyond which the reduced image is too coarse
     located = [_to_full(det, image.scale) for det in found]
@@ -49,7 +53,7 @@ def locate_faces(image: ScaledImage, detector: FaceDetector, input_side: int,
     needed = [image.scale * _magnification(det.landmarks) / limit for det in found]
     finer: ScaledImage | None = None
     if redecode is not None and image.scale < 1.0 and max(needed, default=0.0) > image.scale:
-        finer = redecode(math.ceil(max(needed) * max(image.full_size)))
+        finer = redecode(min_side=math.ceil(max(needed) * max(image.full_size)))
     chips = []
     for det, full, scale in zip(found, located, needed, strict=True):
         if finer is not None and scale > image.scale:

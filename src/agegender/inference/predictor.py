@@ -9,7 +9,7 @@ each from pixels that hold it at the network's resolution (:mod:`agegender.infer
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 
 from agegender.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, ScaledImage, load_scaled
 from agegender.inference.detector import Detection, FaceDetector
-from agegender.inference.faces import locate_faces
+from agegender.inference.faces import Redecode, locate_faces
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
 from agegender.inference.results import Face, ImageFailure, ImageResult, plot, source_name
 from agegender.labels import AGE_GROUPS, gender_codes, gender_name
@@ -56,7 +56,7 @@ def prepare_image(source: ImageSource, detector: FaceDetector | None, input_side
 
 
 def prepare_pixels(scaled: ScaledImage, name: str, detector: FaceDetector | None, input_side: int,
-                   redecode: Callable[[int], ScaledImage] | None = None,
+                   redecode: Redecode | None = None,
                    keep_pixels: bool = True) -> PreparedImage:
     """:func:`prepare_image` for pixels already decoded; ``redecode``: see
     :func:`~agegender.inference.faces.locate_faces`."""
