@@ -25,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or f"runs/{cfg.model}"
     results = train(cfg, run_dir, resume=args.resume, raw_config=raw, progress=not args.quiet)
     for tta, summary in results.items():
-        print(f"test ({tta}): " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
+        print(f"{cfg.final_split} ({tta}): " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))
     print(f"run folder: {run_dir}")
     return 0
