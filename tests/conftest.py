@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import socket
@@ -192,3 +193,15 @@ def collection_dir(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -
     (root / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
     (root / "notes.txt").write_text("not a photo")
     return root
+
+
+def two_process_ddp(config: Path, run_dir: Path, overrides: list[str]) -> dict:
+    """Train ``config`` with torchrun on two processes (``tests/ddp_worker.py``, one thread each) and return the
+    worker's report: ``world``, ``max_diff`` between the replicas' weights, ``norm``."""
+    out = run_dir.parent / f"{run_dir.name}_replicas.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(Path(__file__).parent / "ddp_worker.py"), str(config), str(run_dir), str(out), *overrides]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())

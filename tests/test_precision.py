@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from agegender.training.precision import (
     measure_step_seconds,
     upcast,
 )
+from tests.conftest import two_process_ddp
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = ROOT / "configs" / "flagship" / "v02.yaml"
@@ -163,13 +163,6 @@ def test_a_bf16_run_resumes_in_bf16_to_the_same_weights(manifest: Path, tmp_path
 
 @pytest.mark.slow  # about a minute on two cores: torchrun, two processes, and bf16 without AVX512-BF16 or AMX
 def test_two_process_ddp_trains_in_bf16_with_identical_replicas(manifest: Path, tmp_path: Path) -> None:
-    out = tmp_path / "replicas.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(ROOT / "tests" / "ddp_worker.py"), str(FLAGSHIP), str(tmp_path / "run"), str(out),
-           *overrides(manifest, "precision=bf16-mixed")]
-    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = two_process_ddp(FLAGSHIP, tmp_path / "run", overrides(manifest, "precision=bf16-mixed"))
     assert report["world"] == 2 and report["max_diff"] == 0.0 and report["norm"] > 0
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["precision"] == "bf16-mixed"

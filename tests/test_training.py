@@ -4,7 +4,6 @@ data-parallel with identical replicas."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import signal
@@ -25,6 +24,7 @@ from agegender.training.distill import OnnxRunner, Teacher, save_stored_outputs
 from agegender.training.engine import Trainer, train
 from agegender.training.forward import model_outputs
 from agegender.training.losses import distillation_loss
+from tests.conftest import two_process_ddp
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGSHIP = ROOT / "configs" / "flagship" / "v02.yaml"
@@ -132,14 +132,7 @@ def test_an_existing_run_is_not_overwritten_without_resume(utkface_dir: Path, tm
 
 
 def test_two_process_ddp_keeps_replicas_identical(utkface_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "replicas.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(ROOT / "tests" / "ddp_worker.py"), str(FLAGSHIP), str(tmp_path / "run"), str(out),
-           *small(utkface_dir, 128, 1)]
-    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = two_process_ddp(FLAGSHIP, tmp_path / "run", small(utkface_dir, 128, 1))
     assert report["world"] == 2 and report["max_diff"] == 0.0 and report["norm"] > 0
 
 
