@@ -6,10 +6,8 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 
 from agegender import paths
 from agegender.data.utkface import parse_utkface_name
+from agegender.serving import launch
 
 SHARED = paths.shared_dir().resolve()
 
@@ -108,45 +107,16 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --- a server in a subprocess ----------------------------------------------------------------------------
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running_server(args: list[str], log_path: Path, startup_s: float = 90.0) -> Iterator[str]:
-    """Run ``agegender serve ARGS`` on a free loopback port; yields its base URL once /healthz answers."""
-    import httpx
-
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agegender.cli", "serve", "--port", str(port), *args],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    """Run ``agegender serve ARGS`` on a free loopback port (one thread per process unless OMP_NUM_THREADS says
+    otherwise); yields its base URL once /healthz answers, fails the test with its log if it does not."""
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not up after {startup_s:g} s:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with launch.running_server(args, log_path, startup_s, env) as (url, _):
+            yield url
+    except launch.ServerStartError as err:
+        pytest.fail(str(err))
 
 
 @pytest.fixture(scope="session")

@@ -27,15 +27,12 @@ import gc
 import json
 import os
 import shlex
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,6 +41,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from agegender.paths import default_path
+from agegender.serving.launch import running_server
 
 DEFAULT_PHOTOS = default_path("photos")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -188,46 +186,6 @@ def inprocess_cpu(photos: list[bytes], requests: int, rounds: int, model: str | 
 
 # --- a server for the test ------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def started_server(serve_args: list[str]) -> Iterator[tuple[str, int]]:
-    """``agegender serve SERVE_ARGS`` on a free loopback port; yields its URL and PID once /healthz answers,
-    and stops it afterwards."""
-    port = _free_port()
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen([sys.executable, "-m", "agegender.cli", "serve", "--host", "127.0.0.1",
-                                 "--port", str(port), *serve_args], stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + SERVER_STARTUP_S
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    tail = log.read().decode(errors="replace")[-4000:]
-                    state = (f"exited with {proc.returncode}" if proc.returncode is not None
-                             else f"not up after {SERVER_STARTUP_S:g} s")
-                    raise RuntimeError(f"agegender serve {state}:\n{tail}")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def _percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of already sorted values."""
     rank = max(1, round(q / 100 * len(sorted_values)))
@@ -285,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         for option, value in (("--model", args.model), ("--detector", args.detector), ("--threads", args.threads)):
             if value is not None:
                 serve_args += [option, str(value)]
-        with started_server(serve_args) as (url, pid):
+        with tempfile.TemporaryDirectory() as tmp, \
+                running_server(serve_args, Path(tmp) / "server.log", SERVER_STARTUP_S) as (url, proc):
             summary = asyncio.run(run(url, photos, args.clients, args.requests, args.timeout,
-                                      partial(process_tree_cpu_seconds, pid)))
+                                      partial(process_tree_cpu_seconds, proc.pid)))
     else:
         cpu = None if args.server_pid is None else partial(process_tree_cpu_seconds, args.server_pid)
         summary = asyncio.run(run(args.url, photos, args.clients, args.requests, args.timeout, cpu))
