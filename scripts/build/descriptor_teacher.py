@@ -7,8 +7,9 @@ them, trained on our train split, predicts the age distribution and P(female); i
 flip-averaged outputs of our models (probabilities averaged, weights chosen on the validation split). Each
 training image's targets come from a head that did not see it (k-fold cross-fitting). The train rows are
 written for ``distill.stored``, with each image's descriptor (standardised per number over the train split) as
-``descriptor`` for students that regress it (``flagship`` with ``descriptor_dim: 128``); val and test are only
-scored, and the scores go beside the file as JSON. The stack's age calibration (``agegender.age_calibration``)
+``descriptor`` for students that regress it (``flagship`` with ``descriptor_dim: 128``); validation is only
+scored (and the test split with ``--score-test``, once, for an accurate mode that ships), and the scores go
+beside the file as JSON. The stack's age calibration (``agegender.age_calibration``)
 is fitted on the validation split and, when it lowers the cross-fitted error, stored in the exported head for
 the accurate mode and applied to the val and test scores (never to the stored targets).
 
@@ -158,6 +159,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--export-head", type=Path, default=None,
                         help="also write the head (trained on the whole train split) as ONNX for the accurate mode")
+    parser.add_argument("--score-test", action="store_true",
+                        help="also score the test split (sealed: once, for the accurate mode that ships)")
     args = parser.parse_args()
 
     cfg, _ = load_config(args.config)
@@ -169,10 +172,11 @@ def main() -> None:
     except OSError as err:
         raise SystemExit(str(err)) from None
     models = [load_evaluable(run_checkpoint(m, "models") if Path(m).is_dir() else m) for m in args.models]
-    ours = {name: ensemble_outputs(models, recs) for name, recs in tqdm(splits.items(), desc="our models")}
+    scored = ("train", "val", "test") if args.score_test else ("train", "val")
+    ours = {name: ensemble_outputs(models, splits[name]) for name in tqdm(scored, desc="our models")}
 
     full = fit_head(x["train"], splits["train"], args.epochs, args.seed)
-    head = {name: head_outputs(full, x[name]) for name in ("val", "test")}
+    head = {name: head_outputs(full, x[name]) for name in scored[1:]}
     head["train"] = cross_fitted(x["train"], splits["train"], args.folds, args.epochs, args.seed)
 
     val = splits["val"]
@@ -185,7 +189,8 @@ def main() -> None:
     report["age_calibration"] = {**dataclasses.asdict(fit.calibration), "stored": fit.helps, "val_mae": {
         "decoded": round(fit.mae_decoded, 4), "calibrated": round(fit.mae_calibrated, 4),
         "cross_fitted": round(fit.mae_cross_fitted, 4)}}
-    for name, recs in splits.items():
+    for name in scored:
+        recs = splits[name]
         stacked = mix(ours[name], head[name], w_age, w_gender)
         report[name] = {"ours": scores(recs, ours[name]), "descriptor_head": scores(recs, head[name]),
                         "stacked": scores(recs, stacked, calibration)}
