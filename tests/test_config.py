@@ -153,7 +153,10 @@ def test_every_reproduction_run_validates_with_its_budget() -> None:
     assert len(RECIPES) > 10  # the recipes above were found
     suite = yaml.safe_load((ROOT / "scripts" / "measure" / "reproduce.yaml").read_text())
     for name, run in suite["runs"].items():
-        budget: list[str] = run.get("budget", [])
+        recipe = [*suite.get("common", []), *run.get("overrides", []), "data.root=/nowhere"]
+        budget = [item for item in run.get("budget", []) if not item.startswith("samples=")]
+        asked = [int(item.split("=", 1)[1]) for item in run.get("budget", []) if item.startswith("samples=")]
+        assert all(n > 0 for n in asked) and len(asked) + len(budget) == len(run.get("budget", [])), name
         for overrides in ([], budget):
-            cfg, _ = load_config(ROOT / run["config"], [*overrides, "data.root=/nowhere"])
+            cfg, _ = load_config(ROOT / run["config"], [*recipe, *overrides])
             assert cfg.epochs >= 1, name

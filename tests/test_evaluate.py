@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -284,6 +285,21 @@ def test_results_table_reads_not_run_until_runs_exist() -> None:
         assert (REPO / run.config).is_file()
 
 
+def test_suite_rows_name_known_filters_and_seeded_runs_their_folders(tmp_path: Path) -> None:
+    repro = _reproduce()
+    suite = repro.load_suite()
+    assert all("precision=auto" in run.overrides for run in suite.runs.values())  # the suite's common overrides
+    assert [d.name for d in suite.runs["lh_age"].dirs(tmp_path)] == ["lh_age", "lh_age.seed1", "lh_age.seed2"]
+    chained = next(row for row in suite.rows if row.chain)
+    assert [[d.name for d in dirs] for dirs in repro.row_seeds(chained, suite, tmp_path)][1] == [
+        "lh_gender.seed1", "lh_age_male.seed1", "lh_age_female.seed1"]
+    raw = yaml.safe_load(repro.SUITE_FILE.read_text())
+    raw["rows"][0]["test_filter"] = {"gender": "unknown"}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="gender must be male or female"):
+        repro.load_suite(tmp_path / "suite.yaml")
+
+
 def test_claims_are_judged_by_a_paired_bootstrap() -> None:
     repro = _reproduce()
     n = 400
@@ -291,8 +307,8 @@ def test_claims_are_judged_by_a_paired_bootstrap() -> None:
     faces = {"path": np.array([f"{i}.jpg" for i in range(n)]), "true_group": truth,
              "true_age": np.full(n, np.nan), "true_gender": np.zeros(n, dtype=np.int64),
              "age": np.zeros(n), "female_prob": np.zeros(n)}
-    good = repro.RowResult({"group_exact": 1.0}, {**faces, "group": truth})
-    poor = repro.RowResult({"group_exact": 0.5}, {**faces, "group": np.where(np.arange(n) % 2, truth, 0)})
+    good = repro.RowResult({"group_exact": 1.0}, [{**faces, "group": truth}])
+    poor = repro.RowResult({"group_exact": 0.5}, [{**faces, "group": np.where(np.arange(n) % 2, truth, 0)}])
     claim = repro.Claim("a beats b", "paper", "a", "b", "group_exact")
     assert repro.judge(claim, {"a": good, "b": poor})[0] == "supported"
     assert repro.judge(claim, {"a": poor, "b": good})[0] == "contradicted"
@@ -303,6 +319,16 @@ def test_claims_are_judged_by_a_paired_bootstrap() -> None:
     verdict, words = repro.judge(claim, {"a": poor, "b": good}, low)
     assert verdict == "not reproduced at this budget" and "unequal budgets" in words and "one seed" in words
     assert repro.judge(claim, {"a": poor, "b": good}, {"a": (0.8, 1e5), "b": (0.9, 1e5)})[0] == "contradicted"
+    # seeds are resampled: three seeds of A that disagree widely give a wider interval than one seed of A
+    rng = np.random.default_rng(1)
+    seeds = [{**faces, "group": np.where(rng.random(n) < share, truth, 0)} for share in (0.9, 0.5, 0.7)]
+    spread = repro.RowResult(repro.mean_figures([{"group_exact": 0.9}, {"group_exact": 0.5}, {"group_exact": 0.7}]),
+                             seeds)
+    verdict, words = repro.judge(claim, {"a": spread, "b": poor})
+    one = repro.judge(claim, {"a": repro.RowResult({"group_exact": 0.7}, seeds[2:]), "b": poor})[1]
+    width = [float(hi) - float(lo) for lo, hi in (re.search(r"95% CI (\S+) to ([^;]+);", w).groups()  # type: ignore[union-attr]
+                                                  for w in (words, one))]
+    assert "3 and 1 seeds, resampled" in words and "3 seeds: 50.0% to 90.0%" in words and width[0] > 2 * width[1]
 
 
 def test_a_gender_only_rows_faces_save_without_pickling(tmp_path: Path) -> None:

@@ -121,6 +121,22 @@ def test_ema_weights_are_the_ones_validated_and_kept(utkface_dir: Path, tmp_path
         assert torch.equal(load_model(tmp_path / "run" / path).state_dict()[name], best["model"][name])
 
 
+def test_also_select_keeps_the_epoch_each_further_criterion_chose(utkface_dir: Path, tmp_path: Path) -> None:
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 128, 3, "select=val_age_loss",
+                                           "also_select=[val_gender_loss, val_age_mae]"))
+    train(cfg, tmp_path / "run", raw_config=raw, progress=False)
+    rows = history(tmp_path / "run")
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    for key, pick in (("val_age_loss", min), ("val_gender_loss", min), ("val_age_mae", min)):
+        chosen = pick(rows, key=lambda row: float(row[key]))
+        name = "best.pt" if key == "val_age_loss" else f"best_{key}.pt"
+        assert torch.load(tmp_path / "run" / name, weights_only=False)["epoch"] == int(chosen["epoch"]), key
+        if key != "val_age_loss":
+            assert last["also_best"][key] == pytest.approx(float(chosen[key]))
+    with pytest.raises(ValueError, match="also_select"):
+        load_config(FLAGSHIP, small(utkface_dir, 128, 1, "also_select=[val_nothing]"))
+
+
 def test_an_existing_run_is_not_overwritten_without_resume(utkface_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "last.pt").write_bytes(b"precious")

@@ -39,7 +39,7 @@ from agegender.inference.detector import FaceDetector
 from agegender.paths import default_path
 from agegender.preprocess import CHIP_SIZE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "src" / "agegender" / "inference" / "chip_template.json"
 SCALES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4)
 GREY = (127, 127, 127)

@@ -1,21 +1,25 @@
 """The reproduction suite: train (or resume) every seed experiment of ``scripts/measure/reproduce.yaml`` within its
-CPU budget, evaluate each on the UTKFace test split, and write ``docs/results.md``: the papers' figures beside
-ours, our protocol, the training time, and which of the papers' claims our numbers support.
+CPU budget, with its training seeds, evaluate each on the UTKFace test split, and write ``docs/results.md``: the
+papers' figures beside ours, our protocol, the training time, and which of the papers' claims our numbers support.
 
-    python scripts/measure/reproduce.py                    # the default suite: about 3 hours on 2 CPU cores
+    python scripts/measure/reproduce.py                    # the default suite: about 7 hours on 2 EPYC cores in
+                                                           # fp32, about 3 with bf16 on a Xeon with AMX
     python scripts/measure/reproduce.py --no-train         # evaluate finished runs, rewrite docs/results.md
+    python scripts/measure/reproduce.py --only lh_age vu   # train these runs (all their seeds), rewrite the page
     python scripts/measure/reproduce.py --include model_b  # add optional runs
     python scripts/measure/reproduce.py --full --runs-dir /data/repro-full  # the papers' recipes (a GPU)
 
 Runs live in ``--runs-dir`` (default ``../runs/repro`` beside the repository, ``../runs/repro-full`` with
-``--full``), one folder per run: a finished run (``summary.yaml``) is reused, an interrupted one resumes, a
-failed one leaves ``<name>.failed.txt``.
-Evaluations go to ``<runs-dir>/evaluations/<row>/`` (report.md, metrics.json, predictions.npz) and are redone
-when a checkpoint is newer. A row whose runs are not finished reads "not run": no number is filled in by hand.
+``--full``), one folder per run and seed (``lh_age``, ``lh_age.seed1``, ...): a finished run (``summary.yaml``) is
+reused, an interrupted one resumes, a failed one leaves ``<folder>.failed.txt``.
+Evaluations go to ``<runs-dir>/evaluations/<row>[.seedK]/`` (report.md, metrics.json, predictions.npz) and are
+redone when a checkpoint is newer. A row whose first seed is not finished reads "not run": no number is filled in
+by hand; a row shows the mean over its finished seeds.
 
-Claims are judged by a paired bootstrap over the test faces: the 95% interval of (ours for the side the paper
-says is better) minus (ours for the other side); "supported" when it lies above zero, "contradicted" when
-below, "inconclusive" otherwise.
+Claims are judged by a paired bootstrap over the test faces, and over the training seeds where a row has several:
+the 95% interval of (ours for the side the paper says is better) minus (ours for the other side); "supported" when
+it lies above zero, "contradicted" when below (or "not reproduced at this budget" when a run had less than half of
+its recipe's training samples), "inconclusive" otherwise.
 """
 
 from __future__ import annotations
@@ -38,7 +42,14 @@ import torch
 import yaml
 from torch import nn
 
-from agegender.data.datasets import DataConfig, dataset_splits, decode_split
+from agegender.data.datasets import (
+    DataConfig,
+    SplitRecords,
+    dataset_splits,
+    decode_split,
+    filter_records,
+    select_records,
+)
 from agegender.data.records import FaceRecord
 from agegender.evaluation.compare import BOOTSTRAP_SAMPLES, COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config, predict_faces
@@ -48,10 +59,10 @@ from agegender.oversample import TTA_MODES
 from agegender.paths import default_path
 from agegender.reporting.metrics import METRIC_LABELS, format_metric
 from agegender.reporting.report import protocol_text, write_report
-from agegender.training.config import TrainConfig, load_config, read_raw_config
+from agegender.training.config import TrainConfig, load_config
 from agegender.training.engine import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUITE_FILE = Path(__file__).with_name("reproduce.yaml")
 DEFAULT_RUNS = REPO.parent / "runs" / "repro"
 DEFAULT_DATA = default_path("utkface")
@@ -63,13 +74,21 @@ log = logging.getLogger("reproduce")
 
 @dataclass(frozen=True)
 class Run:
-    """A training run: a seed config and the overrides that fit it into the CPU budget."""
+    """A training run: a seed config, the overrides that make it the experiment (``overrides``: part of the
+    recipe, kept with ``--full``) and those that fit it into the CPU budget (``budget``; ``samples=N`` trains
+    for the epochs closest to N training samples on the run's own faces), trained with ``seeds`` seeds."""
 
     name: str
     config: str
     budget: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+    seeds: int = 1
     est_minutes: float | None = None
     optional: str | None = None  # why the default suite leaves it out
+
+    def dirs(self, runs_dir: Path) -> list[Path]:
+        """One run folder per seed: ``<name>``, then ``<name>.seed1`` ..."""
+        return [runs_dir / (self.name if k == 0 else f"{self.name}.seed{k}") for k in range(self.seeds)]
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,8 @@ class Row:
     paper: str
     model: str | None = None
     chain: Mapping[str, Any] | None = None  # {gender, male, female: run names, hard: bool}
+    checkpoint: str = "best.pt"  # of ``model``: best.pt, or best_<key>.pt of the config's ``also_select``
+    test_filter: Mapping[str, str] | None = None  # score only the test faces with these labels (data.filter)
 
     @property
     def runs(self) -> tuple[str, ...]:
@@ -117,10 +138,10 @@ class Context:
     n_test: int | None = None
     full: bool = False
     devices: set[str] = field(default_factory=set)
-    finished: set[str] = field(default_factory=set)  # runs with summary.yaml
+    finished: dict[str, int] = field(default_factory=dict)  # run -> how many of its seeds have summary.yaml
     failures: dict[str, str] = field(default_factory=dict)  # run -> error of its last attempt
     row_errors: dict[str, str] = field(default_factory=dict)  # row -> why its evaluation failed
-    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> its config without the budget
+    budgets: dict[str, Budget] = field(default_factory=dict)  # run -> its budget, resolved on its faces
     command: str = "python scripts/measure/reproduce.py"
     commit: str = "unknown"
     date: str = field(default_factory=lambda: datetime.date.today().isoformat())
@@ -128,17 +149,21 @@ class Context:
 
 @dataclass
 class RowResult:
-    """Our evaluation of one row: overall figures, per-face predictions, training time of its runs."""
+    """Our evaluation of one row: overall figures (the seeds' mean), per-face predictions of each seed, training
+    time of its runs."""
 
     overall: dict[str, Any]
-    faces: dict[str, np.ndarray] = field(repr=False)
+    faces: list[dict[str, np.ndarray]] = field(repr=False)
     train_seconds: float = 0.0
 
 
 def load_suite(path: str | Path = SUITE_FILE) -> Suite:
-    """The suite file, checked: every row names known runs and figures, every claim known rows."""
+    """The suite file, checked: every row names known runs and figures, every claim known rows; ``common``
+    overrides go to every run."""
     raw = yaml.safe_load(Path(path).read_text())
-    runs = {name: Run(name, **{**spec, "budget": tuple(spec.get("budget", ()))})
+    common = tuple(raw.get("common", ()))
+    runs = {name: Run(name, **{**spec, "budget": tuple(spec.get("budget", ())),
+                               "overrides": (*common, *spec.get("overrides", ()))})
             for name, spec in raw["runs"].items()}
     rows = [Row(**{**spec, "metrics": tuple(spec["metrics"])}) for spec in raw["rows"]]
     claims = [Claim(**spec) for spec in raw["claims"]]
@@ -148,19 +173,96 @@ def load_suite(path: str | Path = SUITE_FILE) -> Suite:
                                                                         if m not in METRIC_LABELS]
         if not row.runs or row.tta not in TTA_MODES or problems:
             raise ValueError(f"{path}: row {row.name!r} has unknown {', '.join(problems) or 'model or tta'}")
+        if row.chain is not None and row.checkpoint != "best.pt":
+            raise ValueError(f"{path}: row {row.name!r}: a chain's parts are their best.pt")
+        filter_records([], row.test_filter or {})  # a known filter, or a clear error
     for claim in claims:
         if {claim.better, claim.worse} - row_names or claim.metric not in COMPARABLE:
             raise ValueError(f"{path}: claim {claim.claim!r} names an unknown row or metric")
     return Suite(runs, rows, claims)
 
 
+# -- budgets --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Budget:
+    """A run's budget, resolved on its own training faces: the overrides it trains with (each with the recipe's
+    value) and its training samples (epochs x faces), against the recipe's."""
+
+    overrides: tuple[str, ...]  # key=value, ``samples=N`` resolved to epochs
+    shown: tuple[str, ...]  # each override in words, with the recipe's value
+    samples: float
+    recipe_samples: float
+
+    @property
+    def share(self) -> float:
+        return self.samples / self.recipe_samples
+
+
+def epochs_for(samples: int, faces: int) -> int:
+    """The whole number of epochs over ``faces`` closest to ``samples`` training samples (at least one).
+
+    >>> epochs_for(12_000, 4_000), epochs_for(12_000, 1_900), epochs_for(100, 4_000)
+    (3, 6, 1)
+    """
+    return max(1, round(samples / faces))
+
+
+def train_faces(cfg: TrainConfig, splits: SplitRecords) -> int:
+    """How many faces a config trains on: its data set's train split after ``train_limit`` and ``filter``."""
+    return len(select_records(splits, cfg.data)["train"])
+
+
+def _setting(cfg: TrainConfig, key: str) -> Any:
+    """A config's value for a dotted override key, in words (``all`` for no train_limit)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else getattr(node, part, None)
+    if node is None and key == "data.train_limit":
+        return "all"
+    if node is None and key == "model_args.input_size":
+        return get_config(cfg.model).input_size
+    return "default" if node is None else node
+
+
+def resolve_budget(run: Run, splits: SplitRecords, data_root: Path, full: bool) -> Budget:
+    """The overrides a run trains with (``full``: its recipe's) and its samples against the recipe's."""
+    base = [*run.overrides, f"data.root={data_root}"]
+    recipe, _ = load_config(REPO / run.config, base)
+    items = [] if full else list(run.budget)
+    wanted = [int(i.split("=", 1)[1]) for i in items if i.startswith("samples=")]
+    items = [i for i in items if not i.startswith("samples=")]
+    cfg, _ = load_config(REPO / run.config, [*base, *items])
+    if wanted:
+        items.append(f"epochs={epochs_for(wanted[0], train_faces(cfg, splits))}")
+        cfg, _ = load_config(REPO / run.config, [*base, *items])
+    shown = [f"{key} {value} (recipe: {_setting(recipe, key)})"
+             for key, value in (item.split("=", 1) for item in items)]
+    samples = cfg.epochs * train_faces(cfg, splits)
+    if wanted:
+        shown.append(f"{samples:,} training samples (asked: {wanted[0]:,})")
+    return Budget(tuple([*base, *items]), tuple(shown), float(samples),
+                  float(recipe.epochs * train_faces(recipe, splits)))
+
+
+def budget_text(run: Run, context: Context) -> str:
+    """The run's budget overrides, each with the recipe's own value."""
+    if context.full or not run.budget:
+        return "the recipe as configured"
+    budget = context.budgets.get(run.name)
+    return ", ".join(budget.shown if budget is not None else run.budget)
+
+
+def row_budget(row: Row, suite: Suite, context: Context) -> tuple[float | None, float | None]:
+    """A row's smallest share of its runs' recipes and the training samples of all its runs (one seed)."""
+    budgets = [context.budgets.get(name) for name in row.runs]
+    if any(b is None for b in budgets):
+        return None, None
+    return min(b.share for b in budgets if b), sum(b.samples for b in budgets if b)
+
+
 # -- training -------------------------------------------------------------------------------------------
 def finished(run_dir: Path) -> bool:
     return (run_dir / "summary.yaml").is_file()
-
-
-def run_overrides(run: Run, data_root: Path, full: bool) -> list[str]:
-    return [*(() if full else run.budget), f"data.root={data_root}"]
 
 
 def machine() -> str:
@@ -176,58 +278,97 @@ def machine() -> str:
     return f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, data_root: Path, full: bool,
+def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, budgets: Mapping[str, Budget],
                progress: bool) -> None:
-    """Train or resume each named run; a failure is logged and written beside the run, the suite goes on."""
+    """Train or resume each seed of each named run; a failure is logged and written beside the run, the suite
+    goes on."""
     for name in names:
-        run, run_dir = suite.runs[name], runs_dir / name
-        failed = runs_dir / f"{name}.failed.txt"
-        if finished(run_dir):
-            log.info("%s: finished, reused", name)
-            continue
-        log.info("%s: training %s %s", name, run.config, " ".join(run_overrides(run, data_root, full)))
-        try:
-            cfg, raw = load_config(REPO / run.config, run_overrides(run, data_root, full))
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "device.txt").write_text(machine() + "\n")
-            train(cfg, run_dir, resume=True, raw_config=raw, progress=progress)
-            failed.unlink(missing_ok=True)
-        except Exception as err:  # one failed run must not stop the others
-            log.error("%s failed: %s: %s", name, type(err).__name__, err)
-            failed.write_text(f"{type(err).__name__}: {err}\n")
+        run = suite.runs[name]
+        for k, run_dir in enumerate(run.dirs(runs_dir)):
+            failed = run_dir.with_name(f"{run_dir.name}.failed.txt")
+            if finished(run_dir):
+                log.info("%s: finished, reused", run_dir.name)
+                continue
+            overrides = list(budgets[name].overrides)
+            try:
+                cfg, raw = load_config(REPO / run.config, overrides)
+                if k:
+                    overrides.append(f"seed={cfg.seed + k}")
+                    cfg, raw = load_config(REPO / run.config, overrides)
+                log.info("%s: training %s %s", run_dir.name, run.config, " ".join(overrides))
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "device.txt").write_text(machine() + "\n")
+                train(cfg, run_dir, resume=True, raw_config=raw, progress=progress)
+                failed.unlink(missing_ok=True)
+            except Exception as err:  # one failed run must not stop the others
+                log.error("%s failed: %s: %s", run_dir.name, type(err).__name__, err)
+                failed.write_text(f"{type(err).__name__}: {err}\n")
 
 
 # -- evaluation -----------------------------------------------------------------------------------------
-def _load_row_model(row: Row, runs_dir: Path) -> nn.Module:
-    parts = [load_evaluable(runs_dir / name / "best.pt") for name in row.runs]
+def row_seeds(row: Row, suite: Suite, runs_dir: Path) -> list[list[Path]]:
+    """Per training seed, the run folders a row's model is made of (a chain: gender, male, female); as many
+    seeds as its runs share."""
+    per_run = [suite.runs[name].dirs(runs_dir) for name in row.runs]
+    return [list(parts) for parts in zip(*per_run, strict=False)]
+
+
+def _load_row_model(row: Row, run_dirs: Sequence[Path]) -> nn.Module:
+    parts = [load_evaluable(d / row.checkpoint) for d in run_dirs]
     if row.chain is None:
         return parts[0]
     gender, male, female = parts
     return ChainedPredictor.gender_then_age(gender, male, female, hard=bool(row.chain["hard"])).eval()
 
 
-def evaluate_row(row: Row, runs_dir: Path, records: Sequence[FaceRecord], description: str, progress: bool
-                 ) -> RowResult | None:
-    """Our figures for a row on the test records (None while any of its runs is unfinished), cached in
-    ``runs_dir/evaluations/<row>/`` until a checkpoint changes."""
-    run_dirs = [runs_dir / name for name in row.runs]
-    if not all(finished(d) for d in run_dirs):
+def evaluate_row(row: Row, suite: Suite, runs_dir: Path, records: Sequence[FaceRecord], description: str,
+                 progress: bool) -> RowResult | None:
+    """Our figures for a row on the test records (only those of ``test_filter``): per seed, cached in
+    ``runs_dir/evaluations/<row>[.seedK]/`` until a checkpoint changes, and their mean. None while the first seed
+    of any of its runs is unfinished; later seeds count once finished."""
+    if row.test_filter:
+        records = filter_records(records, row.test_filter)
+        description += f", only faces of {', '.join(f'{k} {v}' for k, v in row.test_filter.items())} " \
+                       f"({len(records)})"
+    seeds = [dirs for dirs in row_seeds(row, suite, runs_dir) if all(finished(d) for d in dirs)]
+    if not seeds or seeds[0] != row_seeds(row, suite, runs_dir)[0]:
         return None
-    out = runs_dir / "evaluations" / row.name
-    faces_file = out / "predictions.npz"
-    newest = max((d / "best.pt").stat().st_mtime for d in run_dirs)
-    if not faces_file.is_file() or faces_file.stat().st_mtime < newest:
-        log.info("%s: evaluating (%s)", row.name, row.tta)
-        model = _load_row_model(row, runs_dir)
-        data = decode_split(records, model_config(model), progress)
-        decoded = predict_faces(model, data.images, row.tta)
-        write_report(face_metrics(data.records, decoded), out, title=row.title,
-                     protocol=protocol_text(f"{description}; runs {', '.join(row.runs)} in {runs_dir}", row.tta))
-        np.savez_compressed(faces_file, **face_arrays(data.records, decoded))
-    seconds = sum(yaml.safe_load((d / "summary.yaml").read_text())["train_seconds"] for d in run_dirs)
-    metrics = json.loads((out / "metrics.json").read_text())
-    with np.load(faces_file) as faces:
-        return RowResult(metrics["overall"], dict(faces), seconds)
+    overall, faces, seconds = [], [], 0.0
+    for k, run_dirs in enumerate(seeds):
+        out = runs_dir / "evaluations" / (row.name if k == 0 else f"{row.name}.seed{k}")
+        faces_file = out / "predictions.npz"
+        newest = max((d / row.checkpoint).stat().st_mtime for d in run_dirs)
+        if not faces_file.is_file() or faces_file.stat().st_mtime < newest:
+            log.info("%s: evaluating %s (%s)", row.name, ", ".join(d.name for d in run_dirs), row.tta)
+            model = _load_row_model(row, run_dirs)
+            data = decode_split(records, model_config(model), progress)
+            decoded = predict_faces(model, data.images, row.tta)
+            write_report(face_metrics(data.records, decoded), out, title=row.title, protocol=protocol_text(
+                f"{description}; {row.checkpoint} of {', '.join(d.name for d in run_dirs)} in {runs_dir}",
+                row.tta))
+            np.savez_compressed(faces_file, **face_arrays(data.records, decoded))
+        seconds += sum(yaml.safe_load((d / "summary.yaml").read_text())["train_seconds"] for d in run_dirs)
+        overall.append(json.loads((out / "metrics.json").read_text())["overall"])
+        with np.load(faces_file) as arrays:
+            faces.append(dict(arrays))
+    return RowResult(mean_figures(overall), faces, seconds)
+
+
+def mean_figures(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The seeds' mean of every figure (a figure missing from a seed is left out), with ``seeds`` and, for more
+    than one seed, each figure's ``<key>_range`` (lowest, highest).
+
+    >>> mean_figures([{"group_exact": 0.4}, {"group_exact": 0.5}])
+    {'group_exact': 0.45, 'group_exact_range': (0.4, 0.5), 'seeds': 2}
+    """
+    out: dict[str, Any] = {}
+    for key in per_seed[0]:
+        values = [s.get(key) for s in per_seed]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            out[key] = float(np.mean(values))
+            if len(values) > 1:
+                out[f"{key}_range"] = (min(values), max(values))
+    return {**out, "seeds": len(per_seed)}
 
 
 # -- claims ---------------------------------------------------------------------------------------------
@@ -238,11 +379,18 @@ MIN_SHARE = 0.5
 EQUAL_BUDGET = 1.25
 
 
+def _seeds_text(a: int, b: int) -> str:
+    if a == b == 1:
+        return "one seed"
+    return f"{a} and {b} seeds, resampled" if a != b else f"{a} seeds each, resampled"
+
+
 def judge(claim: Claim, results: Mapping[str, RowResult | None],
           budgets: Mapping[str, tuple[float | None, float | None]] | None = None) -> tuple[str, str]:
     """(verdict, our comparison in words) of a claim. ``budgets``: each row's (share of its recipe's training
     samples, training samples), :func:`row_budget`; with them a disagreement below :data:`MIN_SHARE` reads "not
-    reproduced at this budget", and arms of unequal budgets are named so. Every run is one training seed."""
+    reproduced at this budget", and arms of unequal budgets are named so. Rows trained with several seeds are
+    compared with the seeds resampled (:func:`~agegender.evaluation.compare.paired_bootstrap`)."""
     better, worse = results.get(claim.better), results.get(claim.worse)
     if better is None or worse is None:
         return NOT_RUN, "–"
@@ -256,7 +404,8 @@ def judge(claim: Claim, results: Mapping[str, RowResult | None],
     unit = "pts" if COMPARABLE[claim.metric] == "pts" else "years better"
     verdict = "supported" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"
     figures = f"{_figure(claim.metric, better.overall)} vs {_figure(claim.metric, worse.overall)}"
-    words = f"{figures}: {mean:+.1f} {unit}, 95% CI {lo:+.1f} to {hi:+.1f}; one seed"
+    words = (f"{figures}: {mean:+.1f} {unit}, 95% CI {lo:+.1f} to {hi:+.1f}; "
+             f"{_seeds_text(len(better.faces), len(worse.faces))}")
     (share_a, samples_a), (share_b, samples_b) = ((budgets or {}).get(name, (None, None))
                                                   for name in (claim.better, claim.worse))
     shares = [s for s in (share_a, share_b) if s is not None]
@@ -271,62 +420,15 @@ def judge(claim: Claim, results: Mapping[str, RowResult | None],
 
 # -- rendering ------------------------------------------------------------------------------------------
 def _figure(key: str, overall: Mapping[str, Any]) -> str:
-    return format_metric(key, overall.get(key))
+    text = format_metric(key, overall.get(key))
+    if f"{key}_range" in overall:
+        low, high = (format_metric(key, v) for v in overall[f"{key}_range"])
+        text += f" ({overall['seeds']} seeds: {low} to {high})"
+    return text
 
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
-
-
-def _recipe_value(raw: Mapping[str, Any], key: str) -> Any:
-    node: Any = raw
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
-
-
-def budget_text(run: Run, recipe: Mapping[str, Any] | None, full: bool) -> str:
-    """The run's budget overrides, each with the recipe's own value."""
-    if full or not run.budget:
-        return "the recipe as configured"
-    parts = []
-    for item in run.budget:
-        key, value = item.split("=", 1)
-        original = _recipe_value(recipe, key) if recipe is not None else None
-        if original is None and key == "data.train_limit":
-            original = "all"
-        elif original is None and key == "model_args.input_size" and recipe is not None:
-            original = get_config(recipe["model"]).input_size
-        parts.append(f"{key} {value} (recipe: {'default' if original is None else original})")
-    return ", ".join(parts)
-
-
-def run_samples(run: Run, recipe: Mapping[str, Any] | None, n_train: int | None, full: bool
-                ) -> tuple[float | None, float | None]:
-    """(share of its recipe's training samples, training samples) of a run: epochs x training faces, with the
-    budget's overrides against the recipe's own values (None where the recipe or the data size is unknown).
-
-    >>> run = Run("r", "c.yaml", budget=("epochs=3", "data.train_limit=4000"))
-    >>> run_samples(run, {"epochs": 30}, 16000, full=False)
-    (0.025, 12000.0)
-    """
-    if recipe is None or n_train is None:
-        return (1.0 if full or not run.budget else None), None
-    epochs_recipe = float(_recipe_value(recipe, "epochs") or TrainConfig.model_fields["epochs"].default)
-    limit = _recipe_value(recipe, "data.train_limit")
-    faces_recipe = min(int(limit), n_train) if limit else n_train
-    budget = dict(item.split("=", 1) for item in ([] if full else run.budget))
-    epochs = float(budget.get("epochs", epochs_recipe))
-    faces = min(int(budget["data.train_limit"]), n_train) if "data.train_limit" in budget else faces_recipe
-    return epochs * faces / (epochs_recipe * faces_recipe), epochs * faces
-
-
-def row_budget(row: Row, suite: Suite, context: Context) -> tuple[float | None, float | None]:
-    """A row's smallest share of its runs' recipes and the training samples of all its runs."""
-    parts = [run_samples(suite.runs[name], context.recipes.get(name), context.n_train, context.full)
-             for name in row.runs]
-    shares, samples = [p[0] for p in parts], [p[1] for p in parts]
-    return (None if None in shares else min(shares)), (None if None in samples else sum(samples))
 
 
 def _count(n: int | None) -> str:
@@ -373,9 +475,11 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
             ours = NOT_RUN
         protocol = "; ".join(
             [{"none": "center crop", "flip": "center + mirror", "ten_crop": "10 crops"}[row.tta]]
-            + [(f"{name}: " if row.chain else "") + budget_text(suite.runs[name], context.recipes.get(name),
-                                                                 context.full)
-               for name in row.runs])
+            + [(f"{name}: " if row.chain else "") + budget_text(suite.runs[name], context)
+               for name in row.runs]
+            + ([f"{row.checkpoint} (chosen by {row.checkpoint[5:-3]})"] if row.checkpoint != "best.pt" else [])
+            + ([f"scored on the test faces of {', '.join(f'{k} {v}' for k, v in row.test_filter.items())}"]
+               if row.test_filter else []))
         share = row_budget(row, suite, context)[0]
         if share is not None:
             protocol += f"; {100 * share:.0f}% of the recipe's training samples"
@@ -384,8 +488,10 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
     lines += ["", "## The papers' claims against our numbers", "",
               f"Paired bootstrap over our test faces ({BOOTSTRAP_SAMPLES:,} resamples): *supported* when the 95% "
               "interval of the difference lies above zero, *contradicted* when below, *inconclusive* when it "
-              "spans zero. Each run is one training seed, so the intervals hold the spread of test faces only, not "
-              "of training; the share of each recipe's training samples (epochs x faces) is given, and a "
+              "spans zero. Where a row was trained with several seeds, the seeds are resampled with the faces, so the "
+              "interval holds the spread of training too; a verdict on one seed each says so, and its interval "
+              "holds the spread of test faces only. The share of each recipe's training samples (epochs x faces) "
+              "is given, and a "
               f"disagreement at less than {100 * MIN_SHARE:.0f}% of a recipe reads *not reproduced at this budget* "
               "rather than *contradicted*; arms trained on unequal numbers of samples are named so.", "",
               "| Claim | Paper | Ours | Verdict |", "|---|---|---|---|"]
@@ -396,7 +502,8 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
     lines += ["", "## Runs", "", "| Run | Config | Status | Est. budget time |", "|---|---|---|---|"]
     for name, run in suite.runs.items():
         failure = context.failures.get(name)
-        status = ("done" if name in context.finished else f"failed: {failure}" if failure else
+        seeds = f" ({context.finished.get(name, 0)} of {run.seeds} seeds)" if run.seeds > 1 else ""
+        status = (f"done{seeds}" if name in context.finished else f"failed: {failure}" if failure else
                   f"{NOT_RUN} (optional: {run.optional})" if run.optional else NOT_RUN)
         estimate = f"{run.est_minutes:g} min" if run.est_minutes else "–"
         lines.append(f"| {name} | `{run.config}` | {status} | {estimate} |")
@@ -443,28 +550,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(suite.runs)}")
     names = args.only or [n for n, r in suite.runs.items() if not r.optional or n in args.include]
     data_root = args.data_root.resolve()  # one spelling of the paths: the split and image caches are shared
-    if not args.no_train:
-        train_runs(suite, names, args.runs_dir, data_root, args.full, progress=not args.quiet)
-
     splits = dataset_splits(DataConfig(dataset="utkface", root=str(data_root)), progress=not args.quiet)
+    budgets = {n: resolve_budget(r, splits, data_root, args.full) for n, r in suite.runs.items()}
+    if not args.no_train:
+        train_runs(suite, names, args.runs_dir, budgets, progress=not args.quiet)
+
     description = f"UTKFace test split, {len(splits['test'])} faces (leakage-safe, deduplicated)"
     results: dict[str, RowResult | None] = {}
     row_errors: dict[str, str] = {}
     for row in suite.rows:
         try:
-            results[row.name] = evaluate_row(row, args.runs_dir, splits["test"], description, not args.quiet)
+            results[row.name] = evaluate_row(row, suite, args.runs_dir, splits["test"], description,
+                                             not args.quiet)
         except Exception as err:  # one row that cannot be evaluated must not hide the others
             log.error("%s: evaluation failed: %s: %s", row.name, type(err).__name__, err)
             results[row.name], row_errors[row.name] = None, f"{type(err).__name__}: {err}"
-    done = {n for n in suite.runs if finished(args.runs_dir / n)}
+    done = {n: sum(map(finished, r.dirs(args.runs_dir))) for n, r in suite.runs.items()
+            if finished(r.dirs(args.runs_dir)[0])}
     context = Context(
         n_train=len(splits["train"]), n_test=len(splits["test"]), full=args.full, finished=done,
         row_errors=row_errors,
-        devices={(args.runs_dir / n / "device.txt").read_text().strip() for n in done
-                 if (args.runs_dir / n / "device.txt").is_file()},
+        devices={(d / "device.txt").read_text().strip() for n in done for d in suite.runs[n].dirs(args.runs_dir)
+                 if (d / "device.txt").is_file()},
         failures={p.name.removesuffix(".failed.txt"): p.read_text().strip()
                   for p in args.runs_dir.glob("*.failed.txt")},
-        recipes={n: read_raw_config(REPO / r.config) for n, r in suite.runs.items()},
+        budgets=budgets,
         command=" ".join(["python scripts/measure/reproduce.py", *(sys.argv[1:] if argv is None else argv)]),
         commit=_git_commit())
     args.out.parent.mkdir(parents=True, exist_ok=True)

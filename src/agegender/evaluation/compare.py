@@ -58,11 +58,29 @@ def face_scores(faces: Mapping[str, np.ndarray], metric: str) -> tuple[np.ndarra
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
                      ) -> tuple[float, float, float]:
-    """Mean of ``a - b`` (paired per face) and its 95% bootstrap interval."""
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    """Mean of ``a - b`` (paired per face) and its 95% bootstrap interval. A 2-D ``a`` or ``b`` holds one row per
+    training seed of that model: the seeds are resampled too (with the faces, which stay paired), so the interval
+    holds the spread of training as well as that of the faces.
+
+    >>> a = np.array([[1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 1.0]])  # two seeds of A
+    >>> mean, low, high = paired_bootstrap(a, np.zeros(4), samples=200)
+    >>> mean, low <= mean <= high
+    (0.625, True)
+    """
+    a2, b2 = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    if a2.shape[1] != b2.shape[1]:
+        raise ValueError(f"paired scores need the same faces: {a2.shape[1]} against {b2.shape[1]}")
     rng = np.random.default_rng(seed)
-    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(samples)])
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    n = a2.shape[1]
+
+    def pick(scores: np.ndarray) -> np.ndarray:
+        return scores if len(scores) == 1 else scores[rng.integers(0, len(scores), len(scores))]
+
+    means = []
+    for _ in range(samples):
+        faces = rng.integers(0, n, n)
+        means.append(pick(a2)[:, faces].mean() - pick(b2)[:, faces].mean())
+    return float(a2.mean() - b2.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def face_intervals(faces: Mapping[str, np.ndarray], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
@@ -91,16 +109,20 @@ def face_intervals(faces: Mapping[str, np.ndarray], samples: int = BOOTSTRAP_SAM
     return out
 
 
-def compare_faces(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], metric: str
+def compare_faces(a: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+                  b: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], metric: str
                   ) -> tuple[float, float, float] | None:
     """How much better A is than B on ``metric``, in its unit (``COMPARABLE``: points for shares, years for age),
-    with the 95% bootstrap interval; None when no face has the figure for both."""
-    if not np.array_equal(a["path"], b["path"]):
+    with the 95% bootstrap interval; None when no face has the figure for both. A sequence of evaluations is one
+    per training seed of the model (:func:`paired_bootstrap` resamples them)."""
+    runs_a, runs_b = ([a] if isinstance(a, Mapping) else list(a)), ([b] if isinstance(b, Mapping) else list(b))
+    if any(not np.array_equal(runs_a[0]["path"], run["path"]) for run in [*runs_a, *runs_b]):
         raise ValueError("the two evaluations cover different faces")
-    (score_a, ok_a), (score_b, ok_b) = face_scores(a, metric), face_scores(b, metric)
-    ok = ok_a & ok_b
+    scored_a, scored_b = [face_scores(r, metric) for r in runs_a], [face_scores(r, metric) for r in runs_b]
+    ok = np.logical_and.reduce([mask for _, mask in scored_a + scored_b])
     if not ok.any():
         return None
     scale = 100.0 if COMPARABLE[metric] == "pts" else 1.0
-    mean, low, high = paired_bootstrap(score_a[ok], score_b[ok])
+    mean, low, high = paired_bootstrap(np.stack([score[ok] for score, _ in scored_a]),
+                                       np.stack([score[ok] for score, _ in scored_b]))
     return scale * mean, scale * low, scale * high

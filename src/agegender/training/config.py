@@ -130,6 +130,9 @@ class TrainConfig(BaseModel):
     start_age_at_mean: bool = False  # the age regression heads' bias starts at the training set's mean age
     ema: float | None = Field(default=None, ge=0, lt=1)  # per-step decay of a moving average of the weights (0.998)
     select: str = "val_loss"  # checkpoint selection: val_loss, val_age_loss, val_gender_loss or val_<metric>
+    # more selections of the same run, each kept as best_<key>.pt (seed 001 Table 8: the two-head nets chosen by
+    # validation age loss, 7.1 and 8.1, and by gender loss, 7.2 and 8.2); `select` still picks best.pt
+    also_select: list[str] = Field(default_factory=list)
     early_stopping: int | None = Field(default=None, ge=1)  # patience in epochs
     trainable_last: int | None = Field(default=None, ge=0)  # freeze all but the last N parameterised layers
     unfreeze: list[_Unfreeze] = Field(default_factory=list)  # [epoch, N]: from epoch on, the last N train
@@ -152,6 +155,13 @@ class TrainConfig(BaseModel):
         if select not in SELECTABLE:
             raise ValueError(f"Input should be one of {', '.join(SELECTABLE)}")
         return select
+
+    @field_validator("also_select")
+    @classmethod
+    def _also_selectable(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            cls._selectable(key)
+        return list(dict.fromkeys(keys))
 
 
 def _data_path(loc: tuple[str | int, ...], raw: Any, keep_last: bool

@@ -2,9 +2,10 @@
 
 A run folder holds ``config.yaml``, ``last.pt`` (everything needed to resume, written atomically after each
 epoch), ``best.pt`` (the epoch chosen by ``select``; with ``ema`` set, the averaged weights, which are also the
-ones validated), ``history.csv``, ``curves.png`` and, at the end, ``val_none/`` and ``val_flip/`` with the best
-epoch's reports on the validation split (``final_split: test``, which cross-validation sets, scores the run's test
-split instead: otherwise the test split stays sealed for the one evaluation of a model that ships).
+ones validated), ``best_<key>.pt`` for each further selection of ``also_select``, ``history.csv``, ``curves.png``
+and, at the end, ``val_none/`` and ``val_flip/`` with the best epoch's reports on the validation split
+(``final_split: test``, which cross-validation sets, scores the run's test split instead: otherwise the test split
+stays sealed for the one evaluation of a model that ships).
 
 ``precision`` (``fp32``, ``bf16-mixed`` or ``auto``; :mod:`agegender.training.precision`) is the autocast of every
 forward pass, in training, validation and testing, and of a teacher that runs in PyTorch; the losses are computed
@@ -74,6 +75,14 @@ def evaluate_split(model: nn.Module, data: SplitData, cfg: TrainConfig, epoch: i
     return {"summary": summary, "metrics": metrics}
 
 
+def _selected(row: dict[str, Any], key: str) -> float:
+    """The value of a ``select`` key in one epoch's history row."""
+    if key not in row:
+        raise ValueError(f"select={key!r} is not a validation quantity; choose from "
+                         f"{', '.join(k for k in row if k.startswith('val_'))}")
+    return float(row[key])
+
+
 def _better(select: str, value: float, best: float | None) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
@@ -133,6 +142,7 @@ class Trainer:
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
                     if cfg.ema else None)
         self.epoch, self.best, self.stale, self.history = 0, None, 0, []
+        self.also_best: dict[str, float] = {}  # the best value so far of each ``also_select`` key
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(raw_config or {}, sort_keys=False))
@@ -148,6 +158,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "batches": self.batches.state(),
                 "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "best": self.best, "stale": self.stale,
+                "also_best": self.also_best,
                 "history": self.history, "model_config": self.config.to_dict(), "model_args": self.cfg.model_args,
                 "precision": self.precision, "precision_reason": self.precision_reason}
 
@@ -168,6 +179,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())  # map_location took it to the run's device
         self.epoch, self.best, self.stale, self.history = (state["epoch"], state["best"], state["stale"],
                                                            state["history"])
+        self.also_best = dict(state.get("also_best") or {})
         began = state.get("precision") or "fp32"  # runs from before `precision` trained in float32
         if self.cfg.precision == "auto":
             kept = "; kept on resuming"
@@ -261,16 +273,15 @@ class Trainer:
                    **{f"val_{k}": v for k, v in val.items()}, "seconds": time.time() - start,
                    "images_per_s": self.images_per_s}
             self.history.append(row)
-            value = row.get(cfg.select)
-            if value is None:
-                raise ValueError(f"select={cfg.select!r} is not a validation quantity; choose from "
-                                 f"{', '.join(k for k in row if k.startswith('val_'))}")
+            value = _selected(row, cfg.select)
             improved = _better(cfg.select, value, self.best)
             self.best, self.stale = (value, 0) if improved else (self.best, self.stale + 1)
+            also = [key for key in cfg.also_select if _better(key, _selected(row, key), self.also_best.get(key))]
+            self.also_best.update({key: _selected(row, key) for key in also})
             if self.dist.is_main:
-                if improved:
-                    save_atomic({**self.state(), "model": self.eval_model.state_dict(), "ema": None,
-                                 "optimizer": None}, self.run_dir / "best.pt")
+                weights = {**self.state(), "model": self.eval_model.state_dict(), "ema": None, "optimizer": None}
+                for name in (["best.pt"] if improved else []) + [f"best_{key}.pt" for key in also]:
+                    save_atomic(weights, self.run_dir / name)
                 save_atomic(self.state(), self.run_dir / "last.pt")
                 self._write_history()
                 log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
