@@ -256,13 +256,13 @@ class IntervalCalibration:
             scale = scales[np.searchsorted(self.edges, age, side="right")]
             new_low, new_high = age - scale * below, age + scale * above
         else:
-            starts, ends = (-np.inf, *self.edges), (*self.edges, np.inf)
-            new_low, new_high = age.copy(), age.copy()
-            for start, end, scale in zip(starts, ends, scales, strict=True):
-                reach = np.maximum(start, age - scale * below)  # the lowest age of this band within reach
-                new_low = np.where(reach < np.minimum(end, age), np.minimum(new_low, reach), new_low)
-                reach = np.minimum(end, age + scale * above)  # the highest
-                new_high = np.where(reach > np.maximum(start, age), np.maximum(new_high, reach), new_high)
+            # faces x bands: how far down (up) each band lets the interval reach, kept where that band is reached
+            starts, ends = np.array([-np.inf, *self.edges]), np.array([*self.edges, np.inf])
+            a = age[:, None]
+            reach = np.maximum(starts, a - scales * below[:, None])  # the lowest age of each band within reach
+            new_low = np.minimum(age, np.where(reach < np.minimum(ends, a), reach, np.inf).min(axis=1))
+            reach = np.minimum(ends, a + scales * above[:, None])  # the highest
+            new_high = np.maximum(age, np.where(reach > np.maximum(starts, a), reach, -np.inf).max(axis=1))
         return (np.clip(new_low, 0.0, age),
                 np.clip(new_high, age, np.maximum(age, float(MAX_AGE))))
 

@@ -129,13 +129,13 @@ class ShippedFile:
 ARTIFACTS: dict[str, ShippedFile | RemoteFile] = {
     "flagship-int8": ShippedFile(
         "flagship, static int8 (the default model)", "weights/flagship_int8.onnx",
-        "0223231cc9a8d1091baf7338d916a8ef845c056ef52f9dd7619b65bdf2e0b2c4"),
+        "35fca473cd7f80c9833b012c7ff2dcde4faced12e279738bb56455e04f4ab562"),
     "flagship": ShippedFile(
         "flagship, float32", "weights/flagship.onnx",
-        "2b9199dc2e1a7e221ea14d9c1f73ac1f3451eb3b97e1f64198c5dfc491652ff5"),
+        "4fdaca36f8c6b3a7ee2fa9bfdccae1f2ab8d2954ceb8b375407c506dbe8c4011"),
     "descriptor-head": ShippedFile(
         "accurate mode's head on dlib face descriptors", "weights/descriptor_head.onnx",
-        "65099138bb93255e9af259560c64d3e8a8acf98353bc51ac430ddc2ac4c74145"),
+        "2e17a39d344e2b31606dd8fc7c45686f587109ae6338b8e7300b2d08fa60a3eb"),
     "chip-template": ShippedFile(
         "five-landmark template of the UTKFace chips", "inference/chip_template.json",
         "4670322cd0efc52eb56c44251699b197f35d0a554525a4246958703594993a0f"),

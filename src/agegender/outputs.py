@@ -28,7 +28,7 @@ The decoder is plain NumPy, so inference never needs torch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +61,8 @@ AGE_KEYS = frozenset({"age_group_logits", "age_ordinal_logits", "age", "age_dist
 GENDER_KEYS = frozenset({"gender_logit", "joint_logits", "attributes"})  # attributes: its `Male` column
 #: Group index of every one-year bin 0..100, following the gap policy.
 BIN_GROUP = ages_to_groups(np.arange(MAX_AGE + 1))
+#: BIN_GROUP as a (bins x groups) one-hot matrix: a distribution over bins times it is the group probabilities.
+_BIN_TO_GROUP = np.eye(NUM_AGE_GROUPS)[BIN_GROUP]
 GROUP_MIDPOINTS = np.array([group_midpoint(g) for g in range(NUM_AGE_GROUPS)], dtype=np.float32)
 
 
@@ -117,9 +119,7 @@ def ordinal_to_group_probs(logits: np.ndarray) -> np.ndarray:
 
 def dist_to_group_probs(age_probs: np.ndarray) -> np.ndarray:
     """Sum a distribution over one-year bins into the 8 groups (gap ages go where the gap policy says)."""
-    out = np.zeros((len(age_probs), NUM_AGE_GROUPS))
-    np.add.at(out.T, BIN_GROUP, age_probs.T)
-    return out
+    return age_probs @ _BIN_TO_GROUP
 
 
 def age_quantile(age_probs: np.ndarray, q: float) -> np.ndarray:
@@ -130,12 +130,21 @@ def age_quantile(age_probs: np.ndarray, q: float) -> np.ndarray:
     >>> age_quantile(probs, 0.5), age_quantile(probs, 0.1)
     (array([24.5]), array([20.5]))
     """
+    return age_quantiles(age_probs, (q,))[0]
+
+
+def age_quantiles(age_probs: np.ndarray, qs: Sequence[float]) -> list[np.ndarray]:
+    """:func:`age_quantile` for each of ``qs``, the cumulative distribution computed once."""
     cdf = np.cumsum(age_probs, axis=1)
     rows = np.arange(len(age_probs))
-    k = np.minimum((cdf < q).sum(axis=1), age_probs.shape[1] - 1)
-    below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
-    inside = (q - below) / np.maximum(age_probs[rows, k], np.finfo(np.float64).tiny)
-    return np.clip(k - 0.5 + inside, 0.0, float(MAX_AGE))
+    last = age_probs.shape[1] - 1
+    out = []
+    for q in qs:
+        k = np.minimum((cdf < q).sum(axis=1), last)
+        below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
+        inside = (q - below) / np.maximum(age_probs[rows, k], np.finfo(np.float64).tiny)
+        out.append(np.clip(k - 0.5 + inside, 0.0, float(MAX_AGE)))
+    return out
 
 
 def _group_interval(group_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,7 +189,7 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
     follows = False
     if "age_dist_logits" in outputs:
         age_probs = softmax(outputs["age_dist_logits"])
-        age, low, high = (age_quantile(age_probs, q) for q in (0.5, 0.1, 0.9))
+        age, low, high = age_quantiles(age_probs, (0.5, 0.1, 0.9))
         follows = group_probs is None
         group_probs = dist_to_group_probs(age_probs) if group_probs is None else group_probs
     elif "age" in outputs:
@@ -201,4 +210,4 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
 
 
 __all__ = ["ACTIVATIONS", "AGE_GROUPS", "ATTRIBUTES", "MALE_ATTRIBUTE", "Decoded", "OUTPUT_KEYS", "age_quantile",
-           "decode", "dist_to_group_probs", "ordinal_to_group_probs"]
+           "age_quantiles", "decode", "dist_to_group_probs", "ordinal_to_group_probs"]

@@ -17,6 +17,7 @@ and turned back into logits, so the averaged outputs still go through ``decode``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -91,14 +92,19 @@ def average_crops(outputs: Mapping[str, np.ndarray], n_crops: int,
         if w is not None and len(w) != n_crops:
             raise ValueError(f"{key}: {len(w)} weights for {n_crops} crops or models")
         rule = ACTIVATIONS[key]
+        mean = _mean if w is None else partial(np.average, axis=1, weights=w)
         if rule == "softmax":
-            averaged[key] = np.log(np.maximum(np.average(softmax(grouped), axis=1, weights=w),
-                                              np.finfo(np.float64).tiny))
+            averaged[key] = np.log(np.maximum(mean(softmax(grouped)), np.finfo(np.float64).tiny))
         elif rule == "sigmoid":
-            averaged[key] = _logit(np.average(sigmoid(grouped), axis=1, weights=w))
+            averaged[key] = _logit(mean(sigmoid(grouped)))
         else:
-            averaged[key] = np.average(grouped, axis=1, weights=w)
+            averaged[key] = mean(grouped)
     return averaged
+
+
+def _mean(grouped: np.ndarray) -> np.ndarray:
+    """The unweighted mean over the crops axis (``np.average``'s result, at a fraction of its cost for a few faces)."""
+    return grouped.mean(axis=1)
 
 
 def average_outputs(outputs: Sequence[Mapping[str, np.ndarray]],
