@@ -40,7 +40,7 @@ def _quantised_nodes(path: Path) -> tuple[int, set[str]]:
 
 def test_shipped_int8_is_quantised_and_predicts_as_the_float_model(test_chips: tuple) -> None:
     """Stated bound: on 300 held-out chips the int8 flagship's MAE is within 0.1 years of the float model's
-    and their genders agree on at least 98% of faces (test split, flip: 4.97 / 93.9% vs 4.97 / 93.5%)."""
+    and their genders agree on at least 98% of faces (test split, flip: 4.97 / 92.6% vs 4.96 / 92.5%)."""
     ages, genders, chips = test_chips
     fp32, int8 = OnnxAgeGender("flagship"), OnnxAgeGender()
     assert int8.path == shipped_model_path("flagship-int8") and int8.path.stat().st_size < 1.5e6
@@ -54,15 +54,14 @@ def test_shipped_int8_is_quantised_and_predicts_as_the_float_model(test_chips: t
     assert np.mean((a.female_prob > 0.5) == (b.female_prob > 0.5)) >= 0.98
     assert np.mean((b.female_prob > 0.5) == (genders == 1)) > 0.89
     assert "first convolution in float" in int8.metadata["quantization"]
-    assert int8.metrics["n"] == 2117 and 4.8 < int8.metrics["age_mae"] < 5.4  # its own test-split metrics
+    assert int8.metrics["n"] == 2092 and 4.8 < int8.metrics["age_mae"] < 5.4  # its own test-split metrics
 
 
 def test_quantize_command_remakes_the_shipped_int8_model(tmp_path: Path, utkface_dir: Path,
                                                           test_chips: tuple) -> None:
-    """The shipped int8 file was quantised on 512 chips of the train split as it was before 2026-12-04; the command
-    now draws them from today's train split, so its activation ranges differ a little: on 200 UTKFace chips the
-    remade model's ages were a mean 0.17 years (at most 1.2) from the shipped one's, P(female) 0.002 (at most 0.04),
-    one gender in 200 flipped. Identical chips gave identical files (atol 1e-5) before the split moved."""
+    """The shipped int8 file (v14) was quantised by `agegender export --int8` on 512 chips of today's train split, as
+    the command draws them: the remade model stays within the bounds below (ages a mean 0.4 years, at most 2.5,
+    P(female) a mean 0.01) of the shipped one's."""
     out = tmp_path / "int8.onnx"
     assert main(["quantize", "flagship", str(out), "--calibration", str(utkface_dir)]) == 0  # a shipped name
     made, shipped = OnnxAgeGender(out), OnnxAgeGender()
