@@ -97,10 +97,13 @@ def test_evaluate_stores_the_metrics_of_an_exported_model(checkpoint: Path, mani
     report = json.loads((tmp_path / "eval" / "flip" / "metrics.json").read_text())
     assert stored.pop("protocol") == report["protocol"] and "its mirror" in report["protocol"]  # how measured
     assert stored == pytest.approx(report["overall"]) and stored["n"] > 250
+    set_metadata(onnx_path, {"metrics": "{}"})  # --tta all: one evaluation, the flip figures stored
+    assert main(["evaluate", str(onnx_path), "--tta", "all", "--out", str(tmp_path / "all"), *common]) == 0
+    again = OnnxAgeGender(onnx_path).metrics
+    assert again.pop("protocol") == report["protocol"] and again == pytest.approx(report["overall"])
     capsys.readouterr()
-    for model, tta in ((onnx_path, "all"), (checkpoint, "flip")):
-        assert main(["evaluate", str(model), "--tta", tta, *common]) == 2
-        assert "needs an exported .onnx model and one --tta mode" in capsys.readouterr().err
+    assert main(["evaluate", str(checkpoint), "--tta", "flip", *common]) == 2
+    assert "needs an exported .onnx model" in capsys.readouterr().err
 
 
 def uncalibrated_flagship(folder: Path) -> Path:

@@ -2,8 +2,8 @@
 CPU budget, with its training seeds, evaluate each on the UTKFace test split, and write ``docs/results.md``: the
 papers' figures beside ours, our protocol, the training time, and which of the papers' claims our numbers support.
 
-    python scripts/measure/reproduce.py                    # the default suite: about 7 hours on 2 EPYC cores in
-                                                           # fp32, about 3 with bf16 on a Xeon with AMX
+    python scripts/measure/reproduce.py                    # the default suite: about 7 hours of 2 EPYC cores in
+                                                           # fp32 by the runs' estimates (bf16 not measured)
     python scripts/measure/reproduce.py --no-train         # evaluate finished runs, rewrite docs/results.md
     python scripts/measure/reproduce.py --only lh_age vu   # train these runs (all their seeds), rewrite the page
     python scripts/measure/reproduce.py --include model_b  # add optional runs
@@ -330,8 +330,9 @@ def evaluate_row(row: Row, suite: Suite, runs_dir: Path, records: Sequence[FaceR
         records = filter_records(records, row.test_filter)
         description += f", only faces of {', '.join(f'{k} {v}' for k, v in row.test_filter.items())} " \
                        f"({len(records)})"
-    seeds = [dirs for dirs in row_seeds(row, suite, runs_dir) if all(finished(d) for d in dirs)]
-    if not seeds or seeds[0] != row_seeds(row, suite, runs_dir)[0]:
+    every_seed = row_seeds(row, suite, runs_dir)
+    seeds = [dirs for dirs in every_seed if all(finished(d) for d in dirs)]
+    if not seeds or seeds[0] != every_seed[0]:
         return None
     overall, faces, seconds = [], [], 0.0
     for k, run_dirs in enumerate(seeds):

@@ -9,6 +9,8 @@ from pathlib import Path
 from agegender.cli.common import UserError, require_extra
 
 TTA_CHOICES = ("none", "flip", "ten_crop", "all")
+#: What --store-metrics stores with --tta all: the mode `predict`, `serve` and the bench use by default.
+STORED_TTA = "flip"
 SPLIT_CHOICES = ("test", "val", "train", "all")
 
 
@@ -34,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="center crop (none), + mirror (flip), Levi-Hassner 10 crops (ten_crop), or all three")
     p.add_argument("--out", help="report folder (default: eval_<data>_<split or folds> beside the model)")
     p.add_argument("--store-metrics", action="store_true",
-                   help="write the overall metrics into the model's metadata (an exported .onnx, one --tta mode), "
-                        "shown by the service (/v1/models)")
+                   help="write the overall metrics into the model's metadata (an exported .onnx; with --tta all, "
+                        "those of flip, the mode predict uses), shown by the service (/v1/models)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)
 
@@ -51,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     where = f"folds{'-'.join(map(str, args.folds))}" if args.data == "adience" else args.split
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.data}_{where}"
     ttas = TTA_MODES if args.tta == "all" else (args.tta,)
-    if args.store_metrics and (Path(args.model).suffix != ".onnx" or len(ttas) > 1):
-        raise UserError("--store-metrics needs an exported .onnx model and one --tta mode")
+    if args.store_metrics and Path(args.model).suffix != ".onnx":
+        raise UserError("--store-metrics needs an exported .onnx model")
+    stored = STORED_TTA if args.tta == "all" else args.tta
     try:
         model = load_evaluable(args.model)
     except ModelError as err:
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.store_metrics:
         from agegender.export import set_metadata
 
-        protocol = protocol_text(description, args.tta)
-        set_metadata(args.model, {"metrics": json.dumps({**results[args.tta]["overall"], "protocol": protocol})})
-        print(f"stored the {args.tta} metrics in {args.model}")
+        protocol = protocol_text(description, stored)
+        set_metadata(args.model, {"metrics": json.dumps({**results[stored]["overall"], "protocol": protocol})})
+        print(f"stored the {stored} metrics in {args.model}")
     return 0

@@ -83,6 +83,15 @@ def _selected(row: dict[str, Any], key: str) -> float:
     return float(row[key])
 
 
+def _best_so_far(history: list[dict[str, Any]], key: str) -> bool:
+    """Whether the last epoch of ``history`` is the best of the run so far by ``key``."""
+    best = None
+    for row in history[:-1]:
+        value = _selected(row, key)
+        best = value if _better(key, value, best) else best
+    return _better(key, _selected(history[-1], key), best)
+
+
 def _better(select: str, value: float, best: float | None) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
@@ -142,7 +151,6 @@ class Trainer:
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
                     if cfg.ema else None)
         self.epoch, self.best, self.stale, self.history = 0, None, 0, []
-        self.also_best: dict[str, float] = {}  # the best value so far of each ``also_select`` key
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(raw_config or {}, sort_keys=False))
@@ -158,7 +166,6 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "batches": self.batches.state(),
                 "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "best": self.best, "stale": self.stale,
-                "also_best": self.also_best,
                 "history": self.history, "model_config": self.config.to_dict(), "model_args": self.cfg.model_args,
                 "precision": self.precision, "precision_reason": self.precision_reason}
 
@@ -179,7 +186,6 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"].cpu())  # map_location took it to the run's device
         self.epoch, self.best, self.stale, self.history = (state["epoch"], state["best"], state["stale"],
                                                            state["history"])
-        self.also_best = dict(state.get("also_best") or {})
         began = state.get("precision") or "fp32"  # runs from before `precision` trained in float32
         if self.cfg.precision == "auto":
             kept = "; kept on resuming"
@@ -276,12 +282,13 @@ class Trainer:
             value = _selected(row, cfg.select)
             improved = _better(cfg.select, value, self.best)
             self.best, self.stale = (value, 0) if improved else (self.best, self.stale + 1)
-            also = [key for key in cfg.also_select if _better(key, _selected(row, key), self.also_best.get(key))]
-            self.also_best.update({key: _selected(row, key) for key in also})
+            kept = (["best.pt"] if improved else []) + [f"best_{key}.pt" for key in cfg.also_select
+                                                         if _best_so_far(self.history, key)]
             if self.dist.is_main:
-                weights = {**self.state(), "model": self.eval_model.state_dict(), "ema": None, "optimizer": None}
-                for name in (["best.pt"] if improved else []) + [f"best_{key}.pt" for key in also]:
-                    save_atomic(weights, self.run_dir / name)
+                if kept:
+                    weights = {**self.state(), "model": self.eval_model.state_dict(), "ema": None, "optimizer": None}
+                    for name in kept:
+                        save_atomic(weights, self.run_dir / name)
                 save_atomic(self.state(), self.run_dir / "last.pt")
                 self._write_history()
                 log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
