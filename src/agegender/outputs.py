@@ -61,8 +61,8 @@ AGE_KEYS = frozenset({"age_group_logits", "age_ordinal_logits", "age", "age_dist
 GENDER_KEYS = frozenset({"gender_logit", "joint_logits", "attributes"})  # attributes: its `Male` column
 #: Group index of every one-year bin 0..100, following the gap policy.
 BIN_GROUP = ages_to_groups(np.arange(MAX_AGE + 1))
-#: BIN_GROUP as a (bins x groups) one-hot matrix: a distribution over bins times it is the group probabilities.
-_BIN_TO_GROUP = np.eye(NUM_AGE_GROUPS)[BIN_GROUP]
+#: The first bin of each group (BIN_GROUP rises with the age), where ``np.add.reduceat`` starts its sums.
+_GROUP_STARTS = np.flatnonzero(np.diff(BIN_GROUP, prepend=-1))
 GROUP_MIDPOINTS = np.array([group_midpoint(g) for g in range(NUM_AGE_GROUPS)], dtype=np.float32)
 
 
@@ -119,7 +119,7 @@ def ordinal_to_group_probs(logits: np.ndarray) -> np.ndarray:
 
 def dist_to_group_probs(age_probs: np.ndarray) -> np.ndarray:
     """Sum a distribution over one-year bins into the 8 groups (gap ages go where the gap policy says)."""
-    return age_probs @ _BIN_TO_GROUP
+    return np.add.reduceat(np.asarray(age_probs, dtype=np.float64), _GROUP_STARTS, axis=1)
 
 
 def age_quantile(age_probs: np.ndarray, q: float) -> np.ndarray:
