@@ -303,6 +303,23 @@ def test_suite_rows_name_known_filters_and_seeded_runs_their_folders(tmp_path: P
         repro.load_suite(tmp_path / "suite.yaml")
 
 
+def test_a_fine_tuning_run_trains_after_the_run_it_starts_from(tmp_path: Path) -> None:
+    repro = _reproduce()
+    suite = repro.load_suite()
+    assert repro.with_sources(suite, ["lh_age", "s001_model5_standin"]) == [
+        "lh_age", "s001_pretrain_rest", "s001_model5_standin"]
+    # a source that has not finished: the fine-tuning run is not trained from scratch, it is marked failed
+    budget = repro.Budget(("epochs=1",), (), 1.0, 1.0)
+    repro.train_runs(suite, ["s001_model5_standin"], tmp_path, {"s001_model5_standin": budget}, progress=False)
+    assert not (tmp_path / "s001_model5_standin").exists()
+    assert "s001_pretrain_rest" in (tmp_path / "s001_model5_standin.failed.txt").read_text()
+    raw = yaml.safe_load(repro.SUITE_FILE.read_text())
+    raw["runs"]["s001_model5_standin"]["init_from"] = "lh_model_that_is_not_there"
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="starts from 'lh_model_that_is_not_there'"):
+        repro.load_suite(tmp_path / "suite.yaml")
+
+
 def test_claims_are_judged_by_a_paired_bootstrap() -> None:
     repro = _reproduce()
     n = 400

@@ -85,6 +85,7 @@ class Run:
     seeds: int = 1
     est_minutes: float | None = None
     optional: str | None = None  # why the default suite leaves it out
+    init_from: str | None = None  # a run whose weights each seed starts from (its own seed's folder): fine-tuning
 
     def dirs(self, runs_dir: Path) -> list[Path]:
         """One run folder per seed: ``<name>``, then ``<name>.seed1`` ..."""
@@ -167,6 +168,11 @@ def load_suite(path: str | Path = SUITE_FILE) -> Suite:
             for name, spec in raw["runs"].items()}
     rows = [Row(**{**spec, "metrics": tuple(spec["metrics"])}) for spec in raw["rows"]]
     claims = [Claim(**spec) for spec in raw["claims"]]
+    for run in runs.values():
+        source = runs.get(run.init_from) if run.init_from else None
+        if run.init_from and (source is None or source.seeds < run.seeds or source.init_from):
+            raise ValueError(f"{path}: run {run.name!r} starts from {run.init_from!r}, which must be a run of the "
+                             f"suite with at least {run.seeds} seed(s) that starts from nothing itself")
     row_names = {row.name for row in rows}
     for row in rows:
         problems = [f"run {r!r}" for r in row.runs if r not in runs] + [f"metric {m!r}" for m in row.metrics
@@ -246,10 +252,11 @@ def resolve_budget(run: Run, splits: SplitRecords, data_root: Path, full: bool) 
 
 def budget_text(run: Run, context: Context) -> str:
     """The run's budget overrides, each with the recipe's own value."""
+    start = [f"fine-tuned from {run.init_from}"] if run.init_from else []
     if context.full or not run.budget:
-        return "the recipe as configured"
+        return ", ".join([*start, "the recipe as configured"])
     budget = context.budgets.get(run.name)
-    return ", ".join(budget.shown if budget is not None else run.budget)
+    return ", ".join([*start, *(budget.shown if budget is not None else run.budget)])
 
 
 def row_budget(row: Row, suite: Suite, context: Context) -> tuple[float | None, float | None]:
@@ -263,6 +270,15 @@ def row_budget(row: Row, suite: Suite, context: Context) -> tuple[float | None, 
 # -- training -------------------------------------------------------------------------------------------
 def finished(run_dir: Path) -> bool:
     return (run_dir / "summary.yaml").is_file()
+
+
+def with_sources(suite: Suite, names: Sequence[str]) -> list[str]:
+    """``names`` in order, each run a named run fine-tunes from put before it (added if absent)."""
+    out: list[str] = []
+    for name in names:
+        source = suite.runs[name].init_from
+        out += [n for n in (source, name) if n is not None and n not in out]
+    return out
 
 
 def machine() -> str:
@@ -290,6 +306,13 @@ def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, budgets: Mapp
                 log.info("%s: finished, reused", run_dir.name)
                 continue
             overrides = list(budgets[name].overrides)
+            if run.init_from:
+                source = suite.runs[run.init_from].dirs(runs_dir)[k]
+                if not finished(source):
+                    log.error("%s: not trained: it starts from %s, which has not finished", run_dir.name, source.name)
+                    failed.write_text(f"starts from {source.name}, which has not finished\n")
+                    continue
+                overrides.append(f"init={source}")
             try:
                 cfg, raw = load_config(REPO / run.config, overrides)
                 if k:
@@ -550,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown run(s) {', '.join(unknown)}; known: {', '.join(suite.runs)}")
     names = args.only or [n for n, r in suite.runs.items() if not r.optional or n in args.include]
+    names = with_sources(suite, names)
     data_root = args.data_root.resolve()  # one spelling of the paths: the split and image caches are shared
     splits = dataset_splits(DataConfig(dataset="utkface", root=str(data_root)), progress=not args.quiet)
     budgets = {n: resolve_budget(r, splits, data_root, args.full) for n, r in suite.runs.items()}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agegender.data.augment import AugmentConfig
 from agegender.data.cache import cached_images
@@ -38,6 +38,9 @@ class DataConfig(BaseModel):
     root: str | None = None
     splits_dir: str | None = None  # where split manifests are written (default: the cache folder)
     train_limit: int | None = Field(default=None, ge=1)  # train on a fixed sample of N faces (validate and test on N/8)
+    # with train_limit: "sample" trains on those N faces, "rest" on every other train face (disjoint from them:
+    # a pre-training set for a run that fine-tunes on the sample); validation and test as for the sample
+    train_part: Literal["sample", "rest"] = "sample"
     filter: dict[str, str] = Field(default_factory=dict)  # keep only e.g. {gender: male} or {age_group: 0-2}
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
@@ -53,6 +56,13 @@ class DataConfig(BaseModel):
             value = {str(key): str(label) for key, label in value.items()}
             filter_records([], value)
         return value
+
+    @model_validator(mode="after")
+    def _rest_of_a_sample(self) -> DataConfig:
+        if self.train_part == "rest" and self.train_limit is None:
+            raise ValueError("data.train_part: rest means the train faces outside the train_limit sample; "
+                             "set data.train_limit too")
+        return self
 
 
 @dataclass
@@ -118,29 +128,35 @@ def dataset_splits(cfg: DataConfig | None = None, progress: bool = True) -> dict
     return splits
 
 
-def limit_records(records: Sequence[FaceRecord], n: int) -> list[FaceRecord]:
-    """A fixed random sample of ``n`` records, in their original order. Not the first ``n``: split manifests
-    list faces by file name, which for UTKFace sorts them by age.
+def limit_records(records: Sequence[FaceRecord], n: int, rest: bool = False) -> list[FaceRecord]:
+    """A fixed random sample of ``n`` records, in their original order (``rest``: every record outside that
+    sample). Not the first ``n``: split manifests list faces by file name, which for UTKFace sorts them by age.
 
     >>> faces = [FaceRecord.from_age(f"{age}.jpg", age, 0) for age in range(1, 101)]
-    >>> sample = limit_records(faces, 20)
+    >>> sample, others = limit_records(faces, 20), limit_records(faces, 20, rest=True)
     >>> len(sample), sample == limit_records(faces, 20), sum(r.age for r in sample) / 20 > 30
     (20, True, True)
+    >>> len(others), set(map(id, sample)).isdisjoint(map(id, others))
+    (80, True)
     """
     if n >= len(records):
-        return list(records)
-    keep = np.sort(np.random.default_rng(0).choice(len(records), n, replace=False))
-    return [records[i] for i in keep]
+        return [] if rest else list(records)
+    chosen = np.zeros(len(records), dtype=bool)
+    chosen[np.random.default_rng(0).choice(len(records), n, replace=False)] = True
+    return [record for record, taken in zip(records, chosen, strict=True) if taken != rest]
 
 
 def select_records(splits: SplitRecords, cfg: DataConfig) -> dict[str, list[FaceRecord]]:
-    """``train_limit`` (a fixed sample of N train and N/8 val and test records), then ``filter``, on each
-    split. Limiting first makes a filtered run's faces a subset of the unfiltered run's."""
+    """``train_limit`` (a fixed sample of N train and N/8 val and test records; with ``train_part: rest``, the
+    train faces outside the sample), then ``filter``, on each split. Limiting first makes a filtered run's faces
+    a subset of the unfiltered run's."""
     out = {}
     for name in SPLITS:
         records = list(splits[name])
-        if cfg.train_limit:
-            records = limit_records(records, cfg.train_limit if name == "train" else max(cfg.train_limit // 8, 16))
+        if cfg.train_limit and name == "train":
+            records = limit_records(records, cfg.train_limit, rest=cfg.train_part == "rest")
+        elif cfg.train_limit:
+            records = limit_records(records, max(cfg.train_limit // 8, 16))
         if cfg.filter:
             records = filter_records(records, cfg.filter)
         if not records:
