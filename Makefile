@@ -66,6 +66,7 @@ logs: $(VENV)/.full
 	$(LOG) docs/logs/calibration_families.md -- $(BIN)/python scripts/measure/calibration_families.py src/agegender/weights/flagship.onnx
 	$(LOG) docs/logs/int8_settings.md -- $(BIN)/python scripts/measure/int8_settings.py src/agegender/weights/flagship.onnx
 	$(LOG) docs/logs/photo_scale.md -- $(BIN)/python scripts/measure/photo_scale.py
+	$(LOG) docs/logs/photo_scale_640.md -- $(BIN)/python scripts/measure/photo_scale.py --detect-size 640
 	$(LOG) docs/logs/age_group_rule.md -- $(BIN)/python scripts/measure/age_group_rule.py src/agegender/weights/flagship_int8.onnx
 	$(LOG) docs/logs/split_overlap.md -- $(BIN)/python scripts/measure/split_overlap.py --rev e1618da --out ../runs/split_overlap
 	$(LOG) docs/logs/load_test.md -- $(BIN)/python scripts/measure/load_test.py --start-server --clients 50 --requests 400

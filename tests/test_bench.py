@@ -37,6 +37,7 @@ from agegender.cli import main
 from agegender.data.records import FaceRecord
 from agegender.images import load_image
 from agegender.inference.backends import BackendError, available_backends, cpu_info
+from agegender.inference.detector import DETECT_SIZE
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.reporting.metrics import exact_accuracy, mae
 from tests.conftest import shared_path
@@ -272,6 +273,7 @@ def test_profile_and_photo_size_sweep(tmp_path: Path, yunet_path: Path, photos_d
     assert all(row["photos"] == 2 and row["photos_per_s"] > 0 for row in scale["bulk"])
     assert [t["what"] for t in scale["targets"]] == ["shared photos: 2 workers / 1, photos/s past the start"]
     markdown = to_markdown(result)
+    assert scale["detect_size"] == DETECT_SIZE and f"faces detected at {DETECT_SIZE} px" in markdown
     assert "### Where the time goes" in markdown and "| network |" in markdown
     assert "| 0.3 MP | " in markdown and "| 2 MP | " in markdown and "| shared photos | 2 |" in markdown
     first = tmp_path / "work" / scale["sweep"][0]["photos"][0]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from agegender.cli import main
 from agegender.images import ScaledImage, load_image, load_scaled
 from agegender.inference.align import align_face
 from agegender.inference.detector import FaceDetector
@@ -49,6 +50,18 @@ def test_a_12_mp_photo_decoded_reduced_gives_the_faces_of_a_full_decode(
     ages = np.abs([a.age - b.age for a, b in pairs])
     assert np.median(ages) < 1.0 and ages.max() < 3.0
     assert [a.gender for a, _ in pairs] == [b.gender for _, b in pairs]
+
+
+def test_a_smaller_detect_size_decodes_coarser_and_still_finds_large_faces(
+        photos_dir: Path, yunet_path: Path, tmp_path: Path) -> None:
+    path = upscaled(photos_dir, "dlib_2007_007763.jpg", 4032, tmp_path)  # faces about 300-500 px wide
+    predictor = Predictor(detector=str(yunet_path), detect_size=640)
+    assert predictor.detector is not None and predictor.detector.max_side == 640
+    faces = predictor.predict(path)
+    assert len(faces) == 7 and faces.scale == 0.25  # 1008 px: the smallest DCT scale that holds 640
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", str(path), "--detect-size", "16"])
+    assert stop.value.code == 2
 
 
 def test_small_faces_come_from_the_coarsest_decode_that_holds_them(

@@ -25,6 +25,7 @@ from tests.conftest import running_server
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is needed to talk to the server")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
+from agegender.inference.detector import DETECT_SIZE  # noqa: E402
 from agegender.serving.batching import MicroBatcher, QueueFullError  # noqa: E402
 from agegender.serving.settings import MIB, ServeSettings  # noqa: E402
 
@@ -271,7 +272,7 @@ def test_healthz_and_models(client: httpx.Client) -> None:
     assert model["name"] == "flagship" and model["config"]["input_size"] > 0
     assert {"metrics", "version", "file", "detector"} <= set(model)
     assert "path" not in model  # no server file-system paths
-    assert info["limits"]["max_upload_bytes"] == 10 * MIB
+    assert info["limits"]["max_upload_bytes"] == 10 * MIB and info["limits"]["detect_size"] == DETECT_SIZE
 
 
 def test_page_static_files_and_docs(client: httpx.Client) -> None:

@@ -5,9 +5,11 @@ reduced decode (the default: a JPEG at the smallest DCT scale that still holds t
 with full decoding (``reduced=False``) predict the faces; faces are matched by box overlap (IoU >= 0.5).
 Reported: faces found by each, the median and largest absolute age difference, gender agreement, and the time per
 photo end to end (file in, faces out) next to a plain ``cv2.imread`` of the same file, the three timed in turn
-(median of ``--rounds``).
+(median of ``--rounds``). With ``--detect-size`` other than the default, the faces are also matched against
+those found at the default size (reduced decode), whose time is measured in the same rounds.
 
-    python scripts/measure/photo_scale.py --markdown docs/photo_scale.md
+    python scripts/measure/photo_scale.py --markdown docs/logs/photo_scale.md
+    python scripts/measure/photo_scale.py --detect-size 640 --markdown docs/logs/photo_scale_640.md
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import cv2
 import numpy as np
 
 from agegender.inference.backends import cpu_info
+from agegender.inference.detector import DETECT_SIZE
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import ImageResult
 from agegender.paths import default_path
@@ -77,36 +80,52 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/agegender_photo_scale"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--detect-size", type=int, default=DETECT_SIZE,
+                        help=f"the longer side faces are detected at (default {DETECT_SIZE})")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
-    reduced, full = Predictor(threads=args.threads), Predictor(threads=args.threads, reduced=False)
+    predictors = {"reduced": Predictor(threads=args.threads, detect_size=args.detect_size),
+                  "full": Predictor(threads=args.threads, reduced=False, detect_size=args.detect_size)}
+    if args.detect_size != DETECT_SIZE:
+        predictors["default size"] = Predictor(threads=args.threads)
     rows, by_size = [], {}
     for label, path in photos(args.work):
-        a, b = reduced.predict(path), full.predict(path)
+        found = {name: predictor.predict(path) for name, predictor in predictors.items()}
+        a, b = found["reduced"], found["full"]
         pairs = match(a, b)
         ages = [abs(a[i].age - b[j].age) for i, j in pairs]
         same = sum(a[i].gender == b[j].gender for i, j in pairs)
-        times: dict[str, list[float]] = {"imread": [], "reduced": [], "full": []}
+        base = found.get("default size")
+        base_pairs = match(a, base) if base is not None else []
+        base_ages = [abs(a[i].age - base[j].age) for i, j in base_pairs] if base is not None else []
+        times: dict[str, list[float]] = {"imread": [], **{name: [] for name in predictors}}
         for _ in range(args.rounds):
             times["imread"].append(timed(lambda p=path: cv2.imread(str(p))))
-            times["reduced"].append(timed(lambda p=path: reduced.predict(p)))
-            times["full"].append(timed(lambda p=path: full.predict(p)))
+            for name, predictor in predictors.items():
+                times[name].append(timed(lambda p=path, q=predictor: q.predict(p)))
         med = {k: statistics.median(v) for k, v in times.items()}
         rows.append((path.name, label, a.size, len(a), len(b), len(pairs), np.median(ages) if ages else 0.0,
                      max(ages, default=0.0), same, med))
         stats = by_size.setdefault(label, {"found": 0, "full": 0, "matched": 0, "ages": [], "same": 0,
-                                           "ratio": []})
+                                           "ratio": [], "base": 0, "base_matched": 0, "base_ages": [],
+                                           "base_ratio": []})
         stats["found"] += len(a)
         stats["full"] += len(b)
         stats["matched"] += len(pairs)
         stats["ages"] += ages
         stats["same"] += same
         stats["ratio"].append(med["reduced"] / med["imread"])
+        if base is not None:
+            stats["base"] += len(base)
+            stats["base_matched"] += len(base_pairs)
+            stats["base_ages"] += base_ages
+            stats["base_ratio"].append(med["default size"] / med["imread"])
+    command = "python scripts/measure/photo_scale.py" + (
+        f" --detect-size {args.detect_size}" if args.detect_size != DETECT_SIZE else "")
     lines = [f"# Reduced JPEG decoding against full decoding ({datetime.now(UTC):%Y-%m-%d})", "",
-             "`python scripts/measure/photo_scale.py --markdown docs/photo_scale.md`; detector working size "
-             f"{reduced.detector.max_side} px; "
+             f"`{command}`; faces detected at {args.detect_size} px; "
              f"{args.threads} threads; CPU {cpu_info().describe()}, {platform.python_version()}; medians of "
-             f"{args.rounds} rounds, the three timed in turn.", "",
+             f"{args.rounds} rounds, the {len(times)} timed in turn.", "",
              "| photo | size | pixels | faces reduced / full / matched | age diff median / max | same gender "
              "| imread ms | reduced ms | full ms | reduced / imread |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, label, size, na, nb, nm, med_age, max_age, same, med in rows:
@@ -119,6 +138,14 @@ def main() -> None:
         lines.append(f"| {label} | {s['found']} / {s['full']} / {s['matched']} | "
                      f"{np.median(s['ages']) if s['ages'] else 0:.2f} | {s['same']}/{s['matched']} | "
                      f"{statistics.median(s['ratio']):.2f} |")
+    if "default size" in predictors:
+        lines += ["", f"Against detection at the default {DETECT_SIZE} px (reduced decode both):", "",
+                  f"| size | faces at {args.detect_size} / at {DETECT_SIZE} / matched | median age diff "
+                  f"| {args.detect_size} px / imread | {DETECT_SIZE} px / imread |", "|---|---|---|---|---|"]
+        for label, s in by_size.items():
+            lines.append(f"| {label} | {s['found']} / {s['base']} / {s['base_matched']} | "
+                         f"{np.median(s['base_ages']) if s['base_ages'] else 0:.2f} | "
+                         f"{statistics.median(s['ratio']):.2f} | {statistics.median(s['base_ratio']):.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:

@@ -185,7 +185,8 @@ def photos_markdown(result: dict[str, Any]) -> list[str]:
     if sweep:
         lines += ["End to end per photo (file in, faces out: `Predictor().predict(path)`, reduced JPEG decode) next "
                   "to a plain `cv2.imread` of the same file, timed interleaved (median). The shared photos resized "
-                  f"to each size, JPEG quality {JPEG_QUALITY}.", "",
+                  f"to each size, JPEG quality {JPEG_QUALITY}; faces detected at "
+                  f"{result.get('detect_size')} px (`--detect-size`).", "",
                   "| Size | Pixels | Photos | Faces | End to end (ms/photo) | cv2.imread (ms/photo) "
                   "| End to end / imread |",
                   "|---|---|---|---|---|---|---|"]

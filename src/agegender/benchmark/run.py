@@ -55,7 +55,7 @@ from agegender.inference import backends
 from agegender.inference.accurate.stacked import DESCRIPTOR_CHIP_SIZE, StackedAgeGender
 from agegender.inference.align import align_face
 from agegender.inference.backends import BackendError, available_backends, cpu_info
-from agegender.inference.detector import Detection, FaceDetector
+from agegender.inference.detector import DETECT_SIZE, Detection, FaceDetector
 from agegender.inference.factory import load_model
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.inference.predictor import Predictor
@@ -88,6 +88,7 @@ class BenchOptions:
     adience_fold: Path | None = None
     photos: Path | None = None
     detector: Path | None = None
+    detect_size: int = DETECT_SIZE  # the longer side photos are detected at
     limit: int | None = None
     threads: int = os.cpu_count() or 1
     runs: int = DEFAULT_RUNS
@@ -319,7 +320,7 @@ def _label_counts(records: Sequence[FaceRecord]) -> dict[str, dict[str, int]]:
 def default_predictor(opts: BenchOptions) -> Predictor:
     """The default pipeline (``Predictor()`` with the bench's model, detector, threads, backend and device)."""
     model = load_model(opts.int8 or opts.model, threads=opts.threads, backend=opts.backend, device=opts.device)
-    return Predictor(model, FaceDetector(opts.detector))
+    return Predictor(model, FaceDetector(opts.detector, max_side=opts.detect_size))
 
 
 def photos_at_scale(predictor: Predictor, photos: Sequence[Path], opts: BenchOptions) -> dict[str, Any]:
@@ -336,7 +337,8 @@ def photos_at_scale(predictor: Predictor, photos: Sequence[Path], opts: BenchOpt
             sets[bulk_label(BULK_SIZE)] = [work / f"{p.stem}_{BULK_SIZE:g}mp.jpg" for p in photos]
         logger.info("bulk throughput: %s", ", ".join(sets))
         bulk = bulk_throughput(predictor, sets, opts.bulk_photos, opts.bulk_rounds, work)
-    return {"sweep": sweep, "bulk": bulk, "targets": targets(sweep, bulk), "folder": str(work)}
+    return {"sweep": sweep, "bulk": bulk, "targets": targets(sweep, bulk), "folder": str(work),
+            "detect_size": predictor.detector.max_side if predictor.detector else None}
 
 
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
@@ -344,7 +346,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     cv2.setNumThreads(opts.threads)
     models, unavailable = load_models(opts)
     needs_detector = opts.adience_sample or opts.photos
-    detector = FaceDetector(opts.detector) if needs_detector else None
+    detector = FaceDetector(opts.detector, max_side=opts.detect_size) if needs_detector else None
     runtimes = sorted({(m.model.session.backend, m.model.session.device) for m in models
                        if isinstance(m, OursModel)}, key=lambda r: (r[1], r[0]))
     result: dict[str, Any] = {

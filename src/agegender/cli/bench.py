@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from agegender.cli.common import UserError, add_backend_options
+from agegender.cli.common import UserError, add_backend_options, add_detect_size_option
 from agegender.paths import default_path
 
 #: The bench's data options, whose defaults come from the shared folder when it is there.
@@ -71,6 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="photos for end-to-end latency (default: ../shared/photos)")
     p.add_argument("--detector", type=Path, default=_shared("detector"),
                    help="YuNet ONNX file (default: ../shared's, else $AGEGENDER_YUNET or the cache)")
+    add_detect_size_option(p)
     p.add_argument("--limit", type=_positive, help="at most N faces per data set (a fixed random subset)")
     p.add_argument("--threads", type=_positive, default=os.cpu_count() or 1,
                    help="threads for every runtime (default: all CPUs)")
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, int8=args.int8, accurate=args.accurate, descriptor_weights=args.descriptor_weights,
         peers=args.peers, utkface=args.utkface,
         adience_sample=args.adience_sample, adience_fold=args.adience_fold, photos=args.photos,
-        detector=args.detector, limit=args.limit, threads=args.threads, runs=args.runs,
+        detector=args.detector, detect_size=args.detect_size, limit=args.limit, threads=args.threads, runs=args.runs,
         min_seconds=args.min_time, backend=args.backend, device=args.device, profile=args.profile,
         sweep=args.sweep, sweep_sizes=args.sweep_sizes, sweep_photos=args.sweep_photos, work_dir=args.work_dir,
         bulk_photos=args.bulk_photos, bulk_rounds=args.bulk_rounds)

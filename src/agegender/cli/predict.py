@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm import tqdm
 
-from agegender.cli.common import UserError, add_accurate_options, add_backend_options, check_accurate_options
+from agegender.cli.common import (
+    UserError,
+    add_accurate_options,
+    add_backend_options,
+    add_detect_size_option,
+    check_accurate_options,
+)
 from agegender.images import VIDEO_SUFFIXES
 
 if TYPE_CHECKING:
@@ -33,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a shipped model, flagship-int8 (the default) or flagship (float32), or an "
                                    "`agegender export` ONNX file")
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, cache, or download)")
+    add_detect_size_option(p)
     p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
     add_accurate_options(p)
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: all)")
@@ -153,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, accurate=args.accurate, threads=args.threads,
                            descriptor_weights=args.descriptor_weights, backend=args.backend, device=args.device)
         predictor = Predictor(model, detector=None if args.no_detect else (args.detector or "auto"),
-                              threads=args.threads, flip=not args.no_flip, reduced=args.save_dir is None)
+                              threads=args.threads, flip=not args.no_flip, reduced=args.save_dir is None,
+                              detect_size=args.detect_size)
     except (ModelError, WeightsError) as err:
         raise UserError(str(err)) from err
     return _bulk(args, predictor) if args.output is not None else _stream(args, predictor)

@@ -8,6 +8,7 @@ from agegender.cli.common import (
     UserError,
     add_accurate_options,
     add_backend_options,
+    add_detect_size_option,
     check_accurate_options,
     require_extra,
 )
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="a shipped model, flagship-int8 (the default) or flagship (float32), or an "
                                    "`agegender export` ONNX file")
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, the cache, or a download)")
+    add_detect_size_option(p)
     add_accurate_options(p)
     add_backend_options(p)
     p.add_argument("--workers", type=int, default=_DEFAULTS.workers,
@@ -60,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     from agegender.serving.service import InferenceService
 
     settings = ServeSettings(
-        model=args.model, detector=args.detector, max_upload_bytes=round(args.max_upload_mb * MIB),
-        max_pixels=args.max_pixels, timeout_s=args.timeout, workers=args.workers, threads=args.threads,
+        model=args.model, detector=args.detector, detect_size=args.detect_size,
+        max_upload_bytes=round(args.max_upload_mb * MIB), max_pixels=args.max_pixels, timeout_s=args.timeout,
+        workers=args.workers, threads=args.threads,
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
         flip=not args.no_flip, accurate=args.accurate, descriptor_weights=args.descriptor_weights,
         backend=args.backend, device=args.device)

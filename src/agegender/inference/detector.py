@@ -19,6 +19,7 @@ import numpy as np
 from agegender.artifacts import RemoteFile, WeightsError, artifact
 
 __all__ = [
+    "DETECT_SIZE",
     "YUNET_FILENAME",
     "YUNET_SHA256",
     "YUNET_URL",
@@ -33,6 +34,10 @@ LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mout
 """Landmark order (YuNet's). "Right" is the subject's right, i.e. the image-left side of a frontal face."""
 
 YUNET = cast(RemoteFile, artifact("yunet"))
+# The longer side photos are detected at (larger photos are downscaled, a JPEG decoded at the DCT scale that holds
+# it): YuNet finds faces down to about 10 px there, so about 30 px in a 4032 px photo. 640 (YuNet's own input size)
+# is about twice as fast on a 12 MP photo and misses faces under about 60 px (README, "Photos at scale").
+DETECT_SIZE = 1280
 YUNET_FILENAME, YUNET_URL, YUNET_SHA256 = YUNET.filename, YUNET.url, YUNET.sha256
 
 
@@ -92,7 +97,7 @@ class FaceDetector:
         score_threshold: float = 0.6,
         nms_threshold: float = 0.3,
         top_k: int = 5000,
-        max_side: int | None = 1280,
+        max_side: int | None = DETECT_SIZE,
         min_face: float = 20.0,
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0 or not 0.0 <= nms_threshold <= 1.0:

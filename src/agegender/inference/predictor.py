@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from agegender.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, ScaledImage, load_scaled
-from agegender.inference.detector import Detection, FaceDetector
+from agegender.inference.detector import DETECT_SIZE, Detection, FaceDetector
 from agegender.inference.faces import Redecode, locate_faces
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
 from agegender.inference.results import Face, ImageFailure, ImageResult, plot, source_name
@@ -83,21 +83,21 @@ class Predictor:
     a ``FaceDetector``, ``"auto"`` (YuNet, located as ``FaceDetector`` documents) or ``None`` to treat every
     input as an already aligned face chip. ``flip``: average each face with its mirror image. ``reduced``: decode
     large JPEGs at a reduced scale (:func:`prepare_image`); False decodes every photo at full size.
+    ``detect_size``: the longer side a detector the Predictor makes (``"auto"`` or a path) detects photos at
+    (:data:`~agegender.inference.detector.DETECT_SIZE`); a ``FaceDetector`` given keeps its own ``max_side``.
     """
 
     def __init__(self, model: str | Path | OnnxAgeGender | None = None,
                  detector: FaceDetector | str | None = _AUTO, threads: int | None = None,
                  flip: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True,
-                 backend: str = "auto", device: str | None = None) -> None:
+                 backend: str = "auto", device: str | None = None, detect_size: int = DETECT_SIZE) -> None:
         self.model = model if isinstance(model, OnnxAgeGender) else OnnxAgeGender(model, threads, backend, device)
         outputs = set(self.model.config.outputs)
         if not (outputs & AGE_KEYS and outputs & GENDER_KEYS):
             raise ModelError(f"{self.model.path} predicts only {', '.join(sorted(outputs))}; the Predictor needs "
                              "a model with both age and gender outputs")
-        if detector == _AUTO:
-            detector = FaceDetector()
-        elif isinstance(detector, str | Path):
-            detector = FaceDetector(detector)
+        if isinstance(detector, str | Path):
+            detector = FaceDetector(None if detector == _AUTO else detector, max_side=detect_size)
         self.detector: FaceDetector | None = detector
         self.flip, self.max_pixels, self.reduced = flip, max_pixels, reduced
 

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from agegender.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_scaled
 from agegender.inference import bulk
 from agegender.inference.collection import UNREADABLE_SUFFIXES, Collection, collect, shard_paths
+from agegender.inference.detector import DETECT_SIZE
 from agegender.inference.results import ROW_COLUMNS, ROW_TYPES, ImageFailure, ImageResult
 from agegender.inference.sinks import ARROW_TYPES, RowSink, clean_value, open_sink
 
@@ -75,8 +76,8 @@ class AgeGenderBatchPredictor:
 
     ``model``: a shipped model's name or an ``agegender export`` file (default: the shipped int8 flagship);
     ``detector``: a YuNet file, ``"auto"`` (found as :class:`~agegender.inference.detector.FaceDetector` says, on
-    the worker) or ``None`` (the inputs are aligned chips); ``flip``, ``max_pixels``, ``reduced`` as the
-    :class:`~agegender.inference.predictor.Predictor` takes them; ``threads``: the model's threads (one per CPU
+    the worker) or ``None`` (the inputs are aligned chips); ``flip``, ``max_pixels``, ``reduced``, ``detect_size`` as
+    the :class:`~agegender.inference.predictor.Predictor` takes them; ``threads``: the model's threads (one per CPU
     the actor holds); ``backend``/``device``/``accurate``/``descriptor_weights`` as
     :func:`~agegender.inference.factory.load_model` takes them; ``error_kinds``: append ``error_kind``.
     """
@@ -84,7 +85,7 @@ class AgeGenderBatchPredictor:
     def __init__(self, model: str | None = None, detector: str | None = "auto", flip: bool = True,
                  threads: int = 1, backend: str = "auto", *, device: str | None = None, accurate: bool = False,
                  descriptor_weights: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True,
-                 error_kinds: bool = False) -> None:
+                 detect_size: int = DETECT_SIZE, error_kinds: bool = False) -> None:
         import cv2
 
         from agegender.inference.factory import load_model
@@ -94,7 +95,7 @@ class AgeGenderBatchPredictor:
         model_ = load_model(model, accurate=accurate, threads=threads, descriptor_weights=descriptor_weights,
                             backend=backend, device=device)
         self.predictor = Predictor(model_, detector=detector, threads=threads, flip=flip, max_pixels=max_pixels,
-                                   reduced=reduced)
+                                   reduced=reduced, detect_size=detect_size)
         self.error_kinds = error_kinds
         self.schema = arrow_schema(error_kinds)
 
@@ -252,7 +253,8 @@ def predict_dataset(ds: ray.data.Dataset, model: str | os.PathLike | None = None
                     detector: str | os.PathLike | None = "auto", *, flip: bool = True, threads: int = 1,
                     backend: str = "auto", device: str | None = None, accurate: bool = False,
                     descriptor_weights: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                    reduced: bool = True, actors: int | None = None, batch_size: int = BATCH_PHOTOS,
+                    reduced: bool = True, detect_size: int = DETECT_SIZE, actors: int | None = None,
+                    batch_size: int = BATCH_PHOTOS,
                     error_kinds: bool = False, env: Mapping[str, str] | None = None) -> ray.data.Dataset:
     """``ds`` (``{"path", "bytes"}`` rows) -> a Dataset of result rows (:func:`arrow_schema`), through a pool of
     :class:`AgeGenderBatchPredictor` actors with ``threads`` CPUs each: up to ``actors`` of them (default: as many
@@ -270,7 +272,7 @@ def predict_dataset(ds: ray.data.Dataset, model: str | os.PathLike | None = None
     kwargs = dict(model=_local_file(model), detector=detector if detector in (None, "auto") else _local_file(detector),
                   flip=flip, threads=threads, backend=backend, device=device, accurate=accurate,
                   descriptor_weights=_local_file(descriptor_weights), max_pixels=max_pixels, reduced=reduced,
-                  error_kinds=error_kinds)
+                  detect_size=detect_size, error_kinds=error_kinds)
     return ds.map_batches(AgeGenderBatchPredictor, fn_constructor_kwargs=kwargs, batch_size=batch_size,
                           batch_format="pyarrow", compute=ActorPoolStrategy(min_size=1, max_size=actors),
                           num_cpus=threads, runtime_env={"env_vars": env_vars} if env_vars else None)

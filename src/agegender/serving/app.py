@@ -116,7 +116,7 @@ async def healthz(request: Request) -> dict[str, Any]:
 async def models(request: Request) -> dict[str, Any]:
     settings = _settings(request)
     limits = {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels,
-              "timeout_s": settings.timeout_s}
+              "timeout_s": settings.timeout_s, "detect_size": settings.detect_size}
     return {"models": [_service(request).describe()], "limits": limits}
 
 

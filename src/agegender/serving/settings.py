@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from agegender.images import DEFAULT_MAX_PIXELS
+from agegender.inference.detector import DETECT_SIZE
 
 ENV_VAR = "AGEGENDER_SERVE_SETTINGS"
 MIB = 1 << 20
@@ -17,6 +18,7 @@ class ServeSettings:
     """Everything ``agegender serve`` can configure.
 
     ``model``/``detector``: ONNX paths (``None``: the shipped model / YuNet located as ``FaceDetector`` does).
+    ``detect_size``: the longer side photos are detected at (``FaceDetector``'s ``max_side``).
     ``max_upload_bytes``: largest accepted request body (413 above it). ``max_pixels``: largest accepted
     width * height, checked from the image header before decoding (422 above it). ``timeout_s``: per-request
     limit (504 past it). ``workers``: server processes, each with its own model. ``threads``: ONNX Runtime
@@ -31,6 +33,7 @@ class ServeSettings:
 
     model: str | None = None
     detector: str | None = None
+    detect_size: int = DETECT_SIZE
     max_upload_bytes: int = 10 * MIB
     max_pixels: int = DEFAULT_MAX_PIXELS
     timeout_s: float = 30.0
@@ -49,6 +52,8 @@ class ServeSettings:
         for name in ("max_upload_bytes", "max_pixels", "workers", "batch_max", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.detect_size < 32:
+            raise ValueError(f"detect_size must be at least 32, got {self.detect_size}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.timeout_s <= 0:
