@@ -81,7 +81,11 @@ class OnnxAgeGender:
         """Raw outputs for aligned BGR chips; ``flip`` averages each chip with its mirror."""
         if not len(chips_bgr):
             raise ValueError("no face chips given")
-        pixels = chips_to_input(list(chips_bgr), self.config)
+        return self.forward(chips_to_input(list(chips_bgr), self.config), flip)
+
+    def forward(self, pixels: np.ndarray, flip: bool = True) -> dict[str, np.ndarray]:
+        """Raw outputs for a preprocessed batch (as :meth:`raw` takes it); ``flip`` averages each face with its
+        mirror."""
         if not flip:
             return self.raw(pixels)
         both = self.raw(np.concatenate([pixels, pixels[..., ::-1]]))
