@@ -303,6 +303,18 @@ def test_suite_rows_name_known_filters_and_seeded_runs_their_folders(tmp_path: P
         repro.load_suite(tmp_path / "suite.yaml")
 
 
+def test_later_seeds_train_in_the_precision_the_first_seed_chose(tmp_path: Path) -> None:
+    repro = _reproduce()
+    first = tmp_path / "lh_age"
+    assert repro.first_precision(first) is None  # not trained yet: each seed resolves `auto` itself
+    first.mkdir()
+    (first / "summary.yaml").write_text("precision: bf16-mixed\n")
+    assert repro.first_precision(first) == "bf16-mixed"
+    run = repro.load_suite().runs["lh_age"]
+    cfg, _ = load_config(REPO / run.config, [*run.overrides, "precision=bf16-mixed"])  # after the suite's auto
+    assert cfg.precision == "bf16-mixed"
+
+
 def test_a_fine_tuning_run_trains_after_the_run_it_starts_from(tmp_path: Path) -> None:
     repro = _reproduce()
     suite = repro.load_suite()

@@ -272,6 +272,13 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "summary.yaml").is_file()
 
 
+def first_precision(run_dir: Path) -> str | None:
+    """The precision a finished run trained in (its summary's), or None."""
+    if not finished(run_dir):
+        return None
+    return yaml.safe_load((run_dir / "summary.yaml").read_text()).get("precision")
+
+
 def with_sources(suite: Suite, names: Sequence[str]) -> list[str]:
     """``names`` in order, each run a named run fine-tunes from put before it (added if absent)."""
     out: list[str] = []
@@ -313,6 +320,8 @@ def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, budgets: Mapp
                     failed.write_text(f"starts from {source.name}, which has not finished\n")
                     continue
                 overrides.append(f"init={source}")
+            if k:  # every seed of a run in the precision its first seed's `auto` chose: seeds differ by seed only
+                overrides += [f"precision={p}" for p in [first_precision(run.dirs(runs_dir)[0])] if p]
             try:
                 cfg, raw = load_config(REPO / run.config, overrides)
                 if k:
