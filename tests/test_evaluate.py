@@ -33,12 +33,11 @@ from agegender.evaluation.evaluate import (
     evaluate_model,
     evaluation_records,
     load_evaluable,
-    model_config,
     predict_faces,
 )
 from agegender.export import export_onnx, set_metadata
 from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
-from agegender.models import create_model
+from agegender.models import config_of, create_model
 from agegender.outputs import Decoded, decode
 from agegender.training.checkpoint import load_model
 from agegender.training.config import TrainConfig, load_config
@@ -119,7 +118,7 @@ def test_a_planted_age_bias_is_found_and_the_stored_correction_is_applied_everyw
     onnx_path = uncalibrated_flagship(tmp_path)
     model = load_evaluable(onnx_path)
     records, _ = evaluation_records("manifest", str(manifest), "all", progress=False)
-    data = decode_split(records, model_config(model), progress=False)
+    data = decode_split(records, config_of(model), progress=False)
     predicted = predict_faces(model, data.images, "flip").age
     planted = AgeCalibration(knee=25.0, slope=0.8)
     assert np.mean(predicted > 30) > 0.2  # enough faces above the knee to find it
@@ -263,7 +262,7 @@ def test_seed_config_loads_and_builds_its_model(path: Path) -> None:
     args = {**cfg.model_args, "pretrained": False}  # ImageNet weights are a download; the shape is the same
     with torch.device("meta"):  # shapes only: VGG-16 and ResNet-34 need no real memory
         model = create_model(cfg.model, **(args if "pretrained" in cfg.model_args else cfg.model_args))
-    assert model_config(model).name == cfg.model and cfg.select.startswith("val_")
+    assert config_of(model).name == cfg.model and cfg.select.startswith("val_")
 
 
 def _reproduce() -> ModuleType:

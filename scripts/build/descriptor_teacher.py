@@ -38,9 +38,10 @@ from agegender.age_calibration import AgeCalibration
 from agegender.data.datasets import dataset_splits, decode_split
 from agegender.data.records import FaceRecord
 from agegender.evaluation.calibrate import fit_on_predictions
-from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config
+from agegender.evaluation.evaluate import face_metrics, load_evaluable
 from agegender.inference.accurate.dlib_format import DESCRIPTOR_SIZE, installed_model_path
 from agegender.inference.accurate.stacked import chip_transform, descriptor_chip, stack_weights
+from agegender.models import config_of
 from agegender.outputs import decode
 from agegender.oversample import average_outputs
 from agegender.training.checkpoint import run_checkpoint
@@ -112,10 +113,10 @@ def descriptors(records: Sequence[FaceRecord], cache: Path, workers: int, chunk:
 
 def ensemble_outputs(models: Sequence[nn.Module], records: Sequence[FaceRecord]) -> dict[str, np.ndarray]:
     """Flip-averaged outputs of every model, averaged over the models."""
-    data = decode_split(records, model_config(models[0]), progress=False)
+    data = decode_split(records, config_of(models[0]), progress=False)
     if len(data.records) != len(records):
         raise SystemExit("some images could not be decoded")
-    return average_outputs([model_outputs(m, data.images, model_config(m), tta="flip") for m in models])
+    return average_outputs([model_outputs(m, data.images, config_of(m), tta="flip") for m in models])
 
 
 def cross_fitted(x: np.ndarray, records: Sequence[FaceRecord], folds: int, epochs: int, seed: int

@@ -20,7 +20,8 @@ import numpy as np
 
 from agegender.age_calibration import AgeCalibration
 from agegender.data.datasets import DataConfig, dataset_splits, decode_split
-from agegender.evaluation.evaluate import load_evaluable, model_config, predict_faces
+from agegender.evaluation.evaluate import load_evaluable, predict_faces
+from agegender.models import config_of
 from agegender.oversample import TTA_MODES
 
 Correction = Callable[[np.ndarray], np.ndarray]
@@ -57,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     model = load_evaluable(args.model)
     records = dataset_splits(DataConfig(dataset="utkface", root=args.root), progress=False)["val"]
-    data = decode_split(records, model_config(model), progress=True)
+    data = decode_split(records, config_of(model), progress=True)
     predicted = predict_faces(model, data.images, args.tta, calibrated=False).age
     true = np.array([r.age for r in data.records], dtype=np.float64)
     rng = np.random.default_rng(0)

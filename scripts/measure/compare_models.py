@@ -14,7 +14,8 @@ from pathlib import Path
 
 from agegender.data.datasets import decode_split
 from agegender.evaluation.compare import COMPARABLE, compare_faces, face_arrays
-from agegender.evaluation.evaluate import evaluation_records, load_evaluable, model_config, predict_faces
+from agegender.evaluation.evaluate import evaluation_records, load_evaluable, predict_faces
+from agegender.models import config_of
 from agegender.oversample import TTA_MODES
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     faces = []
     for path in (args.a, args.b):
         model = load_evaluable(path)
-        data = decode_split(records, model_config(model), progress=True)
+        data = decode_split(records, config_of(model), progress=True)
         faces.append(face_arrays(data.records, predict_faces(model, data.images, args.tta)))
     print(f"A = {args.a}, B = {args.b}; {which}; tta {args.tta}")
     print("| Figure | A - B (better is positive) | 95% interval |\n|---|---|---|")

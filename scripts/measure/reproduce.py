@@ -52,8 +52,8 @@ from agegender.data.datasets import (
 )
 from agegender.data.records import FaceRecord
 from agegender.evaluation.compare import BOOTSTRAP_SAMPLES, COMPARABLE, compare_faces, face_arrays
-from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config, predict_faces
-from agegender.models import get_config
+from agegender.evaluation.evaluate import face_metrics, load_evaluable, predict_faces
+from agegender.models import config_of, get_config
 from agegender.models.chained import ChainedPredictor
 from agegender.oversample import TTA_MODES
 from agegender.paths import default_path
@@ -374,7 +374,7 @@ def evaluate_row(row: Row, suite: Suite, runs_dir: Path, records: Sequence[FaceR
         if not faces_file.is_file() or faces_file.stat().st_mtime < newest:
             log.info("%s: evaluating %s (%s)", row.name, ", ".join(d.name for d in run_dirs), row.tta)
             model = _load_row_model(row, run_dirs)
-            data = decode_split(records, model_config(model), progress)
+            data = decode_split(records, config_of(model), progress)
             decoded = predict_faces(model, data.images, row.tta)
             write_report(face_metrics(data.records, decoded), out, title=row.title, protocol=protocol_text(
                 f"{description}; {row.checkpoint} of {', '.join(d.name for d in run_dirs)} in {runs_dir}",

@@ -15,7 +15,8 @@ import argparse
 from pathlib import Path
 
 from agegender.data.datasets import DataConfig, dataset_splits, decode_split
-from agegender.evaluation.evaluate import face_metrics, load_evaluable, model_config
+from agegender.evaluation.evaluate import face_metrics, load_evaluable
+from agegender.models import config_of
 from agegender.outputs import decode
 from agegender.oversample import TTA_MODES, average_outputs
 from agegender.training.forward import model_outputs
@@ -42,11 +43,11 @@ def main() -> None:
     records = dataset_splits(DataConfig(dataset="utkface", root=args.root), progress=False)[args.split]
     models = [load_evaluable(p) for p in args.models]
     inputs = {(c.input_size, c.load_size, c.face_crop, tuple(c.mean), tuple(c.std))
-              for c in map(model_config, models)}
+              for c in map(models)}
     if len(inputs) > 1:
         parser.error("the models take different inputs (size, crop or mean/std): they cannot be averaged")
-    data = decode_split(records, model_config(models[0]), progress=True)
-    outputs = [model_outputs(m, data.images, model_config(m), tta=args.tta) for m in models]
+    data = decode_split(records, config_of(models[0]), progress=True)
+    outputs = [model_outputs(m, data.images, config_of(m), tta=args.tta) for m in models]
     print(f"UTKFace {args.split} split, {len(data.records)} faces, tta {args.tta}")
     print("| Model | " + " | ".join(label for label, _, _ in FIGURES.values()) + " |")
     print("|---" * (len(FIGURES) + 1) + "|")

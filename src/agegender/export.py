@@ -21,6 +21,7 @@ from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.inference.onnx_model import META_PREFIX
 from agegender.labels import AGE_GROUPS
 from agegender.model_config import ModelConfig
+from agegender.models import config_of
 from agegender.preprocess import center_crop, normalization
 from agegender.version import __version__
 
@@ -48,7 +49,7 @@ class _Graph(nn.Module):
 def write_graph(model: nn.Module, path: str | Path, normalise: bool = True) -> Path:
     """Trace ``model`` (which carries ``.config``) into an ONNX graph: input ``pixels`` N x 3 x S x S float32 (RGB
     0..255 with ``normalise``, else already normalised), one output per contract key, dynamic batch."""
-    config: ModelConfig = model.config
+    config = config_of(model)
     graph = _Graph(model.eval(), config, normalise).eval()
     dummy = torch.rand(2, 3, config.input_size, config.input_size) * 255
     torch.onnx.export(graph, (dummy,), str(path), input_names=[INPUT_NAME], output_names=list(config.outputs),
@@ -61,7 +62,7 @@ def export_onnx(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] |
                 extra_metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``model`` (which carries ``.config``) as ONNX: input ``pixels`` N x 3 x S x S float32 RGB 0..255,
     one output per contract key; config, version, age groups and metrics stored as metadata."""
-    config: ModelConfig = model.config
+    config = config_of(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = write_graph(model, path.with_name(f".{path.name}.tmp"))

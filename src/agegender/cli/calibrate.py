@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agegender.cli.common import UserError, require_extra
+from agegender.models import config_of
 
 if TYPE_CHECKING:
     from agegender.evaluation.calibrate import IntervalFit
@@ -73,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
         ExportedModel,
         evaluation_records,
         load_evaluable,
-        model_config,
         predict_faces,
     )
     from agegender.export import set_metadata
@@ -93,10 +93,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--split all would fit on UTKFace's test split too: fit on --split val, or on a manifest "
                         "of held-out faces")
     records, description = evaluation_records(args.data, args.root, args.split, progress=not args.quiet)
-    data = decode_split(records, model_config(model), not args.quiet)
+    data = decode_split(records, config_of(model), not args.quiet)
     decoded = predict_faces(model, data.images, args.tta, calibrated=False)
     if decoded.age is None:
-        raise UserError(f"{model_config(model).name} predicts no age: there is nothing to calibrate")
+        raise UserError(f"{config_of(model).name} predicts no age: there is nothing to calibrate")
     fit = fit_on_predictions(decoded.age, data.records)
     cal = fit.calibration
     print(f"{description}; test-time augmentation {args.tta}")

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch", "onnx")
     from agegender.export import export_onnx
+    from agegender.models import config_of
     from agegender.training.checkpoint import load_model
 
     if not args.checkpoint.is_file():
@@ -36,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     path = export_onnx(model, args.output, metrics=metrics)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if args.int8:
-        write_int8(path, args.int8, model.config, args.calibration, args.calibration_size)
+        write_int8(path, args.int8, config_of(model), args.calibration, args.calibration_size)
     return 0

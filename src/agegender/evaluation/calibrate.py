@@ -14,8 +14,9 @@ from torch import nn
 
 from agegender.age_calibration import INTERVAL_COVERAGE, AgeCalibration, IntervalCalibration, age_band_edges
 from agegender.data.records import FaceRecord
-from agegender.evaluation.evaluate import model_config, predict_faces
+from agegender.evaluation.evaluate import predict_faces
 from agegender.labels import AGE_GROUPS
+from agegender.models import config_of
 from agegender.outputs import Decoded
 
 
@@ -55,7 +56,7 @@ def fit_age_calibration(model: nn.Module, records: Sequence[FaceRecord], images:
     uint8 ``images`` at its load size) under ``tta``."""
     decoded = predict_faces(model, images, tta, calibrated=False)
     if decoded.age is None:
-        raise ValueError(f"{model_config(model).name} predicts no age: there is nothing to calibrate")
+        raise ValueError(f"{config_of(model).name} predicts no age: there is nothing to calibrate")
     return fit_on_predictions(decoded.age, records)
 
 

@@ -25,7 +25,7 @@ from agegender.data.records import FaceRecord, ReadReport
 from agegender.data.splits import SPLITS
 from agegender.evaluation.compare import face_arrays, face_intervals
 from agegender.inference.onnx_model import OnnxAgeGender
-from agegender.model_config import ModelConfig
+from agegender.models import config_of
 from agegender.outputs import Decoded, decode
 from agegender.oversample import TTA_MODES
 from agegender.paths import default_path
@@ -82,14 +82,6 @@ def load_evaluable(path: str | Path) -> nn.Module:
                          f"train`) nor an .onnx export: {err}") from err
 
 
-def model_config(model: nn.Module) -> ModelConfig:
-    """The config every agegender model carries as ``model.config``."""
-    config = getattr(model, "config", None)
-    if not isinstance(config, ModelConfig):
-        raise TypeError(f"{type(model).__name__} carries no agegender ModelConfig as .config")
-    return config
-
-
 def _device(model: nn.Module) -> str:
     param = next(model.parameters(), None)
     return str(param.device) if param is not None else "cpu"
@@ -99,7 +91,7 @@ def predict_faces(model: nn.Module, images: np.ndarray, tta: str = "none", calib
     """Decoded predictions for cached uint8 images (N x S x S x 3 RGB at the model's load size), with the
     corrections an export stores (``agegender calibrate``: the age, then the interval) unless ``calibrated`` is
     False; a checkpoint has none."""
-    decoded = decode(model_outputs(model, images, model_config(model), tta=tta, device=_device(model)))
+    decoded = decode(model_outputs(model, images, config_of(model), tta=tta, device=_device(model)))
     calibrate = getattr(model, "calibrate", None) if calibrated else None
     return calibrate(decoded) if calibrate else decoded
 
@@ -119,7 +111,7 @@ def evaluate_model(model: str | Path | nn.Module, records: Sequence[FaceRecord],
     whose image cannot be decoded are then left out)."""
     net = load_evaluable(model) if isinstance(model, str | Path) else model
     if images is None:
-        data = decode_split(records, model_config(net), progress)
+        data = decode_split(records, config_of(net), progress)
         records, images = data.records, data.images
     return face_metrics(records, predict_faces(net, images, tta))
 
@@ -175,7 +167,7 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
     unknown = [t for t in ttas if t not in TTA_MODES]
     if unknown:
         raise ValueError(f"unknown TTA mode(s) {unknown}: use {', '.join(TTA_MODES)}")
-    config = model_config(net)
+    config = config_of(net)
     data = decode_split(records, config, progress)
     if "ten_crop" in ttas and config.load_size == config.input_size:
         log.info("%s has no crop margin (input %d = load size): ten_crop equals flip", config.name,

@@ -64,6 +64,20 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     return model
 
 
+def config_of(model: nn.Module) -> ModelConfig:
+    """The config every agegender model carries as ``model.config`` (``create_model`` sets it), typed.
+
+    >>> config_of(object())
+    Traceback (most recent call last):
+    ...
+    TypeError: object carries no agegender ModelConfig as .config
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"{type(model).__name__} carries no agegender ModelConfig as .config")
+    return config
+
+
 def _lookup(name: str) -> tuple[Builder, ModelConfig]:
     """The builder and config of ``name``, importing the module that registers it the first time."""
     if name not in _REGISTRY and name in _catalog.MODULES:

@@ -30,6 +30,7 @@ from agegender.data.records import FaceRecord
 from agegender.export import INPUT_NAME, write_graph
 from agegender.inference.backends import ort_session
 from agegender.model_config import ModelConfig
+from agegender.models import config_of
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
 from agegender.oversample import average_outputs
 from agegender.training.checkpoint import load_model, run_checkpoint
@@ -111,7 +112,7 @@ class Teacher:
         models, scales = [], []
         for path in paths:
             model = load_model(run_checkpoint(path, "distill.teacher"), device)
-            scales.append(input_scale(model.config, student, f"distill.teacher {path}"))
+            scales.append(input_scale(config_of(model), student, f"distill.teacher {path}"))
             models.append(model.to(device, memory_format=torch.channels_last))
         return cls(models, flip, runtime, scales, precision)
 

@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from agegender.data.datasets import SplitData, SplitRecords, load_splits
-from agegender.models import create_model
+from agegender.models import config_of, create_model
 from agegender.models.freezing import freeze_all_but_last, unfreeze_last
 from agegender.models.layers import start_age_at
 from agegender.outputs import decode
@@ -63,7 +63,7 @@ def evaluate_split(model: nn.Module, data: SplitData, cfg: TrainConfig, epoch: i
                    device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
     """Loss terms and metrics of a model on one split (numbers flattened for the history); the model runs under
     ``precision``'s autocast, the losses and metrics are computed in float32."""
-    outputs = model_outputs(model, data.images, model.config, tta=tta, device=device, precision=precision)
+    outputs = model_outputs(model, data.images, config_of(model), tta=tta, device=device, precision=precision)
     t = record_targets(data.records)
     targets = {k: torch.from_numpy(v) for k, v in t.items()}
     total, terms = multitask_loss({k: torch.from_numpy(v) for k, v in outputs.items()}, targets, cfg.loss, epoch)
@@ -116,7 +116,7 @@ class Trainer:
             init_from(self.model, cfg.init)
             log.info("weights start from %s", cfg.init)
         self.model = self.model.to(self.device, memory_format=torch.channels_last)
-        self.config = self.model.config
+        self.config = config_of(self.model)
         # the precision of the run: None until ``auto`` is resolved (by measuring, or from the run resumed)
         self.precision: str | None = None if cfg.precision == "auto" else cfg.precision
         self.precision_reason = "" if cfg.precision == "auto" else "the config's `precision`"
