@@ -281,7 +281,7 @@ def test_results_table_reads_not_run_until_runs_exist() -> None:
     rows = [line for line in page.splitlines() if line.startswith("| ") and " | " in line]
     for row in suite.rows:
         line = next(x for x in rows if x.startswith(f"| {row.title} |"))
-        assert "| not run |" in line
+        assert "| not run" in line and ("| not run: needs " in line) == bool(row.needs)
     assert page.count("**not run**") == len(suite.claims)
     for run in suite.runs.values():  # every config the suite names exists
         assert (REPO / run.config).is_file()

@@ -105,6 +105,7 @@ class Row:
     chain: Mapping[str, Any] | None = None  # {gender, male, female: run names, hard: bool}
     checkpoint: str = "best.pt"  # of ``model``: best.pt, or best_<key>.pt of the config's ``also_select``
     test_filter: Mapping[str, str] | None = None  # score only the test faces with these labels (data.filter)
+    needs: str | None = None  # a row this machine cannot run: what it needs (data or weights), and the configs
 
     @property
     def runs(self) -> tuple[str, ...]:
@@ -177,8 +178,9 @@ def load_suite(path: str | Path = SUITE_FILE) -> Suite:
     for row in rows:
         problems = [f"run {r!r}" for r in row.runs if r not in runs] + [f"metric {m!r}" for m in row.metrics
                                                                         if m not in METRIC_LABELS]
-        if not row.runs or row.tta not in TTA_MODES or problems:
-            raise ValueError(f"{path}: row {row.name!r} has unknown {', '.join(problems) or 'model or tta'}")
+        if bool(row.runs) == bool(row.needs) or row.tta not in TTA_MODES or problems:
+            what = ", ".join(problems) or "tta, or not exactly one of model, chain and needs"
+            raise ValueError(f"{path}: row {row.name!r} has unknown {what}")
         if row.chain is not None and row.checkpoint != "best.pt":
             raise ValueError(f"{path}: row {row.name!r}: a chain's parts are their best.pt")
         filter_records([], row.test_filter or {})  # a known filter, or a clear error
@@ -262,7 +264,7 @@ def budget_text(run: Run, context: Context) -> str:
 def row_budget(row: Row, suite: Suite, context: Context) -> tuple[float | None, float | None]:
     """A row's smallest share of its runs' recipes and the training samples of all its runs (one seed)."""
     budgets = [context.budgets.get(name) for name in row.runs]
-    if any(b is None for b in budgets):
+    if not budgets or any(b is None for b in budgets):
         return None, None
     return min(b.share for b in budgets if b), sum(b.samples for b in budgets if b)
 
@@ -504,9 +506,12 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
             ours = ", ".join(f"{_label(key)} {_figure(key, result.overall)}" for key in row.metrics)
         elif row.name in context.row_errors:
             ours = f"{NOT_RUN} (evaluation failed: {context.row_errors[row.name]})"
+        elif row.needs:
+            ours = f"{NOT_RUN}: needs {row.needs}"
         else:
-            ours = NOT_RUN
-        protocol = "; ".join(
+            optional = [suite.runs[name].optional for name in row.runs if suite.runs[name].optional]
+            ours = NOT_RUN + (f" ({'; '.join(optional)})" if optional else "")
+        protocol = "–" if row.needs else "; ".join(
             [{"none": "center crop", "flip": "center + mirror", "ten_crop": "10 crops"}[row.tta]]
             + [(f"{name}: " if row.chain else "") + budget_text(suite.runs[name], context)
                for name in row.runs]
