@@ -23,10 +23,11 @@ from agegender.age_calibration import (
 from agegender.cli import main
 from agegender.data.records import FaceRecord
 from agegender.evaluation.calibrate import fit_interval_calibration
-from agegender.evaluation.evaluate import load_evaluable, model_config, predict_faces
+from agegender.evaluation.evaluate import load_evaluable, predict_faces
 from agegender.export import set_metadata
 from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
 from agegender.labels import AGE_GROUPS
+from agegender.models import config_of
 from agegender.outputs import Decoded, decode
 from agegender.reporting.metrics import compute_metrics, format_metric
 
@@ -176,7 +177,7 @@ def test_stored_interval_is_read_and_applied_by_predict_describe_and_evaluation(
     by_hand = interval.apply(hinge.apply(predict_faces(exported, images, "flip", calibrated=False)))
     np.testing.assert_allclose(evaluated.age_low, by_hand.age_low)
     np.testing.assert_allclose(evaluated.age_high, by_hand.age_high)
-    assert model_config(exported).name == model.config.name
+    assert config_of(exported).name == model.config.name
 
     # stale: another age correction (or another precision) than it was fitted after: not applied
     set_metadata(path, {METADATA_KEY: AgeCalibration(knee=30.0, slope=0.8).to_json()})

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from agegender.data.datasets import decode_split
-from agegender.evaluation.evaluate import evaluation_records, face_metrics, load_evaluable, model_config, predict_faces
+from agegender.evaluation.evaluate import evaluation_records, face_metrics, load_evaluable, predict_faces
 from agegender.inference.onnx_model import shipped_model_path
+from agegender.models import config_of
 
 STATED = {  # model: (age MAE interval, gender accuracy interval), README "The shipped model"
     "flagship-int8": ((4.76, 5.20), (0.915, 0.937)),
@@ -28,7 +29,7 @@ def test_a_shipped_model_scores_inside_its_stated_interval(name: str, utkface_di
     model = load_evaluable(shipped_model_path(name))
     records, _ = evaluation_records("utkface", str(utkface_dir), "test", progress=False)
     assert len(records) == 2092, "the split moved: re-measure the README's figures and their intervals"
-    data = decode_split(records, model_config(model), progress=False)
+    data = decode_split(records, config_of(model), progress=False)
     overall = face_metrics(data.records, predict_faces(model, data.images, "flip"))["overall"]
     assert mae_low <= overall["age_mae"] <= mae_high
     assert gender_low <= overall["gender_accuracy"] <= gender_high

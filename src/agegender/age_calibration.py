@@ -95,6 +95,7 @@ class AgeCalibration:
         is set; a gender-only one unchanged."""
         if decoded.age is None:
             return decoded
+        assert decoded.age_low is not None and decoded.age_high is not None  # decoded with the age
         corrected = dataclasses.replace(decoded, age=self(decoded.age), age_low=self(decoded.age_low),
                                         age_high=self(decoded.age_high))
         return self.interval.apply(corrected) if self.interval else corrected

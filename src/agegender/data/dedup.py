@@ -195,7 +195,10 @@ def near_duplicate_pairs(fp: Fingerprints, min_residual: float = 0.70, min_resid
             r, c = np.nonzero(best >= min_residual_weak)
             keep = c > r
             r, c = r[keep], c[keep]
-            rows.append(r + start), cols.append(c + start), mirs.append(aa[r, c] < 0), scores.append(best[r, c])
+            rows.append(r + start)
+            cols.append(c + start)
+            mirs.append(aa[r, c] < 0)
+            scores.append(best[r, c])
         r, c, m, s = (known[np.concatenate(rows)], known[np.concatenate(cols)], np.concatenate(mirs),
                       np.concatenate(scores))
         r, c, m, s = _one_per_content(fp, r, c, m, s)
@@ -229,7 +232,9 @@ def _phash_pairs(fp: Fingerprints, known: np.ndarray, max_bits: int,
                                                       _mirror_where(th, np.ones(len(th), bool)))):
         r, c = np.nonzero(_popcount(h[:, None] ^ other[None, :]) <= max_bits)
         keep = (c > r) & (np.einsum("ij,ij->i", th[r], other_th[c]) >= min_corr)
-        rows.append(r[keep]), cols.append(c[keep]), mirs.append(np.full(int(keep.sum()), mirrored))
+        rows.append(r[keep])
+        cols.append(c[keep])
+        mirs.append(np.full(int(keep.sum()), mirrored))
     r, c, m = known[np.concatenate(rows)], known[np.concatenate(cols)], np.concatenate(mirs)
     return _one_per_content(fp, r, c, m)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -125,7 +125,7 @@ def kfold_records(records: Sequence[FaceRecord], k: int) -> list[list[FaceRecord
     return folds
 
 
-def check_no_leakage(splits: dict[str, Sequence[FaceRecord]]) -> None:
+def check_no_leakage(splits: Mapping[str, Sequence[FaceRecord]]) -> None:
     """Raise LeakageError if any group id appears in two splits."""
     seen: dict[str, str] = {}
     for name, recs in splits.items():

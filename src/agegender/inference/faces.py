@@ -37,7 +37,8 @@ def _to_full(detection: Detection, scale: float) -> Detection:
         return detection
     landmarks = (detection.landmarks / scale).astype(np.float32)
     landmarks.flags.writeable = False
-    return replace(detection, box=tuple(v / scale for v in detection.box), landmarks=landmarks)
+    x, y, w, h = detection.box
+    return replace(detection, box=(x / scale, y / scale, w / scale, h / scale), landmarks=landmarks)
 
 
 def locate_faces(image: ScaledImage, detector: FaceDetector, input_side: int,

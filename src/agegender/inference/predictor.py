@@ -108,7 +108,9 @@ class Predictor:
 
     def predict(self, image: ImageSource) -> ImageResult:
         """Faces in one image (path, bytes, BGR numpy array or PIL image), most confident detection first."""
-        return self.predict_batch([image])[0]
+        (result,) = self.predict_batch([image])
+        assert isinstance(result, ImageResult)  # errors="raise": a failure raised instead
+        return result
 
     def predict_batch(self, images: Sequence[ImageSource], errors: Literal["raise", "return"] = "raise"
                       ) -> list[ImageResult | ImageFailure]:
@@ -164,12 +166,14 @@ class Predictor:
 
 
 def _face(decoded: Decoded | None, i: int, det: Detection | None, size: tuple[int, int]) -> Face:
-    assert decoded is not None and decoded.female_prob is not None  # the Predictor needs age and gender outputs
+    assert decoded is not None  # the Predictor needs age and gender outputs:
+    assert decoded.female_prob is not None and decoded.age is not None and decoded.group_probs is not None
+    assert decoded.age_low is not None and decoded.age_high is not None
     female = float(decoded.female_prob[i])
     group = int(decoded.age_group[i])
-    box = det.box if det is not None else (0.0, 0.0, float(size[0]), float(size[1]))
+    x, y, w, h = det.box if det is not None else (0.0, 0.0, float(size[0]), float(size[1]))
     return Face(
-        box=tuple(float(v) for v in box), score=det.score if det is not None else 1.0,
+        box=(float(x), float(y), float(w), float(h)), score=det.score if det is not None else 1.0,
         age=float(decoded.age[i]), age_range=(float(decoded.age_low[i]), float(decoded.age_high[i])),
         age_group=AGE_GROUPS[group], age_group_confidence=float(decoded.group_probs[i, group]),
         gender=gender_name(int(gender_codes(female))), gender_confidence=max(female, 1 - female),

@@ -115,7 +115,8 @@ class AgeGenderBatchPredictor:
         p = self.predictor
         try:
             min_side = p.detector.max_side if p.reduced and p.detector is not None else None
-            scaled = load_scaled(data or b"", min_side=min_side, max_pixels=p.max_pixels, name=name)
+            data = data or b""
+            scaled = load_scaled(data, min_side=min_side, max_pixels=p.max_pixels, name=name)
             return prepare_pixels(scaled, name, p.detector, p.input_side,
                                   partial(load_scaled, data, max_pixels=p.max_pixels, name=name), keep_pixels=False)
         except ImageError as err:

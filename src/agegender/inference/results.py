@@ -283,7 +283,8 @@ def _scaled(face: Face, scale: float) -> Face:
     """``face`` with its box and landmarks in the coordinates of pixels at ``scale``."""
     if scale == 1.0:
         return face
-    return replace(face, box=tuple(v * scale for v in face.box),
+    x, y, w, h = face.box
+    return replace(face, box=(x * scale, y * scale, w * scale, h * scale),
                    landmarks=None if face.landmarks is None else face.landmarks * scale)
 
 

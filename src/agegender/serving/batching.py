@@ -114,7 +114,7 @@ class MicroBatcher(Generic[T, R]):
     def _call(self, items: list[T]) -> list[R | Exception]:
         """``fn(items)``; if that raises, each item alone, so that one bad item fails only itself."""
         try:
-            results = list(self.fn(items))
+            results: list[R | Exception] = list(self.fn(items))
             if len(results) != len(items):
                 raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
             return results
