@@ -179,8 +179,9 @@ def load_suite(path: str | Path = SUITE_FILE) -> Suite:
         problems = [f"run {r!r}" for r in row.runs if r not in runs] + [f"metric {m!r}" for m in row.metrics
                                                                         if m not in METRIC_LABELS]
         if bool(row.runs) == bool(row.needs) or row.tta not in TTA_MODES or problems:
-            what = ", ".join(problems) or "tta, or not exactly one of model, chain and needs"
-            raise ValueError(f"{path}: row {row.name!r} has unknown {what}")
+            what = (f"unknown {', '.join(problems)}" if problems else
+                    "needs a known tta and exactly one of model, chain and needs")
+            raise ValueError(f"{path}: row {row.name!r} {what}")
         if row.chain is not None and row.checkpoint != "best.pt":
             raise ValueError(f"{path}: row {row.name!r}: a chain's parts are their best.pt")
         filter_records([], row.test_filter or {})  # a known filter, or a clear error

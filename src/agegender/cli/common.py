@@ -74,14 +74,16 @@ def add_detect_size_option(p: argparse.ArgumentParser) -> None:
     from agegender.inference.detector import DETECT_SIZE
 
     p.add_argument("--detect-size", type=_detect_size, default=DETECT_SIZE, metavar="PX",
-                   help=f"the longer side photos are detected at (default {DETECT_SIZE}: faces from about 30 px in a "
-                        "12 MP photo; 640 is about twice as fast on large photos and misses faces under about 60 px)")
+                   help=f"the longer side photos are detected at (default {DETECT_SIZE}; 640 is about twice as fast "
+                        "on 12 MP photos and finds fewer of their smaller faces)")
 
 
 def _detect_size(text: str) -> int:
+    from agegender.inference.detector import MIN_DETECT_SIZE
+
     value = int(text)
-    if value < 32:
-        raise argparse.ArgumentTypeError(f"must be at least 32, got {value}")
+    if value < MIN_DETECT_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_DETECT_SIZE}, got {value}")
     return value
 
 

@@ -20,6 +20,7 @@ from agegender.artifacts import RemoteFile, WeightsError, artifact
 
 __all__ = [
     "DETECT_SIZE",
+    "MIN_DETECT_SIZE",
     "YUNET_FILENAME",
     "YUNET_SHA256",
     "YUNET_URL",
@@ -35,9 +36,10 @@ LANDMARK_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mout
 
 YUNET = cast(RemoteFile, artifact("yunet"))
 # The longer side photos are detected at (larger photos are downscaled, a JPEG decoded at the DCT scale that holds
-# it): YuNet finds faces down to about 10 px there, so about 30 px in a 4032 px photo. 640 (YuNet's own input size)
-# is about twice as fast on a 12 MP photo and misses faces under about 60 px (README, "Photos at scale").
+# it). 640 (YuNet's own input size) was about twice as fast on 12 MP photos and found fewer of their smaller faces
+# (README, "Photos at scale"). MIN_DETECT_SIZE: the smallest accepted.
 DETECT_SIZE = 1280
+MIN_DETECT_SIZE = 32
 YUNET_FILENAME, YUNET_URL, YUNET_SHA256 = YUNET.filename, YUNET.url, YUNET.sha256
 
 
@@ -102,8 +104,8 @@ class FaceDetector:
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0 or not 0.0 <= nms_threshold <= 1.0:
             raise ValueError("score_threshold and nms_threshold must be in [0, 1]")
-        if max_side is not None and max_side < 32:
-            raise ValueError(f"max_side must be >= 32 or None, got {max_side}")
+        if max_side is not None and max_side < MIN_DETECT_SIZE:
+            raise ValueError(f"max_side must be >= {MIN_DETECT_SIZE} or None, got {max_side}")
         self.model_path = locate_weights(model_path)
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold

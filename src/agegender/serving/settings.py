@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 from agegender.images import DEFAULT_MAX_PIXELS
-from agegender.inference.detector import DETECT_SIZE
+from agegender.inference.detector import DETECT_SIZE, MIN_DETECT_SIZE
 
 ENV_VAR = "AGEGENDER_SERVE_SETTINGS"
 MIB = 1 << 20
@@ -52,8 +52,8 @@ class ServeSettings:
         for name in ("max_upload_bytes", "max_pixels", "workers", "batch_max", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.detect_size < 32:
-            raise ValueError(f"detect_size must be at least 32, got {self.detect_size}")
+        if self.detect_size < MIN_DETECT_SIZE:
+            raise ValueError(f"detect_size must be at least {MIN_DETECT_SIZE}, got {self.detect_size}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.timeout_s <= 0:

@@ -46,7 +46,8 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
     # the checkpoint's weights replace any a builder would load: no download, no local weights file needed
     skipped = {key: args[key] for key in NO_WEIGHTS if key in args}
     model = create_model(config.name, **{**fields, **args, **{key: NO_WEIGHTS[key] for key in skipped}})
-    model.config = config_of(model).replace(extra={**config_of(model).extra, **skipped})  # as the run recorded them
+    built = config_of(model)
+    model.config = built.replace(extra={**built.extra, **skipped})  # as the run recorded them
     weights = state["model"]
     if state.get("ema"):
         weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
@@ -61,22 +62,24 @@ def init_from(model: nn.Module, path: str | Path) -> None:
     ``resnet34_multitask``) gets every weight the two share by name and shape, which must include the source's
     whole ``backbone``; its own heads and blocks the source lacks keep their fresh start, and are logged."""
     source = load_model(run_checkpoint(path, "init"))
-    if config_of(source).name != config_of(model).name:
+    name = config_of(source).name
+    if name != config_of(model).name:
         _init_trunk(model, source, path)
         return
     try:
         model.load_state_dict(source.state_dict())
     except RuntimeError as err:
-        raise ValueError(f"init: {path} is a {config_of(source).name} of another shape (check model_args): "
+        raise ValueError(f"init: {path} is a {name} of another shape (check model_args): "
                          f"{' '.join(str(err).split())[:300]}") from err
 
 
 def _init_trunk(model: nn.Module, source: nn.Module, path: str | Path) -> None:
     """:func:`init_from` across networks: the trunk and whatever else matches by name and shape."""
-    names = f"init: {path} holds a {config_of(source).name}, not a {config_of(model).name}"
+    theirs, ours = config_of(source), config_of(model)
+    names = f"init: {path} holds a {theirs.name}, not a {ours.name}"
     inputs = ("input_size", "resize", "face_crop", "mean", "std")
-    differ = [f"{key} {getattr(config_of(source), key)} vs {getattr(config_of(model), key)}" for key in inputs
-              if getattr(config_of(source), key) != getattr(config_of(model), key)]
+    differ = [f"{key} {getattr(theirs, key)} vs {getattr(ours, key)}" for key in inputs
+              if getattr(theirs, key) != getattr(ours, key)]
     if differ:
         raise ValueError(f"{names}, trained on other inputs ({'; '.join(differ)}): set model_args alike")
     target, weights = model.state_dict(), source.state_dict()
@@ -89,4 +92,4 @@ def _init_trunk(model: nn.Module, source: nn.Module, path: str | Path) -> None:
     model.load_state_dict(shared, strict=False)
     fresh = sorted({k.rsplit(".", 1)[0] for k in target if k not in shared})
     log.info("init: %s's trunk and the layers they share (%d tensors) from %s; starting fresh: %s",
-             config_of(source).name, len(shared), path, ", ".join(fresh) or "nothing")
+             theirs.name, len(shared), path, ", ".join(fresh) or "nothing")
