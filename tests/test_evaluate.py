@@ -345,6 +345,13 @@ def test_claims_are_judged_by_a_paired_bootstrap() -> None:
     assert repro.judge(claim, {"a": poor, "b": good})[0] == "contradicted"
     assert repro.judge(claim, {"a": good, "b": good})[0] == "inconclusive"
     assert repro.judge(claim, {"a": good})[0] == "not run"
+    # two selection rules that chose the same checkpoints are one model, not an inconclusive comparison
+    chosen = ((("runs/twohead", 3),),)
+    same = [repro.RowResult(good.overall, good.faces, checkpoints=chosen) for _ in range(2)]
+    verdict, words = repro.judge(claim, {"a": same[0], "b": same[1]})
+    assert verdict == "not testable at this budget" and "epoch 3" in words
+    other = repro.RowResult(good.overall, good.faces, checkpoints=((("runs/twohead", 2),),))
+    assert repro.judge(claim, {"a": other, "b": same[1]})[0] == "inconclusive"
     # below half of the recipes' samples a disagreement is not a contradiction, and unequal budgets are named
     low = {"a": (0.1, 12_000.0), "b": (0.6, 135_000.0)}
     verdict, words = repro.judge(claim, {"a": poor, "b": good}, low)
@@ -396,3 +403,20 @@ def test_export_stores_the_run_s_metrics_and_models_shows_them_with_their_protoc
     assert json.loads(capsys.readouterr().out)["metrics"]["protocol"] == report["protocol"]
     assert main(["models", str(checkpoint)]) == 2  # a checkpoint is not an exported model
     assert "agegender export" in capsys.readouterr().err
+
+
+def test_the_confusion_and_timing_tables_of_the_results_page() -> None:
+    repro = _reproduce()
+    suite = repro.load_suite()
+    truth = np.repeat(np.arange(8), 4)
+    faces = {"true_group": truth, "group": np.where(np.arange(32) % 4 == 0, (truth + 1) % 8, truth)}
+    seeds = [faces, {**faces, "group": truth}]  # pooled: 7 of 8 faces of each group right, 1 one group older
+    pooled = repro.pooled_confusion(repro.RowResult({}, seeds))
+    assert np.allclose(pooled.sum(1), 1.0) and pooled[0, 0] == 7 / 8 and pooled[0, 1] == 1 / 8
+    lines = repro.render_confusion(suite.confusion, repro.RowResult({}, seeds), "chained")
+    assert "| 0-2 | **0.71 / 0.88** | 0.19 / 0.12 |" in "\n".join(lines) and "pooled over 2 seed(s)" in lines[3]
+    timing = "\n".join(repro.render_timing(suite.timing, {"lh_age_center": 8.0, "zhu_joint": 2.0},
+                                           {r.name: r.title for r in suite.rows}))
+    assert "| 0.01 (9.0x faster) | 2.0 (4.0x faster) |" in timing
+    assert "| 0.09 (1.0x faster) | not run |" in repro.render_timing(suite.timing, {}, {
+        r.name: r.title for r in suite.rows})[-2]

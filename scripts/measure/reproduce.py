@@ -19,7 +19,8 @@ by hand; a row shows the mean over its finished seeds.
 Claims are judged by a paired bootstrap over the test faces, and over the training seeds where a row has several:
 the 95% interval of (ours for the side the paper says is better) minus (ours for the other side); "supported" when
 it lies above zero, "contradicted" when below (or "not reproduced at this budget" when a run had less than half of
-its recipe's training samples), "inconclusive" otherwise.
+its recipe's training samples), "inconclusive" otherwise; "not testable at this budget" when both rows evaluate
+the same checkpoints (selection rules that chose the same epochs).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import torch
 import yaml
 from torch import nn
 
+from agegender.benchmark.timing import time_interleaved
 from agegender.data.datasets import (
     DataConfig,
     SplitRecords,
@@ -53,11 +55,12 @@ from agegender.data.datasets import (
 from agegender.data.records import FaceRecord
 from agegender.evaluation.compare import BOOTSTRAP_SAMPLES, COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, predict_faces
+from agegender.labels import AGE_GROUPS, NUM_AGE_GROUPS
 from agegender.models import config_of, get_config
 from agegender.models.chained import ChainedPredictor
 from agegender.oversample import TTA_MODES
 from agegender.paths import default_path
-from agegender.reporting.metrics import METRIC_LABELS, format_metric
+from agegender.reporting.metrics import METRIC_LABELS, confusion_matrix, format_metric, normalize_rows
 from agegender.reporting.report import protocol_text, write_report
 from agegender.training.config import TrainConfig, load_config
 from agegender.training.engine import train
@@ -68,6 +71,9 @@ DEFAULT_RUNS = REPO.parent / "runs" / "repro"
 DEFAULT_DATA = default_path("utkface")
 DEFAULT_OUT = REPO / "docs" / "results.md"
 NOT_RUN = "not run"
+#: The verdict of a claim whose two rows evaluate the same checkpoints (a budget too short for the selection
+#: rules it compares to choose differently).
+SAME_MODEL = "not testable at this budget"
 
 log = logging.getLogger("reproduce")
 
@@ -126,10 +132,31 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class ConfusionTable:
+    """A paper's age-group confusion matrix (rows true, columns predicted, each row summing to about 1) shown
+    beside ours for ``row``, pooled over its seeds."""
+
+    row: str
+    paper: str
+    matrix: tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class TimingTable:
+    """A paper's seconds per image for some rows' networks, shown beside our time per image for each row's first
+    seed (batch 1, float32 PyTorch on this machine's CPU threads)."""
+
+    paper: str
+    seconds: Mapping[str, float]  # row -> the paper's seconds per image
+
+
+@dataclass(frozen=True)
 class Suite:
     runs: dict[str, Run]
     rows: list[Row]
     claims: list[Claim]
+    confusion: ConfusionTable | None = None
+    timing: TimingTable | None = None
 
 
 @dataclass
@@ -144,6 +171,7 @@ class Context:
     failures: dict[str, str] = field(default_factory=dict)  # run -> error of its last attempt
     row_errors: dict[str, str] = field(default_factory=dict)  # row -> why its evaluation failed
     budgets: dict[str, Budget] = field(default_factory=dict)  # run -> its budget, resolved on its faces
+    times_ms: dict[str, float] = field(default_factory=dict)  # row -> ms per image (TimingTable)
     command: str = "python scripts/measure/reproduce.py"
     commit: str = "unknown"
     date: str = field(default_factory=lambda: datetime.date.today().isoformat())
@@ -157,6 +185,9 @@ class RowResult:
     overall: dict[str, Any]
     faces: list[dict[str, np.ndarray]] = field(repr=False)
     train_seconds: float = 0.0
+    #: Per seed, (run folder, epoch) of each checkpoint the row evaluates: rows that select the same epochs of
+    #: the same runs are one model, whatever their selection rules (:func:`judge`).
+    checkpoints: tuple[tuple[tuple[str, int], ...], ...] = ()
 
 
 def load_suite(path: str | Path = SUITE_FILE) -> Suite:
@@ -188,7 +219,17 @@ def load_suite(path: str | Path = SUITE_FILE) -> Suite:
     for claim in claims:
         if {claim.better, claim.worse} - row_names or claim.metric not in COMPARABLE:
             raise ValueError(f"{path}: claim {claim.claim!r} names an unknown row or metric")
-    return Suite(runs, rows, claims)
+    confusion = timing = None
+    if "confusion" in raw:
+        spec = raw["confusion"]
+        confusion = ConfusionTable(spec["row"], spec["paper"], tuple(map(tuple, spec["matrix"])))
+        if confusion.row not in row_names or np.shape(confusion.matrix) != (NUM_AGE_GROUPS, NUM_AGE_GROUPS):
+            raise ValueError(f"{path}: confusion needs a known row and an {NUM_AGE_GROUPS}x{NUM_AGE_GROUPS} matrix")
+    if "timing" in raw:
+        timing = TimingTable(raw["timing"]["paper"], dict(raw["timing"]["seconds"]))
+        if set(timing.seconds) - row_names:
+            raise ValueError(f"{path}: timing names unknown rows {sorted(set(timing.seconds) - row_names)}")
+    return Suite(runs, rows, claims, confusion, timing)
 
 
 # -- budgets --------------------------------------------------------------------------------------------
@@ -369,8 +410,9 @@ def evaluate_row(row: Row, suite: Suite, runs_dir: Path, records: Sequence[FaceR
     seeds = [dirs for dirs in every_seed if all(finished(d) for d in dirs)]
     if not seeds or seeds[0] != every_seed[0]:
         return None
-    overall, faces, seconds = [], [], 0.0
+    overall, faces, seconds, checkpoints = [], [], 0.0, []
     for k, run_dirs in enumerate(seeds):
+        checkpoints.append(tuple((str(d), checkpoint_epoch(d / row.checkpoint)) for d in run_dirs))
         out = runs_dir / "evaluations" / (row.name if k == 0 else f"{row.name}.seed{k}")
         faces_file = out / "predictions.npz"
         newest = max((d / row.checkpoint).stat().st_mtime for d in run_dirs)
@@ -387,7 +429,40 @@ def evaluate_row(row: Row, suite: Suite, runs_dir: Path, records: Sequence[FaceR
         overall.append(json.loads((out / "metrics.json").read_text())["overall"])
         with np.load(faces_file) as arrays:
             faces.append(dict(arrays))
-    return RowResult(mean_figures(overall), faces, seconds)
+    return RowResult(mean_figures(overall), faces, seconds, tuple(checkpoints))
+
+
+def pooled_confusion(result: RowResult) -> np.ndarray:
+    """The row-normalised age-group confusion matrix (rows true, columns predicted) of a row's faces, pooled over
+    its seeds; faces without a true or a predicted group are left out."""
+    counts = np.zeros((NUM_AGE_GROUPS, NUM_AGE_GROUPS), dtype=np.int64)
+    for faces in result.faces:
+        both = (faces["true_group"] >= 0) & (faces["group"] >= 0)
+        counts += confusion_matrix(faces["group"][both], faces["true_group"][both], NUM_AGE_GROUPS)
+    return normalize_rows(counts)
+
+
+def time_rows(suite: Suite, names: Sequence[str], runs_dir: Path) -> dict[str, float]:
+    """Milliseconds per image of each row's first-seed network (batch 1, float32, inference mode, this process's
+    torch threads), timed interleaved so that passing load lands on all alike; rows not run are left out."""
+    calls = {}
+    for name in names:
+        row = next(r for r in suite.rows if r.name == name)
+        first = row_seeds(row, suite, runs_dir)[0]
+        if not all(finished(d) for d in first):
+            continue
+        model = _load_row_model(row, first)
+        size = config_of(model).input_size
+        x = torch.zeros(1, 3, size, size)
+        calls[name] = lambda model=model, x=x: model(x)
+    with torch.inference_mode():
+        timings = time_interleaved(calls, runs=30, min_seconds=3.0)
+    return {name: timing.median_ms for name, timing in timings.items()}
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The training epoch a checkpoint holds (its state is memory-mapped: only the number is read)."""
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["epoch"])
 
 
 def mean_figures(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -430,6 +505,10 @@ def judge(claim: Claim, results: Mapping[str, RowResult | None],
     better, worse = results.get(claim.better), results.get(claim.worse)
     if better is None or worse is None:
         return NOT_RUN, "–"
+    if better.checkpoints and better.checkpoints == worse.checkpoints:
+        epochs = sorted({epoch for seed in better.checkpoints for _, epoch in seed})
+        return SAME_MODEL, (f"{_figure(claim.metric, better.overall)} for both: each selection chose the same "
+                            f"checkpoint (epoch {', '.join(map(str, epochs))}) of every run")
     try:
         difference = compare_faces(better.faces, worse.faces, claim.metric)
     except ValueError as error:
@@ -463,12 +542,52 @@ def _figure(key: str, overall: Mapping[str, Any]) -> str:
     return text
 
 
+def _epochs_text(result: RowResult | None) -> str:
+    if result is None or not result.checkpoints:
+        return ""
+    epochs = sorted({epoch for seed in result.checkpoints for _, epoch in seed})
+    return f": epoch {', '.join(map(str, epochs))}"
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _count(n: int | None) -> str:
     return "?" if n is None else f"{n:,}"
+
+
+def render_confusion(table: ConfusionTable, result: RowResult | None, title: str) -> list[str]:
+    """The paper's and our confusion matrices in one table, each cell "paper / ours"."""
+    lines = ["", f"## Age confusion matrix: {title}", "",
+             f"Rows are the true age group, columns the predicted one, each row normalised; each cell reads "
+             f"*paper / ours*. Paper: {table.paper}. Ours: the UTKFace test faces, "
+             + ("not run." if result is None else f"pooled over {len(result.faces)} seed(s)."), "",
+             "| true | " + " | ".join(AGE_GROUPS) + " |", "|---" * (NUM_AGE_GROUPS + 1) + "|"]
+    ours = None if result is None else pooled_confusion(result)
+    for i, group in enumerate(AGE_GROUPS):
+        cells = [f"{table.matrix[i][j]:.2f} / " + ("–" if ours is None else f"{ours[i, j]:.2f}")
+                 for j in range(NUM_AGE_GROUPS)]
+        cells[i] = f"**{cells[i]}**"
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_timing(table: TimingTable, times_ms: Mapping[str, float], titles: Mapping[str, str]) -> list[str]:
+    """Seconds per image as published beside our milliseconds per image, with each side's ratio to the
+    slowest network."""
+    lines = ["", "## Running time per image", "",
+             f"Paper: {table.paper}. Ours: median milliseconds per image of each row's network (first seed), batch "
+             "1, float32 PyTorch, this machine's CPU (see Hardware), preprocessing not included; `python "
+             "scripts/measure/reproduce.py --no-train` re-times them. Compare the ratios, not the values.", "",
+             "| Network | Paper (s per image) | Ours (ms per image) |", "|---|---|---|"]
+    slow_paper = max(table.seconds.values())
+    slow_ours = max(times_ms.values(), default=None)
+    for name, seconds in table.seconds.items():
+        ours = times_ms.get(name)
+        mine = "not run" if ours is None or slow_ours is None else f"{ours:.1f} ({slow_ours / ours:.1f}x faster)"
+        lines.append(f"| {titles[name]} | {seconds:g} ({slow_paper / seconds:.1f}x faster) | {mine} |")
+    return lines
 
 
 def render_results(suite: Suite, results: Mapping[str, RowResult | None], context: Context) -> str:
@@ -516,7 +635,8 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
             [{"none": "center crop", "flip": "center + mirror", "ten_crop": "10 crops"}[row.tta]]
             + [(f"{name}: " if row.chain else "") + budget_text(suite.runs[name], context)
                for name in row.runs]
-            + ([f"{row.checkpoint} (chosen by {row.checkpoint[5:-3]})"] if row.checkpoint != "best.pt" else [])
+            + ([f"{row.checkpoint} (chosen by {row.checkpoint[5:-3]}{_epochs_text(result)})"]
+               if row.checkpoint != "best.pt" else [])
             + ([f"scored on the test faces of {', '.join(f'{k} {v}' for k, v in row.test_filter.items())}"]
                if row.test_filter else []))
         share = row_budget(row, suite, context)[0]
@@ -532,12 +652,19 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
               "holds the spread of test faces only. The share of each recipe's training samples (epochs x faces) "
               "is given, and a "
               f"disagreement at less than {100 * MIN_SHARE:.0f}% of a recipe reads *not reproduced at this budget* "
-              "rather than *contradicted*; arms trained on unequal numbers of samples are named so.", "",
+              "rather than *contradicted*; arms trained on unequal numbers of samples are named so. Two rows that "
+              f"evaluate the same checkpoints (their selection rules chose the same epochs) read *{SAME_MODEL}*.",
+              "",
               "| Claim | Paper | Ours | Verdict |", "|---|---|---|---|"]
     budgets = {row.name: row_budget(row, suite, context) for row in suite.rows}
     for claim in suite.claims:
         verdict, ours = judge(claim, results, budgets)
         lines.append(f"| {claim.claim} | {claim.paper} | {ours} | **{verdict}** |")
+    titles = {row.name: row.title for row in suite.rows}
+    if suite.confusion is not None:
+        lines += render_confusion(suite.confusion, results.get(suite.confusion.row), titles[suite.confusion.row])
+    if suite.timing is not None:
+        lines += render_timing(suite.timing, context.times_ms, titles)
     lines += ["", "## Runs", "", "| Run | Config | Status | Est. budget time |", "|---|---|---|---|"]
     for name, run in suite.runs.items():
         failure = context.failures.get(name)
@@ -615,6 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures={p.name.removesuffix(".failed.txt"): p.read_text().strip()
                   for p in args.runs_dir.glob("*.failed.txt")},
         budgets=budgets,
+        times_ms=time_rows(suite, list(suite.timing.seconds), args.runs_dir) if suite.timing else {},
         command=" ".join(["python scripts/measure/reproduce.py", *(sys.argv[1:] if argv is None else argv)]),
         commit=_git_commit())
     args.out.parent.mkdir(parents=True, exist_ok=True)
