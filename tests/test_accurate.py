@@ -77,8 +77,9 @@ def test_a_compressed_download_is_unpacked_verified_and_cached(tmp_path: Path, m
 
 
 def test_the_accurate_mode_beats_the_flagship_on_held_out_chips(utkface_dir: Path, dlib_weights: Path) -> None:
-    """Stated bound, 300 test-split chips: the stacked model's MAE is below the flagship's (all 2,092 test
-    chips: 4.63 against 4.96) and its gender accuracy at least 92%."""
+    """Stated bound, 299 test-split chips: the stacked model's MAE and gender are better than the flagship's
+    (all 2,092 test chips: 4.63 against 4.96, 93.7% against 92.5%) and its gender accuracy at least 91% (93.7% on
+    all chips; 299 chips carry a standard error of 1.4 points, and the backends differ by a face or two)."""
     records, _ = read_utkface(utkface_dir)
     test = load_or_make_splits(records, default_cache_dir() / "splits", progress=False)[0]["test"][1::7][:300]
     ages = np.array([r.age for r in test])
@@ -88,7 +89,8 @@ def test_the_accurate_mode_beats_the_flagship_on_held_out_chips(utkface_dir: Pat
         faces = [f[0] for f in Predictor(model, detector=None).predict_batch([r.path for r in test])]
         scores[name] = (np.mean(np.abs([f.age for f in faces] - ages)),
                         np.mean(np.array([f.gender == "female" for f in faces]) == female))
-    assert scores["stacked"][0] < scores["flagship"][0] and scores["stacked"][1] >= 0.92, scores
+    assert scores["stacked"][0] < scores["flagship"][0], scores
+    assert scores["stacked"][1] > scores["flagship"][1] and scores["stacked"][1] >= 0.91, scores
 
 
 def test_predict_accurate_from_the_command_line(utkface_dir: Path, dlib_weights: Path, tmp_path: Path) -> None:

@@ -34,13 +34,16 @@ import numpy as np
 from torch import nn
 from tqdm import tqdm
 
-from agegender.age_calibration import AgeCalibration
+from agegender.age_calibration import INTERVAL_METADATA_KEY, AgeCalibration
+from agegender.cli.calibrate import coverage_lines
 from agegender.data.datasets import dataset_splits, decode_split
 from agegender.data.records import FaceRecord
-from agegender.evaluation.calibrate import fit_on_predictions
+from agegender.evaluation.calibrate import Coverage, fit_interval_calibration, fit_on_predictions
 from agegender.evaluation.evaluate import face_metrics, load_evaluable
+from agegender.export import set_metadata
 from agegender.inference.accurate.dlib_format import DESCRIPTOR_SIZE, installed_model_path
 from agegender.inference.accurate.stacked import chip_transform, descriptor_chip, stack_weights
+from agegender.inference.backends import open_session
 from agegender.models import config_of
 from agegender.outputs import decode
 from agegender.oversample import average_outputs
@@ -142,16 +145,79 @@ def mix(ours: Mapping[str, np.ndarray], head: Mapping[str, np.ndarray], w_age: f
 
 def scores(records: Sequence[FaceRecord], outputs: Mapping[str, np.ndarray],
            calibration: AgeCalibration | None = None) -> dict[str, float]:
+    """Age MAE, gender accuracy and the 80% interval's coverage and mean width, after ``calibration``."""
     decoded = decode(dict(outputs))
     overall = face_metrics(records, calibration.apply(decoded) if calibration else decoded)["overall"]
-    return {"age_mae": round(float(overall["age_mae"]), 4),
-            "gender_accuracy": round(float(overall["gender_accuracy"]), 4)}
+    return {key: round(float(overall[key]), 4)
+            for key in ("age_mae", "gender_accuracy", "age_interval_coverage", "age_interval_width")}
+
+
+def coverage_entry(cov: Coverage) -> dict:
+    """A coverage for the JSON report: overall, per band of the true age (the model card's groups), mean width."""
+    return {"overall": round(cov.overall, 4), "by_band": [None if c is None else round(c, 4) for c in cov.by_band],
+            "n_by_band": list(cov.n_by_band), "width": round(cov.width, 3)}
+
+
+def stack_interval(val: Sequence[FaceRecord], stacked_val: Mapping[str, np.ndarray],
+                   correction: AgeCalibration | None) -> tuple[AgeCalibration | None, dict]:
+    """The interval calibration of the stack, fitted on the validation split after its age ``correction``
+    (:func:`~agegender.evaluation.calibrate.fit_interval_calibration`, cross-fitted): the correction carrying
+    it (or None when it does not help), and the report's entry (the calibration and its coverage per band)."""
+    fit = fit_interval_calibration(decode(dict(stacked_val)), val, "true_age", correction)
+    print("\n".join(coverage_lines(fit)))
+    report = {"calibration": fit.calibration.to_dict() if fit.helps else None, "val_coverage": {
+        stage: coverage_entry(cov) for stage, cov in (("decoded", fit.decoded), ("cross_fitted", fit.cross_fitted))}}
+    if not fit.helps:
+        return correction, report
+    point = correction or AgeCalibration(knee=0.0, slope=1.0)
+    return dataclasses.replace(point, interval=fit.calibration), report
+
+
+def calibrate_head(head_path: Path, report_path: Path, splits: Mapping[str, Sequence[FaceRecord]],
+                   x: Mapping[str, np.ndarray], score_test: bool) -> None:
+    """Fit the interval calibration of a built head's stack (the models it was stacked with, its weights and
+    age correction) on the validation split, store it in the head and its report; with ``score_test``, score
+    the stack's test split with it."""
+    session = open_session(head_path, "onnxruntime", "cpu")
+    meta = session.metadata
+    if "stack_weights" not in meta:
+        raise SystemExit(f"{head_path} is not a descriptor head (built with --export-head)")
+    weights = json.loads(meta["stack_weights"])
+    models = [load_evaluable(m) for m in json.loads(meta["stacked_with"])]
+    point = AgeCalibration.from_metadata(meta)
+    point = point.point if point else None
+    scored = ("val", "test") if score_test else ("val",)
+    stacked = {name: mix(ensemble_outputs(models, splits[name]), session.run({"descriptor": x[name]}),
+                         weights["age"], weights["gender"]) for name in scored}
+    calibration, interval = stack_interval(splits["val"], stacked["val"], point)
+    report = json.loads(report_path.read_text())
+    report["age_calibration"]["interval"] = interval["calibration"]
+    report["interval"] = interval
+    for name in scored:
+        report[name]["stacked"] = scores(splits[name], stacked[name], calibration)
+        print(f"{name:5s} stacked, calibrated: {report[name]['stacked']}")
+    if score_test:
+        decoded = decode(dict(stacked["test"]))
+        decoded = calibration.apply(decoded) if calibration else decoded
+        true = np.array([r.age for r in splits["test"]], dtype=np.float64)
+        interval["test_coverage"] = coverage_entry(Coverage.of(decoded.age_low, decoded.age_high, true))
+    updates = {INTERVAL_METADATA_KEY: json.dumps(interval["calibration"]) if interval["calibration"] else "",
+               "scores": json.dumps({k: report[k] for k in ("train", "val", "test") if k in report})}
+    if score_test:
+        updates["metrics"] = json.dumps({**json.loads(meta.get("metrics", "{}")), **report["test"]["stacked"]})
+    set_metadata(head_path, updates)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"stored the interval calibration in {head_path}; wrote {report_path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", help="our models to stack with (run folders, checkpoints or ONNX)")
-    parser.add_argument("--out", type=Path, required=True, help="the .npz for distill.stored (train rows)")
+    parser.add_argument("models", nargs="*", help="our models to stack with (run folders, checkpoints or ONNX)")
+    parser.add_argument("--out", type=Path, help="the .npz for distill.stored (train rows)")
+    parser.add_argument("--calibrate-head", type=Path, metavar="HEAD",
+                        help="instead of building: fit the interval calibration of this built head's stack on the "
+                             "validation split and store it in the head and in --report")
+    parser.add_argument("--report", type=Path, help="--calibrate-head: the head's JSON report (updated)")
     parser.add_argument("--config", default="configs/flagship/v02.yaml", help="training config whose data to use")
     parser.add_argument("--work", type=Path, default=None, help="descriptor cache folder (default: beside --out)")
     parser.add_argument("--workers", type=int, default=2, help="processes computing descriptors")
@@ -163,6 +229,10 @@ def main() -> None:
     parser.add_argument("--score-test", action="store_true",
                         help="also score the test split (sealed: once, for the accurate mode that ships)")
     args = parser.parse_args()
+    if args.calibrate_head is None and (not args.models or args.out is None):
+        parser.error("building a teacher needs models and --out (or --calibrate-head HEAD --report JSON)")
+    if args.calibrate_head is not None and (args.report is None or args.work is None or args.models):
+        parser.error("--calibrate-head takes no models (the head names them) and needs --report and --work")
 
     cfg, _ = load_config(args.config)
     splits = dataset_splits(cfg.data, progress=False)
@@ -172,6 +242,9 @@ def main() -> None:
         x = {name: descriptors(recs, cache, args.workers) for name, recs in splits.items()}
     except OSError as err:
         raise SystemExit(str(err)) from None
+    if args.calibrate_head is not None:
+        calibrate_head(args.calibrate_head, args.report, splits, x, args.score_test)
+        return
     models = [load_evaluable(run_checkpoint(m, "models") if Path(m).is_dir() else m) for m in args.models]
     scored = ("train", "val", "test") if args.score_test else ("train", "val")
     ours = {name: ensemble_outputs(models, splits[name]) for name in tqdm(scored, desc="our models")}
@@ -186,10 +259,12 @@ def main() -> None:
     report: dict = {"models": list(args.models), "weights": {"age": float(w_age), "gender": float(w_gender)},
                     "descriptor_model": dlib_model_path().name, "folds": args.folds, "epochs": args.epochs}
     fit = fit_on_predictions(decode(mix(ours["val"], head["val"], w_age, w_gender)).age, val)
-    calibration = fit.calibration if fit.helps else None
-    report["age_calibration"] = {**dataclasses.asdict(fit.calibration), "stored": fit.helps, "val_mae": {
+    calibration, interval = stack_interval(val, mix(ours["val"], head["val"], w_age, w_gender),
+                                           fit.calibration if fit.helps else None)
+    report["age_calibration"] = {**dataclasses.asdict(fit.calibration.point), "stored": fit.helps, "val_mae": {
         "decoded": round(fit.mae_decoded, 4), "calibrated": round(fit.mae_calibrated, 4),
-        "cross_fitted": round(fit.mae_cross_fitted, 4)}}
+        "cross_fitted": round(fit.mae_cross_fitted, 4)}, "interval": interval["calibration"]}
+    report["interval"] = interval
     for name in scored:
         recs = splits[name]
         stacked = mix(ours[name], head[name], w_age, w_gender)

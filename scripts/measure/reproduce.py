@@ -2,8 +2,8 @@
 CPU budget, with its training seeds, evaluate each on the UTKFace test split, and write ``docs/results.md``: the
 papers' figures beside ours, our protocol, the training time, and which of the papers' claims our numbers support.
 
-    python scripts/measure/reproduce.py                    # the default suite: about 7 hours of 2 EPYC cores in
-                                                           # fp32 by the runs' estimates (bf16 not measured)
+    python scripts/measure/reproduce.py                    # the default suite: about 9 hours of 2 cores in
+                                                           # fp32 by the runs' estimates (less in bf16)
     python scripts/measure/reproduce.py --no-train         # evaluate finished runs, rewrite docs/results.md
     python scripts/measure/reproduce.py --only lh_age vu   # train these runs (all their seeds), rewrite the page
     python scripts/measure/reproduce.py --include model_b  # add optional runs

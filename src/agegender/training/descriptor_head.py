@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agegender.age_calibration import METADATA_KEY, AgeCalibration
+from agegender.age_calibration import INTERVAL_METADATA_KEY, METADATA_KEY, AgeCalibration
 from agegender.artifacts import artifact
 from agegender.data.records import FaceRecord
 from agegender.export import set_metadata
@@ -71,7 +71,8 @@ def head_outputs(head: DescriptorHead, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def export_head(head: DescriptorHead, path: Path, report: Mapping) -> Path:
     """The head as ONNX for the accurate inference mode: input ``descriptor`` N x 128 (dlib's numbers as they
-    come), outputs ``age_dist_logits`` and ``gender_logit``; the stacking weights and scores as metadata."""
+    come), outputs ``age_dist_logits`` and ``gender_logit``; the stacking weights, scores, the stack's age correction
+    and its interval calibration (``report["age_calibration"]["interval"]``, if fitted) as metadata."""
 
     class Graph(nn.Module):
         def __init__(self) -> None:
@@ -88,8 +89,10 @@ def export_head(head: DescriptorHead, path: Path, report: Mapping) -> Path:
                       output_names=["age_dist_logits", "gender_logit"], opset_version=17, dynamo=False,
                       dynamic_axes={n: {0: "batch"} for n in ("descriptor", "age_dist_logits", "gender_logit")})
     calibration = report["age_calibration"]
+    interval = calibration.get("interval")
     set_metadata(tmp, {METADATA_KEY: AgeCalibration(calibration["knee"], calibration["slope"]).to_json()
                        if calibration["stored"] else "",
+                       INTERVAL_METADATA_KEY: json.dumps(interval) if interval else "",
                        "stack_weights": json.dumps(report["weights"]), "stacked_with": json.dumps(report["models"]),
                        "descriptor_sha256": artifact("dlib-resnet").sha256, "version": __version__,
                        "metrics": json.dumps({**report["test"]["stacked"], "protocol": (
