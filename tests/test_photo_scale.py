@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from agegender.cli import main
-from agegender.images import ScaledImage, load_image, load_scaled
+from agegender.images import ScaledImage, finer_decoder, load_image, load_scaled
 from agegender.inference.align import align_face
 from agegender.inference.detector import FaceDetector
 from agegender.inference.faces import locate_faces
@@ -70,9 +70,11 @@ def test_small_faces_come_from_the_coarsest_decode_that_holds_them(
     scaled = load_scaled(path, min_side=detector.max_side)
     assert scaled.scale == 0.25
     asked: list[ScaledImage] = []
+    finer = finer_decoder(path, scaled)
+    assert finer is not None
 
     def redecode(*, min_side: int) -> ScaledImage:
-        asked.append(load_scaled(path, min_side=min_side))
+        asked.append(finer(min_side=min_side))
         return asked[-1]
 
     detections, chips = locate_faces(scaled, detector, INPUT_SIDE, redecode)
@@ -92,3 +94,28 @@ def test_small_faces_come_from_the_coarsest_decode_that_holds_them(
     # The Predictor takes the same path, end to end.
     faces = Predictor(detector=detector).predict(path)
     assert len(faces) == len(chips)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_the_finer_decode_has_the_first_decodes_orientation_and_pixels(
+        photos_dir: Path, tmp_path: Path, orientation: int) -> None:
+    """The second, finer decode (OpenCV) turns the photo as the first (Pillow) did, and gives its pixels."""
+    image = Image.open(photos_dir / "mowshon_test-image.jpg").convert("RGB").resize((2400, 1800))
+    exif = image.getexif()
+    exif[274] = orientation  # EXIF Orientation
+    path = tmp_path / "turned.jpg"
+    image.save(path, quality=92, exif=exif.tobytes())
+    first = load_scaled(path, min_side=500)
+    assert first.scale == 0.25 and first.full_size == ((2400, 1800) if orientation in (1, 3) else (1800, 2400))
+    finer = finer_decoder(path, first)
+    assert finer is not None and finer_decoder(load_image(path), first) is None
+    for min_side, scale in ((1200, 0.5), (2400, 1.0)):
+        again = finer(min_side=min_side)
+        reference = load_scaled(path, min_side=min_side) if scale < 1 else ScaledImage(load_image(path), 1.0,
+                                                                                       first.full_size)
+        assert again.scale == reference.scale == scale and again.full_size == first.full_size
+        assert again.pixels.shape == reference.pixels.shape
+        assert np.abs(again.pixels.astype(np.int16) - reference.pixels).mean() < 0.5
+    from_bytes = finer_decoder(path.read_bytes(), first)
+    assert from_bytes is not None and np.array_equal(from_bytes(min_side=1200).pixels, finer(min_side=1200).pixels)
+    assert finer_decoder(path, load_scaled(path)) is None  # already at full scale

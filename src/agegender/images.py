@@ -16,15 +16,18 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeAlias
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ImageError", "ImageSource", "ScaledImage",
-           "load_image", "load_scaled"]
+           "finer_decoder", "load_image", "load_scaled", "redecode_jpeg"]
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Default upper bound on width * height (50 megapixels)."""
@@ -111,6 +114,40 @@ def load_scaled(source: ImageSource, *, min_side: int | None = None, max_pixels:
     )
 
 
+#: The DCT scales libjpeg decodes at (1/8, 1/4, 1/2, 1) and OpenCV's flag for each.
+_JPEG_SCALES = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2),
+                (1, cv2.IMREAD_COLOR))
+
+
+def redecode_jpeg(source: str | os.PathLike | bytes | bytearray | memoryview, *, full_size: tuple[int, int],
+                  min_side: int) -> ScaledImage:
+    """A JPEG that :func:`load_scaled` has already decoded at a reduced scale, decoded again at the smallest DCT
+    scale whose longer side holds ``min_side`` pixels (for the faces too small in the first decode).
+
+    The first decode checked its size and read its data through (a truncated file raised there), so this one
+    goes straight to OpenCV's libjpeg, which writes BGR without the copies a PIL image needs on its way to
+    NumPy (a 12 MP photo at full scale: about 2.5x faster) and applies EXIF orientation as :func:`load_scaled`
+    does (identical pixels at full scale). ``full_size``: the first decode's ``full_size``.
+    """
+    data = (np.fromfile(source, dtype=np.uint8) if isinstance(source, (str, os.PathLike))
+            else np.frombuffer(bytes(source), dtype=np.uint8))
+    longer = max(full_size)
+    flag = next(f for k, f in _JPEG_SCALES if k == 1 or math.ceil(longer / k) >= min_side)
+    pixels = cv2.imdecode(data, flag)
+    if pixels is None:
+        raise ImageError(f"{source if isinstance(source, (str, os.PathLike)) else 'image data'}: the JPEG could "
+                         "not be decoded a second time (was the file changed meanwhile?)", "corrupt")
+    return ScaledImage(pixels, pixels.shape[1] / full_size[0], full_size)
+
+
+def finer_decoder(source: ImageSource, scaled: ScaledImage) -> Callable[..., ScaledImage] | None:
+    """What decodes ``source`` again at a finer scale (``min_side=``), given its first decode ``scaled`` by
+    :func:`load_scaled`: :func:`redecode_jpeg` for a reduced JPEG, None when ``scaled`` is at full scale."""
+    if scaled.scale >= 1.0 or not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return None
+    return partial(redecode_jpeg, source, full_size=scaled.full_size)
+
+
 def _whole(pixels: np.ndarray) -> ScaledImage:
     return ScaledImage(pixels, 1.0, (pixels.shape[1], pixels.shape[0]))
 
@@ -136,7 +173,7 @@ def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str,
             factor = min_side / max(width, height)
             image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
         drafted = image.size
-        pixels = _from_pil(image, max_pixels, name=name)
+        pixels = _from_pil(image, max_pixels, name=name, owned=True)
     if drafted == (width, height):
         return _whole(pixels)
     turned = pixels.shape[1] != drafted[0]  # EXIF orientation swapped the axes
@@ -154,8 +191,9 @@ def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
         )
 
 
-def _from_pil(image: Image.Image, max_pixels: int, *, name: str) -> np.ndarray:
-    """Size check (header only), decode, EXIF-transpose and convert a PIL image to BGR uint8."""
+def _from_pil(image: Image.Image, max_pixels: int, *, name: str, owned: bool = False) -> np.ndarray:
+    """Size check (header only), decode, EXIF-transpose and convert a PIL image to BGR uint8. ``owned``: the
+    image was opened here, so it is transposed in place instead of copied (a 12 MP copy costs tens of ms)."""
     _check_size(image.width, image.height, max_pixels, name)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise ImageError(
@@ -167,7 +205,10 @@ def _from_pil(image: Image.Image, max_pixels: int, *, name: str) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: image data is truncated or corrupt ({exc})", "corrupt") from exc
     try:
-        image = ImageOps.exif_transpose(image)
+        if owned:
+            ImageOps.exif_transpose(image, in_place=True)
+        else:
+            image = ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF must not make otherwise readable pixels unusable
         pass
     return _pil_pixels_to_bgr(image)
@@ -182,8 +223,8 @@ def _pil_pixels_to_bgr(image: Image.Image) -> np.ndarray:
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA"))
         return _composite_on_white(rgba[..., 2::-1], rgba[..., 3])
-    rgb = np.asarray(image.convert("RGB"))
-    return np.ascontiguousarray(rgb[..., ::-1])
+    rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
 def _composite_on_white(bgr: np.ndarray, alpha: np.ndarray) -> np.ndarray:

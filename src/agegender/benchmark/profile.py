@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from agegender.benchmark.timing import time_interleaved
-from agegender.images import ScaledImage, load_scaled
+from agegender.images import ScaledImage, finer_decoder, load_scaled
 from agegender.inference.detector import Detection
 from agegender.inference.faces import locate_faces
 from agegender.inference.onnx_model import OnnxAgeGender
@@ -111,7 +111,7 @@ def profile_photos(predictor: Predictor, photos: Sequence[Path], timing: dict[st
     load = partial(load_scaled, min_side=min_side, max_pixels=predictor.max_pixels)
     scaled: list[ScaledImage] = [load(p) for p in photos]
     found = [detector.detect(s.pixels) for s in scaled]
-    full = [partial(load_scaled, p, max_pixels=predictor.max_pixels) for p in photos]
+    full = [finer_decoder(p, s) for p, s in zip(photos, scaled, strict=True)]
 
     def align() -> list[tuple[list[Detection], list[np.ndarray]]]:
         return [locate_faces(s, _Found(f), predictor.input_side, d)

@@ -27,7 +27,7 @@ __all__ = ["Redecode", "locate_faces"]
 
 class Redecode(Protocol):
     """Decodes the photo again with its longer side at least ``min_side`` pixels, e.g.
-    ``partial(load_scaled, path, max_pixels=...)``."""
+    ``partial(redecode_jpeg, path, full_size=...)``."""
 
     def __call__(self, *, min_side: int) -> ScaledImage: ...
 

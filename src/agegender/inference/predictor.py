@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from agegender.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, ScaledImage, load_scaled
+from agegender.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, ScaledImage, finer_decoder, load_scaled
 from agegender.inference.detector import DETECT_SIZE, Detection, FaceDetector
 from agegender.inference.faces import Redecode, locate_faces
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
@@ -51,8 +50,7 @@ def prepare_image(source: ImageSource, detector: FaceDetector | None, input_side
     name = source_name(source)
     min_side = detector.max_side if reduced and detector is not None else None
     scaled = load_scaled(source, min_side=min_side, max_pixels=max_pixels)
-    return prepare_pixels(scaled, name, detector, input_side,
-                          partial(load_scaled, source, max_pixels=max_pixels), keep_pixels)
+    return prepare_pixels(scaled, name, detector, input_side, finer_decoder(source, scaled), keep_pixels)
 
 
 def prepare_pixels(scaled: ScaledImage, name: str, detector: FaceDetector | None, input_side: int,

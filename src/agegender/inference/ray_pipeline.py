@@ -22,12 +22,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from agegender.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_scaled
+from agegender.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, finer_decoder, load_scaled
 from agegender.inference import bulk
 from agegender.inference.collection import UNREADABLE_SUFFIXES, Collection, collect, shard_paths
 from agegender.inference.detector import DETECT_SIZE
@@ -117,8 +116,8 @@ class AgeGenderBatchPredictor:
             min_side = p.detector.max_side if p.reduced and p.detector is not None else None
             data = data or b""
             scaled = load_scaled(data, min_side=min_side, max_pixels=p.max_pixels, name=name)
-            return prepare_pixels(scaled, name, p.detector, p.input_side,
-                                  partial(load_scaled, data, max_pixels=p.max_pixels, name=name), keep_pixels=False)
+            return prepare_pixels(scaled, name, p.detector, p.input_side, finer_decoder(data, scaled),
+                                  keep_pixels=False)
         except ImageError as err:
             return ImageFailure(name, err.kind, str(err))
         except (OSError, ValueError, MemoryError) as err:  # a photo must never stop the run
