@@ -7,6 +7,7 @@ seed 000's random ``input_size`` crops of the ``resize`` image with mirroring (`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -49,29 +50,56 @@ def _affine(rng: np.random.Generator, cfg: AugmentConfig, src: int, out: int, of
     return np.hstack([lin, t[:, None]])
 
 
+@dataclass(frozen=True)
+class Draws:
+    """The random choices of one augmented batch of ``n`` images, drawn by :func:`draw` and applied by
+    :func:`augment_batch` here or by :class:`~agegender.training.batches.DeviceBatches` on a GPU."""
+
+    flips: np.ndarray  # (n,) bool: mirrored
+    offsets: np.ndarray  # (n, 2) int: (dx, dy) of the crop window in the source
+    matrices: np.ndarray | None  # (n, 2, 3): source pixels -> output pixels, when the config is geometric
+    contrast: np.ndarray | None  # (n,) factors about each image's mean, when there is photometric jitter
+    brightness: np.ndarray | None  # (n,) additive, 0..255 scale
+
+
+def draw(n: int, src: int, out_size: int, cfg: AugmentConfig, rng: np.random.Generator) -> Draws:
+    """The random choices for ``n`` images of side ``src`` augmented to ``out_size`` (one stream of ``rng``
+    draws, in one order, whoever applies them)."""
+    margin = src - out_size
+    flips = np.zeros(n, dtype=bool)
+    offsets = np.full((n, 2), margin // 2, dtype=np.int64)
+    matrices = np.empty((n, 2, 3)) if cfg.geometric else None
+    for i in range(n):
+        flips[i] = cfg.flip and rng.random() < 0.5
+        if cfg.random_crop and margin > 0:
+            dy, dx = rng.integers(0, margin + 1, size=2)
+            offsets[i] = dx, dy
+        if matrices is not None:
+            dx, dy = offsets[i]
+            matrices[i] = _affine(rng, cfg, src, out_size, (dx - margin / 2, dy - margin / 2), bool(flips[i]))
+    contrast = brightness = None
+    if cfg.brightness or cfg.contrast:
+        contrast = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast, size=n)
+        brightness = rng.uniform(-cfg.brightness, cfg.brightness, size=n) * 255.0
+    return Draws(flips, offsets, matrices, contrast, brightness)
+
+
 def augment_batch(images: np.ndarray, out_size: int, cfg: AugmentConfig,
                   rng: np.random.Generator) -> np.ndarray:
     """Augmented float32 batch N x out x out x 3 (0..255) from uint8 N x S x S x 3, S >= out_size."""
-    n, src = len(images), images.shape[1]
+    n = len(images)
+    d = draw(n, images.shape[1], out_size, cfg, rng)
     out = np.empty((n, out_size, out_size, 3), dtype=np.float32)
-    margin = src - out_size
     for i in range(n):
-        flip = cfg.flip and rng.random() < 0.5
-        if cfg.random_crop and margin > 0:
-            dy, dx = rng.integers(0, margin + 1, size=2)
-        else:
-            dy = dx = margin // 2
-        if cfg.geometric:
-            offset = (dx - margin / 2, dy - margin / 2)
-            m = _affine(rng, cfg, src, out_size, offset, flip)
-            out[i] = cv2.warpAffine(images[i], m, (out_size, out_size), flags=cv2.INTER_LINEAR,
+        if d.matrices is not None:
+            out[i] = cv2.warpAffine(images[i], d.matrices[i], (out_size, out_size), flags=cv2.INTER_LINEAR,
                                     borderMode=cv2.BORDER_REFLECT101)
         else:
+            dx, dy = d.offsets[i]
             window = images[i, dy:dy + out_size, dx:dx + out_size]
-            out[i] = window[:, ::-1] if flip else window
-    if cfg.brightness or cfg.contrast:
+            out[i] = window[:, ::-1] if d.flips[i] else window
+    if d.contrast is not None and d.brightness is not None:
         mean = out.mean(axis=(1, 2, 3), keepdims=True)
-        c = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast, size=(n, 1, 1, 1))
-        b = rng.uniform(-cfg.brightness, cfg.brightness, size=(n, 1, 1, 1)) * 255.0
-        out = np.clip((out - mean) * c + mean + b, 0.0, 255.0, out=out)
+        out = np.clip((out - mean) * d.contrast.reshape(-1, 1, 1, 1) + mean + d.brightness.reshape(-1, 1, 1, 1),
+                      0.0, 255.0, out=out)
     return out

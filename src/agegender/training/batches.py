@@ -1,4 +1,5 @@
-"""Batches for CPU training: cached uint8 images in, normalised channels-last tensors and label tensors out."""
+"""Training batches: cached uint8 images in, normalised channels-last tensors and label tensors out. ``Batches``
+augments on the CPU; ``DeviceBatches`` holds the images in the training device's memory and augments there."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from agegender.data.augment import AugmentConfig, augment_batch
+from agegender.data.augment import AugmentConfig, Draws, augment_batch, draw
 from agegender.data.records import FaceRecord
 from agegender.model_config import ModelConfig
 from agegender.preprocess import center_crop, normalization
@@ -82,3 +84,67 @@ class Batches:
             pixels = center_crop(raw, self.config.input_size)
         x = normalize(pixels, self.config).contiguous(memory_format=torch.channels_last)
         return x, {"index": torch.from_numpy(idx), **{k: torch.from_numpy(v[idx]) for k, v in self.targets.items()}}
+
+
+class DeviceBatches(Batches):
+    """:class:`Batches` held in ``device``'s memory (a GPU): the uint8 images and the labels are copied there once,
+    and the crop, mirror, affine warp and photometric jitter run there as batched tensor operations instead of a
+    CPU loop per image. The random choices are :func:`~agegender.data.augment.draw`'s, from the same streams as
+    :class:`Batches` (a run resumes the same way); crops and mirrors give the same pixels, the warp samples
+    bilinearly as OpenCV's does but reflects its border about the edge rather than the edge pixel."""
+
+    def __init__(self, images: np.ndarray, records: Sequence[FaceRecord], config: ModelConfig, batch_size: int,
+                 augment: AugmentConfig | None = None, shuffle: bool = False, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1), *, device: torch.device | str) -> None:
+        super().__init__(images, records, config, batch_size, augment, shuffle, seed, shard)
+        self.device = torch.device(device)
+        self.pixels = torch.from_numpy(np.array(images)).to(self.device)  # a copy: the cache is read-only
+        self.on_device = {k: torch.from_numpy(v).to(self.device) for k, v in self.targets.items()}
+        mean, std = normalization(config)
+        self.mean, self.std = (torch.from_numpy(v).to(self.device).view(1, 3, 1, 1) for v in (mean, std))
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, Targets]:
+        index = torch.from_numpy(idx).to(self.device)
+        raw = self.pixels[index]  # n x S x S x 3 uint8
+        out = self.config.input_size
+        if self.augment is None:
+            y0 = x0 = (raw.shape[1] - out) // 2  # preprocess.center_crop's window
+            pixels = raw[:, y0:y0 + out, x0:x0 + out].permute(0, 3, 1, 2).float()
+        else:
+            pixels = self._augmented(raw, draw(len(idx), raw.shape[1], out, self.augment, self.rng))
+        x = ((pixels - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return x, {"index": index, **{k: v[index] for k, v in self.on_device.items()}}
+
+    def _augmented(self, raw: torch.Tensor, d: Draws) -> torch.Tensor:
+        """N x 3 x out x out float pixels (0..255) of ``raw`` (N x S x S x 3 uint8) under the draws ``d``."""
+        n, src, out = len(raw), raw.shape[1], self.config.input_size
+        if d.matrices is not None:
+            grid = F.affine_grid(torch.from_numpy(_sampling_theta(d.matrices, src, out)).float().to(self.device),
+                                 [n, 3, out, out], align_corners=False)
+            pixels = F.grid_sample(raw.permute(0, 3, 1, 2).float(), grid, mode="bilinear", padding_mode="reflection",
+                                   align_corners=False)
+        else:
+            steps = np.arange(out)
+            cols = d.offsets[:, :1] + np.where(d.flips[:, None], steps[::-1], steps)  # n x out
+            rows = d.offsets[:, 1:] + steps  # n x out
+            rows_t, cols_t = (torch.from_numpy(a).to(self.device) for a in (rows, cols))
+            batch = torch.arange(n, device=self.device)[:, None, None]
+            pixels = raw[batch, rows_t[:, :, None], cols_t[:, None, :]].permute(0, 3, 1, 2).float()
+        if d.contrast is not None and d.brightness is not None:
+            c, b = (torch.from_numpy(a).float().to(self.device).view(-1, 1, 1, 1) for a in (d.contrast, d.brightness))
+            mean = pixels.mean(dim=(1, 2, 3), keepdim=True)
+            pixels = ((pixels - mean) * c + mean + b).clamp_(0.0, 255.0)
+        return pixels
+
+
+def _sampling_theta(matrices: np.ndarray, src: int, out: int) -> np.ndarray:
+    """``affine_grid``'s N x 2 x 3 thetas for OpenCV-style matrices (source pixels -> output pixels): each output
+    pixel's normalised coordinates (``align_corners=False``: pixel centres at (2i + 1) / side - 1) mapped to
+    the normalised source position it samples."""
+    n = len(matrices)
+    forward = np.tile(np.eye(3), (n, 1, 1))
+    forward[:, :2] = matrices
+    to_source = np.linalg.inv(forward)  # output pixels -> source pixels
+    from_out = np.array([[out / 2, 0, (out - 1) / 2], [0, out / 2, (out - 1) / 2], [0, 0, 1]])
+    to_norm = np.array([[2 / src, 0, 1 / src - 1], [0, 2 / src, 1 / src - 1], [0, 0, 1]])
+    return (to_norm @ to_source @ from_out)[:, :2]

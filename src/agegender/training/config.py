@@ -137,6 +137,9 @@ class TrainConfig(BaseModel):
     trainable_last: int | None = Field(default=None, ge=0)  # freeze all but the last N parameterised layers
     unfreeze: list[_Unfreeze] = Field(default_factory=list)  # [epoch, N]: from epoch on, the last N train
     threads: int | None = Field(default=None, ge=1)
+    # hold the training images in the device's memory and augment them there (DeviceBatches): for a GPU, which a
+    # CPU loop per image cannot keep busy; on a CPU it runs too (the same draws), but brings nothing
+    data_on_device: bool = False
     # fp32, bf16-mixed (bfloat16 autocast, float32 weights) or auto: bf16 where it measures faster (docs/precision.md)
     precision: Literal["fp32", "bf16-mixed", "auto"] = "fp32"
     # the split the best epoch is scored on at the end: val (the test split stays sealed: `agegender evaluate

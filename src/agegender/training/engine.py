@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from agegender.models.layers import start_age_at
 from agegender.outputs import decode
 from agegender.reporting.metrics import compute_metrics
 from agegender.reporting.report import protocol_text, write_report
-from agegender.training.batches import Batches, record_targets
+from agegender.training.batches import Batches, DeviceBatches, record_targets
 from agegender.training.checkpoint import init_from, save_atomic
 from agegender.training.config import TrainConfig
 from agegender.training.distill import StoredOutputs, Teacher
@@ -142,9 +143,11 @@ class Trainer:
             if not start_age_at(self.model, mean_age):
                 raise ValueError(f"start_age_at_mean: {cfg.model} has no `age` regression head")
             log.info("age heads start at the training mean age, %.1f years", mean_age)
-        self.batches = Batches(self.data["train"].images, self.data["train"].records, self.config,
-                               max(cfg.batch_size // self.dist.world, 1), augment=cfg.data.augment, shuffle=True,
-                               seed=cfg.seed, shard=(self.dist.rank, self.dist.world))
+        train = self.data["train"]
+        batches = partial(DeviceBatches, device=self.device) if cfg.data_on_device else Batches
+        self.batches = batches(train.images, train.records, self.config, max(cfg.batch_size // self.dist.world, 1),
+                               augment=cfg.data.augment, shuffle=True, seed=cfg.seed,
+                               shard=(self.dist.rank, self.dist.world))
         self.optimizer = build_optimizer(self.model.parameters(), cfg.optimizer)
         self.schedule = Schedule(self.optimizer, cfg.schedule, cfg.epochs, len(self.batches))
         self.net = self.dist.wrap(self.model)
