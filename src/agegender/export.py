@@ -34,6 +34,8 @@ class _Graph(nn.Module):
 
     def __init__(self, model: nn.Module, config: ModelConfig, normalise: bool = True) -> None:
         super().__init__()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.model = model
         self.keys = list(config.outputs)
         self.normalise = normalise

@@ -14,7 +14,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,10 @@ def _pixels(path: Path) -> tuple[int, int]:
         return image.size
 
 
+def _each(call: Callable[[Any], object], items: Sequence[Any]) -> list[object]:
+    return [call(item) for item in items]
+
+
 def size_sweep(predictor: Predictor, photos: Sequence[Path], sizes: Sequence[float], folder: Path,
                timing: dict[str, Any]) -> list[dict[str, Any]]:
     """Per size: the photos' pixels and faces, and the time per photo of ``predictor.predict(path)`` and of
@@ -84,8 +89,8 @@ def size_sweep(predictor: Predictor, photos: Sequence[Path], sizes: Sequence[flo
     rows = []
     for size in sizes:  # one size at a time: a call's length differs a hundredfold between sizes
         paths = [resized_photo(p, size, folder) for p in photos]
-        times = time_interleaved({"predict": lambda paths=paths: [predictor.predict(p) for p in paths],
-                                  "imread": lambda paths=paths: [cv2.imread(str(p)) for p in paths]}, **timing)
+        times = time_interleaved({"predict": partial(_each, predictor.predict, paths),
+                                  "imread": partial(_each, cv2.imread, [str(p) for p in paths])}, **timing)
         predict, imread, n = times["predict"], times["imread"], len(paths)
         rows.append({
             "megapixels": size, "photos": [p.name for p in paths], "pixels": [list(_pixels(p)) for p in paths],

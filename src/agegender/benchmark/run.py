@@ -14,7 +14,7 @@ import logging
 import os
 import platform
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -277,7 +277,7 @@ def photo_latency(models: Sequence[FaceModel], detector: FaceDetector, folder: P
     for path in photo_files(folder):
         image = load_image(path)
         logger.info("photo %s", path.name)
-        calls = {"": partial(detect_file, path, detector),
+        calls: dict[str, Callable[[], object]] = {"": partial(detect_file, path, detector),
                  **{m.name: partial(photo_pipeline, path, detector, m) for m in models}}
         times = time_interleaved(calls, **opts.timing)
         rows.append({

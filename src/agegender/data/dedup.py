@@ -30,6 +30,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -235,12 +236,12 @@ def _phash_pairs(fp: Fingerprints, known: np.ndarray, max_bits: int,
         rows.append(r[keep])
         cols.append(c[keep])
         mirs.append(np.full(int(keep.sum()), mirrored))
-    r, c, m = known[np.concatenate(rows)], known[np.concatenate(cols)], np.concatenate(mirs)
-    return _one_per_content(fp, r, c, m)
+    r, c, m = _one_per_content(fp, known[np.concatenate(rows)], known[np.concatenate(cols)], np.concatenate(mirs))
+    return r, c, m
 
 
 def duplicate_groups(fp: Fingerprints, subjects: Sequence[str] | None = None,
-                     pairs: NearPairs | None = None, **thresholds: float) -> np.ndarray:
+                     pairs: NearPairs | None = None, **thresholds: Any) -> np.ndarray:
     """Group index per image: identical bytes, near duplicates (:func:`near_duplicate_pairs`, computed here unless
     ``pairs`` is given; ``thresholds`` go to it), or the same subject when ``subjects`` is given."""
     n = len(fp.md5s)

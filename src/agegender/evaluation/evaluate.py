@@ -150,7 +150,7 @@ def evaluation_records(data: str, root: str | None, split: str = "test", folds: 
         raise ValueError("--data manifest needs --root: a CSV manifest (path, age or age_group, gender)")
     if split not in (*SPLITS, "all"):
         raise ValueError(f"unknown split {split!r}: use train, val, test or all")
-    cfg = DataConfig(dataset=data, root=root)
+    cfg = DataConfig.model_validate({"dataset": data, "root": root})
     splits = dataset_splits(cfg, progress)
     records = [r for name in (SPLITS if split == "all" else (split,)) for r in splits[name]]
     which = "every face" if split == "all" else f"the {split} split"

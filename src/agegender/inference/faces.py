@@ -19,10 +19,16 @@ import numpy as np
 
 from agegender.images import ScaledImage
 from agegender.inference.align import align_face, similarity_matrix
-from agegender.inference.detector import Detection, FaceDetector
+from agegender.inference.detector import Detection
 from agegender.preprocess import CHIP_SIZE
 
-__all__ = ["Redecode", "locate_faces"]
+__all__ = ["Detects", "Redecode", "locate_faces"]
+
+
+class Detects(Protocol):
+    """What :func:`locate_faces` needs of a detector: :meth:`FaceDetector.detect`'s call."""
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]: ...
 
 
 class Redecode(Protocol):
@@ -41,7 +47,7 @@ def _to_full(detection: Detection, scale: float) -> Detection:
     return replace(detection, box=(x / scale, y / scale, w / scale, h / scale), landmarks=landmarks)
 
 
-def locate_faces(image: ScaledImage, detector: FaceDetector, input_side: int,
+def locate_faces(image: ScaledImage, detector: Detects, input_side: int,
                  redecode: Redecode | None = None) -> tuple[list[Detection], list[np.ndarray]]:
     """Detections (full-resolution coordinates, most confident first) and their aligned BGR chips
     (``CHIP_SIZE`` square). ``input_side``: the side the network reads a chip at (its load size); ``redecode``

@@ -167,8 +167,10 @@ def _face(decoded: Decoded | None, i: int, det: Detection | None, size: tuple[in
     assert decoded is not None  # the Predictor needs age and gender outputs:
     assert decoded.female_prob is not None and decoded.age is not None and decoded.group_probs is not None
     assert decoded.age_low is not None and decoded.age_high is not None
+    groups = decoded.age_group
+    assert groups is not None
     female = float(decoded.female_prob[i])
-    group = int(decoded.age_group[i])
+    group = int(groups[i])
     x, y, w, h = det.box if det is not None else (0.0, 0.0, float(size[0]), float(size[1]))
     return Face(
         box=(float(x), float(y), float(w), float(h)), score=det.score if det is not None else 1.0,

@@ -97,7 +97,7 @@ class AnnotatedVideo:
 
     def write(self, frame: np.ndarray) -> None:
         if self.writer is None:
-            self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+            self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter.fourcc(*"mp4v"), self.fps,
                                           (frame.shape[1], frame.shape[0]))
             if not self.writer.isOpened():
                 raise OSError(f"cannot write the video {self.path}")

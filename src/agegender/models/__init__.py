@@ -5,6 +5,6 @@ Importing this package imports no torch: the registry lists the models and their
 first use.
 """
 
-from agegender.models.registry import config_of, create_model, get_config, list_models, register_model
+from agegender.models.registry import config_of, create_model, get_config, list_models, register_model, with_config
 
-__all__ = ["config_of", "create_model", "get_config", "list_models", "register_model"]
+__all__ = ["config_of", "create_model", "get_config", "list_models", "register_model", "with_config"]

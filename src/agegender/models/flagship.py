@@ -9,6 +9,7 @@ basic residual blocks (3x3 conv, BN, ReLU) with stride-2 transitions, global ave
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -29,6 +30,11 @@ class BasicBlock(nn.Module):
         self.body = nn.Sequential(conv_bn(cin, cout, stride), nn.ReLU(inplace=True), conv_bn(cout, cout))
         self.skip = nn.Identity() if stride == 1 and cin == cout else conv_bn(cin, cout, stride, kernel=1)
         self.act = nn.ReLU(inplace=True)
+
+    @property
+    def last_norm(self) -> nn.BatchNorm2d:
+        """The body's last batch norm (zero-initialised, so that a new block starts as the identity)."""
+        return cast(nn.BatchNorm2d, cast(nn.Sequential, self.body[-1])[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.body(x) + self.skip(x))
@@ -56,7 +62,7 @@ class CompactResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         for block in self.modules():  # zero-init the last BN of each residual body: blocks start as identity
             if isinstance(block, BasicBlock):
-                nn.init.zeros_(block.body[-1][1].weight)
+                nn.init.zeros_(block.last_norm.weight)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.features(x)

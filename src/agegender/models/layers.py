@@ -4,6 +4,7 @@ blocks, the Caffe-style LRN stage, squeeze-and-excitation, and weight initialisa
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +51,7 @@ def start_age_at(model: nn.Module, years: float) -> int:
     >>> start_age_at(heads, 33.0), heads.layers["age"].bias.item()
     (1, 33.0)
     """
-    layers = [m.layers["age"] for m in model.modules() if isinstance(m, Heads) and "age" in m.layers]
+    layers = [cast(nn.Linear, m.layers["age"]) for m in model.modules() if isinstance(m, Heads) and "age" in m.layers]
     with torch.no_grad():
         for layer in layers:
             layer.bias.fill_(years)

@@ -11,7 +11,7 @@ import urllib.error
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -79,13 +79,15 @@ def verify_weights_file(path: str | Path, imagenet: WeightsEnum) -> WeightsEnum:
                      "Download that file (any machine can; then copy it here) and give its path")
 
 
+_Net = TypeVar("_Net", bound=nn.Module)
+
 def _is_entry(name: str, enum: type[WeightsEnum]) -> bool:
     name = name.removeprefix(f"{enum.__name__}.")
     return name == "DEFAULT" or name in enum.__members__
 
 
-def torchvision_net(factory: Callable[..., nn.Module], weights: WeightsEnum | str | None, pretrained: bool,
-                    imagenet: WeightsEnum) -> nn.Module:
+def torchvision_net(factory: Callable[..., _Net], weights: WeightsEnum | str | None, pretrained: bool,
+                    imagenet: WeightsEnum) -> _Net:
     """``factory`` (e.g. ``torchvision.models.resnet34``) built with the weights asked for: none; ``imagenet``
     when only ``pretrained`` is set; an entry of its enum or that entry's name, which torchvision downloads
     once into its cache (``torch.hub.get_dir()/checkpoints``); or the path of that file on this machine, checked

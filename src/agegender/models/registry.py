@@ -60,7 +60,12 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     kwargs = {k: v for k, v in overrides.items() if k not in _CONFIG_FIELDS}
     config = config.replace(**config_changes)
     model = builder(config, **kwargs)
-    model.config = config.replace(extra={**config.extra, **kwargs})
+    return with_config(model, config.replace(extra={**config.extra, **kwargs}))
+
+
+def with_config(model: nn.Module, config: ModelConfig) -> nn.Module:
+    """``model`` carrying ``config`` as ``model.config``, which :func:`config_of` reads."""
+    vars(model)["config"] = config  # a plain attribute (nn.Module's typing takes attributes for tensors or modules)
     return model
 
 

@@ -265,6 +265,7 @@ def compute_metrics(
     gender, gender_ok = _labels(true_gender, n, "true_gender")
     race, race_ok = _labels(races, n, "races")
     has_age = decoded.age is not None and bool(age_ok.any())
+    pred_age = np.zeros(n) if decoded.age is None else decoded.age
     interval_low = np.zeros(n) if decoded.age_low is None else decoded.age_low
     interval_high = np.zeros(n) if decoded.age_high is None else decoded.age_high
     has_interval = has_age and bool(np.any(interval_high > interval_low))
@@ -279,8 +280,8 @@ def compute_metrics(
         out: dict[str, float] = {}
         if has_age:
             m = rows & age_ok
-            out["age_mae"] = mae(decoded.age[m], age[m])
-            out["age_cs5"] = cumulative_score(decoded.age[m], age[m])
+            out["age_mae"] = mae(pred_age[m], age[m])
+            out["age_cs5"] = cumulative_score(pred_age[m], age[m])
         if has_interval:
             m = rows & age_ok
             low, high = interval_low[m], interval_high[m]

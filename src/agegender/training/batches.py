@@ -20,7 +20,7 @@ Targets = dict[str, torch.Tensor]
 def record_targets(records: Sequence[FaceRecord]) -> dict[str, np.ndarray]:
     """Label arrays; a missing label is NaN (age) or -1 (group, gender, attribute) and is masked by the losses.
     ``attributes`` (N x 40, CelebA's) is there only when some record has attributes."""
-    targets = {
+    targets: dict[str, np.ndarray] = {
         "age": np.array([np.nan if r.age is None else r.age for r in records], dtype=np.float32),
         "group": np.array([-1 if r.age_group is None else r.age_group for r in records], dtype=np.int64),
         "gender": np.array([-1 if r.gender is None else r.gender for r in records], dtype=np.int64),

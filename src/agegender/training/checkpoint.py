@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from agegender.model_config import ModelConfig
-from agegender.models import config_of, create_model
+from agegender.models import config_of, create_model, with_config
 
 log = logging.getLogger(__name__)
 #: The builder options that load pretrained weights, and the values that load none.
@@ -36,7 +36,7 @@ def run_checkpoint(path: str | Path, what: str) -> Path:
     return checkpoint
 
 
-def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model from a checkpoint the engine wrote (its config travels with it), in eval mode. A run
     trained with ``ema`` gives its averaged weights (those it validated), from ``best.pt`` and ``last.pt``."""
     state = torch.load(path, map_location=device, weights_only=False)
@@ -47,7 +47,7 @@ def load_model(path: str | Path, device: str = "cpu") -> nn.Module:
     skipped = {key: args[key] for key in NO_WEIGHTS if key in args}
     model = create_model(config.name, **{**fields, **args, **{key: NO_WEIGHTS[key] for key in skipped}})
     built = config_of(model)
-    model.config = built.replace(extra={**built.extra, **skipped})  # as the run recorded them
+    with_config(model, built.replace(extra={**built.extra, **skipped}))  # as the run recorded them
     weights = state["model"]
     if state.get("ema"):
         weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}

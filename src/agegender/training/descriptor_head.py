@@ -32,6 +32,8 @@ class DescriptorHead(nn.Module):
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, hidden: int = 256, dropout: float = 0.2) -> None:
         super().__init__()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
         self.body = nn.Sequential(nn.Linear(DESCRIPTOR_SIZE, hidden), nn.GELU(), nn.Dropout(dropout),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -113,7 +114,7 @@ class Teacher:
         for path in paths:
             model = load_model(run_checkpoint(path, "distill.teacher"), device)
             scales.append(input_scale(config_of(model), student, f"distill.teacher {path}"))
-            models.append(model.to(device, memory_format=torch.channels_last))
+            models.append(model.to(device).to(memory_format=torch.channels_last))
         return cls(models, flip, runtime, scales, precision)
 
     @torch.no_grad()
@@ -146,8 +147,8 @@ def save_stored_outputs(path: str | Path, names: Sequence[str], outputs: Mapping
             raise ValueError(f"{key} has {len(value)} rows for {len(names)} names")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, names=np.asarray(names, dtype=str),
-                        **{k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()})
+    arrays: dict[str, Any] = {k: np.asarray(v, dtype=np.float32) for k, v in outputs.items()}
+    np.savez_compressed(path, names=np.asarray(names, dtype=str), **arrays)
     return path
 
 

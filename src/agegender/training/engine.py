@@ -116,7 +116,7 @@ class Trainer:
         if cfg.init:
             init_from(self.model, cfg.init)
             log.info("weights start from %s", cfg.init)
-        self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        self.model = self.model.to(self.device).to(memory_format=torch.channels_last)
         self.config = config_of(self.model)
         # the precision of the run: None until ``auto`` is resolved (by measuring, or from the run resumed)
         self.precision: str | None = None if cfg.precision == "auto" else cfg.precision
@@ -153,7 +153,9 @@ class Trainer:
         self.net = self.dist.wrap(self.model)
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
                     if cfg.ema else None)
-        self.epoch, self.best, self.stale, self.history = 0, None, 0, []
+        self.epoch, self.stale = 0, 0
+        self.best: float | None = None
+        self.history: list[dict[str, Any]] = []
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(raw_config or {}, sort_keys=False))

@@ -18,7 +18,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import numpy as np
 import torch
@@ -160,7 +160,7 @@ def distillation_loss(student: Mapping[str, Tensor], teacher: Mapping[str, Tenso
     if not terms:
         raise ValueError(f"the student's outputs {sorted(student)} share no head with the teacher's {sorted(teacher)}")
     weights = weights or {}
-    total = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+    total = cast(Tensor, sum(weights.get(k, 1.0) * v for k, v in terms.items()))
     return total, {f"kd_{k}": float(v.detach()) for k, v in terms.items()}
 
 
@@ -222,5 +222,5 @@ def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
     if not terms:
         hint = " (attributes are labelled in the celeba data set only)" if "attributes" in outputs else ""
         raise ValueError(f"no loss applies to the outputs {sorted(outputs)}{hint}")
-    total = sum(w * t for w, t in terms.values())
+    total = cast(Tensor, sum(w * t for w, t in terms.values()))
     return total, {k: float(t.detach()) for k, (_, t) in terms.items()}

@@ -30,8 +30,8 @@ class Schedule:
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int,
                  steps_per_epoch: int) -> None:
         self.per_step = cfg.name == "onecycle"
-        self.plateau = cfg.name == "plateau"
         lr = [g["lr"] for g in optimizer.param_groups]
+        self.inner: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
         if cfg.name == "none":
             self.inner = None
         elif cfg.name == "step":
@@ -58,7 +58,7 @@ class Schedule:
     def after_epoch(self, val_loss: float) -> None:
         if self.inner is None or self.per_step:
             return
-        if self.plateau:
+        if isinstance(self.inner, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.inner.step(val_loss)
         else:
             self.inner.step()
