@@ -55,3 +55,23 @@ def test_a_face_and_its_mirror_get_closer_descriptors_than_two_people(utkface_di
     assert np.linalg.norm(d[0] - d[1]) < 0.6 < np.linalg.norm(d[0] - d[2])  # dlib's same-person threshold
     again = dt.descriptors(recs, tmp_path / "cache.npz", workers=1)  # from the cache
     assert np.array_equal(d, again)
+
+
+def test_an_ensemble_of_models_of_different_inputs_sees_each_at_its_own(utkface_dir: Path) -> None:
+    """A 64 px model and a 112 px one (load sizes 72 and 128): each gets its own decode, so the ensemble is the
+    average of what each scores alone (an ensemble decoded at the first model's size gave the second a 72 px
+    image to cut 112 px from)."""
+    from agegender.data.datasets import DataConfig, dataset_splits
+    from agegender.evaluation.evaluate import outputs_on
+    from agegender.models import create_model
+    from agegender.oversample import average_outputs
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    small, large = create_model("flagship").eval(), create_model("flagship", input_size=112, resize=128).eval()
+    recs = dataset_splits(DataConfig(dataset="utkface", root=str(utkface_dir)), progress=False)["val"][:24]
+    alone = [outputs_on(m, recs, tta="flip") for m in (small, large)]
+    together = dt.ensemble_outputs([small, large], recs)
+    expected = average_outputs(alone)
+    for key, value in expected.items():
+        np.testing.assert_allclose(together[key], value, rtol=1e-5, atol=1e-5)

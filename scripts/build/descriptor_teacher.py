@@ -36,22 +36,20 @@ from tqdm import tqdm
 
 from agegender.age_calibration import INTERVAL_METADATA_KEY, AgeCalibration
 from agegender.cli.calibrate import coverage_lines
-from agegender.data.datasets import dataset_splits, decode_split
+from agegender.data.datasets import dataset_splits
 from agegender.data.records import FaceRecord
 from agegender.evaluation.calibrate import Coverage, fit_interval_calibration, fit_on_predictions
-from agegender.evaluation.evaluate import face_metrics, load_evaluable
+from agegender.evaluation.evaluate import face_metrics, load_evaluable, outputs_on
 from agegender.export import set_metadata
 from agegender.inference.accurate.dlib_format import DESCRIPTOR_SIZE, installed_model_path
 from agegender.inference.accurate.stacked import chip_transform, descriptor_chip, stack_weights
 from agegender.inference.backends import open_session
-from agegender.models import config_of
 from agegender.outputs import decode
 from agegender.oversample import average_outputs
 from agegender.training.checkpoint import run_checkpoint
 from agegender.training.config import load_config
 from agegender.training.descriptor_head import export_head, fit_head, head_outputs
 from agegender.training.distill import save_stored_outputs
-from agegender.training.forward import model_outputs
 
 WEIGHT_GRID = np.round(np.arange(0.0, 1.01, 0.1), 1)
 
@@ -115,11 +113,11 @@ def descriptors(records: Sequence[FaceRecord], cache: Path, workers: int, chunk:
 
 
 def ensemble_outputs(models: Sequence[nn.Module], records: Sequence[FaceRecord]) -> dict[str, np.ndarray]:
-    """Flip-averaged outputs of every model, averaged over the models."""
-    data = decode_split(records, config_of(models[0]), progress=False)
-    if len(data.records) != len(records):
-        raise SystemExit("some images could not be decoded")
-    return average_outputs([model_outputs(m, data.images, config_of(m), tta="flip") for m in models])
+    """Flip-averaged outputs of every model (each at its own input), averaged over the models."""
+    try:
+        return average_outputs([outputs_on(m, records, tta="flip") for m in models])
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def cross_fitted(x: np.ndarray, records: Sequence[FaceRecord], folds: int, epochs: int, seed: int

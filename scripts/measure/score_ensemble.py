@@ -1,6 +1,6 @@
 """How good is an ensemble of models (e.g. as a distillation teacher)? Each model alone, then their average.
 
-Every model (checkpoint or exported ONNX; all must share the input config) predicts every face of a UTKFace
+Every model (checkpoint or exported ONNX, each at its own input size and crop) predicts every face of a UTKFace
 split with the chosen test-time augmentation; the ensemble averages their outputs as test-time oversampling
 does (probabilities, turned back into logits). Example, the v4 teacher of
 ``docs/flagship/experiments/v4_warm_ensemble``:
@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agegender.data.datasets import DataConfig, dataset_splits, decode_split
-from agegender.evaluation.evaluate import face_metrics, load_evaluable
-from agegender.models import config_of
+from agegender.data.datasets import DataConfig, dataset_splits
+from agegender.evaluation.evaluate import face_metrics, load_evaluable, outputs_on
 from agegender.outputs import decode
 from agegender.oversample import TTA_MODES, average_outputs
-from agegender.training.forward import model_outputs
 
 FIGURES = {"age_mae": ("MAE", 1.0, "{:.3f}"), "gender_accuracy": ("gender", 100.0, "{:.2f}%"),
            "group_exact": ("group exact", 100.0, "{:.2f}%")}
@@ -42,20 +40,18 @@ def main() -> None:
         parser.error(f"no such model file: {', '.join(missing)}")
     records = dataset_splits(DataConfig(dataset="utkface", root=args.root), progress=False)[args.split]
     models = [load_evaluable(p) for p in args.models]
-    inputs = {(c.input_size, c.load_size, c.face_crop, tuple(c.mean), tuple(c.std))
-              for c in map(models)}
-    if len(inputs) > 1:
-        parser.error("the models take different inputs (size, crop or mean/std): they cannot be averaged")
-    data = decode_split(records, config_of(models[0]), progress=True)
-    outputs = [model_outputs(m, data.images, config_of(m), tta=args.tta) for m in models]
-    print(f"UTKFace {args.split} split, {len(data.records)} faces, tta {args.tta}")
+    try:  # each model at its own input: models of different sizes average face by face
+        outputs = [outputs_on(m, records, tta=args.tta, progress=True) for m in models]
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    print(f"UTKFace {args.split} split, {len(records)} faces, tta {args.tta}")
     print("| Model | " + " | ".join(label for label, _, _ in FIGURES.values()) + " |")
     print("|---" * (len(FIGURES) + 1) + "|")
     for path, out in zip(args.models, outputs, strict=True):
-        print(row(str(path), face_metrics(data.records, decode(out))))
+        print(row(str(path), face_metrics(records, decode(out))))
     if len(models) > 1:
         ensemble = decode(average_outputs(outputs))
-        print(row(f"ensemble of {len(models)}", face_metrics(data.records, ensemble)))
+        print(row(f"ensemble of {len(models)}", face_metrics(records, ensemble)))
 
 
 if __name__ == "__main__":
