@@ -135,7 +135,7 @@ ARTIFACTS: dict[str, ShippedFile | RemoteFile] = {
         "4fdaca36f8c6b3a7ee2fa9bfdccae1f2ab8d2954ceb8b375407c506dbe8c4011"),
     "descriptor-head": ShippedFile(
         "accurate mode's head on dlib face descriptors", "weights/descriptor_head.onnx",
-        "2e17a39d344e2b31606dd8fc7c45686f587109ae6338b8e7300b2d08fa60a3eb"),
+        "656ec645bf037e280ddbf4442e663e4913976d68ca484680b3ce506d4c436814"),
     "chip-template": ShippedFile(
         "five-landmark template of the UTKFace chips", "inference/chip_template.json",
         "4670322cd0efc52eb56c44251699b197f35d0a554525a4246958703594993a0f"),
