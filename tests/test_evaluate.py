@@ -321,9 +321,22 @@ def test_a_fine_tuning_run_trains_after_the_run_it_starts_from(tmp_path: Path) -
         "lh_age", "s001_pretrain_rest", "s001_model5_standin"]
     # a source that has not finished: the fine-tuning run is not trained from scratch, it is marked failed
     budget = repro.Budget(("epochs=1",), (), 1.0, 1.0)
-    repro.train_runs(suite, ["s001_model5_standin"], tmp_path, {"s001_model5_standin": budget}, progress=False)
+    ledger = repro.Ledger(tmp_path / "ledger")
+    repro.train_runs(suite, ["s001_model5_standin"], tmp_path, {"s001_model5_standin": budget}, ledger,
+                     progress=False)
     assert not (tmp_path / "s001_model5_standin").exists()
-    assert "s001_pretrain_rest" in (tmp_path / "s001_model5_standin.failed.txt").read_text()
+    assert "has not finished" in (tmp_path / "s001_model5_standin.failed.txt").read_text()
+    # the source finished on another machine (the ledger has its record, not its weights): say how to retrain it
+    ledger.run_file("s001_pretrain_rest").parent.mkdir(parents=True)
+    ledger.run_file("s001_pretrain_rest").write_text("train_seconds: 1.0\n")
+    repro.train_runs(suite, ["s001_model5_standin"], tmp_path, {"s001_model5_standin": budget}, ledger,
+                     progress=False)
+    assert "delete" in (tmp_path / "s001_model5_standin.failed.txt").read_text()
+    ledger.run_file("s001_model5_standin").write_text("train_seconds: 1.0\n")  # recorded: not trained again
+    (tmp_path / "s001_model5_standin.failed.txt").unlink()
+    repro.train_runs(suite, ["s001_model5_standin"], tmp_path, {"s001_model5_standin": budget}, ledger,
+                     progress=False)
+    assert not (tmp_path / "s001_model5_standin.failed.txt").exists()
     raw = yaml.safe_load(repro.SUITE_FILE.read_text())
     raw["runs"]["s001_model5_standin"]["init_from"] = "lh_model_that_is_not_there"
     (tmp_path / "suite.yaml").write_text(yaml.safe_dump(raw))
@@ -420,3 +433,30 @@ def test_the_confusion_and_timing_tables_of_the_results_page() -> None:
     assert "| 0.01 (9.0x faster) | 2.0 (4.0x faster) |" in timing
     assert "| 0.09 (1.0x faster) | not run |" in repro.render_timing(suite.timing, {}, {
         r.name: r.title for r in suite.rows})[-2]
+
+
+def test_the_results_page_is_written_from_a_ledger_that_outlives_the_run_folders(
+        checkpoint: Path, manifest: Path, tmp_path: Path) -> None:
+    repro = _reproduce()
+    suite = repro.Suite(runs={"tiny": repro.Run("tiny", "configs/flagship/flagship.yaml")}, rows=[repro.Row(
+        "tiny_row", "Tiny", "none", ("age_mae",), "paper", model="tiny")], claims=[])
+    runs_dir, ledger = tmp_path / "runs", repro.Ledger(tmp_path / "ledger")
+    records = evaluation_records("manifest", str(manifest), "all", progress=False)[0][:40]
+    row = suite.rows[0]
+    assert repro.evaluate_row(row, suite, runs_dir, ledger, records, "test", progress=False) is None  # not run
+    shutil.copytree(checkpoint.parent, runs_dir / "tiny")
+    ledger.record_runs(suite, runs_dir)
+    assert ledger.run("tiny")["train_seconds"] > 0 and ledger.run("tiny")["device"] == "unknown"
+    first = repro.evaluate_row(row, suite, runs_dir, ledger, records, "test", progress=False)
+    scored = ledger.evaluation("tiny_row", 0)
+    assert {"metrics.json", "predictions.npz", "checkpoints.json", "report.md"} <= {p.name for p in scored.iterdir()}
+    assert first.faces[0]["group"].dtype == np.int8 and first.checkpoints == ((("tiny", 1),),)
+    shutil.rmtree(runs_dir)  # the machine that trained is gone: the ledger alone gives the same figures
+    again = repro.evaluate_row(row, suite, runs_dir, ledger, records, "test", progress=False)
+    assert again.overall == first.overall and again.train_seconds == first.train_seconds
+    assert np.array_equal(again.faces[0]["age"], first.faces[0]["age"])
+    page = repro.render_results(suite, {"tiny_row": again}, repro.Context())
+    assert f"| Tiny | paper | MAE {again.overall['age_mae']:.2f}" in page
+    (scored / "checkpoints.json").unlink()  # finished, never evaluated, no run folder: a clear error, no figure
+    with pytest.raises(FileNotFoundError, match="holds no evaluation"):
+        repro.evaluate_row(row, suite, runs_dir, ledger, records, "test", progress=False)

@@ -12,9 +12,13 @@ papers' figures beside ours, our protocol, the training time, and which of the p
 Runs live in ``--runs-dir`` (default ``../runs/repro`` beside the repository, ``../runs/repro-full`` with
 ``--full``), one folder per run and seed (``lh_age``, ``lh_age.seed1``, ...): a finished run (``summary.yaml``) is
 reused, an interrupted one resumes, a failed one leaves ``<folder>.failed.txt``.
-Evaluations go to ``<runs-dir>/evaluations/<row>[.seedK]/`` (report.md, metrics.json, predictions.npz) and are
-redone when a checkpoint is newer. A row whose first seed is not finished reads "not run": no number is filled in
-by hand; a row shows the mean over its finished seeds.
+The page is written from the **ledger** (``--ledger``, default ``docs/results/``, committed; ``docs/results-full/``
+with ``--full``), which outlives the run folders: each finished run's summary and device
+(``runs/<folder>.yaml``), each row's evaluation per seed (``evaluations/<row>[.seedK]/``: report.md, metrics.json,
+predictions.npz and the checkpoints it scored, redone when a run folder holds a different checkpoint) and the
+networks' timing (``timing.json``). A clone with the ledger and without the run folders rewrites the same page with
+``--no-train``. A row whose first seed is not finished reads "not run": no number is filled in by hand; a row
+shows the mean over its finished seeds.
 
 Claims are judged by a paired bootstrap over the test faces, and over the training seeds where a row has several:
 the 95% interval of (ours for the side the paper says is better) minus (ours for the other side); "supported" when
@@ -70,6 +74,7 @@ SUITE_FILE = Path(__file__).with_name("reproduce.yaml")
 DEFAULT_RUNS = REPO.parent / "runs" / "repro"
 DEFAULT_DATA = default_path("utkface")
 DEFAULT_OUT = REPO / "docs" / "results.md"
+DEFAULT_LEDGER = REPO / "docs" / "results"
 NOT_RUN = "not run"
 #: The verdict of a claim whose two rows evaluate the same checkpoints (a budget too short for the selection
 #: rules it compares to choose differently).
@@ -346,22 +351,25 @@ def machine() -> str:
 
 
 def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, budgets: Mapping[str, Budget],
-               progress: bool) -> None:
-    """Train or resume each seed of each named run; a failure is logged and written beside the run, the suite
-    goes on."""
+               ledger: Ledger, progress: bool) -> None:
+    """Train or resume each seed of each named run that neither its folder nor the ledger records as finished
+    (delete a ledger record to retrain); a failure is logged and written beside the run, the suite goes on."""
     for name in names:
         run = suite.runs[name]
         for k, run_dir in enumerate(run.dirs(runs_dir)):
             failed = run_dir.with_name(f"{run_dir.name}.failed.txt")
-            if finished(run_dir):
+            if finished(run_dir) or ledger.finished(run_dir.name):
                 log.info("%s: finished, reused", run_dir.name)
                 continue
             overrides = list(budgets[name].overrides)
             if run.init_from:
                 source = suite.runs[run.init_from].dirs(runs_dir)[k]
                 if not finished(source):
-                    log.error("%s: not trained: it starts from %s, which has not finished", run_dir.name, source.name)
-                    failed.write_text(f"starts from {source.name}, which has not finished\n")
+                    why = (f"starts from {source.name}, whose weights are not in {runs_dir} (the ledger holds only its "
+                           f"record: delete {ledger.run_file(source.name)} to retrain it)"
+                           if ledger.finished(source.name) else f"starts from {source.name}, which has not finished")
+                    log.error("%s: not trained: %s", run_dir.name, why)
+                    failed.write_text(why + "\n")
                     continue
                 overrides.append(f"init={source}")
             if k:  # every seed of a run in the precision its first seed's `auto` chose: seeds differ by seed only
@@ -381,6 +389,61 @@ def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, budgets: Mapp
                 failed.write_text(f"{type(err).__name__}: {err}\n")
 
 
+# -- the ledger -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ledger:
+    """The committed record the results page is written from (module docstring): finished runs, row evaluations
+    and timing, each a small file, so that the page and its claims survive the run folders."""
+
+    root: Path
+
+    def run_file(self, name: str) -> Path:
+        return self.root / "runs" / f"{name}.yaml"
+
+    def finished(self, name: str) -> bool:
+        return self.run_file(name).is_file()
+
+    def run(self, name: str) -> dict[str, Any]:
+        return dict(yaml.safe_load(self.run_file(name).read_text()))
+
+    def record_runs(self, suite: Suite, runs_dir: Path) -> None:
+        """Copy each finished run folder's summary and device into the ledger (a retrained run replaces its
+        record)."""
+        for run in suite.runs.values():
+            for run_dir in filter(finished, run.dirs(runs_dir)):
+                summary = yaml.safe_load((run_dir / "summary.yaml").read_text())
+                device = run_dir / "device.txt"
+                summary["device"] = device.read_text().strip() if device.is_file() else "unknown"
+                self.run_file(run_dir.name).parent.mkdir(parents=True, exist_ok=True)
+                self.run_file(run_dir.name).write_text(yaml.safe_dump(summary, sort_keys=False))
+
+    def evaluation(self, row: str, seed: int) -> Path:
+        return self.root / "evaluations" / (row if seed == 0 else f"{row}.seed{seed}")
+
+    @property
+    def timing_file(self) -> Path:
+        return self.root / "timing.json"
+
+
+def checkpoint_stamps(row: Row, run_dirs: Sequence[Path]) -> list[dict[str, Any]] | None:
+    """What identifies the checkpoints a row scores (run folder, epoch, time written), or None where a run
+    folder or its checkpoint is not on this machine."""
+    paths = [d / row.checkpoint for d in run_dirs]
+    if not all(p.is_file() for p in paths):
+        return None
+    return [{"run": p.parent.name, "epoch": checkpoint_epoch(p),
+             "written": datetime.datetime.fromtimestamp(p.stat().st_mtime, datetime.UTC).isoformat()}
+            for p in paths]
+
+
+def compact_faces(faces: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A row's per-face arrays in the smallest dtypes that keep them exact enough for the claims (float32 ages
+    and probabilities, int8 codes): the ledger holds about a hundred of them."""
+    small = {"true_group": np.int8, "group": np.int8, "true_gender": np.int8, "true_age": np.float32,
+             "age": np.float32, "female_prob": np.float32}
+    return {key: value.astype(small[key]) if key in small else value for key, value in faces.items()}
+
+
 # -- evaluation -----------------------------------------------------------------------------------------
 def row_seeds(row: Row, suite: Suite, runs_dir: Path) -> list[list[Path]]:
     """Per training seed, the run folders a row's model is made of (a chain: gender, male, female); as many
@@ -397,37 +460,39 @@ def _load_row_model(row: Row, run_dirs: Sequence[Path]) -> nn.Module:
     return ChainedPredictor.gender_then_age(gender, male, female, hard=bool(row.chain["hard"])).eval()
 
 
-def evaluate_row(row: Row, suite: Suite, runs_dir: Path, records: Sequence[FaceRecord], description: str,
-                 progress: bool) -> RowResult | None:
-    """Our figures for a row on the test records (only those of ``test_filter``): per seed, cached in
-    ``runs_dir/evaluations/<row>[.seedK]/`` until a checkpoint changes, and their mean. None while the first seed
-    of any of its runs is unfinished; later seeds count once finished."""
+def evaluate_row(row: Row, suite: Suite, runs_dir: Path, ledger: Ledger, records: Sequence[FaceRecord],
+                 description: str, progress: bool) -> RowResult | None:
+    """Our figures for a row on the test records (only those of ``test_filter``): per seed, from the ledger, or
+    evaluated into it where a run folder here holds checkpoints other than those it records; and their mean.
+    None while the first seed of any of its runs is unfinished; later seeds count once finished."""
     if row.test_filter:
         records = filter_records(records, row.test_filter)
         description += f", only faces of {', '.join(f'{k} {v}' for k, v in row.test_filter.items())} " \
                        f"({len(records)})"
     every_seed = row_seeds(row, suite, runs_dir)
-    seeds = [dirs for dirs in every_seed if all(finished(d) for d in dirs)]
+    seeds = [dirs for dirs in every_seed if all(ledger.finished(d.name) for d in dirs)]
     if not seeds or seeds[0] != every_seed[0]:
         return None
     overall, faces, seconds, checkpoints = [], [], 0.0, []
     for k, run_dirs in enumerate(seeds):
-        checkpoints.append(tuple((str(d), checkpoint_epoch(d / row.checkpoint)) for d in run_dirs))
-        out = runs_dir / "evaluations" / (row.name if k == 0 else f"{row.name}.seed{k}")
-        faces_file = out / "predictions.npz"
-        newest = max((d / row.checkpoint).stat().st_mtime for d in run_dirs)
-        if not faces_file.is_file() or faces_file.stat().st_mtime < newest:
+        out = ledger.evaluation(row.name, k)
+        scored, stamps = out / "checkpoints.json", checkpoint_stamps(row, run_dirs)
+        if stamps is not None and (not scored.is_file() or json.loads(scored.read_text()) != stamps):
             log.info("%s: evaluating %s (%s)", row.name, ", ".join(d.name for d in run_dirs), row.tta)
             model = _load_row_model(row, run_dirs)
             data = decode_split(records, config_of(model), progress)
             decoded = predict_faces(model, data.images, row.tta)
             write_report(face_metrics(data.records, decoded), out, title=row.title, protocol=protocol_text(
-                f"{description}; {row.checkpoint} of {', '.join(d.name for d in run_dirs)} in {runs_dir}",
-                row.tta))
-            np.savez_compressed(faces_file, **face_arrays(data.records, decoded))
-        seconds += sum(yaml.safe_load((d / "summary.yaml").read_text())["train_seconds"] for d in run_dirs)
+                f"{description}; {row.checkpoint} of {', '.join(d.name for d in run_dirs)}", row.tta))
+            np.savez_compressed(out / "predictions.npz", **compact_faces(face_arrays(data.records, decoded)))
+            scored.write_text(json.dumps(stamps, indent=1) + "\n")
+        elif not scored.is_file():
+            raise FileNotFoundError(f"the ledger records {', '.join(d.name for d in run_dirs)} as finished but "
+                                    f"holds no evaluation in {out}, and the run folders are not in {runs_dir}")
+        checkpoints.append(tuple((s["run"], s["epoch"]) for s in json.loads(scored.read_text())))
+        seconds += sum(ledger.run(d.name)["train_seconds"] for d in run_dirs)
         overall.append(json.loads((out / "metrics.json").read_text())["overall"])
-        with np.load(faces_file) as arrays:
+        with np.load(out / "predictions.npz") as arrays:
             faces.append(dict(arrays))
     return RowResult(mean_figures(overall), faces, seconds, tuple(checkpoints))
 
@@ -442,22 +507,30 @@ def pooled_confusion(result: RowResult) -> np.ndarray:
     return normalize_rows(counts)
 
 
-def time_rows(suite: Suite, names: Sequence[str], runs_dir: Path) -> dict[str, float]:
+def time_rows(suite: Suite, names: Sequence[str], runs_dir: Path, ledger: Ledger) -> dict[str, float]:
     """Milliseconds per image of each row's first-seed network (batch 1, float32, inference mode, this process's
-    torch threads), timed interleaved so that passing load lands on all alike; rows not run are left out."""
+    torch threads), timed interleaved so that passing load lands on all alike, and recorded in the ledger with
+    the machine; the ledger's figures where a finished row's run folders are not here. Rows not run are left
+    out."""
+    rows = {name: next(r for r in suite.rows if r.name == name) for name in names}
+    done = {name: row_seeds(row, suite, runs_dir)[0] for name, row in rows.items()
+            if all(ledger.finished(d.name) for d in row_seeds(row, suite, runs_dir)[0])}
+    if not all(finished(d) for dirs in done.values() for d in dirs):
+        recorded = json.loads(ledger.timing_file.read_text()) if ledger.timing_file.is_file() else {"ms": {}}
+        return {name: ms for name, ms in recorded["ms"].items() if name in done}
     calls = {}
-    for name in names:
-        row = next(r for r in suite.rows if r.name == name)
-        first = row_seeds(row, suite, runs_dir)[0]
-        if not all(finished(d) for d in first):
-            continue
-        model = _load_row_model(row, first)
+    for name, first in done.items():
+        model = _load_row_model(rows[name], first)
         size = config_of(model).input_size
         x = torch.zeros(1, 3, size, size)
         calls[name] = lambda model=model, x=x: model(x)
     with torch.inference_mode():
         timings = time_interleaved(calls, runs=30, min_seconds=3.0)
-    return {name: timing.median_ms for name, timing in timings.items()}
+    times = {name: timing.median_ms for name, timing in timings.items()}
+    if times:
+        ledger.timing_file.parent.mkdir(parents=True, exist_ok=True)
+        ledger.timing_file.write_text(json.dumps({"machine": machine(), "ms": times}, indent=1) + "\n")
+    return times
 
 
 def checkpoint_epoch(path: Path) -> int:
@@ -474,7 +547,7 @@ def mean_figures(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for key in per_seed[0]:
-        values = [s.get(key) for s in per_seed]
+        values: list[float] = [s.get(key) for s in per_seed]  # type: ignore[misc]  # checked on the next line
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             out[key] = float(np.mean(values))
             if len(values) > 1:
@@ -629,7 +702,7 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
         elif row.needs:
             ours = f"{NOT_RUN}: needs {row.needs}"
         else:
-            optional = [suite.runs[name].optional for name in row.runs if suite.runs[name].optional]
+            optional = [reason for name in row.runs if (reason := suite.runs[name].optional)]
             ours = NOT_RUN + (f" ({'; '.join(optional)})" if optional else "")
         protocol = "–" if row.needs else "; ".join(
             [{"none": "center crop", "flip": "center + mirror", "ten_crop": "10 crops"}[row.tta]]
@@ -699,6 +772,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"run folders (default {DEFAULT_RUNS}, with --full {DEFAULT_RUNS}-full)")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA, help="UTKFace folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results page (docs/results.md)")
+    parser.add_argument("--ledger", type=Path,
+                        help=f"the record the page is written from (default {DEFAULT_LEDGER.relative_to(REPO)}, "
+                             f"with --full {DEFAULT_LEDGER.relative_to(REPO)}-full)")
     parser.add_argument("--only", nargs="+", metavar="RUN", help="train only these runs")
     parser.add_argument("--include", nargs="+", default=[], metavar="RUN",
                         help="also train these optional runs")
@@ -708,6 +784,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.runs_dir = args.runs_dir or (DEFAULT_RUNS.with_name("repro-full") if args.full else DEFAULT_RUNS)
+    ledger = Ledger(args.ledger or (DEFAULT_LEDGER.with_name("results-full") if args.full else DEFAULT_LEDGER))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     suite = load_suite()
@@ -720,29 +797,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = dataset_splits(DataConfig(dataset="utkface", root=str(data_root)), progress=not args.quiet)
     budgets = {n: resolve_budget(r, splits, data_root, args.full) for n, r in suite.runs.items()}
     if not args.no_train:
-        train_runs(suite, names, args.runs_dir, budgets, progress=not args.quiet)
+        train_runs(suite, names, args.runs_dir, budgets, ledger, progress=not args.quiet)
+    ledger.record_runs(suite, args.runs_dir)
 
     description = f"UTKFace test split, {len(splits['test'])} faces (leakage-safe, deduplicated)"
     results: dict[str, RowResult | None] = {}
     row_errors: dict[str, str] = {}
     for row in suite.rows:
         try:
-            results[row.name] = evaluate_row(row, suite, args.runs_dir, splits["test"], description,
+            results[row.name] = evaluate_row(row, suite, args.runs_dir, ledger, splits["test"], description,
                                              not args.quiet)
         except Exception as err:  # one row that cannot be evaluated must not hide the others
             log.error("%s: evaluation failed: %s: %s", row.name, type(err).__name__, err)
             results[row.name], row_errors[row.name] = None, f"{type(err).__name__}: {err}"
-    done = {n: sum(map(finished, r.dirs(args.runs_dir))) for n, r in suite.runs.items()
-            if finished(r.dirs(args.runs_dir)[0])}
+    done = {n: sum(ledger.finished(d.name) for d in r.dirs(args.runs_dir)) for n, r in suite.runs.items()
+            if ledger.finished(r.dirs(args.runs_dir)[0].name)}
     context = Context(
         n_train=len(splits["train"]), n_test=len(splits["test"]), full=args.full, finished=done,
         row_errors=row_errors,
-        devices={(d / "device.txt").read_text().strip() for n in done for d in suite.runs[n].dirs(args.runs_dir)
-                 if (d / "device.txt").is_file()},
+        devices={ledger.run(d.name)["device"] for n in done for d in suite.runs[n].dirs(args.runs_dir)
+                 if ledger.finished(d.name)},
         failures={p.name.removesuffix(".failed.txt"): p.read_text().strip()
                   for p in args.runs_dir.glob("*.failed.txt")},
         budgets=budgets,
-        times_ms=time_rows(suite, list(suite.timing.seconds), args.runs_dir) if suite.timing else {},
+        times_ms=time_rows(suite, list(suite.timing.seconds), args.runs_dir, ledger) if suite.timing else {},
         command=" ".join(["python scripts/measure/reproduce.py", *(sys.argv[1:] if argv is None else argv)]),
         commit=_git_commit())
     args.out.parent.mkdir(parents=True, exist_ok=True)
