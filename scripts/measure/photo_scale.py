@@ -5,7 +5,9 @@ reduced decode (the default: a JPEG at the smallest DCT scale that still holds t
 with full decoding (``reduced=False``) predict the faces; faces are matched by box overlap (IoU >= 0.5).
 Reported: faces found by each, the median and largest absolute age difference, gender agreement, and the time per
 photo end to end (file in, faces out) next to a plain ``cv2.imread`` of the same file, the three timed in turn
-(median of ``--rounds``). With ``--detect-size`` other than the default, the faces are also matched against
+(median of ``--rounds``), with the same reduced-decode pipeline detecting through OpenCV's YuNet
+(``FaceDetector(runtime="opencv")``, the detector before ONNX Runtime ran it) timed in the same rounds. With
+``--detect-size`` other than the default, the faces are also matched against
 those found at the default size (reduced decode), whose time is measured in the same rounds.
 
     python scripts/measure/photo_scale.py --markdown docs/logs/photo_scale.md
@@ -26,7 +28,7 @@ import cv2
 import numpy as np
 
 from agegender.inference.backends import cpu_info
-from agegender.inference.detector import DETECT_SIZE
+from agegender.inference.detector import DETECT_SIZE, FaceDetector
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import ImageResult
 from agegender.paths import default_path
@@ -85,7 +87,9 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
     predictors = {"reduced": Predictor(threads=args.threads, detect_size=args.detect_size),
-                  "full": Predictor(threads=args.threads, reduced=False, detect_size=args.detect_size)}
+                  "full": Predictor(threads=args.threads, reduced=False, detect_size=args.detect_size),
+                  "opencv": Predictor(detector=FaceDetector(runtime="opencv", max_side=args.detect_size),
+                                      threads=args.threads)}
     if args.detect_size != DETECT_SIZE:
         predictors["default size"] = Predictor(threads=args.threads)
     rows, by_size = [], {}
@@ -107,14 +111,16 @@ def main() -> None:
         rows.append((path.name, label, a.size, len(a), len(b), len(pairs), np.median(ages) if ages else 0.0,
                      max(ages, default=0.0), same, med))
         stats = by_size.setdefault(label, {"found": 0, "full": 0, "matched": 0, "ages": [], "same": 0,
-                                           "ratio": [], "base": 0, "base_matched": 0, "base_ages": [],
-                                           "base_ratio": []})
+                                           "ratio": [], "opencv_ratio": [], "opencv_same_faces": 0, "base": 0,
+                                           "base_matched": 0, "base_ages": [], "base_ratio": []})
         stats["found"] += len(a)
         stats["full"] += len(b)
         stats["matched"] += len(pairs)
         stats["ages"] += ages
         stats["same"] += same
         stats["ratio"].append(med["reduced"] / med["imread"])
+        stats["opencv_ratio"].append(med["opencv"] / med["imread"])
+        stats["opencv_same_faces"] += len(match(a, found["opencv"])) == len(a) == len(found["opencv"])
         if base is not None:
             stats["base"] += len(base)
             stats["base_matched"] += len(base_pairs)
@@ -127,17 +133,20 @@ def main() -> None:
              f"{args.threads} threads; CPU {cpu_info().describe()}, {platform.python_version()}; medians of "
              f"{args.rounds} rounds, the {len(times)} timed in turn.", "",
              "| photo | size | pixels | faces reduced / full / matched | age diff median / max | same gender "
-             "| imread ms | reduced ms | full ms | reduced / imread |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| imread ms | reduced ms | full ms | reduced, OpenCV YuNet ms | reduced / imread |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, label, size, na, nb, nm, med_age, max_age, same, med in rows:
         lines.append(f"| {name} | {label} | {size[0]}x{size[1]} | {na} / {nb} / {nm} | {med_age:.2f} / {max_age:.2f} "
                      f"| {same}/{nm} | {med['imread']:.1f} | {med['reduced']:.1f} | {med['full']:.1f} "
-                     f"| {med['reduced'] / med['imread']:.2f} |")
+                     f"| {med['opencv']:.1f} | {med['reduced'] / med['imread']:.2f} |")
     lines += ["", "| size | faces reduced / full / matched | median age diff | same gender | reduced / imread "
-              "(median over photos) |", "|---|---|---|---|---|"]
+              "(median over photos) | with OpenCV's YuNet / imread | photos with the same faces either way |",
+              "|---|---|---|---|---|---|---|"]
     for label, s in by_size.items():
         lines.append(f"| {label} | {s['found']} / {s['full']} / {s['matched']} | "
                      f"{np.median(s['ages']) if s['ages'] else 0:.2f} | {s['same']}/{s['matched']} | "
-                     f"{statistics.median(s['ratio']):.2f} |")
+                     f"{statistics.median(s['ratio']):.2f} | {statistics.median(s['opencv_ratio']):.2f} | "
+                     f"{s['opencv_same_faces']}/{len(s['ratio'])} |")
     if "default size" in predictors:
         lines += ["", f"Against detection at the default {DETECT_SIZE} px (reduced decode both):", "",
                   f"| size | faces at {args.detect_size} / at {DETECT_SIZE} / matched | median age diff "

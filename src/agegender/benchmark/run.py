@@ -320,7 +320,7 @@ def _label_counts(records: Sequence[FaceRecord]) -> dict[str, dict[str, int]]:
 def default_predictor(opts: BenchOptions) -> Predictor:
     """The default pipeline (``Predictor()`` with the bench's model, detector, threads, backend and device)."""
     model = load_model(opts.int8 or opts.model, threads=opts.threads, backend=opts.backend, device=opts.device)
-    return Predictor(model, FaceDetector(opts.detector, max_side=opts.detect_size))
+    return Predictor(model, FaceDetector(opts.detector, max_side=opts.detect_size, threads=opts.threads))
 
 
 def photos_at_scale(predictor: Predictor, photos: Sequence[Path], opts: BenchOptions) -> dict[str, Any]:
@@ -346,7 +346,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     cv2.setNumThreads(opts.threads)
     models, unavailable = load_models(opts)
     needs_detector = opts.adience_sample or opts.photos
-    detector = FaceDetector(opts.detector, max_side=opts.detect_size) if needs_detector else None
+    detector = FaceDetector(opts.detector, max_side=opts.detect_size, threads=opts.threads) if needs_detector \
+        else None
     runtimes = sorted({(m.model.session.backend, m.model.session.device) for m in models
                        if isinstance(m, OursModel)}, key=lambda r: (r[1], r[0]))
     result: dict[str, Any] = {

@@ -51,8 +51,7 @@ def add_accurate_options(p: argparse.ArgumentParser) -> None:
     """``--accurate`` and ``--descriptor-weights``, as ``predict`` and ``serve`` take them."""
     p.add_argument("--accurate", action="store_true",
                    help="stack the float32 flagship (or --model) with a head on dlib face descriptors: more "
-                        "accurate, about 3x the time per photo; fetches dlib's network (22 MB) once and needs the "
-                        "`accurate` extra")
+                        "accurate, about 3x the time per photo; fetches dlib's network (22 MB) once")
     p.add_argument("--descriptor-weights", metavar="DAT",
                    help="--accurate: dlib_face_recognition_resnet_model_v1.dat (default: $AGEGENDER_DLIB_RESNET, "
                         "an installed face_recognition_models, the cache, or a download)")

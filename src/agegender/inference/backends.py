@@ -137,9 +137,9 @@ class Session(Protocol):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-def ort_session(path: Path, threads: int | None = None, device: str = "cpu") -> Any:
-    """An ONNX Runtime ``InferenceSession`` (CPU, or CUDA with the CPU as fallback for unsupported nodes);
-    ``threads`` caps the intra-op threads. Raises BackendError if the file cannot be loaded.
+def ort_session(path: Path | bytes, threads: int | None = None, device: str = "cpu") -> Any:
+    """An ONNX Runtime ``InferenceSession`` of a file or a serialised model (CPU, or CUDA with the CPU as fallback
+    for unsupported nodes); ``threads`` caps the intra-op threads. Raises BackendError if it cannot be loaded.
 
     Its worker threads sleep when idle instead of spinning: a spinning pool keeps the cores busy after each run
     and slows whatever runs next on them (YuNet's detection, dlib's network, the next session). On the 2-core
@@ -147,7 +147,7 @@ def ort_session(path: Path, threads: int | None = None, device: str = "cpu") -> 
     alone are predicted one at a time (``python scripts/measure/ort_spinning.py --accurate`` measures the trade)."""
     import onnxruntime as ort
 
-    if not path.is_file():
+    if isinstance(path, Path) and not path.is_file():
         raise BackendError(f"model file not found: {path}")
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -156,9 +156,10 @@ def ort_session(path: Path, threads: int | None = None, device: str = "cpu") -> 
         options.inter_op_num_threads = 1
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=providers)
     except Exception as err:  # onnxruntime raises its own untyped errors
-        raise BackendError(f"{path} is not a loadable ONNX model: {err}") from err
+        what = "the serialised model" if isinstance(path, bytes) else str(path)
+        raise BackendError(f"{what} is not a loadable ONNX model: {err}") from err
 
 
 class _OrtSession:

@@ -71,7 +71,7 @@ _WORKER: dict[str, object] = {}
 def _start_worker(detector_path: str | None, max_side: int | None, input_side: int, max_pixels: int,
                   reduced: bool) -> None:
     cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only contend
-    detector = None if detector_path is None else FaceDetector(detector_path, max_side=max_side)
+    detector = None if detector_path is None else FaceDetector(detector_path, max_side=max_side, threads=1)
     _WORKER.update(detector=detector, input_side=input_side, max_pixels=max_pixels, reduced=reduced)
 
 

@@ -1,4 +1,9 @@
-"""Face detection with five landmarks: OpenCV's YuNet (``cv2.FaceDetectorYN``), no torch needed.
+"""Face detection with five landmarks: YuNet, run by ONNX Runtime (the default: about twice as fast as OpenCV's
+DNN module on the same file, the same faces) or by OpenCV (``cv2.FaceDetectorYN``); no torch needed.
+
+The ONNX Runtime path reproduces ``cv2.FaceDetectorYN``: the image padded to a multiple of 32 at its bottom and
+right, scores ``sqrt(cls * obj)``, boxes and landmarks decoded per stride (8, 16, 32) and the same non-maximum
+suppression; tests check the two give the same faces.
 
 Weights are found by :func:`locate_weights`, in this order: an explicit ``model_path``, the environment
 variable ``AGEGENDER_YUNET``, the agegender cache (see ``agegender.artifacts``), else a one-time
@@ -17,8 +22,10 @@ import cv2
 import numpy as np
 
 from agegender.artifacts import RemoteFile, WeightsError, artifact
+from agegender.inference.backends import BackendError, ort_session
 
 __all__ = [
+    "DETECTOR_RUNTIMES",
     "DETECT_SIZE",
     "MIN_DETECT_SIZE",
     "YUNET_FILENAME",
@@ -40,6 +47,8 @@ YUNET = cast(RemoteFile, artifact("yunet"))
 # (README, "Photos at scale"). MIN_DETECT_SIZE: the smallest accepted.
 DETECT_SIZE = 1280
 MIN_DETECT_SIZE = 32
+#: What runs YuNet: ONNX Runtime (the default) or OpenCV's DNN module.
+DETECTOR_RUNTIMES = ("onnxruntime", "opencv")
 YUNET_FILENAME, YUNET_URL, YUNET_SHA256 = YUNET.filename, YUNET.url, YUNET.sha256
 
 
@@ -79,17 +88,82 @@ class Detection:
         }
 
 
+class _OrtYuNet:
+    """YuNet on ONNX Runtime, with ``cv2.FaceDetectorYN``'s pre- and post-processing (module doc); ``detect``
+    returns its ``(N, 15)`` rows."""
+
+    STRIDES = (8, 16, 32)
+
+    def __init__(self, path: Path, score_threshold: float, nms_threshold: float, top_k: int,
+                 threads: int | None) -> None:
+        import onnx
+
+        def refuse(why: str) -> WeightsError:
+            return WeightsError(f"ONNX Runtime could not load {path} as a YuNet ONNX model ({why}). "
+                                f"{YUNET.fix_hint()}")
+
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:  # onnx raises protobuf's untyped errors
+            raise refuse(str(exc)) from exc
+        graph = model.graph
+        if [o.name for o in graph.output] != [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps")
+                                              for s in self.STRIDES]:
+            raise refuse(f"its outputs are {', '.join(o.name for o in graph.output) or 'none'}, not YuNet's")
+        for dim, name in zip(graph.input[0].type.tensor_type.shape.dim[2:], ("height", "width"), strict=True):
+            dim.Clear()
+            dim.dim_param = name  # the file fixes 640x640: any padded size runs
+        for out in graph.output:
+            out.type.tensor_type.shape.dim[1].Clear()
+        del graph.value_info[:]
+        try:
+            self.session = ort_session(model.SerializeToString(), threads)
+        except BackendError as exc:
+            raise refuse(str(exc)) from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k
+
+    def detect(self, image: np.ndarray) -> np.ndarray:
+        height, width = image.shape[:2]
+        padded = -(-height // 32) * 32, -(-width // 32) * 32
+        blob = np.zeros((1, 3, *padded), dtype=np.float32)
+        blob[0, :, :height, :width] = image.transpose(2, 0, 1)
+        outputs = self.session.run(None, {self.input_name: blob})  # cls, obj, bbox, kps; each per stride
+        cls, obj, bbox, kps = (outputs[i:i + 3] for i in range(0, 12, 3))
+        faces = [self._decode(stride, padded[1] // stride, c, o, b, k)
+                 for stride, c, o, b, k in zip(self.STRIDES, cls, obj, bbox, kps, strict=True)]
+        rows = np.concatenate(faces) if faces else np.zeros((0, 15), np.float32)
+        if len(rows) > 1:
+            keep = cv2.dnn.NMSBoxes(rows[:, :4].astype(np.int32).astype(float).tolist(), rows[:, 14].tolist(),
+                                    self.score_threshold, self.nms_threshold, top_k=self.top_k)
+            rows = rows[np.asarray(keep, dtype=np.int64).reshape(-1)]
+        return rows
+
+    def _decode(self, stride: int, columns: int, cls: np.ndarray, obj: np.ndarray, bbox: np.ndarray,
+                kps: np.ndarray) -> np.ndarray:
+        """The rows of one stride's cells that score at least the threshold."""
+        score = np.sqrt(np.clip(cls.reshape(-1), 0, 1) * np.clip(obj.reshape(-1), 0, 1))
+        cells = np.flatnonzero(score >= self.score_threshold)
+        col, row = (cells % columns).astype(np.float32), (cells // columns).astype(np.float32)
+        box, points = bbox.reshape(-1, 4)[cells], kps.reshape(-1, 5, 2)[cells]
+        size = np.exp(box[:, 2:]) * stride
+        centre = (np.stack([col, row], axis=1) + box[:, :2]) * stride
+        points = (points + np.stack([col, row], axis=1)[:, None, :]) * stride
+        return np.concatenate([centre - size / 2, size, points.reshape(-1, 10), score[cells, None]],
+                              axis=1).astype(np.float32)
+
+
 class FaceDetector:
     """YuNet face detector returning boxes, scores and five landmarks.
 
     Images whose longer side exceeds ``max_side`` are downscaled for detection (``None`` disables
     this); results are mapped back to original coordinates. Faces whose shorter box side is below
-    ``min_face`` original pixels are dropped. ``score_threshold``, ``nms_threshold`` and ``top_k`` go
-    to ``cv2.FaceDetectorYN``.
+    ``min_face`` original pixels are dropped. ``score_threshold``, ``nms_threshold`` and ``top_k`` are
+    ``cv2.FaceDetectorYN``'s. ``runtime``: one of :data:`DETECTOR_RUNTIMES`; ``threads`` caps ONNX Runtime's
+    threads (OpenCV's follow ``cv2.setNumThreads``).
 
-    Thread safety: one instance may be shared by threads (e.g. a web server); :meth:`detect` calls are
-    serialised by an internal lock because the OpenCV object is stateful. For parallel throughput create
-    one instance per worker thread (the model is 230 kB).
+    Thread safety: one instance may be shared by threads (e.g. a web server); with OpenCV, :meth:`detect` calls
+    are serialised by an internal lock because the OpenCV object is stateful (ONNX Runtime runs them at once).
     """
 
     def __init__(
@@ -101,17 +175,26 @@ class FaceDetector:
         top_k: int = 5000,
         max_side: int | None = DETECT_SIZE,
         min_face: float = 20.0,
+        runtime: str = "onnxruntime",
+        threads: int | None = None,
     ) -> None:
         if not 0.0 <= score_threshold <= 1.0 or not 0.0 <= nms_threshold <= 1.0:
             raise ValueError("score_threshold and nms_threshold must be in [0, 1]")
         if max_side is not None and max_side < MIN_DETECT_SIZE:
             raise ValueError(f"max_side must be >= {MIN_DETECT_SIZE} or None, got {max_side}")
+        if runtime not in DETECTOR_RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(DETECTOR_RUNTIMES)}, got {runtime!r}")
         self.model_path = locate_weights(model_path)
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.top_k = top_k
         self.max_side = max_side
         self.min_face = min_face
+        self.runtime = runtime
+        self._lock = threading.Lock()
+        if runtime == "onnxruntime":
+            self._ort = _OrtYuNet(self.model_path, score_threshold, nms_threshold, top_k, threads)
+            return
         try:
             # OpenCV 5 warns on every load that its new graph engine ignores the target: noise for a user.
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -122,7 +205,6 @@ class FaceDetector:
             raise WeightsError(
                 f"OpenCV could not load {self.model_path} as a YuNet ONNX model ({exc}). {YUNET.fix_hint()}"
             ) from exc
-        self._lock = threading.Lock()
 
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         """Detect faces in a BGR ``uint8`` ``(H, W, 3)`` image; highest score first.
@@ -150,9 +232,12 @@ class FaceDetector:
             image_bgr = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
         image_bgr = np.ascontiguousarray(image_bgr)
         scale = np.array([image_bgr.shape[1] / width, image_bgr.shape[0] / height], dtype=np.float32)
-        with self._lock:
-            self._net.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
-            _, faces = self._net.detect(image_bgr)
+        if self.runtime == "onnxruntime":
+            faces = self._ort.detect(image_bgr)
+        else:
+            with self._lock:
+                self._net.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
+                faces = self._net.detect(image_bgr)[1]
         if faces is None:
             return []
         detections = []

@@ -95,7 +95,7 @@ class Predictor:
             raise ModelError(f"{self.model.path} predicts only {', '.join(sorted(outputs))}; the Predictor needs "
                              "a model with both age and gender outputs")
         if isinstance(detector, str | Path):
-            detector = FaceDetector(None if detector == _AUTO else detector, max_side=detect_size)
+            detector = FaceDetector(None if detector == _AUTO else detector, max_side=detect_size, threads=threads)
         self.detector: FaceDetector | None = detector
         self.flip, self.max_pixels, self.reduced = flip, max_pixels, reduced
 

@@ -58,7 +58,8 @@ class InferenceService:
         self._model = model = load_model(settings.model, accurate=settings.accurate, threads=threads,
                                          descriptor_weights=settings.descriptor_weights, backend=settings.backend,
                                          device=settings.device)
-        self._detector = detector = FaceDetector(settings.detector, max_side=settings.detect_size)
+        # One thread per detection: the decode pool runs as many at once as the server has threads.
+        self._detector = detector = FaceDetector(settings.detector, max_side=settings.detect_size, threads=1)
         # One predictor per flip setting, sharing the model and the detector.
         self._predictors = {flip: Predictor(model, detector, flip=flip, max_pixels=settings.max_pixels)
                             for flip in (True, False)}

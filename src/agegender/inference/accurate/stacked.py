@@ -91,8 +91,6 @@ def descriptor_network(weights: str | os.PathLike | None = None) -> Path:
         partial = target.with_name(target.name + f".{os.getpid()}.partial")
         to_onnx(read_dlib_resnet(source), partial)
         partial.replace(target)
-    except ImportError as err:
-        raise WeightsError(f"{err} (or pip install 'agegender[accurate]')") from err
     except (ValueError, OSError) as err:
         raise WeightsError(f"cannot convert {source} into ONNX: {err}. {DLIB_RESNET.fix_hint()}") from err
     return target
