@@ -206,7 +206,11 @@ class _OpenVinoSession:
         self.request = self.compiled.create_infer_request()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self.request.infer({self.input_name: feeds[self.input_name]})
+        # Shared, not copied, in and out (the outputs are copied here, before the next call reuses them): at batch
+        # 1 (a face and its mirror) the copies cost 0.18 of 0.62 ms on a 2-core EPYC. Every call shares, so the
+        # request never holds a smaller caller's buffer when a larger batch comes.
+        result = self.request.infer({self.input_name: np.ascontiguousarray(feeds[self.input_name])},
+                                    share_inputs=True, share_outputs=True)
         return {name: np.array(result[self.compiled.output(name)]) for name in self.output_names}
 
 
