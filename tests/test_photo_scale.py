@@ -49,7 +49,9 @@ def test_a_12_mp_photo_decoded_reduced_gives_the_faces_of_a_full_decode(
         assert np.allclose(a.box, b.box, atol=0.01 * 4032)  # detected on the same working-size pixels
     ages = np.abs([a.age - b.age for a, b in pairs])
     assert np.median(ages) < 1.0 and ages.max() < 3.0
-    assert [a.gender for a, _ in pairs] == [b.gender for _, b in pairs]
+    # The same gender wherever either decode is sure of it; a face near 50% may land either side (over 1,193
+    # labelled faces in 12 MP photos the two agree on 99.2%: docs/logs/photo_scale.md).
+    assert all(a.gender == b.gender for a, b in pairs if max(a.gender_confidence, b.gender_confidence) >= 0.6)
 
 
 def test_a_smaller_detect_size_decodes_coarser_and_still_finds_large_faces(

@@ -229,7 +229,11 @@ class FaceDetector:
         if self.max_side is not None and max(height, width) > self.max_side:
             factor = self.max_side / max(height, width)
             size = (max(1, round(width * factor)), max(1, round(height * factor)))
-            image_bgr = cv2.resize(image_bgr, size, interpolation=cv2.INTER_AREA)
+            # Bilinear below a 2x reduction (all a reduced JPEG decode leaves): 6x faster than area averaging
+            # from a 12 MP photo's 1/2 decode, and as accurate on 1,200 labelled faces in 12 MP photos
+            # (docs/logs/photo_scale.md); area averaging from 2x, where bilinear would skip pixels.
+            interpolation = cv2.INTER_LINEAR if factor > 0.5 else cv2.INTER_AREA
+            image_bgr = cv2.resize(image_bgr, size, interpolation=interpolation)
         image_bgr = np.ascontiguousarray(image_bgr)
         scale = np.array([image_bgr.shape[1] / width, image_bgr.shape[0] / height], dtype=np.float32)
         if self.runtime == "onnxruntime":
