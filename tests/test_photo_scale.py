@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
+from agegender import images
 from agegender.cli import main
 from agegender.images import ScaledImage, finer_decoder, load_image, load_scaled
 from agegender.inference.align import align_face
@@ -98,10 +99,36 @@ def test_small_faces_come_from_the_coarsest_decode_that_holds_them(
     assert len(faces) == len(chips)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpegs_decode_to_pillows_pixels_at_every_scale_and_orientation(
+        photos_dir: Path, tmp_path: Path, orientation: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libjpeg-turbo's decode is Pillow's, pixel for pixel: at full and reduced scale, for all 8 EXIF orientations;
+    a CMYK JPEG, which libjpeg-turbo refuses, goes to Pillow at the same scale."""
+    image = Image.open(photos_dir / "mowshon_test-image.jpg").convert("RGB").resize((1500, 1000))
+    exif = image.getexif()
+    exif[274] = orientation
+    path = tmp_path / "turned.jpg"
+    image.save(path, quality=90, exif=exif.tobytes())
+    decoded = []  # what libjpeg-turbo decoded: every colour JPEG here, none of the CMYK one
+    turbo = images.simplejpeg.decode_jpeg
+    monkeypatch.setattr(images.simplejpeg, "decode_jpeg", lambda *a, **kw: decoded.append(kw) or turbo(*a, **kw))
+    for min_side, k in ((None, 1), (700, 2), (300, 4)):
+        ours = load_scaled(path, min_side=min_side)
+        with Image.open(path) as pil:
+            if k > 1:
+                pil.draft("RGB", (1500 // k, 1000 // k))
+            upright = np.asarray(ImageOps.exif_transpose(pil.convert("RGB")))[..., ::-1]
+        assert np.array_equal(ours.pixels, upright) and ours.scale == 1 / k
+        assert ours.full_size == ((1500, 1000) if orientation < 5 else (1000, 1500))
+    image.convert("CMYK").save(path, quality=90)
+    cmyk = load_scaled(path, min_side=700)
+    assert cmyk.pixels.shape == (500, 750, 3) and cmyk.scale == 0.5 and len(decoded) == 3
+
+
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])
 def test_the_finer_decode_has_the_first_decodes_orientation_and_pixels(
         photos_dir: Path, tmp_path: Path, orientation: int) -> None:
-    """The second, finer decode (OpenCV) turns the photo as the first (Pillow) did, and gives its pixels."""
+    """The second, finer decode turns the photo as the first did, and gives its pixels."""
     image = Image.open(photos_dir / "mowshon_test-image.jpg").convert("RGB").resize((2400, 1800))
     exif = image.getexif()
     exif[274] = orientation  # EXIF Orientation
