@@ -448,8 +448,7 @@ def test_onnxruntime_finds_the_faces_opencv_finds(weights: Path) -> None:
     images += [cv2.resize(images[0], None, fx=f, fy=f) for f in (0.37, 2.9)]  # odd sizes: padding to 32
     if UTKFACE.is_dir():
         images += [load_image(p) for p in sorted(UTKFACE.glob("*.jpg"))[:20]]
-    ours, theirs = FaceDetector(weights), FaceDetector(weights, runtime="opencv")
-    assert ours.runtime == "onnxruntime"
+    ours, theirs = FaceDetector(weights, runtime="onnxruntime"), FaceDetector(weights, runtime="opencv")
     found = 0
     for image in images:
         a, b = ours.detect(image), theirs.detect(image)
@@ -462,12 +461,45 @@ def test_onnxruntime_finds_the_faces_opencv_finds(weights: Path) -> None:
 
 
 @needs_yunet
+@needs_photos
+def test_openvino_finds_the_faces_opencv_finds() -> None:
+    """OpenVINO (bf16 on CPUs that have it) finds the same faces, boxes within 2% of their size."""
+    pytest.importorskip("openvino")
+    ours, theirs = FaceDetector(YUNET, runtime="openvino"), FaceDetector(YUNET, runtime="opencv")
+    images = [load_image(p) for p in sorted(PHOTOS.glob("*.jpg"))]
+    images += [cv2.resize(images[0], None, fx=f, fy=f) for f in (0.37, 2.9)]
+    found = 0
+    for image in images * 2:  # the second round runs the compiled shapes again
+        a, b = (sorted(d.detect(image), key=lambda f: f.box) for d in (ours, theirs))
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert np.allclose(x.box, y.box, atol=0.02 * y.box[2]) and abs(x.score - y.score) < 0.02
+        found += len(a)
+    assert found >= 40
+    assert len(ours._net_rows._requests) == len(images)  # type: ignore[attr-defined]  # one per padded size
+
+
+def test_auto_runs_yunet_on_openvino_only_where_the_cpu_computes_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agegender.inference.backends import CpuInfo
+
+    monkeypatch.setattr(detector_module, "available_backends", lambda: ("onnxruntime", "openvino"))
+    monkeypatch.setattr(detector_module, "cpu_info", lambda: CpuInfo("EPYC", ("avx512f", "avx512_bf16")))
+    assert detector_module.detector_runtime()[0] == "openvino"
+    monkeypatch.setattr(detector_module, "cpu_info", lambda: CpuInfo("Xeon", ("avx512f", "avx512_vnni")))
+    assert detector_module.detector_runtime()[0] == "onnxruntime"  # int8 units only: YuNet is float
+    monkeypatch.setattr(detector_module, "available_backends", lambda: ("onnxruntime",))
+    assert detector_module.detector_runtime("opencv") == ("opencv", "asked for")
+    with pytest.raises(detector_module.BackendError, match="agegender\\[openvino\\]"):
+        detector_module.detector_runtime("openvino")
+
+
+@needs_yunet
 def test_a_model_that_is_not_yunet_is_refused(tmp_path: Path) -> None:
     from agegender.inference.onnx_model import shipped_model_path
 
     with pytest.raises(WeightsError, match="not YuNet's"):
         FaceDetector(shipped_model_path())
-    with pytest.raises(ValueError, match="runtime must be one of onnxruntime, opencv"):
+    with pytest.raises(ValueError, match="runtime must be one of auto, onnxruntime, openvino, opencv"):
         FaceDetector(YUNET, runtime="tensorflow")
 
 

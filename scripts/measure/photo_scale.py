@@ -5,8 +5,8 @@ reduced decode (the default: a JPEG at the smallest DCT scale that still holds t
 with full decoding (``reduced=False``) predict the faces; faces are matched by box overlap (IoU >= 0.5).
 Reported: faces found by each, the median and largest absolute age difference, gender agreement, and the time per
 photo end to end (file in, faces out) next to a plain ``cv2.imread`` of the same file, the three timed in turn
-(median of ``--rounds``), with the same reduced-decode pipeline detecting through OpenCV's YuNet
-(``FaceDetector(runtime="opencv")``, the detector before ONNX Runtime ran it) timed in the same rounds. With
+(median of ``--rounds``), with the same reduced-decode pipeline detecting through each other installed runtime of
+YuNet (OpenCV's was the detector before this project ran YuNet itself) timed in the same rounds. With
 ``--detect-size`` other than the default, the faces are also matched against
 those found at the default size (reduced decode), whose time is measured in the same rounds.
 
@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 
 from agegender.data.datasets import DataConfig, dataset_splits
-from agegender.inference.backends import cpu_info
-from agegender.inference.detector import DETECT_SIZE, FaceDetector
+from agegender.inference.backends import available_backends, cpu_info
+from agegender.inference.detector import DETECT_SIZE, DETECTOR_RUNTIMES, FaceDetector
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import ImageResult
 from agegender.labels import GENDERS
@@ -151,10 +151,14 @@ def main() -> None:
     parser.add_argument("--mosaics", type=int, default=4, help="12 MP photos of 300 labelled faces each (0: none)")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
-    predictors = {"reduced": Predictor(threads=args.threads, detect_size=args.detect_size),
+    default = Predictor(threads=args.threads, detect_size=args.detect_size)
+    assert default.detector is not None
+    others = [r for r in DETECTOR_RUNTIMES if r not in ("auto", default.detector.runtime)
+              and (r != "openvino" or "openvino" in available_backends())]
+    predictors = {"reduced": default,
                   "full": Predictor(threads=args.threads, reduced=False, detect_size=args.detect_size),
-                  "opencv": Predictor(detector=FaceDetector(runtime="opencv", max_side=args.detect_size),
-                                      threads=args.threads)}
+                  **{r: Predictor(detector=FaceDetector(runtime=r, max_side=args.detect_size, threads=args.threads),
+                                  threads=args.threads) for r in others}}
     if args.detect_size != DETECT_SIZE:
         predictors["default size"] = Predictor(threads=args.threads)
     rows, by_size = [], {}
@@ -176,7 +180,7 @@ def main() -> None:
         rows.append((path.name, label, a.size, len(a), len(b), len(pairs), np.median(ages) if ages else 0.0,
                      max(ages, default=0.0), same, med))
         stats = by_size.setdefault(label, {"found": 0, "full": 0, "matched": 0, "ages": [], "same": 0,
-                                           "ratio": [], "opencv_ratio": [], "opencv_same_faces": 0, "base": 0,
+                                           "ratio": [], "others": {}, "base": 0,
                                            "base_matched": 0, "base_ages": [], "base_ratio": []})
         stats["found"] += len(a)
         stats["full"] += len(b)
@@ -184,8 +188,10 @@ def main() -> None:
         stats["ages"] += ages
         stats["same"] += same
         stats["ratio"].append(med["reduced"] / med["imread"])
-        stats["opencv_ratio"].append(med["opencv"] / med["imread"])
-        stats["opencv_same_faces"] += len(match(a, found["opencv"])) == len(a) == len(found["opencv"])
+        for runtime in others:
+            ratios, same_faces = stats["others"].setdefault(runtime, ([], [0]))
+            ratios.append(med[runtime] / med["imread"])
+            same_faces[0] += len(match(a, found[runtime])) == len(a) == len(found[runtime])
         if base is not None:
             stats["base"] += len(base)
             stats["base_matched"] += len(base_pairs)
@@ -194,24 +200,26 @@ def main() -> None:
     command = "python scripts/measure/photo_scale.py" + (
         f" --detect-size {args.detect_size}" if args.detect_size != DETECT_SIZE else "")
     lines = [f"# Reduced JPEG decoding against full decoding ({datetime.now(UTC):%Y-%m-%d})", "",
-             f"`{command}`; faces detected at {args.detect_size} px; "
+             f"`{command}`; faces detected at {args.detect_size} px (YuNet on {default.detector.runtime}); "
              f"{args.threads} threads; CPU {cpu_info().describe()}, {platform.python_version()}; medians of "
              f"{args.rounds} rounds, the {len(times)} timed in turn.", "",
              "| photo | size | pixels | faces reduced / full / matched | age diff median / max | same gender "
-             "| imread ms | reduced ms | full ms | reduced, OpenCV YuNet ms | reduced / imread |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| imread ms | reduced ms | full ms | " + "".join(f"reduced, YuNet on {r} ms | " for r in others)
+             + "reduced / imread |", "|---" * (10 + len(others)) + "|"]
     for name, label, size, na, nb, nm, med_age, max_age, same, med in rows:
         lines.append(f"| {name} | {label} | {size[0]}x{size[1]} | {na} / {nb} / {nm} | {med_age:.2f} / {max_age:.2f} "
                      f"| {same}/{nm} | {med['imread']:.1f} | {med['reduced']:.1f} | {med['full']:.1f} "
-                     f"| {med['opencv']:.1f} | {med['reduced'] / med['imread']:.2f} |")
+                     + "".join(f"| {med[r]:.1f} " for r in others) + f"| {med['reduced'] / med['imread']:.2f} |")
     lines += ["", "| size | faces reduced / full / matched | median age diff | same gender | reduced / imread "
-              "(median over photos) | with OpenCV's YuNet / imread | photos with the same faces either way |",
-              "|---|---|---|---|---|---|---|"]
+              "(median over photos) |" + "".join(f" YuNet on {r}: / imread, photos with the same faces |"
+                                                for r in others),
+              "|---" * (5 + len(others)) + "|"]
     for label, s in by_size.items():
         lines.append(f"| {label} | {s['found']} / {s['full']} / {s['matched']} | "
                      f"{np.median(s['ages']) if s['ages'] else 0:.2f} | {s['same']}/{s['matched']} | "
-                     f"{statistics.median(s['ratio']):.2f} | {statistics.median(s['opencv_ratio']):.2f} | "
-                     f"{s['opencv_same_faces']}/{len(s['ratio'])} |")
+                     f"{statistics.median(s['ratio']):.2f} |"
+                     + "".join(f" {statistics.median(ratios):.2f}, {same[0]}/{len(s['ratio'])} |"
+                               for ratios, same in (s["others"][r] for r in others)))
     if "default size" in predictors:
         lines += ["", f"Against detection at the default {DETECT_SIZE} px (reduced decode both):", "",
                   f"| size | faces at {args.detect_size} / at {DETECT_SIZE} / matched | median age diff "

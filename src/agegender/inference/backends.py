@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["BACKENDS", "DEVICES", "META_PREFIX", "BackendError", "CpuInfo", "ModelError", "Session",
-           "available_backends", "choose_backend", "cpu_info", "open_session", "ort_session"]
+__all__ = ["BACKENDS", "CPU_BF16_FEATURES", "DEVICES", "META_PREFIX", "BackendError", "CpuInfo", "ModelError",
+           "Session", "available_backends", "choose_backend", "cpu_info", "open_session", "ort_session"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ DEVICES = ("cpu", "cuda")
 META_PREFIX = "agegender."
 #: CPU features that OpenVINO's CPU plugin turns into its fastest int8/bf16 kernels.
 OPENVINO_FEATURES = ("amx_tile", "amx_int8", "amx_bf16", "avx512_vnni", "avx512_bf16")
+#: CPU features with native bfloat16 arithmetic (oneDNN's and OpenVINO's fast bfloat16 kernels need one of them).
+CPU_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
 
 
 class ModelError(RuntimeError):

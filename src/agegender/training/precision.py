@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from agegender.inference.backends import cpu_info
+from agegender.inference.backends import CPU_BF16_FEATURES, cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ Precision = Literal["fp32", "bf16-mixed", "auto"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16-mixed", "auto")
 #: How much faster a bfloat16 step must measure for ``auto`` to take it (its rounding costs a little accuracy).
 MIN_SPEEDUP = 1.1
-#: CPU features with native bfloat16 arithmetic (oneDNN's fast bfloat16 kernels need one of them).
-CPU_BF16_FEATURES = ("avx512_bf16", "amx_bf16")
 #: On a CPU without native bfloat16, ``auto`` times a slice of this many images of the batch: bfloat16 takes a
 #: reference path there that is several times slower at any batch size (0.13x at 16 images, 0.12x at 128 on an
 #: AVX2 EPYC), and timing it at a whole batch would take most of a minute. Elsewhere the whole batch is timed:
