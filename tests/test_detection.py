@@ -323,8 +323,13 @@ def test_exif_orientation_is_honoured(detector: FaceDetector, tmp_path: Path) ->
     np.testing.assert_allclose(face.landmarks, reference.landmarks, atol=6)
 
 
+@needs_yunet
 @needs_photos
-def test_detector_shared_between_threads(detector: FaceDetector) -> None:
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino", "opencv"])
+def test_detector_shared_between_threads(runtime: str) -> None:
+    if runtime == "openvino":
+        pytest.importorskip("openvino")
+    detector = FaceDetector(YUNET, runtime=runtime)
     images = [load_image(PHOTOS / n) for n in ("smahesh29_man1.jpg", "dlib_2007_007763.jpg")]
 
     def boxes() -> list[list[tuple[float, ...]]]:
@@ -476,7 +481,7 @@ def test_openvino_finds_the_faces_opencv_finds() -> None:
             assert np.allclose(x.box, y.box, atol=0.02 * y.box[2]) and abs(x.score - y.score) < 0.02
         found += len(a)
     assert found >= 40
-    assert len(ours._net_rows._requests) == len(images)  # type: ignore[attr-defined]  # one per padded size
+    assert len(ours._net_rows.compiled) == len(images)  # type: ignore[attr-defined]  # one per padded size
 
 
 def test_auto_runs_yunet_on_openvino_only_where_the_cpu_computes_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:

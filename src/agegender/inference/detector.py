@@ -180,7 +180,8 @@ class _OrtYuNet(_YuNet):
 class _OpenVinoYuNet(_YuNet):
     """YuNet on OpenVINO, compiled once per padded input size (the :data:`SHAPES` most recent kept): a static
     shape runs faster than a dynamic one, and a collection's photos share a few sizes. Its float operations run
-    in bf16 where the CPU has them (OpenVINO's default there)."""
+    in bf16 where the CPU has them (OpenVINO's default there). Each thread runs its own inference requests, so
+    threads detect at once."""
 
     SHAPES = 8
 
@@ -199,17 +200,32 @@ class _OpenVinoYuNet(_YuNet):
             raise _refusal(path, "OpenVINO", str(exc)) from exc
         if names != YUNET_OUTPUTS:
             raise _refusal(path, "OpenVINO", f"its outputs are {', '.join(names) or 'none'}, not YuNet's")
-        self._requests: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self.compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # the most recent last
+        self._compiling = threading.Lock()
+        self._local = threading.local()
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        """This thread's inference request for ``shape``, compiling the model for it if no thread has."""
+        with self._compiling:
+            compiled = self.compiled.pop(shape, None)
+            if compiled is None:
+                model = self.core.read_model(str(self.path))
+                model.reshape({model.inputs[0]: list(shape)})
+                compiled = self.core.compile_model(model, "CPU", self.config)
+            self.compiled[shape] = compiled
+            while len(self.compiled) > self.SHAPES:
+                self.compiled.popitem(last=False)
+        requests = self._local.__dict__.setdefault("requests", {})
+        request = requests.get(shape)
+        if request is None or request[0] is not compiled:
+            requests.pop(shape, None)
+            while len(requests) >= self.SHAPES:
+                requests.pop(next(iter(requests)))
+            requests[shape] = request = (compiled, compiled.create_infer_request())
+        return request[1]
 
     def _run(self, blob: np.ndarray) -> list[np.ndarray]:
-        request = self._requests.pop(blob.shape, None)
-        if request is None:
-            model = self.core.read_model(str(self.path))
-            model.reshape({model.inputs[0]: list(blob.shape)})
-            request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
-        self._requests[blob.shape] = request  # the most recent last
-        while len(self._requests) > self.SHAPES:
-            self._requests.popitem(last=False)
+        request = self._request(blob.shape)
         request.infer({0: blob}, share_inputs=True)
         return [np.array(request.get_output_tensor(i).data) for i in range(len(YUNET_OUTPUTS))]
 
@@ -239,9 +255,9 @@ class FaceDetector:
     chosen is ``self.runtime``); ``threads`` caps ONNX Runtime's or OpenVINO's threads (OpenCV's follow
     ``cv2.setNumThreads``).
 
-    Thread safety: one instance may be shared by threads (e.g. a web server); with OpenCV or OpenVINO,
-    :meth:`detect` calls are serialised by an internal lock because their objects are stateful (ONNX Runtime runs
-    them at once).
+    Thread safety: one instance may be shared by threads (e.g. a web server); with OpenCV, :meth:`detect` calls
+    are serialised by an internal lock because the OpenCV object is stateful (ONNX Runtime and OpenVINO run them
+    at once).
     """
 
     def __init__(
@@ -315,15 +331,12 @@ class FaceDetector:
             image_bgr = cv2.resize(image_bgr, size, interpolation=interpolation)
         image_bgr = np.ascontiguousarray(image_bgr)
         scale = np.array([image_bgr.shape[1] / width, image_bgr.shape[0] / height], dtype=np.float32)
-        if self.runtime == "onnxruntime":
+        if self.runtime != "opencv":
             faces = self._net_rows.detect(image_bgr)
-        else:  # OpenCV's detector and OpenVINO's requests are stateful: one call at a time
-            with self._lock:
-                if self.runtime == "openvino":
-                    faces = self._net_rows.detect(image_bgr)
-                else:
-                    self._net.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
-                    faces = self._net.detect(image_bgr)[1]
+        else:
+            with self._lock:  # OpenCV's detector is stateful: one call at a time
+                self._net.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
+                faces = self._net.detect(image_bgr)[1]
         if faces is None:
             return []
         detections = []
