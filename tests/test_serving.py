@@ -25,7 +25,7 @@ from tests.conftest import running_server
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is needed to talk to the server")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
-from agegender.inference.detector import DETECT_SIZE  # noqa: E402
+from agegender.inference.detector import DETECT_SIZE, DETECTOR_RUNTIMES  # noqa: E402
 from agegender.serving.batching import MicroBatcher, QueueFullError  # noqa: E402
 from agegender.serving.settings import MIB, ServeSettings  # noqa: E402
 
@@ -271,6 +271,7 @@ def test_healthz_and_models(client: httpx.Client) -> None:
     model = info["models"][0]
     assert model["name"] == "flagship" and model["config"]["input_size"] > 0
     assert {"metrics", "version", "file", "detector"} <= set(model)
+    assert model["detector_runtime"] in DETECTOR_RUNTIMES and model["detector_runtime"] != "auto"
     assert "path" not in model  # no server file-system paths
     assert info["limits"]["max_upload_bytes"] == 10 * MIB and info["limits"]["detect_size"] == DETECT_SIZE
 

@@ -88,10 +88,11 @@ class InferenceService:
         return self._batcher.pending if self._batcher is not None else 0
 
     def describe(self) -> dict[str, Any]:
-        """Model metadata and metrics, with file names instead of server paths, and the detector file."""
+        """Model metadata and metrics, with file names instead of server paths, and the detector file and what
+        runs it."""
         info = {k: v for k, v in self._model.describe().items() if k != "path"}
         return {"name": self.model_name, "file": self._model.path.name, **info,
-                "detector": self._detector.model_path.name}
+                "detector": self._detector.model_path.name, "detector_runtime": self._detector.runtime}
 
     async def predict(self, data: bytes, flip: bool | None = None) -> Prediction:
         """Decode ``data`` (raises ``ImageError``), find and align its faces in the decoding pool, then run the
