@@ -123,6 +123,16 @@ def test_jpegs_decode_to_pillows_pixels_at_every_scale_and_orientation(
     image.convert("CMYK").save(path, quality=90)
     cmyk = load_scaled(path, min_side=700)
     assert cmyk.pixels.shape == (500, 750, 3) and cmyk.scale == 0.5 and len(decoded) == 3
+    if orientation == 1:  # a multi-picture JPEG (some cameras): its first picture, reduced; a greyscale JPEG
+        image.save(path, "MPO", save_all=True, append_images=[image.rotate(90)], quality=90)
+        with Image.open(path) as pil:
+            pil.draft("RGB", (750, 500))
+            assert np.array_equal(load_scaled(path, min_side=700).pixels, np.asarray(pil.convert("RGB"))[..., ::-1])
+        image.convert("L").save(path, quality=90)
+        with Image.open(path) as pil:
+            pil.draft("RGB", (750, 500))
+            assert np.array_equal(load_scaled(path, min_side=700).pixels, np.asarray(pil.convert("RGB"))[..., ::-1])
+        assert len(decoded) == 5
 
 
 @pytest.mark.parametrize("orientation", [1, 3, 6, 8])

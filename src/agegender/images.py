@@ -118,6 +118,8 @@ def load_scaled(source: ImageSource, *, min_side: int | None = None, max_pixels:
     )
 
 
+#: Pillow's names for JPEG files: a multi-picture JPEG (MPO, as some cameras write) decodes as its first picture.
+JPEG_FORMATS = ("JPEG", "MPO")
 #: The DCT scales a JPEG is decoded at: 1/8, 1/4, 1/2 and 1 (libjpeg's fast ones; 3/8, 5/8 ... are slower).
 _JPEG_SCALES = (8, 4, 2, 1)
 #: EXIF orientation -> what shows the image upright, as Pillow's ``exif_transpose`` does (1: as stored).
@@ -204,9 +206,10 @@ def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str,
         raise ImageError(f"{name}: cannot read image ({exc})") from exc
     with image:
         width, height = image.size
-        k = _jpeg_scale(width, height, min_side) if image.format == "JPEG" else 1
+        jpeg = image.format in JPEG_FORMATS
+        k = _jpeg_scale(width, height, min_side) if jpeg else 1
         pixels = None
-        if image.format == "JPEG" and image.mode in ("RGB", "L"):
+        if jpeg and image.mode in ("RGB", "L"):
             _check_size(width, height, max_pixels, name)
             data = fp.getvalue() if isinstance(fp, io.BytesIO) else fp.read_bytes()
             pixels = _turbo_decode(data, width, height, k, _orientation(image))
