@@ -16,8 +16,9 @@ The page is written from the **ledger** (``--ledger``, default ``docs/results/``
 with ``--full``), which outlives the run folders: each finished run's summary and device
 (``runs/<folder>.yaml``), each row's evaluation per seed (``evaluations/<row>[.seedK]/``: report.md, metrics.json,
 predictions.npz and the checkpoints it scored, redone when a run folder holds a different checkpoint) and the
-networks' timing (``timing.json``). A clone with the ledger and without the run folders rewrites the same page with
-``--no-train``. A row whose first seed is not finished reads "not run": no number is filled in by hand; a row
+networks' timing (``timing.json``). Each run goes into the ledger, and the rows it completes are evaluated into
+it, as soon as it finishes (and, at the start, every run finished before), so a suite cut short loses no finished
+run. A clone with the ledger and without the run folders rewrites the same page with ``--no-train``. A row whose first seed is not finished reads "not run": no number is filled in by hand; a row
 shows the mean over its finished seeds.
 
 Claims are judged by a paired bootstrap over the test faces, and over the training seeds where a row has several:
@@ -37,7 +38,7 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,11 +322,11 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "summary.yaml").is_file()
 
 
-def first_precision(run_dir: Path) -> str | None:
-    """The precision a finished run trained in (its summary's), or None."""
-    if not finished(run_dir):
-        return None
-    return yaml.safe_load((run_dir / "summary.yaml").read_text()).get("precision")
+def first_precision(run_dir: Path, ledger: Ledger | None = None) -> str | None:
+    """The precision a finished run trained in (its summary's, or its ledger record's), or None."""
+    if finished(run_dir):
+        return yaml.safe_load((run_dir / "summary.yaml").read_text()).get("precision")
+    return ledger.run(run_dir.name).get("precision") if ledger is not None and ledger.finished(run_dir.name) else None
 
 
 def with_sources(suite: Suite, names: Sequence[str]) -> list[str]:
@@ -351,9 +352,10 @@ def machine() -> str:
 
 
 def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, budgets: Mapping[str, Budget],
-               ledger: Ledger, progress: bool) -> None:
+               ledger: Ledger, progress: bool, trained: Callable[[str], None] | None = None) -> None:
     """Train or resume each seed of each named run that neither its folder nor the ledger records as finished
-    (delete a ledger record to retrain); a failure is logged and written beside the run, the suite goes on."""
+    (delete a ledger record to retrain); a failure is logged and written beside the run, the suite goes on.
+    ``trained(run)`` is called after each seed of ``run`` that finishes (to put it in the ledger at once)."""
     for name in names:
         run = suite.runs[name]
         for k, run_dir in enumerate(run.dirs(runs_dir)):
@@ -373,7 +375,7 @@ def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, budgets: Mapp
                     continue
                 overrides.append(f"init={source}")
             if k:  # every seed of a run in the precision its first seed's `auto` chose: seeds differ by seed only
-                overrides += [f"precision={p}" for p in [first_precision(run.dirs(runs_dir)[0])] if p]
+                overrides += [f"precision={p}" for p in [first_precision(run.dirs(runs_dir)[0], ledger)] if p]
             try:
                 cfg, raw = load_config(REPO / run.config, overrides)
                 if k:
@@ -384,6 +386,8 @@ def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, budgets: Mapp
                 (run_dir / "device.txt").write_text(machine() + "\n")
                 train(cfg, run_dir, resume=True, raw_config=raw, progress=progress)
                 failed.unlink(missing_ok=True)
+                if trained is not None:
+                    trained(name)
             except Exception as err:  # one failed run must not stop the others
                 log.error("%s failed: %s: %s", run_dir.name, type(err).__name__, err)
                 failed.write_text(f"{type(err).__name__}: {err}\n")
@@ -796,20 +800,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_root = args.data_root.resolve()  # one spelling of the paths: the split and image caches are shared
     splits = dataset_splits(DataConfig(dataset="utkface", root=str(data_root)), progress=not args.quiet)
     budgets = {n: resolve_budget(r, splits, data_root, args.full) for n, r in suite.runs.items()}
-    if not args.no_train:
-        train_runs(suite, names, args.runs_dir, budgets, ledger, progress=not args.quiet)
-    ledger.record_runs(suite, args.runs_dir)
-
     description = f"UTKFace test split, {len(splits['test'])} faces (leakage-safe, deduplicated)"
     results: dict[str, RowResult | None] = {}
     row_errors: dict[str, str] = {}
-    for row in suite.rows:
-        try:
-            results[row.name] = evaluate_row(row, suite, args.runs_dir, ledger, splits["test"], description,
-                                             not args.quiet)
-        except Exception as err:  # one row that cannot be evaluated must not hide the others
-            log.error("%s: evaluation failed: %s: %s", row.name, type(err).__name__, err)
-            results[row.name], row_errors[row.name] = None, f"{type(err).__name__}: {err}"
+
+    def evaluate(rows: Sequence[Row]) -> None:
+        """Record the finished runs in the ledger and evaluate ``rows`` into it (what is there already is kept)."""
+        ledger.record_runs(suite, args.runs_dir)
+        for row in rows:
+            try:
+                results[row.name] = evaluate_row(row, suite, args.runs_dir, ledger, splits["test"], description,
+                                                 not args.quiet)
+                row_errors.pop(row.name, None)
+            except Exception as err:  # one row that cannot be evaluated must not hide the others
+                log.error("%s: evaluation failed: %s: %s", row.name, type(err).__name__, err)
+                results[row.name], row_errors[row.name] = None, f"{type(err).__name__}: {err}"
+
+    evaluate(suite.rows)  # runs finished before (here, or by a run cut short): into the ledger first
+    if not args.no_train:
+        train_runs(suite, names, args.runs_dir, budgets, ledger, progress=not args.quiet,
+                   trained=lambda run: evaluate([row for row in suite.rows if run in row.runs]))
     done = {n: sum(ledger.finished(d.name) for d in r.dirs(args.runs_dir)) for n, r in suite.runs.items()
             if ledger.finished(r.dirs(args.runs_dir)[0].name)}
     context = Context(
