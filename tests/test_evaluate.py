@@ -460,3 +460,17 @@ def test_the_results_page_is_written_from_a_ledger_that_outlives_the_run_folders
     (scored / "checkpoints.json").unlink()  # finished, never evaluated, no run folder: a clear error, no figure
     with pytest.raises(FileNotFoundError, match="holds no evaluation"):
         repro.evaluate_row(row, suite, runs_dir, ledger, records, "test", progress=False)
+
+
+def test_the_timing_table_times_the_configured_networks_of_finished_rows(tmp_path: Path) -> None:
+    repro = _reproduce()
+    suite = repro.load_suite()
+    ledger = repro.Ledger(tmp_path / "ledger")
+    budgets = {name: repro.Budget(tuple(run.overrides), (), 1.0, 1.0) for name, run in suite.runs.items()}
+    timed = list(suite.timing.seconds)
+    assert repro.time_rows(suite, timed, tmp_path, ledger, budgets) == {}  # nothing finished: nothing timed
+    zhu = next(r for r in suite.rows if r.name == "zhu_joint")
+    ledger.run_file(zhu.model).parent.mkdir(parents=True)
+    ledger.run_file(zhu.model).write_text("train_seconds: 1.0\n")  # no run folder: the network comes from config
+    times = repro.time_rows(suite, timed, tmp_path, ledger, budgets)
+    assert set(times) == {"zhu_joint"} and 0 < times["zhu_joint"] < 1000

@@ -14,12 +14,12 @@ Runs live in ``--runs-dir`` (default ``../runs/repro`` beside the repository, ``
 reused, an interrupted one resumes, a failed one leaves ``<folder>.failed.txt``.
 The page is written from the **ledger** (``--ledger``, default ``docs/results/``, committed; ``docs/results-full/``
 with ``--full``), which outlives the run folders: each finished run's summary and device
-(``runs/<folder>.yaml``), each row's evaluation per seed (``evaluations/<row>[.seedK]/``: report.md, metrics.json,
-predictions.npz and the checkpoints it scored, redone when a run folder holds a different checkpoint) and the
-networks' timing (``timing.json``). Each run goes into the ledger, and the rows it completes are evaluated into
-it, as soon as it finishes (and, at the start, every run finished before), so a suite cut short loses no finished
-run. A clone with the ledger and without the run folders rewrites the same page with ``--no-train``. A row whose first seed is not finished reads "not run": no number is filled in by hand; a row
-shows the mean over its finished seeds.
+(``runs/<folder>.yaml``) and each row's evaluation per seed (``evaluations/<row>[.seedK]/``: report.md,
+metrics.json, predictions.npz and the checkpoints it scored, redone when a run folder holds a different
+checkpoint). Each run goes into the ledger, and the rows it completes are evaluated into it, as soon as it
+finishes (and, at the start, every run finished before), so a suite cut short loses no finished run. A clone with
+the ledger and without the run folders rewrites the same page with ``--no-train``. A row whose first seed is not
+finished reads "not run": no number is filled in by hand; a row shows the mean over its finished seeds.
 
 Claims are judged by a paired bootstrap over the test faces, and over the training seeds where a row has several:
 the 95% interval of (ours for the side the paper says is better) minus (ours for the other side); "supported" when
@@ -61,7 +61,7 @@ from agegender.data.records import FaceRecord
 from agegender.evaluation.compare import BOOTSTRAP_SAMPLES, COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, predict_faces
 from agegender.labels import AGE_GROUPS, NUM_AGE_GROUPS
-from agegender.models import config_of, get_config
+from agegender.models import config_of, create_model, get_config
 from agegender.models.chained import ChainedPredictor
 from agegender.oversample import TTA_MODES
 from agegender.paths import default_path
@@ -178,6 +178,7 @@ class Context:
     row_errors: dict[str, str] = field(default_factory=dict)  # row -> why its evaluation failed
     budgets: dict[str, Budget] = field(default_factory=dict)  # run -> its budget, resolved on its faces
     times_ms: dict[str, float] = field(default_factory=dict)  # row -> ms per image (TimingTable)
+    timing_machine: str = "this machine"  # where times_ms were measured
     command: str = "python scripts/measure/reproduce.py"
     commit: str = "unknown"
     date: str = field(default_factory=lambda: datetime.date.today().isoformat())
@@ -396,8 +397,8 @@ def train_runs(suite: Suite, names: Sequence[str], runs_dir: Path, budgets: Mapp
 # -- the ledger -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Ledger:
-    """The committed record the results page is written from (module docstring): finished runs, row evaluations
-    and timing, each a small file, so that the page and its claims survive the run folders."""
+    """The committed record the results page is written from (module docstring): finished runs and row
+    evaluations, each a small file, so that the page and its claims survive the run folders."""
 
     root: Path
 
@@ -423,10 +424,6 @@ class Ledger:
 
     def evaluation(self, row: str, seed: int) -> Path:
         return self.root / "evaluations" / (row if seed == 0 else f"{row}.seed{seed}")
-
-    @property
-    def timing_file(self) -> Path:
-        return self.root / "timing.json"
 
 
 def checkpoint_stamps(row: Row, run_dirs: Sequence[Path]) -> list[dict[str, Any]] | None:
@@ -511,30 +508,25 @@ def pooled_confusion(result: RowResult) -> np.ndarray:
     return normalize_rows(counts)
 
 
-def time_rows(suite: Suite, names: Sequence[str], runs_dir: Path, ledger: Ledger) -> dict[str, float]:
-    """Milliseconds per image of each row's first-seed network (batch 1, float32, inference mode, this process's
-    torch threads), timed interleaved so that passing load lands on all alike, and recorded in the ledger with
-    the machine; the ledger's figures where a finished row's run folders are not here. Rows not run are left
-    out."""
-    rows = {name: next(r for r in suite.rows if r.name == name) for name in names}
-    done = {name: row_seeds(row, suite, runs_dir)[0] for name, row in rows.items()
-            if all(ledger.finished(d.name) for d in row_seeds(row, suite, runs_dir)[0])}
-    if not all(finished(d) for dirs in done.values() for d in dirs):
-        recorded = json.loads(ledger.timing_file.read_text()) if ledger.timing_file.is_file() else {"ms": {}}
-        return {name: ms for name, ms in recorded["ms"].items() if name in done}
+def time_rows(suite: Suite, names: Sequence[str], runs_dir: Path, ledger: Ledger,
+              budgets: Mapping[str, Budget]) -> dict[str, float]:
+    """Milliseconds per image of each row's network (batch 1, float32, inference mode, this process's torch
+    threads), timed interleaved so that passing load lands on all alike. The network is built from its run's
+    config (its weights do not change its speed), so no run folder is needed; rows whose first seed has not
+    finished are left out."""
     calls = {}
-    for name, first in done.items():
-        model = _load_row_model(rows[name], first)
-        size = config_of(model).input_size
-        x = torch.zeros(1, 3, size, size)
+    for name in names:
+        row = next(r for r in suite.rows if r.name == name)
+        if row.model is None or not all(ledger.finished(d.name) for d in row_seeds(row, suite, runs_dir)[0]):
+            continue
+        run = suite.runs[row.model]
+        cfg, _ = load_config(REPO / run.config, budgets[run.name].overrides)
+        model = create_model(cfg.model, **cfg.model_args).eval()
+        x = torch.zeros(1, 3, config_of(model).input_size, config_of(model).input_size)
         calls[name] = lambda model=model, x=x: model(x)
     with torch.inference_mode():
         timings = time_interleaved(calls, runs=30, min_seconds=3.0)
-    times = {name: timing.median_ms for name, timing in timings.items()}
-    if times:
-        ledger.timing_file.parent.mkdir(parents=True, exist_ok=True)
-        ledger.timing_file.write_text(json.dumps({"machine": machine(), "ms": times}, indent=1) + "\n")
-    return times
+    return {name: timing.median_ms for name, timing in timings.items()}
 
 
 def checkpoint_epoch(path: Path) -> int:
@@ -650,13 +642,15 @@ def render_confusion(table: ConfusionTable, result: RowResult | None, title: str
     return lines
 
 
-def render_timing(table: TimingTable, times_ms: Mapping[str, float], titles: Mapping[str, str]) -> list[str]:
-    """Seconds per image as published beside our milliseconds per image, with each side's ratio to the
-    slowest network."""
+def render_timing(table: TimingTable, times_ms: Mapping[str, float], titles: Mapping[str, str],
+                  where: str = "this machine") -> list[str]:
+    """Seconds per image as published beside our milliseconds per image (timed on ``where``), with each side's
+    ratio to the slowest network."""
     lines = ["", "## Running time per image", "",
-             f"Paper: {table.paper}. Ours: median milliseconds per image of each row's network (first seed), batch "
-             "1, float32 PyTorch, this machine's CPU (see Hardware), preprocessing not included; `python "
-             "scripts/measure/reproduce.py --no-train` re-times them. Compare the ratios, not the values.", "",
+             f"Paper: {table.paper}. Ours: median milliseconds per image of each row's network as its run is "
+             f"configured, batch 1, float32 PyTorch, on {where} (where this page was written), preprocessing not "
+             "included; `python scripts/measure/reproduce.py --no-train` re-times them. Compare the ratios, not the "
+             "values.", "",
              "| Network | Paper (s per image) | Ours (ms per image) |", "|---|---|---|"]
     slow_paper = max(table.seconds.values())
     slow_ours = max(times_ms.values(), default=None)
@@ -741,7 +735,7 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
     if suite.confusion is not None:
         lines += render_confusion(suite.confusion, results.get(suite.confusion.row), titles[suite.confusion.row])
     if suite.timing is not None:
-        lines += render_timing(suite.timing, context.times_ms, titles)
+        lines += render_timing(suite.timing, context.times_ms, titles, context.timing_machine)
     lines += ["", "## Runs", "", "| Run | Config | Status | Est. budget time |", "|---|---|---|---|"]
     for name, run in suite.runs.items():
         failure = context.failures.get(name)
@@ -830,7 +824,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         failures={p.name.removesuffix(".failed.txt"): p.read_text().strip()
                   for p in args.runs_dir.glob("*.failed.txt")},
         budgets=budgets,
-        times_ms=time_rows(suite, list(suite.timing.seconds), args.runs_dir, ledger) if suite.timing else {},
+        times_ms=(time_rows(suite, list(suite.timing.seconds), args.runs_dir, ledger, budgets) if suite.timing
+                  else {}),
+        timing_machine=machine(),
         command=" ".join(["python scripts/measure/reproduce.py", *(sys.argv[1:] if argv is None else argv)]),
         commit=_git_commit())
     args.out.parent.mkdir(parents=True, exist_ok=True)
