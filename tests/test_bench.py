@@ -281,3 +281,19 @@ def test_profile_and_photo_size_sweep(tmp_path: Path, yunet_path: Path, photos_d
     source = photos_dir / first.name.replace("_0.3mp", "")
     assert resized_photo(source, 0.3, tmp_path / "work") == first and first.stat().st_mtime_ns == written  # once
     assert sorted(p.name for p in (tmp_path / "work").glob("*.jpg")) == [row["photos"][0] for row in scale["sweep"]]
+
+
+def test_the_runtime_issue_targets_read_the_default_mode_against_retail_and_the_fastest_backend(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from agegender.benchmark import run as bench_run
+    from agegender.benchmark.peers import OpenVinoRetail0013
+
+    monkeypatch.setattr(bench_run, "choose_backend", lambda *a: ("onnxruntime", "why"))
+    speed = {"agegender flagship int8 (onnxruntime)": {"1": {"median_ms": 0.9}, "64": {"median_ms": 0.6}},
+             "agegender flagship int8 (openvino)": {"1": {"median_ms": 0.8}, "64": {"median_ms": 0.4}},
+             OpenVinoRetail0013.name: {"1": {"median_ms": 1.0}, "64": {"median_ms": 0.5}}}
+    result = {"speed": speed, "models": [{"name": n} for n in speed]}
+    checks = {c["what"].split(",")[-1].strip() + c["target"]: c for c in bench_run.runtime_targets(result)}
+    assert [c["met"] for c in checks.values()] == [True, False, False]  # 0.9 <= 1.0; 0.6 > 0.5; 0.6 / 0.4 > 1.2
+    assert checks["batch 64<= 1.2"]["measured"] == pytest.approx(1.5)
+    assert bench_run.runtime_targets({"speed": {}, "models": []}) == []  # no default-mode row: nothing to check

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from agegender.benchmark.peers import FaceModel, load_peers
+from agegender.benchmark.peers import FaceModel, OpenVinoRetail0013, load_peers
 from agegender.benchmark.photos import (
     BULK_SIZE,
     DEFAULT_BULK_PHOTOS,
@@ -54,7 +54,7 @@ from agegender.images import IMAGE_SUFFIXES, load_image
 from agegender.inference import backends
 from agegender.inference.accurate.stacked import DESCRIPTOR_CHIP_SIZE, StackedAgeGender
 from agegender.inference.align import align_face
-from agegender.inference.backends import BackendError, available_backends, cpu_info
+from agegender.inference.backends import BackendError, available_backends, choose_backend, cpu_info
 from agegender.inference.detector import DETECT_SIZE, Detection, FaceDetector
 from agegender.inference.factory import load_model
 from agegender.inference.onnx_model import OnnxAgeGender
@@ -482,10 +482,44 @@ def _machine(result: dict[str, Any]) -> str:
             f"{', '.join(env['runtimes'])}.")
 
 
+#: The runtime issue's bound on the network's time on the backend ``auto`` picks against the fastest installed.
+TARGET_BACKEND_RATIO = 1.2
+
+
+def runtime_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runtime issue's targets these figures check (what, target, measured, met): the default mode (int8 with
+    flip, on the backend ``auto`` picks here) per face against OpenVINO's retail-0013 at batch 1 and 64, and
+    against the same file with flip on the fastest installed backend (the preprocessing is the same, so the
+    difference is the runtime's)."""
+    speed = result["speed"]
+    backend = choose_backend("auto", "cpu")[0]
+    default = next((m["name"] for m in result["models"] if m["name"] == f"agegender flagship int8 ({backend})"), None)
+    if default is None:
+        return []
+    out = []
+    for batch in map(str, BATCH_SIZES):
+        retail = speed.get(OpenVinoRetail0013.name, {}).get(batch)
+        ours = speed[default][batch]["median_ms"]
+        if retail:
+            out.append({"what": f"default mode / retail-0013 per face, batch {batch}", "target": "<= 1.0",
+                        "measured": ours / retail["median_ms"], "met": ours <= retail["median_ms"]})
+    same_file = [speed[m["name"]][str(BATCH_SIZES[-1])]["median_ms"] for m in result["models"]
+                 if m["name"].startswith("agegender flagship int8 (") and m["name"] in speed]
+    ratio = speed[default][str(BATCH_SIZES[-1])]["median_ms"] / min(same_file)
+    out.append({"what": f"default mode on {backend} / on the fastest installed backend, batch {BATCH_SIZES[-1]}",
+                "target": f"<= {TARGET_BACKEND_RATIO}", "measured": ratio, "met": ratio <= TARGET_BACKEND_RATIO})
+    return out
+
+
 def to_markdown(result: dict[str, Any]) -> str:
     """The bench as Markdown: the CPU, accuracy and speed per model, the protocol, the model inputs, end-to-end
     photo latency, and (when run) the profile and photos at scale."""
     lines = ["## Benchmark", "", _machine(result), "", *_main_table(result)]
+    checks = runtime_targets(result)
+    if checks:
+        lines += ['Targets (issue "The runtime at the machine\'s limit"):', ""]
+        lines += [f"- {c['what']}: {c['measured']:.2f} (target {c['target']}): {'met' if c['met'] else 'NOT met'}."
+                  for c in checks] + [""]
     lines += [f"- Not run: {name}: {reason}." for name, reason in result["unavailable"].items()]
     lines += ["", "Protocol:", "", *_protocol(result), "", "Model inputs:", ""]
     lines += [f"- {m['name']}: {m['input']}." for m in result["models"]]
