@@ -450,6 +450,7 @@ def test_the_results_page_is_written_from_a_ledger_that_outlives_the_run_folders
     first = repro.evaluate_row(row, suite, runs_dir, ledger, records, "test", progress=False)
     scored = ledger.evaluation("tiny_row", 0)
     assert {"metrics.json", "predictions.npz", "checkpoints.json", "report.md"} <= {p.name for p in scored.iterdir()}
+    assert not list(scored.glob("*.png"))  # the ledger is committed: tables, no figures
     assert first.faces[0]["group"].dtype == np.int8 and first.checkpoints == ((("tiny", 1),),)
     shutil.rmtree(runs_dir)  # the machine that trained is gone: the ledger alone gives the same figures
     again = repro.evaluate_row(row, suite, runs_dir, ledger, records, "test", progress=False)

@@ -484,7 +484,7 @@ def evaluate_row(row: Row, suite: Suite, runs_dir: Path, ledger: Ledger, records
             data = decode_split(records, config_of(model), progress)
             decoded = predict_faces(model, data.images, row.tta)
             write_report(face_metrics(data.records, decoded), out, title=row.title, protocol=protocol_text(
-                f"{description}; {row.checkpoint} of {', '.join(d.name for d in run_dirs)}", row.tta))
+                f"{description}; {row.checkpoint} of {', '.join(d.name for d in run_dirs)}", row.tta), figures=False)
             np.savez_compressed(out / "predictions.npz", **compact_faces(face_arrays(data.records, decoded)))
             scored.write_text(json.dumps(stamps, indent=1) + "\n")
         elif not scored.is_file():

@@ -61,18 +61,19 @@ def protocol_text(what: str, tta: str) -> str:
 
 
 def write_report(metrics: Mapping[str, Any], out_dir: str | Path, title: str, protocol: str,
-                 history_csv: str | Path | None = None) -> Path:
+                 history_csv: str | Path | None = None, figures: bool = True) -> Path:
     """Write the report files for ``metrics`` into ``out_dir`` and return the path of ``report.md``.
 
     ``protocol`` says in a sentence or two what was evaluated and how (data set, split, oversampling); it heads
     the report and is stored in ``metrics.json`` beside the figures. ``history_csv``, the training engine's
-    log, adds learning curves.
+    log, adds learning curves. ``figures=False`` writes the tables alone (no PNG figures), for records that are
+    committed by the hundred.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({**metrics, "protocol": protocol}, indent=2, allow_nan=False)
                                       + "\n")
-    draw = importlib.util.find_spec("matplotlib") is not None
+    draw = figures and importlib.util.find_spec("matplotlib") is not None
     if draw:
         from agegender.reporting import plots
 
@@ -116,7 +117,7 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, title: str, pr
     if history_csv is not None and draw:
         plots.plot_learning_curves(history_csv, out / "learning_curves.png")
         md += ["## Learning curves", "", "![Learning curves](learning_curves.png)", ""]
-    if not draw:
+    if figures and not draw:
         md += ["_Figures were not drawn: matplotlib is not installed (`pip install agegender[train]`)._", ""]
 
     report = out / "report.md"
