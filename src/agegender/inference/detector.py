@@ -1,9 +1,10 @@
-"""Face detection with five landmarks: YuNet, run by ONNX Runtime (the default: about twice as fast as OpenCV's
-DNN module on the same file, the same faces) or by OpenCV (``cv2.FaceDetectorYN``); no torch needed.
+"""Face detection with five landmarks: YuNet, no torch needed, run by OpenVINO or ONNX Runtime
+(:func:`detector_runtime` picks; both faster than OpenCV's DNN module on the same file) or by OpenCV itself
+(``cv2.FaceDetectorYN``).
 
-The ONNX Runtime path reproduces ``cv2.FaceDetectorYN``: the image padded to a multiple of 32 at its bottom and
-right, scores ``sqrt(cls * obj)``, boxes and landmarks decoded per stride (8, 16, 32) and the same non-maximum
-suppression; tests check the two give the same faces.
+OpenVINO and ONNX Runtime run the network and this module does what ``cv2.FaceDetectorYN`` does around it: the
+image padded to a multiple of 32 at its bottom and right, scores ``sqrt(cls * obj)``, boxes and landmarks decoded
+per stride (8, 16, 32) and the same non-maximum suppression; tests check they give OpenCV's faces.
 
 Weights are found by :func:`locate_weights`, in this order: an explicit ``model_path``, the environment
 variable ``AGEGENDER_YUNET``, the agegender cache (see ``agegender.artifacts``), else a one-time
@@ -94,8 +95,10 @@ class Detection:
         }
 
 
-#: YuNet's outputs, in its files' order: scores, objectness, boxes and landmarks, each per stride (8, 16, 32).
-YUNET_OUTPUTS = tuple(f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32))
+#: YuNet's strides (the downsampling of its three heads), and its outputs in its files' order: scores, objectness,
+#: boxes and landmarks, each per stride.
+YUNET_STRIDES = (8, 16, 32)
+YUNET_OUTPUTS = tuple(f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in YUNET_STRIDES)
 
 
 def _refusal(path: Path, runtime: str, why: str) -> WeightsError:
@@ -105,8 +108,6 @@ def _refusal(path: Path, runtime: str, why: str) -> WeightsError:
 class _YuNet:
     """YuNet's network with ``cv2.FaceDetectorYN``'s pre- and post-processing (module doc); a subclass runs the
     network. ``detect`` returns ``FaceDetectorYN``'s ``(N, 15)`` rows."""
-
-    STRIDES = (8, 16, 32)
 
     def __init__(self, score_threshold: float, nms_threshold: float, top_k: int) -> None:
         self.score_threshold, self.nms_threshold, self.top_k = score_threshold, nms_threshold, top_k
@@ -123,7 +124,7 @@ class _YuNet:
         outputs = self._run(blob)
         cls, obj, bbox, kps = (outputs[i:i + 3] for i in range(0, 12, 3))
         faces = [self._decode(stride, padded[1] // stride, c, o, b, k)
-                 for stride, c, o, b, k in zip(self.STRIDES, cls, obj, bbox, kps, strict=True)]
+                 for stride, c, o, b, k in zip(YUNET_STRIDES, cls, obj, bbox, kps, strict=True)]
         rows = np.concatenate(faces)
         if len(rows) > 1:
             keep = cv2.dnn.NMSBoxes(rows[:, :4].astype(np.int32).astype(float).tolist(), rows[:, 14].tolist(),
@@ -308,7 +309,7 @@ class FaceDetector:
         self._lock = threading.Lock()
         if runtime != "opencv":
             network = _OrtYuNet if runtime == "onnxruntime" else _OpenVinoYuNet
-            self._net_rows = network(self.model_path, score_threshold, nms_threshold, top_k, threads)
+            self._yunet = network(self.model_path, score_threshold, nms_threshold, top_k, threads)
             return
         try:
             # OpenCV 5 warns on every load that its new graph engine ignores the target: noise for a user.
@@ -352,7 +353,7 @@ class FaceDetector:
         image_bgr = np.ascontiguousarray(image_bgr)
         scale = np.array([image_bgr.shape[1] / width, image_bgr.shape[0] / height], dtype=np.float32)
         if self.runtime != "opencv":
-            faces = self._net_rows.detect(image_bgr)
+            faces = self._yunet.detect(image_bgr)
         else:
             with self._lock:  # OpenCV's detector is stateful: one call at a time
                 self._net.setInputSize((image_bgr.shape[1], image_bgr.shape[0]))
