@@ -123,6 +123,8 @@ def test_jpegs_decode_to_pillows_pixels_at_every_scale_and_orientation(
     image.convert("CMYK").save(path, quality=90)
     cmyk = load_scaled(path, min_side=700)
     assert cmyk.pixels.shape == (500, 750, 3) and cmyk.scale == 0.5 and len(decoded) == 3
+    finer = finer_decoder(path, cmyk)  # its small faces: the finer decode goes to Pillow too
+    assert finer is not None and finer(min_side=1000).pixels.shape == (1000, 1500, 3)
     if orientation == 1:  # a multi-picture JPEG (some cameras): its first picture, reduced; a greyscale JPEG
         image.save(path, "MPO", save_all=True, append_images=[image.rotate(90)], quality=90)
         with Image.open(path) as pil:

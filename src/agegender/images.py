@@ -6,12 +6,11 @@ cannot turn into such an array raises :class:`ImageError` with a message meant f
 
 Decoding is done by Pillow, restricted to common raster formats (no plugins that shell out, such as EPS), except
 the pixels of colour and greyscale JPEGs: libjpeg-turbo through ``simplejpeg`` decodes them straight to BGR, at a
-reduced DCT scale where asked (the same pixels as Pillow's decode, without its copies on the way to NumPy: a 12 MP
-photo at 1/2 scale in about a third of the time), with EXIF orientation applied as Pillow's ``exif_transpose``
-does; a JPEG it refuses goes to Pillow, whose message then says why. The pixel count is read from the header and
-checked against ``max_pixels`` before any pixel data is decoded, so decompression bombs are rejected cheaply.
-Truncated files raise instead of being grey-filled, as long as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its
-default ``False`` (this package never changes it).
+reduced DCT scale where asked (the same pixels as Pillow's decode, without its copies on the way to NumPy), with
+EXIF orientation applied as Pillow's ``exif_transpose`` does; a JPEG it refuses goes to Pillow, whose message then
+says why. The pixel count is read from the header and checked against ``max_pixels`` before any pixel data is
+decoded, so decompression bombs are rejected cheaply. Truncated files raise instead of being grey-filled, as long
+as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default ``False`` (this package never changes it).
 """
 
 from __future__ import annotations
@@ -160,21 +159,16 @@ def _orientation(image: Image.Image) -> int:
 def redecode_jpeg(source: str | os.PathLike | bytes | bytearray | memoryview, *, full_size: tuple[int, int],
                   min_side: int) -> ScaledImage:
     """A JPEG that :func:`load_scaled` has already decoded at a reduced scale, decoded again at the smallest DCT
-    scale whose longer side holds ``min_side`` pixels (for the faces too small in the first decode).
-
-    The first decode checked its size and read its data through (a truncated file raised there), so this one
-    reads the header and decodes as :func:`load_scaled` does, at the finer scale. ``full_size``: the first
-    decode's ``full_size`` (as displayed).
+    scale whose longer side holds ``min_side`` pixels (for the faces too small in the first decode), as
+    :func:`load_scaled` decodes it. ``full_size``: the first decode's ``full_size`` (as displayed); a file that no
+    longer has it raises :class:`ImageError`.
     """
-    data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else bytes(source)
-    with Image.open(io.BytesIO(data), formats=("JPEG",)) as image:
-        width, height = image.size
-        orientation = _orientation(image)
-    pixels = _turbo_decode(data, width, height, _jpeg_scale(width, height, min_side), orientation)
-    if pixels is None:
-        raise ImageError(f"{source if isinstance(source, (str, os.PathLike)) else 'image data'}: the JPEG could "
-                         "not be decoded a second time (was the file changed meanwhile?)", "corrupt")
-    return ScaledImage(pixels, pixels.shape[1] / full_size[0], full_size)
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "image data"
+    again = load_scaled(source, min_side=min_side, max_pixels=full_size[0] * full_size[1], name=name)
+    if again.full_size != full_size:
+        raise ImageError(f"{name}: the JPEG changed between its two decodes ({full_size[0]}x{full_size[1]}, now "
+                         f"{again.full_size[0]}x{again.full_size[1]})", "corrupt")
+    return again
 
 
 def finer_decoder(source: ImageSource, scaled: ScaledImage) -> Callable[..., ScaledImage] | None:
