@@ -142,7 +142,7 @@ def _turbo_decode(data: bytes, width: int, height: int, k: int, orientation: int
     try:
         pixels = simplejpeg.decode_jpeg(data, "BGR", min_width=math.ceil(width / k),
                                         min_height=math.ceil(height / k))
-    except ValueError:
+    except Exception:  # whatever libjpeg-turbo refuses, Pillow decodes or names the error of
         return None
     turn = _ORIENTATIONS.get(orientation)
     return pixels if turn is None else turn(pixels)
