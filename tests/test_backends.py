@@ -3,6 +3,7 @@ correction, and a missing backend or device is said clearly (or falls back where
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -42,6 +43,25 @@ def test_openvino_agrees_with_onnxruntime(chips: list[np.ndarray], name: str, ma
     assert diff.max() <= max_age and diff.mean() <= mean_age
     assert int(((a.female_prob >= 0.5) != (b.female_prob >= 0.5)).sum()) <= gender_flips
     assert ov_model.describe()["backend"] == "openvino" and ort_model.describe()["backend"] == "onnxruntime"
+
+
+@needs_openvino
+def test_openvino_batch_sizes_get_their_own_model_and_threads_infer_at_once(chips: list[np.ndarray],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch size seen often runs on a model compiled for it, with the same outputs as the model for any size;
+    threads predicting at once each get their own request, and the same predictions as one thread."""
+    monkeypatch.setattr(backends._OpenVinoSession, "STATIC_AFTER", 3)
+    model = OnnxAgeGender("flagship-int8", threads=1, backend="openvino")
+    models = model.session.models  # type: ignore[attr-defined]
+    dynamic = [model.predict([c]) for c in chips[:2]]  # batch 2 (a face and its mirror): 2 of the 3 calls
+    static = [model.predict([c]) for c in chips[:6]]
+    assert list(models.compiled) == [(2, 3, 64, 64)] and (2, 3, 64, 64) not in models.seen
+    for a, b in zip(dynamic, static, strict=False):
+        assert np.allclose(a.age, b.age, atol=1e-4) and np.allclose(a.female_prob, b.female_prob, atol=1e-5)
+    serial = [model.predict([c]).age[0] for c in chips[:40]]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda c: model.predict([c]).age[0], chips[:40]))
+    assert np.allclose(serial, parallel, atol=1e-4)
 
 
 def test_auto_picks_openvino_only_where_the_cpu_has_its_units(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -198,3 +198,9 @@ def test_fast_resize_stays_close_to_one_area_resize(utkface: list[FaceRecord]) -
     odd = resize_square(chips[0][:201, :201], 64)  # 201 = 3 x 64 + 9: trims 9 pixels before the 3x3 box step
     assert odd.shape == (64, 64, 3)
     assert resize_square(chips[0][:50, :50], 64).shape == (64, 64, 3)  # enlarging: linear
+    for side, size in ((200, 72), (200, 64), (201, 64), (100, 72), (50, 64)):  # the float32 path: the same values
+        for chip in chips:
+            crop = np.ascontiguousarray(chip[:side, :side])
+            as_float = resize_square(crop, size, np.float32)
+            assert as_float.dtype == np.float32
+            np.testing.assert_array_equal(as_float, resize_square(crop, size))

@@ -483,8 +483,8 @@ def test_openvino_finds_the_faces_opencv_finds(monkeypatch: pytest.MonkeyPatch) 
             assert np.allclose(x.box, y.box, atol=0.02 * y.box[2]) and abs(x.score - y.score) < 0.02
         found += len(a)
     assert found >= 40
-    assert len(ours._yunet.compiled) == len(images)  # type: ignore[attr-defined]  # one per padded size
-    assert not ours._yunet.seen  # type: ignore[attr-defined]
+    assert len(ours._yunet.models.compiled) == len(images)  # type: ignore[attr-defined]  # one per padded size
+    assert not ours._yunet.models.seen  # type: ignore[attr-defined]
 
 
 def test_auto_runs_yunet_on_openvino_only_where_the_cpu_computes_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:

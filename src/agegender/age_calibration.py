@@ -96,9 +96,10 @@ class AgeCalibration:
         if decoded.age is None:
             return decoded
         assert decoded.age_low is not None and decoded.age_high is not None  # decoded with the age
-        corrected = dataclasses.replace(decoded, age=self(decoded.age), age_low=self(decoded.age_low),
-                                        age_high=self(decoded.age_high))
-        return self.interval.apply(corrected) if self.interval else corrected
+        age, low, high = self(np.stack([decoded.age, decoded.age_low, decoded.age_high]))
+        if self.interval:
+            low, high = self.interval.bounds(age, low, high)
+        return dataclasses.replace(decoded, age=age, age_low=low, age_high=high)
 
     def to_json(self) -> str:
         return json.dumps({"knee": self.knee, "slope": self.slope})

@@ -61,6 +61,16 @@ def ten_crops(batch: np.ndarray, crop: int) -> np.ndarray:
     return np.ascontiguousarray(ten.reshape(-1, crop, crop, batch.shape[3]))
 
 
+def with_mirrors(pixels: np.ndarray) -> np.ndarray:
+    """Each image of an ``N x C x H x W`` batch followed by its horizontal mirror: ``2N`` images, image-major, as
+    :func:`average_crops` takes them with ``n_crops=2``.
+
+    >>> with_mirrors(np.arange(4).reshape(2, 1, 1, 2))[:, 0, 0].tolist()
+    [[0, 1], [1, 0], [2, 3], [3, 2]]
+    """
+    return np.stack([pixels, pixels[..., ::-1]], axis=1).reshape(-1, *pixels.shape[1:])
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
@@ -137,4 +147,4 @@ def flip_average(outputs_plain: Mapping[str, np.ndarray], outputs_flipped: Mappi
 
 
 __all__ = ["CROP_ORDER", "TEN_CROP_ORDER", "average_crops", "average_outputs", "center_crop",
-           "flip_average", "ten_crops"]
+           "flip_average", "ten_crops", "with_mirrors"]

@@ -14,13 +14,19 @@ CHIP_SIZE = 200
 RESAMPLING = "box-then-area"
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """A square image resized to ``size`` x ``size``. Shrinking by 2x or more first averages k x k blocks
+def resize_square(image: np.ndarray, size: int, dtype: type = np.uint8) -> np.ndarray:
+    """A square uint8 image resized to ``size`` x ``size``. Shrinking by 2x or more first averages k x k blocks
     (OpenCV's fast integer-factor area path, after trimming at most k - 1 border pixels), then area-resamples
     the rest of the way: 0.1 ms for a 200 px chip to 72 px, against 0.2 ms for one non-integer area resize.
 
+    ``dtype=np.float32`` gives the same values as float32 (what a network takes): the last area step then runs
+    in float32 and is rounded, which OpenCV does faster than in uint8 (48 against 66 us for 100 -> 72 px on a
+    2-core EPYC) with no conversion after it.
+
     >>> resize_square(np.full((200, 200, 3), 7, np.uint8), 72).shape
     (72, 72, 3)
+    >>> resize_square(np.full((200, 200, 3), 7, np.uint8), 72, np.float32).dtype
+    dtype('float32')
     """
     side = image.shape[0]
     factor = side // size
@@ -29,17 +35,21 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
         start = trim // 2
         image = image[start:start + side - trim, start:start + side - trim]
         image = cv2.resize(image, ((side - trim) // factor,) * 2, interpolation=cv2.INTER_AREA)
-    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interp)
+    if image.shape[0] > size:
+        if dtype == np.float32:
+            return np.rint(cv2.resize(image.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA))
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR).astype(dtype, copy=False)
 
 
-def chip_to_bgr(chip_bgr: np.ndarray, size: int, face_crop: float = 1.0) -> np.ndarray:
-    """Center-crop ``face_crop`` of a BGR chip's side and resize it to ``size`` x ``size``."""
+def chip_to_bgr(chip_bgr: np.ndarray, size: int, face_crop: float = 1.0, dtype: type = np.uint8) -> np.ndarray:
+    """Center-crop ``face_crop`` of a BGR chip's side and resize it to ``size`` x ``size`` (``dtype`` as
+    :func:`resize_square` takes it)."""
     h, w = chip_bgr.shape[:2]
     side = min(h, w) * face_crop
     y0, x0 = (h - side) / 2, (w - side) / 2
     crop = chip_bgr[int(round(y0)):int(round(y0 + side)), int(round(x0)):int(round(x0 + side))]
-    return resize_square(crop, size)
+    return resize_square(crop, size, dtype)
 
 
 def chip_to_rgb(chip_bgr: np.ndarray, size: int, face_crop: float = 1.0) -> np.ndarray:
@@ -66,6 +76,5 @@ def normalization(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def chips_to_input(chips_bgr: list[np.ndarray], config: ModelConfig) -> np.ndarray:
     """Float32 N x 3 x S x S RGB batch on a 0..255 scale, as exported models take it (they normalise inside)."""
-    bgr = np.stack([chip_to_bgr(c, config.load_size, config.face_crop) for c in chips_bgr])
-    return np.ascontiguousarray(center_crop(bgr, config.input_size)[..., ::-1].transpose(0, 3, 1, 2),
-                                dtype=np.float32)
+    bgr = np.stack([chip_to_bgr(c, config.load_size, config.face_crop, np.float32) for c in chips_bgr])
+    return np.ascontiguousarray(center_crop(bgr, config.input_size)[..., ::-1].transpose(0, 3, 1, 2))

@@ -7,10 +7,12 @@ beforehand), so its time is that piece's alone:
 - detect: :meth:`FaceDetector.detect` on those pixels;
 - align: :func:`agegender.inference.faces.locate_faces` given those detections (each face aligned; a small face in
   a reduced decode from a finer decode of its photo);
-- preprocess: :func:`agegender.preprocess.chips_to_input`, and the mirrored copies when the model flips;
+- preprocess: :meth:`OnnxAgeGender.network_input` (the chips' pixels, and their mirrors when the model flips);
 - network: :meth:`OnnxAgeGender.raw`;
-- decode outputs: flip averaging, :func:`agegender.outputs.decode` and the model's age (and interval)
-  calibration, as :meth:`OnnxAgeGender.predict` applies them.
+- decode outputs: :meth:`OnnxAgeGender.finish` (flip averaging, :func:`agegender.outputs.decode` and the
+  model's age and interval calibration).
+
+:meth:`OnnxAgeGender.predict` is these three model stages in a row.
 
 Photos are predicted one at a time (``Predictor.predict``'s way), chips at batch 1 and 64; every stage is timed
 interleaved with the others (:func:`~agegender.benchmark.timing.time_interleaved`), and next to them the whole
@@ -33,9 +35,6 @@ from agegender.inference.detector import Detection
 from agegender.inference.faces import locate_faces
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.inference.predictor import Predictor
-from agegender.outputs import Decoded, decode
-from agegender.oversample import flip_average
-from agegender.preprocess import chips_to_input
 
 #: The stages, in pipeline order: (key, what the tables call it).
 STAGES = (("decode", "decode (reduced JPEG)"), ("detect", "detect (YuNet)"), ("align", "align"),
@@ -57,22 +56,6 @@ class _Found:
         return self.detections
 
 
-def network_input(model: OnnxAgeGender, chips: Sequence[np.ndarray], flip: bool) -> np.ndarray:
-    """What the network runs on: the chips' batch, followed by its mirror when ``flip``."""
-    pixels = chips_to_input(list(chips), model.config)
-    return np.concatenate([pixels, pixels[..., ::-1]]) if flip else pixels
-
-
-def decode_outputs(model: OnnxAgeGender, raw: dict[str, np.ndarray], n: int, flip: bool) -> Decoded:
-    """The network's raw outputs for ``n`` chips (and their mirrors when ``flip``) as decoded predictions."""
-    outputs = flip_average({k: v[:n] for k, v in raw.items()}, {k: v[n:] for k, v in raw.items()}) if flip else raw
-    decoded = decode(outputs)
-    if model.age_calibration:  # what OnnxAgeGender.predict applies: the age correction (carrying its interval one)
-        return model.age_calibration.apply(decoded)
-    interval = getattr(model, "interval_calibration", None)  # or the interval calibration alone
-    return interval.apply(decoded) if interval else decoded
-
-
 @dataclass
 class _Work:
     """The chips of a set of inputs, run through each model stage once beforehand."""
@@ -84,21 +67,14 @@ class _Work:
     @classmethod
     def of(cls, model: OnnxAgeGender, chips: list[list[np.ndarray]], flip: bool) -> _Work:
         chips = [c for c in chips if c]
-        inputs = [network_input(model, c, flip) for c in chips]
-        work = cls(chips, inputs, [model.raw(x) for x in inputs])
-        for group, raw in zip(chips, work.raws, strict=True):  # the stages make what the model makes
-            expected, got = model.predict(group, flip=flip), decode_outputs(model, raw, len(group), flip)
-            if not all(np.allclose(getattr(got, k), getattr(expected, k), atol=1e-3)
-                       for k in ("age", "age_low", "age_high", "group_probs")):
-                raise AssertionError("the profile's stages do not reproduce OnnxAgeGender.predict")
-        return work
+        inputs = [model.network_input(c, flip) for c in chips]
+        return cls(chips, inputs, [model.raw(x) for x in inputs])
 
     def calls(self, model: OnnxAgeGender, flip: bool) -> dict[str, Callable[[], object]]:
         return {
-            "preprocess": lambda: [network_input(model, c, flip) for c in self.chips],
+            "preprocess": lambda: [model.network_input(c, flip) for c in self.chips],
             "network": lambda: [model.raw(x) for x in self.inputs],
-            "decode_outputs": lambda: [decode_outputs(model, r, len(c), flip)
-                                       for r, c in zip(self.raws, self.chips, strict=True)],
+            "decode_outputs": lambda: [model.finish(r, flip) for r in self.raws],
         }
 
 

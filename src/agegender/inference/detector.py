@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -25,7 +24,14 @@ import cv2
 import numpy as np
 
 from agegender.artifacts import RemoteFile, WeightsError, artifact
-from agegender.inference.backends import CPU_BF16_FEATURES, BackendError, available_backends, cpu_info, ort_session
+from agegender.inference.backends import (
+    CPU_BF16_FEATURES,
+    BackendError,
+    OpenVinoModels,
+    available_backends,
+    cpu_info,
+    ort_session,
+)
 
 __all__ = [
     "DETECTOR_RUNTIMES",
@@ -179,76 +185,31 @@ class _OrtYuNet(_YuNet):
 
 
 class _OpenVinoYuNet(_YuNet):
-    """YuNet on OpenVINO. One model compiled for any input size serves every image; a padded size seen
-    :data:`STATIC_AFTER` times gets a model compiled for it alone (the :data:`SHAPES` most recent kept), which
-    runs a little faster (at 1280 x 960 on a 2-core EPYC 16.2 ms against 18.4) for a compilation of about 250 ms
-    that a collection's common sizes pay back after about a hundred photos, while a folder of mixed sizes never
-    waits for one. Its float operations run in bf16 where the CPU has them (OpenVINO's default there). Each thread
-    runs its own inference requests, so threads detect at once."""
+    """YuNet on OpenVINO (:class:`~agegender.inference.backends.OpenVinoModels`): one model compiled for any input
+    size serves every image; a padded size seen :data:`STATIC_AFTER` times gets a model compiled for it alone (the
+    :data:`SHAPES` most recent kept), whose compilation a collection's common sizes pay back after about a hundred
+    photos, while a folder of mixed sizes never waits for one. Its float operations run in bf16 where the CPU has
+    them (OpenVINO's default there). Threads detect at once."""
 
     SHAPES = 8
     STATIC_AFTER = 50
 
     def __init__(self, path: Path, score_threshold: float, nms_threshold: float, top_k: int,
                  threads: int | None) -> None:
-        import openvino as ov
-
         super().__init__(score_threshold, nms_threshold, top_k)
-        self.core, self.path = ov.Core(), path
-        self.config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
-            self.config["INFERENCE_NUM_THREADS"] = threads
+            config["INFERENCE_NUM_THREADS"] = threads
         try:
-            names = tuple(o.get_any_name() for o in self.core.read_model(str(path)).outputs)
-            self.dynamic = self._compile((1, 3, -1, -1))
+            self.models = OpenVinoModels(path, config, (1, 3, -1, -1), self.STATIC_AFTER, self.SHAPES)
         except Exception as exc:  # OpenVINO raises its own untyped errors
             raise _refusal(path, "OpenVINO", str(exc)) from exc
+        names = tuple(o.get_any_name() for o in self.models.model.outputs)
         if names != YUNET_OUTPUTS:
             raise _refusal(path, "OpenVINO", f"its outputs are {', '.join(names) or 'none'}, not YuNet's")
-        self.compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # static models, the most recent last
-        self.seen: OrderedDict[tuple[int, ...], int] = OrderedDict()  # sizes without one yet: how often seen
-        self._compiling = threading.Lock()
-        self._local = threading.local()
-
-    def _compile(self, shape: tuple[int, ...]) -> Any:
-        model = self.core.read_model(str(self.path))
-        model.reshape({model.inputs[0]: list(shape)})
-        return self.core.compile_model(model, "CPU", self.config)
-
-    def _model_for(self, shape: tuple[int, ...]) -> Any:
-        """The compiled model ``shape`` runs on: its own once seen often enough, else the dynamic one."""
-        with self._compiling:
-            compiled = self.compiled.pop(shape, None)
-            if compiled is None:
-                count = self.seen.pop(shape, 0) + 1
-                if count < self.STATIC_AFTER:
-                    self.seen[shape] = count
-                    while len(self.seen) > 64 * self.SHAPES:
-                        self.seen.popitem(last=False)
-                    return self.dynamic
-                compiled = self._compile(shape)
-            self.compiled[shape] = compiled
-            while len(self.compiled) > self.SHAPES:
-                self.compiled.popitem(last=False)
-            return compiled
-
-    def _request(self, shape: tuple[int, ...]) -> Any:
-        """This thread's inference request for ``shape``."""
-        compiled = self._model_for(shape)
-        requests = self._local.__dict__.setdefault("requests", {})
-        key = None if compiled is self.dynamic else shape
-        request = requests.get(key)
-        if request is None or request[0] is not compiled:
-            requests.pop(key, None)
-            while len(requests) > self.SHAPES:
-                requests.pop(next(k for k in requests if k is not None))
-            requests[key] = request = (compiled, compiled.create_infer_request())
-        return request[1]
 
     def _run(self, blob: np.ndarray) -> list[np.ndarray]:
-        request = self._request(blob.shape)
-        request.infer({0: blob}, share_inputs=True)
-        return [np.array(request.get_output_tensor(i).data) for i in range(len(YUNET_OUTPUTS))]
+        return self.models.infer(blob)
 
 
 def detector_runtime(runtime: str = "auto") -> tuple[str, str]:

@@ -4,7 +4,7 @@ out. No torch needed."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from agegender.artifacts import DEFAULT_MODEL, SHIPPED_MODELS, WeightsError, shi
 from agegender.inference.backends import META_PREFIX, ModelError, open_session
 from agegender.model_config import ModelConfig
 from agegender.outputs import Decoded, decode
-from agegender.oversample import flip_average
+from agegender.oversample import average_crops, with_mirrors
 from agegender.preprocess import chips_to_input
 
 __all__ = ["META_PREFIX", "ModelError", "OnnxAgeGender", "model_path", "shipped_model_path"]
@@ -48,6 +48,12 @@ def model_path(model: str | Path | None) -> Path:
     return Path(model)
 
 
+def _merge_mirrors(raw: Mapping[str, np.ndarray], flip: bool) -> dict[str, np.ndarray]:
+    """Outputs of a :func:`~agegender.oversample.with_mirrors` batch averaged per face when ``flip``; as they are
+    otherwise."""
+    return average_crops(raw, 2) if flip else dict(raw)
+
+
 class OnnxAgeGender:
     """Runs an ``agegender export`` file. ``predict(chips)`` takes aligned BGR face chips."""
 
@@ -77,20 +83,27 @@ class OnnxAgeGender:
         """Raw outputs for a preprocessed batch (N x 3 x S x S float32 RGB 0..255)."""
         return self.session.run({self.session.input_name: pixels})
 
-    def outputs(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> dict[str, np.ndarray]:
-        """Raw outputs for aligned BGR chips; ``flip`` averages each chip with its mirror."""
+    def network_input(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> np.ndarray:
+        """The batch the network runs on for aligned BGR chips: their pixels, each followed by its mirror when
+        ``flip``."""
         if not len(chips_bgr):
             raise ValueError("no face chips given")
-        return self.forward(chips_to_input(list(chips_bgr), self.config), flip)
+        pixels = chips_to_input(list(chips_bgr), self.config)
+        return with_mirrors(pixels) if flip else pixels
+
+    def outputs(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> dict[str, np.ndarray]:
+        """Raw outputs for aligned BGR chips; ``flip`` averages each chip with its mirror."""
+        return _merge_mirrors(self.raw(self.network_input(chips_bgr, flip)), flip)
 
     def forward(self, pixels: np.ndarray, flip: bool = True) -> dict[str, np.ndarray]:
         """Raw outputs for a preprocessed batch (as :meth:`raw` takes it); ``flip`` averages each face with its
         mirror."""
-        if not flip:
-            return self.raw(pixels)
-        both = self.raw(np.concatenate([pixels, pixels[..., ::-1]]))
-        n = len(pixels)
-        return flip_average({k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()})
+        return _merge_mirrors(self.raw(with_mirrors(pixels) if flip else pixels), flip)
+
+    def finish(self, raw: Mapping[str, np.ndarray], flip: bool = True) -> Decoded:
+        """Decoded, calibrated predictions from the network's outputs for a :meth:`network_input` batch: the last
+        of the three stages :meth:`predict` runs (a subclass that adds to :meth:`outputs` adds to them)."""
+        return self.calibrate(decode(_merge_mirrors(raw, flip)))
 
     def predict(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> Decoded:
         """Decoded predictions for aligned BGR chips (ages corrected by the file's age calibration, if any, and
