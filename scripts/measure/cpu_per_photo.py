@@ -3,8 +3,8 @@
 One process, one thread for everything (OpenCV, the detector, the network): each photo of each set is predicted
 ``--rounds`` times after one warm-up call, and the process's CPU time (user + system, ``time.process_time``) is
 divided by the photos. Unlike wall time, that figure hardly moves when other jobs share the machine. Sets: the
-shared photos, and their copies upscaled to 12 MP (4000 x 3000, made by ``photo_scale.py``'s rule: cubic
-upscale, JPEG quality 92).
+shared photos, and their copies upscaled to 12 MP (aspect kept, cubic, JPEG quality 92: the bench's
+:func:`~agegender.benchmark.photos.resized_photo`, as ``photo_scale.py`` makes them).
 
     python scripts/measure/cpu_per_photo.py --markdown docs/logs/cpu_per_photo.md
 """
@@ -19,25 +19,16 @@ from pathlib import Path
 
 import cv2
 
+from agegender.benchmark.photos import resized_photo
 from agegender.inference.backends import cpu_info
 from agegender.inference.predictor import Predictor
 from agegender.paths import default_path
-
-TWELVE_MP = (4000, 3000)
 
 
 def photo_sets(work: Path) -> dict[str, list[Path]]:
     """The shared photos, and their 12 MP copies (written once to ``work``)."""
     shared = sorted(default_path("photos").glob("*.jpg"))
-    copies = []
-    for source in shared:
-        target = work / f"{source.stem}_12mp.jpg"
-        if not target.is_file():
-            work.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(target), cv2.resize(cv2.imread(str(source)), TWELVE_MP, interpolation=cv2.INTER_CUBIC),
-                        [cv2.IMWRITE_JPEG_QUALITY, 92])
-        copies.append(target)
-    return {"shared photos": shared, "12 MP copies": copies}
+    return {"shared photos": shared, "12 MP copies": [resized_photo(source, 12, work) for source in shared]}
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from agegender.benchmark.photos import JPEG_QUALITY, resized_photo
 from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.inference.backends import available_backends, cpu_info
 from agegender.inference.detector import DETECT_SIZE, DETECTOR_RUNTIMES, FaceDetector
@@ -39,7 +40,7 @@ from agegender.inference.results import ImageResult
 from agegender.labels import GENDERS
 from agegender.paths import default_path
 
-SIZES = {"12 MP": (4032, 3024), "24 MP": (5664, 4248)}
+SIZES_MP = (12, 24)
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -62,18 +63,12 @@ def match(reduced: ImageResult, full: ImageResult) -> list[tuple[int, int]]:
 
 
 def photos(work: Path) -> list[tuple[str, Path]]:
-    """(size label, file) of every shared photo and its upscaled copies (JPEG quality 92)."""
+    """(size label, file) of every shared photo and its copies at 12 and 24 MP (the bench's rule:
+    :func:`~agegender.benchmark.photos.resized_photo`)."""
     out = []
     for source in sorted(default_path("photos").glob("*.jpg")):
         out.append(("original", source))
-        image = cv2.imread(str(source))
-        for label, size in SIZES.items():
-            target = work / f"{source.stem}_{label.replace(' ', '')}.jpg"
-            if not target.is_file():
-                work.mkdir(parents=True, exist_ok=True)
-                cv2.imwrite(str(target), cv2.resize(image, size, interpolation=cv2.INTER_CUBIC),
-                            [cv2.IMWRITE_JPEG_QUALITY, 92])
-            out.append((label, target))
+        out += [(f"{mp} MP", resized_photo(source, mp, work)) for mp in SIZES_MP]
     return out
 
 
@@ -94,7 +89,7 @@ def mosaics(work: Path, count: int) -> list[tuple[Path, list[tuple[float, float,
             tiles = [cv2.resize(cv2.imread(r.path), (200, 200)) for r in chosen]
             grid = np.vstack([np.hstack(tiles[r * cols:(r + 1) * cols]) for r in range(rows)])
             work.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), grid, [cv2.IMWRITE_JPEG_QUALITY, 92])
+            cv2.imwrite(str(path), grid, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         out.append((path, [(200 * (k % cols) + 100.0, 200 * (k // cols) + 100.0, float(r.age), int(r.gender))
                            for k, r in enumerate(chosen)]))
     return out
