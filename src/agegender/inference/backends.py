@@ -187,9 +187,9 @@ class _OrtSession:
 class OpenVinoModels:
     """An ONNX file on OpenVINO's CPU plugin, compiled for any input shape (``dynamic``), and for each shape seen
     ``static_after`` times compiled for that shape alone (the ``keep`` most recent kept): a static model runs a
-    little faster (on a 2-core EPYC, YuNet at 1280 x 960 16.2 ms against 18.4; the flagship at batch 2 0.375 ms
-    against 0.405) for a compilation paid once (about 250 and 120 ms). Each thread runs its own inference
-    requests, so threads infer at once. Raises OpenVINO's own errors."""
+    little faster (on a quiet 2-core EPYC, one measurement each: YuNet at 1280 x 960 16.2 ms against 18.4; the
+    flagship at batch 2 0.375 ms against 0.405) for a compilation paid once (about 250 and 120 ms). Each thread
+    runs its own inference requests, so threads infer at once. Raises OpenVINO's own errors."""
 
     def __init__(self, path: Path, config: Mapping[str, Any], dynamic_shape: tuple[int, ...] | None = None,
                  static_after: int = 50, keep: int = 8) -> None:
