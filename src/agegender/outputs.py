@@ -146,7 +146,7 @@ def age_quantiles(age_probs: np.ndarray, qs: Sequence[float]) -> list[np.ndarray
     k = np.minimum((cdf[:, None, :] < q[:, None]).sum(axis=2), age_probs.shape[1] - 1)  # faces x qs: the bin
     below = np.where(k > 0, cdf[rows, np.maximum(k - 1, 0)], 0.0)
     inside = (q - below) / np.maximum(age_probs[rows, k], np.finfo(np.float64).tiny)
-    return list(np.clip(k - 0.5 + inside, 0.0, float(MAX_AGE)).T)
+    return list(np.minimum(np.maximum(k - 0.5 + inside, 0.0), float(MAX_AGE)).T)  # np.clip costs more per call
 
 
 def _group_interval(group_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -72,7 +72,7 @@ def with_mirrors(pixels: np.ndarray) -> np.ndarray:
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _EPS, 1 - _EPS)
+    p = np.minimum(np.maximum(p, _EPS), 1 - _EPS)  # np.clip's, at less cost per call
     return np.log(p) - np.log1p(-p)
 
 
@@ -114,7 +114,7 @@ def average_crops(outputs: Mapping[str, np.ndarray], n_crops: int,
 
 def _mean(grouped: np.ndarray) -> np.ndarray:
     """The unweighted mean over the crops axis (``np.average``'s result, at a fraction of its cost for a few faces)."""
-    return grouped.mean(axis=1)
+    return np.add.reduce(grouped, axis=1) / grouped.shape[1]
 
 
 def average_outputs(outputs: Sequence[Mapping[str, np.ndarray]],
