@@ -13,6 +13,8 @@ import pytest
 from agegender.inference import backends
 from agegender.inference.backends import BackendError, CpuInfo, choose_backend, open_session
 from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.oversample import flip_average
+from agegender.preprocess import chips_to_input
 
 needs_openvino = pytest.mark.skipif("openvino" not in backends.available_backends(),
                                     reason="openvino is not installed (pip install 'agegender[openvino]')")
@@ -62,6 +64,21 @@ def test_openvino_batch_sizes_get_their_own_model_and_threads_infer_at_once(chip
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(lambda c: model.predict([c]).age[0], chips[:40]))
     assert np.allclose(serial, parallel, atol=1e-4)
+
+
+def test_flip_averages_each_face_with_its_own_mirror(chips: list[np.ndarray]) -> None:
+    """Faces and mirrors run interleaved in one batch: each face's outputs are averaged with its own mirror's, as
+    two separate passes would give them, and a batch predicts what its faces predict one at a time."""
+    model = OnnxAgeGender("flagship", backend="onnxruntime")
+    pixels = chips_to_input(chips[:5], model.config)
+    expected = flip_average(model.raw(pixels), model.raw(np.ascontiguousarray(pixels[..., ::-1])))
+    got = model.forward(pixels, flip=True)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, atol=1e-5)
+    batch = model.predict(chips[:5])
+    one_by_one = [model.predict([chip]) for chip in chips[:5]]
+    np.testing.assert_allclose(batch.age, [d.age[0] for d in one_by_one], atol=1e-4)
+    np.testing.assert_allclose(batch.female_prob, [d.female_prob[0] for d in one_by_one], atol=1e-5)
 
 
 def test_auto_picks_openvino_only_where_the_cpu_has_its_units(monkeypatch: pytest.MonkeyPatch) -> None:
