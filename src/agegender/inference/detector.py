@@ -111,6 +111,19 @@ def _refusal(path: Path, runtime: str, why: str) -> WeightsError:
     return WeightsError(f"{runtime} could not load {path} as a YuNet ONNX model ({why}). {YUNET.fix_hint()}")
 
 
+def _blob(image: np.ndarray) -> np.ndarray:
+    """A BGR ``H x W x 3`` uint8 image as YuNet's ``1 x 3 x H' x W'`` float32 input, zero-padded at the bottom and
+    right to multiples of 32. Built plane by plane (``cv2.split``, then contiguous rows) and zeroing the padding
+    only: 0.8 ms for a 1280 x 853 image against 1.8 for zeros and one strided transposing copy."""
+    height, width = image.shape[:2]
+    blob = np.empty((1, 3, -(-height // 32) * 32, -(-width // 32) * 32), dtype=np.float32)
+    blob[0, :, height:] = 0
+    blob[0, :, :height, width:] = 0
+    for channel, plane in enumerate(cv2.split(image)):
+        blob[0, channel, :height, :width] = plane
+    return blob
+
+
 class _YuNet:
     """YuNet's network with ``cv2.FaceDetectorYN``'s pre- and post-processing (module doc); a subclass runs the
     network. ``detect`` returns ``FaceDetectorYN``'s ``(N, 15)`` rows."""
@@ -123,13 +136,10 @@ class _YuNet:
         raise NotImplementedError
 
     def detect(self, image: np.ndarray) -> np.ndarray:
-        height, width = image.shape[:2]
-        padded = -(-height // 32) * 32, -(-width // 32) * 32
-        blob = np.zeros((1, 3, *padded), dtype=np.float32)
-        blob[0, :, :height, :width] = image.transpose(2, 0, 1)
+        blob = _blob(image)
         outputs = self._run(blob)
         cls, obj, bbox, kps = (outputs[i:i + 3] for i in range(0, 12, 3))
-        faces = [self._decode(stride, padded[1] // stride, c, o, b, k)
+        faces = [self._decode(stride, blob.shape[3] // stride, c, o, b, k)
                  for stride, c, o, b, k in zip(YUNET_STRIDES, cls, obj, bbox, kps, strict=True)]
         rows = np.concatenate(faces)
         if len(rows) > 1:
