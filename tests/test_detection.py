@@ -583,3 +583,13 @@ def test_realigning_utkface_chips_is_near_identity(detector: FaceDetector) -> No
         mad.append(np.abs(aligned[20:180, 20:180].astype(int) - chip[20:180, 20:180]).mean())
     assert np.mean(displacement) < 8.0, displacement
     assert np.mean(mad) < 25.0, mad
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (31, 33), (64, 64), (853, 1280), (100, 7)])
+def test_yunet_input_is_the_image_as_planes_zero_padded_to_multiples_of_32(height: int, width: int) -> None:
+    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    padded = np.zeros((1, 3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
+    padded[0, :, :height, :width] = image.transpose(2, 0, 1)
+    blob = detector_module._blob(image)
+    assert blob.dtype == np.float32
+    np.testing.assert_array_equal(blob, padded)
