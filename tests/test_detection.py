@@ -586,10 +586,13 @@ def test_realigning_utkface_chips_is_near_identity(detector: FaceDetector) -> No
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (31, 33), (64, 64), (853, 1280), (100, 7)])
-def test_yunet_input_is_the_image_as_planes_zero_padded_to_multiples_of_32(height: int, width: int) -> None:
+def test_yunet_input_is_the_image_as_planes_zero_padded_to_multiples_of_32(height: int, width: int,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
     padded = np.zeros((1, 3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
     padded[0, :, :height, :width] = image.transpose(2, 0, 1)
-    blob = detector_module._blob(image)
+    with monkeypatch.context() as patch:  # fresh memory is zero already: start the blob as garbage instead
+        patch.setattr(detector_module.np, "empty", lambda shape, dtype: np.full(shape, np.nan, dtype))
+        blob = detector_module._blob(image)
     assert blob.dtype == np.float32
     np.testing.assert_array_equal(blob, padded)
