@@ -201,6 +201,6 @@ def test_fast_resize_stays_close_to_one_area_resize(utkface: list[FaceRecord]) -
     for side, size in ((200, 72), (200, 64), (201, 64), (100, 72), (50, 64)):  # the float32 path: the same values
         for chip in chips:
             crop = np.ascontiguousarray(chip[:side, :side])
-            as_float = resize_square(crop, size, np.float32)
+            as_float = resize_square(crop, size, as_float32=True)
             assert as_float.dtype == np.float32
             np.testing.assert_array_equal(as_float, resize_square(crop, size))

@@ -77,6 +77,9 @@ def main() -> None:
         np.savez(args.save, ages=ages, female=female)
     if args.compare:
         other = np.load(args.compare)
+        if len(other["ages"]) != len(ages):
+            raise SystemExit(f"{args.compare} holds {len(other['ages'])} faces, this run {len(ages)}: run both with "
+                             "the same --faces")
         both = found & ~np.isnan(other["ages"])
         diff = np.abs(ages - other["ages"])[both]
         print(f"against {args.compare}: {both.sum()} faces found by both, ages a median {np.median(diff):.3f} years "
