@@ -365,6 +365,9 @@ def test_claims_are_judged_by_a_paired_bootstrap() -> None:
     assert verdict == "not testable at this budget" and "epoch 3" in words
     other = repro.RowResult(good.overall, good.faces, checkpoints=((("runs/twohead", 2),),))
     assert repro.judge(claim, {"a": other, "b": same[1]})[0] == "inconclusive"
+    # the same checkpoints scored another way (10 crops against the centre crop) are two things to compare
+    ten_crop = repro.RowResult(good.overall, good.faces, checkpoints=chosen, tta="ten_crop")
+    assert repro.judge(claim, {"a": ten_crop, "b": same[1]})[0] == "inconclusive"
     # below half of the recipes' samples a disagreement is not a contradiction, and unequal budgets are named
     low = {"a": (0.1, 12_000.0), "b": (0.6, 135_000.0)}
     verdict, words = repro.judge(claim, {"a": poor, "b": good}, low)

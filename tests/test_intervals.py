@@ -79,6 +79,18 @@ def test_the_predicted_age_variant_restores_80_percent_per_band_of_the_predictio
     assert np.all(np.abs(after - 0.8) <= 0.03), after
 
 
+def test_finer_bands_of_the_true_age_lie_between_whole_ages_and_hold_80_percent_in_each() -> None:
+    age, low, high, true = synthetic(20_000, seed=5)
+    true = np.round(true)  # whole ages, as labelled
+    fitted = IntervalCalibration.fit(age, low, high, true, bands=16)
+    assert fitted.by == "true_age" and 12 <= len(fitted.scales) <= 16
+    assert all(e % 1 == 0.5 for e in fitted.edges)  # no whole age split between two bands
+    age, low, high, true = synthetic(40_000, seed=6)
+    true = np.round(true)
+    after = band_coverage(*fitted.bounds(age, low, high), true, true, fitted.edges)
+    assert np.all(np.abs(after - 0.8) <= 0.04), after
+
+
 def test_the_interval_never_inverts_and_the_age_stays() -> None:
     age = np.array([0.3, 5.0, 18.0, 40.0, 99.0])
     low, high = age - np.array([0.3, 1.0, 0.0, 8.0, 20.0]), np.minimum(age + 6.0, 100.0)

@@ -25,7 +25,7 @@ Claims are judged by a paired bootstrap over the test faces, and over the traini
 the 95% interval of (ours for the side the paper says is better) minus (ours for the other side); "supported" when
 it lies above zero, "contradicted" when below (or "not reproduced at this budget" when a run had less than half of
 its recipe's training samples), "inconclusive" otherwise; "not testable at this budget" when both rows evaluate
-the same checkpoints (selection rules that chose the same epochs).
+the same checkpoints the same way (selection rules that chose the same epochs).
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ DEFAULT_DATA = default_path("utkface")
 DEFAULT_OUT = REPO / "docs" / "results.md"
 DEFAULT_LEDGER = REPO / "docs" / "results"
 NOT_RUN = "not run"
-#: The verdict of a claim whose two rows evaluate the same checkpoints (a budget too short for the selection
-#: rules it compares to choose differently).
+#: The verdict of a claim whose two rows evaluate the same checkpoints the same way (a budget too short for the
+#: selection rules it compares to choose differently).
 SAME_MODEL = "not testable at this budget"
 
 log = logging.getLogger("reproduce")
@@ -193,8 +193,10 @@ class RowResult:
     faces: list[dict[str, np.ndarray]] = field(repr=False)
     train_seconds: float = 0.0
     #: Per seed, (run folder, epoch) of each checkpoint the row evaluates: rows that select the same epochs of
-    #: the same runs are one model, whatever their selection rules (:func:`judge`).
+    #: the same runs and score them the same way (``tta``) are one model, whatever their selection rules
+    #: (:func:`judge`).
     checkpoints: tuple[tuple[tuple[str, int], ...], ...] = ()
+    tta: str = "none"
 
 
 def load_suite(path: str | Path = SUITE_FILE) -> Suite:
@@ -495,7 +497,7 @@ def evaluate_row(row: Row, suite: Suite, runs_dir: Path, ledger: Ledger, records
         overall.append(json.loads((out / "metrics.json").read_text())["overall"])
         with np.load(out / "predictions.npz") as arrays:
             faces.append(dict(arrays))
-    return RowResult(mean_figures(overall), faces, seconds, tuple(checkpoints))
+    return RowResult(mean_figures(overall), faces, seconds, tuple(checkpoints), row.tta)
 
 
 def pooled_confusion(result: RowResult) -> np.ndarray:
@@ -574,7 +576,7 @@ def judge(claim: Claim, results: Mapping[str, RowResult | None],
     better, worse = results.get(claim.better), results.get(claim.worse)
     if better is None or worse is None:
         return NOT_RUN, "–"
-    if better.checkpoints and better.checkpoints == worse.checkpoints:
+    if better.checkpoints and better.checkpoints == worse.checkpoints and better.tta == worse.tta:
         epochs = sorted({epoch for seed in better.checkpoints for _, epoch in seed})
         return SAME_MODEL, (f"{_figure(claim.metric, better.overall)} for both: each selection chose the same "
                             f"checkpoint (epoch {', '.join(map(str, epochs))}) of every run")
@@ -695,6 +697,8 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
         result = results.get(row.name)
         if result is not None:
             ours = ", ".join(f"{_label(key)} {_figure(key, result.overall)}" for key in row.metrics)
+            if len(result.faces) == 1:
+                ours += " (one seed)"
         elif row.name in context.row_errors:
             ours = f"{NOT_RUN} (evaluation failed: {context.row_errors[row.name]})"
         elif row.needs:
@@ -724,7 +728,8 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
               "is given, and a "
               f"disagreement at less than {100 * MIN_SHARE:.0f}% of a recipe reads *not reproduced at this budget* "
               "rather than *contradicted*; arms trained on unequal numbers of samples are named so. Two rows that "
-              f"evaluate the same checkpoints (their selection rules chose the same epochs) read *{SAME_MODEL}*.",
+              "evaluate the same checkpoints with the same test-time augmentation (their selection rules chose the "
+              f"same epochs) read *{SAME_MODEL}*.",
               "",
               "| Claim | Paper | Ours | Verdict |", "|---|---|---|---|"]
     budgets = {row.name: row_budget(row, suite, context) for row in suite.rows}

@@ -356,16 +356,17 @@ class IntervalCalibration:
 
     @classmethod
     def fit(cls, age: np.ndarray, low: np.ndarray, high: np.ndarray, true: np.ndarray, by: str = "true_age",
-            coverage: float = INTERVAL_COVERAGE, bands: int = 10, min_half_width: float = 0.5,
+            coverage: float = INTERVAL_COVERAGE, bands: int | None = None, min_half_width: float = 0.5,
             rounds: int = 3) -> IntervalCalibration:
         """Scales for which ``coverage`` of these faces' true ages fall inside their intervals, in every band.
 
-        ``by="true_age"``: the model card's 8 bands of the true age; each scale is the conformal quantile of the
+        ``by="true_age"``: the model card's 8 bands of the true age (or ``bands`` bands of about equal counts
+        of it, between whole ages); each scale is the conformal quantile of the
         scores of the faces of its band (so each band's faces are covered at least that often by the set), then
         lowered, ``rounds`` times over the bands, as far as the faces of its band stay covered that often by the
-        interval spanning the set (the span covers more than the set). ``by="predicted_age"``: ``bands`` bands of
-        equal counts of the predicted age, each scale the conformal quantile of its faces' scores. A band without
-        a face keeps scale 1 (the decoded interval).
+        interval spanning the set (the span covers more than the set). ``by="predicted_age"``: ``bands`` (10)
+        bands of equal counts of the predicted age, each scale the conformal quantile of its faces' scores. A band
+        without a face keeps scale 1 (the decoded interval).
 
         >>> rng = np.random.default_rng(0)
         >>> true = rng.uniform(0, 80, 5000); age = true + rng.normal(0, 2, 5000)
@@ -378,8 +379,11 @@ class IntervalCalibration:
         if not (age.shape == low.shape == high.shape == true.shape) or age.ndim != 1 or not len(age):
             raise ValueError("fit needs four equal-length, non-empty 1-D arrays")
         if by == "predicted_age":
-            quantiles = np.quantile(age, np.linspace(0, 1, bands + 1)[1:-1])
+            quantiles = np.quantile(age, np.linspace(0, 1, (bands or 10) + 1)[1:-1])
             edges = tuple(float(e) for e in np.unique(np.round(quantiles, 1)))
+        elif bands:
+            quantiles = np.quantile(true, np.linspace(0, 1, bands + 1)[1:-1])
+            edges = tuple(float(e) for e in np.unique(np.floor(quantiles) + 0.5))
         else:
             edges = age_band_edges()
         shell = cls(by=by, edges=edges, scales=(1.0,) * (len(edges) + 1), coverage=coverage,
