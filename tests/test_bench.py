@@ -22,7 +22,7 @@ from agegender.benchmark.peers import (
     square_crop,
 )
 from agegender.benchmark.photos import resized_photo
-from agegender.benchmark.profile import CHIP_BATCHES, CHIP_STAGES, STAGES
+from agegender.benchmark.profile import CHIP_BATCHES, CHIP_CHAINED, CHIP_STAGES, STAGES
 from agegender.benchmark.run import (
     BenchOptions,
     bench_runtimes,
@@ -261,7 +261,7 @@ def test_profile_and_photo_size_sweep(tmp_path: Path, yunet_path: Path, photos_d
         assert stage["ms_per_photo"] > 0 and stage["ms_per_face"] > 0
     assert on_photos["stages"]["end_to_end"]["ms_per_photo"] > 0
     for batch in CHIP_BATCHES:
-        assert all(profile["on_chips"][str(batch)][key]["ms_per_face"] > 0 for key in CHIP_STAGES)
+        assert all(profile["on_chips"][str(batch)][key]["ms_per_face"] > 0 for key in (*CHIP_STAGES, CHIP_CHAINED))
     scale = result["photos_at_scale"]
     assert [row["megapixels"] for row in scale["sweep"]] == [0.3, 2.0]
     for row in scale["sweep"]:
@@ -275,6 +275,7 @@ def test_profile_and_photo_size_sweep(tmp_path: Path, yunet_path: Path, photos_d
     markdown = to_markdown(result)
     assert scale["detect_size"] == DETECT_SIZE and f"faces detected at {DETECT_SIZE} px" in markdown
     assert "### Where the time goes" in markdown and "| network |" in markdown
+    assert "| the model's stages in a row (`OnnxAgeGender.predict`) | – | – |" in markdown
     assert "| 0.3 MP | " in markdown and "| 2 MP | " in markdown and "| shared photos | 2 |" in markdown
     first = tmp_path / "work" / scale["sweep"][0]["photos"][0]
     written = first.stat().st_mtime_ns

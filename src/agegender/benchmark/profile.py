@@ -16,7 +16,9 @@ beforehand), so its time is that piece's alone:
 
 Photos are predicted one at a time (``Predictor.predict``'s way), chips at batch 1 and 64; every stage is timed
 interleaved with the others (:func:`~agegender.benchmark.timing.time_interleaved`), and next to them the whole
-``Predictor.predict`` of the photos.
+``Predictor.predict`` of the photos and ``OnnxAgeGender.predict`` of the chips (the model's stages in a row, each
+on the arrays the one before has just made). Chained, a stage runs after the others have filled the caches with
+their own data, so the chain can cost more than the sum of its stages timed apart; side by side they show how much.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ STAGES = (("decode", "decode (reduced JPEG)"), ("detect", "detect (YuNet)"), ("a
           ("decode_outputs", "decode outputs (+ calibration)"))
 #: Stages that start from face chips (the others need a photo).
 CHIP_STAGES = ("preprocess", "network", "decode_outputs")
+#: The model's stages in a row on chips (:meth:`OnnxAgeGender.predict`).
+CHIP_CHAINED = "predict"
 CHIP_BATCHES = (1, 64)
 
 
@@ -121,10 +125,11 @@ def profile_chips(model: OnnxAgeGender, chips: Sequence[np.ndarray], flip: bool,
         group = [chips[i % len(chips)] for i in range(batch)]
         for key, call in _Work.of(model, [group], flip).calls(model, flip).items():
             calls[batch, key] = call
+        calls[batch, CHIP_CHAINED] = partial(model.predict, group, flip)
     times = time_interleaved(calls, **timing)
     return {str(batch): {key: {"ms_per_face": times[batch, key].median_ms / batch,
                                "p90_ms_per_face": times[batch, key].p90_ms / batch, "runs": times[batch, key].runs}
-                         for key in CHIP_STAGES} for batch in CHIP_BATCHES}
+                         for key in (*CHIP_STAGES, CHIP_CHAINED)} for batch in CHIP_BATCHES}
 
 
 def run_profile(predictor: Predictor, photos: Sequence[Path], chips: Sequence[np.ndarray], timing: dict[str, Any]
@@ -150,13 +155,14 @@ def profile_markdown(profile: dict[str, Any]) -> list[str]:
     if chips:
         header += [f"chips, batch {b}: ms/face" for b in CHIP_BATCHES]
     rows = []
-    for key, title in (*STAGES, ("end_to_end", "end to end (`Predictor.predict`)")):
+    for key, title in (*STAGES, ("end_to_end", "end to end (`Predictor.predict`)"),
+                       (CHIP_CHAINED, "the model's stages in a row (`OnnxAgeGender.predict`)")):
         row = [title]
         if photos:
             stage = photos["stages"].get(key)
             row += [_ms(stage["ms_per_photo"]), _ms(stage["ms_per_face"])] if stage else ["–", "–"]
         if chips:
-            row += [_ms(chips[str(b)][key]["ms_per_face"]) if key in CHIP_STAGES else "–" for b in CHIP_BATCHES]
+            row += [_ms(chips[str(b)][key]["ms_per_face"]) if key in chips[str(b)] else "–" for b in CHIP_BATCHES]
         rows.append(row)
     if photos:
         total = sum(photos["stages"][k]["ms_per_photo"] for k, _ in STAGES)
@@ -171,7 +177,9 @@ def profile_markdown(profile: dict[str, Any]) -> list[str]:
     what = (f"{profile['model']} on {profile['backend']} ({profile['device']}), {flip}, "
             f"{'reduced' if profile['reduced_decode'] else 'full'} JPEG decode")
     intro = [f"Stages of the default pipeline ({what}), each piece called directly on the previous stage's output, "
-             "all timed interleaved (median)."]
+             "all timed interleaved (median); beside them the whole pipeline on the photos and the model's three "
+             "stages in a row on the chips, which can cost more than their sum (each stage then finds the caches "
+             "holding the others' data)."]
     if photos:
         intro.append(f"Photos: {len(photos['photos'])} ({photos['faces']} faces), one at a time.")
     return ["### Where the time goes (`--profile`)", "", " ".join(intro), "", *lines, ""]
