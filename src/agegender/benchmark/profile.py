@@ -17,8 +17,10 @@ beforehand), so its time is that piece's alone:
 Photos are predicted one at a time (``Predictor.predict``'s way), chips at batch 1 and 64; every stage is timed
 interleaved with the others (:func:`~agegender.benchmark.timing.time_interleaved`), and next to them the whole
 ``Predictor.predict`` of the photos and ``OnnxAgeGender.predict`` of the chips (the model's stages in a row, each
-on the arrays the one before has just made). Chained, a stage runs after the others have filled the caches with
-their own data, so the chain can cost more than the sum of its stages timed apart; side by side they show how much.
+on the arrays the one before has just made). Chained, the network runs after Python has worked for a while, long
+enough for the runtime's worker threads to fall asleep (on a 2-core EPYC, OpenVINO at batch 2: 0.43 ms back to back,
+0.53 ms after 150 us of Python), and each stage finds the caches holding the others' data; so the chain can cost
+more than the sum of its stages timed apart, and side by side they show how much.
 """
 
 from __future__ import annotations
@@ -178,8 +180,8 @@ def profile_markdown(profile: dict[str, Any]) -> list[str]:
             f"{'reduced' if profile['reduced_decode'] else 'full'} JPEG decode")
     intro = [f"Stages of the default pipeline ({what}), each piece called directly on the previous stage's output, "
              "all timed interleaved (median); beside them the whole pipeline on the photos and the model's three "
-             "stages in a row on the chips, which can cost more than their sum (each stage then finds the caches "
-             "holding the others' data)."]
+             "stages in a row on the chips, which can cost more than their sum (the runtime's threads can "
+             "fall asleep between inferences, and each stage finds the caches holding the others' data)."]
     if photos:
         intro.append(f"Photos: {len(photos['photos'])} ({photos['faces']} faces), one at a time.")
     return ["### Where the time goes (`--profile`)", "", " ".join(intro), "", *lines, ""]
