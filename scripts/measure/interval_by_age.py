@@ -12,33 +12,16 @@ how its ages are spread inside the bands.
 from __future__ import annotations
 
 import argparse
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from agegender.age_calibration import METADATA_KEY, AgeCalibration, IntervalCalibration, age_band_edges
+from agegender.age_calibration import METADATA_KEY, AgeCalibration, age_band_edges
 from agegender.data.datasets import decode_split
-from agegender.evaluation.calibrate import Coverage
+from agegender.evaluation.calibrate import Coverage, cross_fitted_bounds, halves
 from agegender.evaluation.evaluate import evaluation_records, load_evaluable, predict_faces
 from agegender.labels import AGE_GROUPS
 from agegender.models import config_of
-
-
-def halving(groups: list[str], seed: int) -> np.ndarray:
-    """A random half of the faces (bool mask) for ``seed``, each group on one side."""
-    return np.array([zlib.crc32(f"{seed}:{g}".encode()) % 2 == 1 for g in groups])
-
-
-def cross_fitted(age: np.ndarray, low: np.ndarray, high: np.ndarray, true: np.ndarray, half: np.ndarray,
-                 bands: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Each half's interval as calibrated on the other half."""
-    new_low, new_high = np.empty_like(age), np.empty_like(age)
-    for side in (False, True):
-        fit, score = half != side, half == side
-        cal = IntervalCalibration.fit(age[fit], low[fit], high[fit], true[fit], bands=bands)
-        new_low[score], new_high[score] = cal.bounds(age[score], low[score], high[score])
-    return new_low, new_high
 
 
 def main() -> None:
@@ -59,7 +42,6 @@ def main() -> None:
     age, low, high = (np.asarray(correct(np.asarray(v, np.float64))) for v in
                       (decoded.age, decoded.age_low, decoded.age_high))
     true = np.array([r.age for r in data.records], np.float64)
-    groups = [r.group_id or r.path for r in data.records]
     test_records, _ = evaluation_records("utkface", args.root, "test", progress=False)
     test_ages = np.array([r.age for r in test_records], np.float64)
     print(f"{args.model}; {description}; flip; after the file's age correction; {args.halvings} random "
@@ -67,7 +49,7 @@ def main() -> None:
 
     covered = np.zeros(len(true))
     for seed in range(args.halvings):
-        new_low, new_high = cross_fitted(age, low, high, true, halving(groups, seed), None)
+        new_low, new_high = cross_fitted_bounds(age, low, high, true, halves(data.records, seed))
         covered += (new_low <= true) & (true <= new_high)
     covered /= args.halvings
     print("Card bands (as shipped), cross-fitted coverage by whole true age, ages with at least 20 validation "
@@ -88,7 +70,7 @@ def main() -> None:
     for bands in (None, *args.bands):
         rows = []
         for seed in range(args.halvings):
-            new_low, new_high = cross_fitted(age, low, high, true, halving(groups, seed), bands)
+            new_low, new_high = cross_fitted_bounds(age, low, high, true, halves(data.records, seed), bands=bands)
             cov = Coverage.of(new_low, new_high, true)
             hit = (new_low <= true) & (true <= new_high)
             rows.append([cov.overall, *cov.by_band, cov.worst(), np.std([hit[true == a].mean() for a in inside]),

@@ -36,8 +36,9 @@ class CalibrationFit:
         return self.mae_cross_fitted < self.mae_decoded
 
 
-def halves(records: Sequence[FaceRecord]) -> np.ndarray:
-    """A fixed half of the faces (bool mask), near-duplicate groups kept together.
+def halves(records: Sequence[FaceRecord], seed: int | None = None) -> np.ndarray:
+    """A fixed half of the faces (bool mask), near-duplicate groups kept together; another ``seed`` gives another
+    half (None: the one the fits here are cross-fitted on).
 
     >>> a = FaceRecord("a.jpg", 30, None, 0, group_id="g1")
     >>> b = FaceRecord("b.jpg", 31, None, 0, group_id="g1")
@@ -47,7 +48,8 @@ def halves(records: Sequence[FaceRecord]) -> np.ndarray:
     >>> round(float(halves([FaceRecord(f"{i}.jpg", 30, None, 0) for i in range(1000)]).mean()), 1)
     0.5
     """
-    return np.array([zlib.crc32((r.group_id or r.path).encode()) % 2 == 1 for r in records])
+    salt = "" if seed is None else f"{seed}:"
+    return np.array([zlib.crc32(f"{salt}{r.group_id or r.path}".encode()) % 2 == 1 for r in records])
 
 
 def fit_age_calibration(model: nn.Module, records: Sequence[FaceRecord], images: np.ndarray,
@@ -148,12 +150,18 @@ def fit_interval_calibration(decoded: Decoded, records: Sequence[FaceRecord], by
     calibration = dataclasses.replace(
         IntervalCalibration.fit(age, low, high, true, by),
         fitted_after=None if point is None else (point.knee, point.slope), precision=precision or None)
-    crossed_low, crossed_high = np.empty_like(age), np.empty_like(age)
-    for side in (False, True):
-        fitted = IntervalCalibration.fit(age[half != side], low[half != side], high[half != side],
-                                         true[half != side], by)
-        crossed_low[half == side], crossed_high[half == side] = fitted.bounds(
-            age[half == side], low[half == side], high[half == side])
     return IntervalFit(calibration=calibration, n=len(true), decoded=Coverage.of(low, high, true),
                        calibrated=Coverage.of(*calibration.bounds(age, low, high), true),
-                       cross_fitted=Coverage.of(crossed_low, crossed_high, true))
+                       cross_fitted=Coverage.of(*cross_fitted_bounds(age, low, high, true, half, by), true))
+
+
+def cross_fitted_bounds(age: np.ndarray, low: np.ndarray, high: np.ndarray, true: np.ndarray, half: np.ndarray,
+                        by: str = "true_age", bands: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's calibrated interval as fitted on the other side of ``half`` (bool mask), both ways
+    (:meth:`IntervalCalibration.fit` with ``by`` and ``bands``)."""
+    crossed_low, crossed_high = np.empty_like(age), np.empty_like(age)
+    for side in (False, True):
+        fit, score = half != side, half == side
+        fitted = IntervalCalibration.fit(age[fit], low[fit], high[fit], true[fit], by, bands=bands)
+        crossed_low[score], crossed_high[score] = fitted.bounds(age[score], low[score], high[score])
+    return crossed_low, crossed_high
