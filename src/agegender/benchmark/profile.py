@@ -19,8 +19,8 @@ interleaved with the others (:func:`~agegender.benchmark.timing.time_interleaved
 ``Predictor.predict`` of the photos and ``OnnxAgeGender.predict`` of the chips (the model's stages in a row, each
 on the arrays the one before has just made). Chained, the network runs after Python has worked for a while, long
 enough for the runtime's worker threads to fall asleep (on a 2-core EPYC, OpenVINO at batch 2: 0.43 ms back to back,
-0.53 ms after 150 us of Python), and each stage finds the caches holding the others' data; so the chain can cost
-more than the sum of its stages timed apart, and side by side they show how much.
+0.53 ms after 150 us of Python, a one-off timing), and each stage finds the caches holding the others' data; so
+the chain can cost more than the sum of its stages timed apart, and side by side they show how much.
 """
 
 from __future__ import annotations
