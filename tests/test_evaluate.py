@@ -24,7 +24,14 @@ import yaml
 
 from agegender.age_calibration import METADATA_KEY, AgeCalibration
 from agegender.cli import main
-from agegender.data.datasets import DataConfig, decode_split, filter_records, limit_records, select_records
+from agegender.data.datasets import (
+    DataConfig,
+    dataset_splits,
+    decode_split,
+    filter_records,
+    limit_records,
+    select_records,
+)
 from agegender.data.records import FaceRecord
 from agegender.evaluation.calibrate import fit_age_calibration
 from agegender.evaluation.compare import compare_faces, face_arrays, face_scores
@@ -33,12 +40,14 @@ from agegender.evaluation.evaluate import (
     evaluate_model,
     evaluation_records,
     load_evaluable,
+    outputs_on,
     predict_faces,
 )
 from agegender.export import export_onnx, set_metadata
 from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
 from agegender.models import config_of, create_model
 from agegender.outputs import Decoded, decode
+from agegender.oversample import average_outputs
 from agegender.training.checkpoint import load_model
 from agegender.training.config import TrainConfig, load_config
 from agegender.training.engine import train
@@ -70,6 +79,19 @@ def test_checkpoint_and_its_onnx_export_give_the_same_figures(checkpoint: Path, 
         assert onnx_figures["age_mae"] == pytest.approx(torch_figures["age_mae"], abs=1e-3)
         for key in ("group_exact", "gender_accuracy"):  # one borderline face may flip
             assert onnx_figures[key] == pytest.approx(torch_figures[key], abs=1.5 / len(records))
+
+
+def test_a_model_on_each_face_and_on_its_mirror_averages_to_flip(utkface_dir: Path) -> None:
+    """``outputs_on(..., mirrored=True)`` scores the mirror of each face: averaged with the plain view it is flip
+    averaging, and it is not the plain view itself (a randomly initialised network is far from symmetric)."""
+    torch.manual_seed(0)
+    model = create_model("flagship").eval()
+    records = dataset_splits(DataConfig(dataset="utkface", root=str(utkface_dir)), progress=False)["val"][:24]
+    plain, mirrored = (outputs_on(model, records, mirrored=m) for m in (False, True))
+    flipped = outputs_on(model, records, tta="flip")
+    assert all(np.abs(plain[key] - mirrored[key]).max() > 1e-3 for key in plain)
+    for key, value in average_outputs([plain, mirrored]).items():
+        np.testing.assert_allclose(value, flipped[key], rtol=1e-5, atol=1e-5)
 
 
 def test_evaluate_command_writes_a_report_per_tta_mode(checkpoint: Path, manifest: Path,

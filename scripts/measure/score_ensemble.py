@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from agegender.data.datasets import DataConfig, dataset_splits
+from agegender.evaluation.compare import COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, outputs_on
 from agegender.outputs import decode
 from agegender.oversample import TTA_MODES, average_outputs
@@ -34,6 +35,9 @@ def main() -> None:
     parser.add_argument("--root", help="UTKFace folder (default: the shared one)")
     parser.add_argument("--split", default="val", choices=("test", "val"))
     parser.add_argument("--tta", default="none", choices=TTA_MODES)
+    parser.add_argument("--mirror-odd", action="store_true",
+                        help="also score the ensemble whose 2nd, 4th, ... model sees each face mirrored, each model "
+                             "once (no other test-time augmentation): with two models, the cost of one with flip")
     args = parser.parse_args()
     missing = [str(p) for p in args.models if not p.is_file()]
     if missing:
@@ -52,6 +56,15 @@ def main() -> None:
     if len(models) > 1:
         ensemble = decode(average_outputs(outputs))
         print(row(f"ensemble of {len(models)}", face_metrics(records, ensemble)))
+    if args.mirror_odd and len(models) > 1:
+        views = decode(average_outputs([outputs_on(m, records, mirrored=bool(k % 2)) for k, m in enumerate(models)]))
+        print(row(f"ensemble of {len(models)}, one view each (every 2nd model mirrored)", face_metrics(records, views)))
+        flipped = outputs[0] if args.tta == "flip" else outputs_on(models[0], records, tta="flip")
+        print(f"\nOne view each against {args.models[0]} with flip (paired bootstrap, 95% interval; + is better):")
+        for metric in ("age_mae", "gender_accuracy", "group_exact"):
+            better = compare_faces(face_arrays(records, views), face_arrays(records, decode(flipped)), metric)
+            if better is not None:
+                print(f"- {metric}: {better[0]:+.3f} {COMPARABLE[metric]} ({better[1]:+.3f} to {better[2]:+.3f})")
 
 
 if __name__ == "__main__":

@@ -96,15 +96,16 @@ def predict_faces(model: nn.Module, images: np.ndarray, tta: str = "none", calib
     return calibrate(decoded) if calibrate else decoded
 
 
-def outputs_on(model: nn.Module, records: Sequence[FaceRecord], tta: str = "none", progress: bool = False
-               ) -> dict[str, np.ndarray]:
+def outputs_on(model: nn.Module, records: Sequence[FaceRecord], tta: str = "none", progress: bool = False,
+               mirrored: bool = False) -> dict[str, np.ndarray]:
     """Raw outputs of ``model`` for ``records``, each image decoded at the model's own input (load size, crop):
-    models of different inputs can then be averaged face by face. Raises ValueError when an image cannot be
-    decoded (the rows would no longer line up)."""
+    models of different inputs can then be averaged face by face; ``mirrored`` scores each face's mirror
+    instead. Raises ValueError when an image cannot be decoded (the rows would no longer line up)."""
     data = decode_split(records, config_of(model), progress)
     if len(data.records) != len(records):
         raise ValueError(f"{len(records) - len(data.records)} of {len(records)} images could not be decoded")
-    return model_outputs(model, data.images, config_of(model), tta=tta, device=_device(model))
+    images = data.images[:, :, ::-1] if mirrored else data.images
+    return model_outputs(model, images, config_of(model), tta=tta, device=_device(model))
 
 
 def face_metrics(records: Sequence[FaceRecord], decoded: Decoded) -> dict[str, Any]:
