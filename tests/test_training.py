@@ -323,3 +323,14 @@ def test_a_teacher_that_sees_other_inputs_is_refused(utkface_dir: Path, tmp_path
     cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, f"distill.teacher={tmp_path / 'nowhere'}"))
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         Trainer(cfg, tmp_path / "student2", raw, progress=False)
+
+
+def test_a_one_cycle_schedule_too_short_for_its_warm_up_says_so() -> None:
+    """OneCycleLR divides by its warm-up's length in steps: 0.2 of 5 steps is one step less one, zero."""
+    from agegender.training.config import ScheduleConfig
+    from agegender.training.optim import Schedule
+
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="holds no whole step"):
+        Schedule(optimizer, ScheduleConfig(name="onecycle", pct_start=0.2), epochs=1, steps_per_epoch=5)
+    Schedule(optimizer, ScheduleConfig(name="onecycle", pct_start=0.2), epochs=2, steps_per_epoch=5)

@@ -78,6 +78,11 @@ def dataset_root(cfg: DataConfig) -> Path:
     return Path(cfg.root if cfg.root is not None else default_path("utkface")).expanduser().resolve()
 
 
+def splits_dir(cfg: DataConfig) -> Path:
+    """Where the data set's split manifests are kept: ``data.splits_dir``, else the cache folder's ``splits``."""
+    return Path(cfg.splits_dir) if cfg.splits_dir else default_cache_dir() / "splits"
+
+
 def read_dataset(cfg: DataConfig) -> list[FaceRecord]:
     root = dataset_root(cfg)
     if cfg.dataset == "utkface":
@@ -122,8 +127,7 @@ def dataset_splits(cfg: DataConfig | None = None, progress: bool = True) -> dict
                  ", ".join(f"{name} {len(splits[name])}" for name in SPLITS))
         return splits
     records = read_dataset(cfg)
-    splits_dir = Path(cfg.splits_dir) if cfg.splits_dir else default_cache_dir() / "splits"
-    splits, stats = load_or_make_splits(records, splits_dir, progress=progress)
+    splits, stats = load_or_make_splits(records, splits_dir(cfg), progress=progress)
     log.info("dedup: %s", stats.to_dict())
     return splits
 

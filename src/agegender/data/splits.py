@@ -163,7 +163,16 @@ def load_or_make_splits(records: Sequence[FaceRecord], out_dir: str | Path, max_
             return splits, DedupStats(**saved)
     collapsed, stats = collapse_duplicates(records, max_bits=max_bits, progress=progress)
     splits = split_records(collapsed)
-    for name, recs in splits.items():
-        write_manifest(recs, folder / f"{name}.csv")
-    stats_file.write_text(json.dumps({"method": METHOD, **stats.to_dict()}, indent=2))
+    save_splits(records, splits, stats, out_dir)
     return splits, stats
+
+
+def save_splits(records: Sequence[FaceRecord], splits: Mapping[str, Sequence[FaceRecord]], stats: DedupStats,
+                out_dir: str | Path) -> Path:
+    """Write ``splits`` of ``records`` where :func:`load_or_make_splits` finds them (their folder, returned):
+    the splits made once here, or the same splits carried to another machine's copy of the files."""
+    folder = splits_folder(records, out_dir)
+    for name in SPLITS:
+        write_manifest(list(splits[name]), folder / f"{name}.csv")
+    (folder / "dedup.json").write_text(json.dumps({"method": METHOD, **stats.to_dict()}, indent=2))
+    return folder
