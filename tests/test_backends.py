@@ -48,6 +48,21 @@ def test_openvino_agrees_with_onnxruntime(chips: list[np.ndarray], name: str, ma
 
 
 @needs_openvino
+def test_openvino_threads_are_not_pinned_to_cores(yunet_path: Path) -> None:
+    """OpenVINO pins its threads by default; our models and the detector, compiled static or dynamic, do not, so
+    that processes of one thread each (bulk workers, Ray actors) spread over the cores."""
+    from agegender.inference.detector import FaceDetector
+
+    model = OnnxAgeGender("flagship-int8", threads=1, backend="openvino")
+    detector = FaceDetector(yunet_path, threads=1, runtime="openvino")
+    for models in (model.session.models, detector._yunet.models):  # type: ignore[attr-defined]
+        static = models._compile((2, 3, 64, 64) if models is model.session.models else (1, 3, 640, 640))
+        for compiled in (models.dynamic, static):
+            assert compiled.get_property("ENABLE_CPU_PINNING") is False
+            assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+@needs_openvino
 def test_openvino_batch_sizes_get_their_own_model_and_threads_infer_at_once(chips: list[np.ndarray],
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch size seen often runs on a model compiled for it, with the same outputs as the model for any size;

@@ -184,18 +184,30 @@ class _OrtSession:
         return dict(zip(self.output_names, values, strict=True))
 
 
-class OpenVinoModels:
-    """An ONNX file on OpenVINO's CPU plugin, compiled for any input shape (``dynamic``), and for each shape seen
-    ``static_after`` times compiled for that shape alone (the ``keep`` most recent kept): a static model runs a
-    little faster (on a quiet 2-core EPYC, one measurement each: YuNet at 1280 x 960 16.2 ms against 18.4; the
-    flagship at batch 2 0.375 ms against 0.405) for a compilation paid once (about 250 and 120 ms). Each thread
-    runs its own inference requests, so threads infer at once. Raises OpenVINO's own errors."""
+def openvino_config(threads: int | None) -> dict[str, Any]:
+    """OpenVINO's CPU settings for every model of this package: latency first, at most ``threads`` threads (None:
+    OpenVINO's choice), and the threads not pinned to cores. OpenVINO pins them by default, and processes of one
+    thread each (bulk workers, Ray actors) then all run on the same core: two such processes predicting 12 MP
+    photos took 85-94 ms each per photo pinned and 57-60 unpinned, on a 2-core EPYC (one-off timing, 2026-12-06)."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
 
-    def __init__(self, path: Path, config: Mapping[str, Any], dynamic_shape: tuple[int, ...] | None = None,
+
+class OpenVinoModels:
+    """An ONNX file on OpenVINO's CPU plugin (:func:`openvino_config`, ``threads``), compiled for any input shape
+    (``dynamic``), and for each shape seen ``static_after`` times compiled for that shape alone (the ``keep`` most
+    recent kept): a static model runs a little faster (on a quiet 2-core EPYC, one measurement each: YuNet at 1280 x
+    960 16.2 ms against 18.4; the flagship at batch 2 0.375 ms against 0.405) for a compilation paid once (about 250
+    and 120 ms). Each thread runs its own inference requests, so threads infer at once. Raises OpenVINO's own
+    errors."""
+
+    def __init__(self, path: Path, threads: int | None, dynamic_shape: tuple[int, ...] | None = None,
                  static_after: int = 50, keep: int = 8) -> None:
         import openvino as ov
 
-        self.core, self.config = ov.Core(), dict(config)
+        self.core, self.config = ov.Core(), openvino_config(threads)
         self.static_after, self.keep = static_after, keep
         #: The model as read (its metadata, inputs and outputs); compiled models are made from copies of it.
         self.model = self.core.read_model(str(path))
@@ -262,11 +274,8 @@ class _OpenVinoSession:
     def __init__(self, path: Path, threads: int | None) -> None:
         if not path.is_file():
             raise BackendError(f"model file not found: {path}")
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
         try:
-            self.models = OpenVinoModels(path, config, static_after=self.STATIC_AFTER)
+            self.models = OpenVinoModels(path, threads, static_after=self.STATIC_AFTER)
         except Exception as err:  # OpenVINO raises its own untyped errors
             raise BackendError(f"OpenVINO cannot load {path}: {err}") from err
         info = self.models.model.get_rt_info()  # ONNX metadata_props arrive under "framework"

@@ -207,11 +207,8 @@ class _OpenVinoYuNet(_YuNet):
     def __init__(self, path: Path, score_threshold: float, nms_threshold: float, top_k: int,
                  threads: int | None) -> None:
         super().__init__(score_threshold, nms_threshold, top_k)
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
         try:
-            self.models = OpenVinoModels(path, config, (1, 3, -1, -1), self.STATIC_AFTER, self.SHAPES)
+            self.models = OpenVinoModels(path, threads, (1, 3, -1, -1), self.STATIC_AFTER, self.SHAPES)
         except Exception as exc:  # OpenVINO raises its own untyped errors
             raise _refusal(path, "OpenVINO", str(exc)) from exc
         names = tuple(o.get_any_name() for o in self.models.model.outputs)
