@@ -325,12 +325,14 @@ def test_a_teacher_that_sees_other_inputs_is_refused(utkface_dir: Path, tmp_path
         Trainer(cfg, tmp_path / "student2", raw, progress=False)
 
 
-def test_a_one_cycle_schedule_too_short_for_its_warm_up_says_so() -> None:
-    """OneCycleLR divides by its warm-up's length in steps: 0.2 of 5 steps is one step less one, zero."""
+def test_a_one_cycle_warm_up_of_exactly_one_step_is_a_clear_error() -> None:
+    """OneCycleLR ends its warm-up at step ``pct_start * steps - 1`` and divides by that: 0.2 of 5 steps is zero
+    (a ZeroDivisionError from inside PyTorch before); shorter and longer warm-ups run."""
     from agegender.training.config import ScheduleConfig
     from agegender.training.optim import Schedule
 
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="holds no whole step"):
+    with pytest.raises(ValueError, match="exactly one step"):
         Schedule(optimizer, ScheduleConfig(name="onecycle", pct_start=0.2), epochs=1, steps_per_epoch=5)
-    Schedule(optimizer, ScheduleConfig(name="onecycle", pct_start=0.2), epochs=2, steps_per_epoch=5)
+    for epochs, steps in ((1, 2), (2, 5)):
+        Schedule(optimizer, ScheduleConfig(name="onecycle", pct_start=0.2), epochs=epochs, steps_per_epoch=steps)

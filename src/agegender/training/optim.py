@@ -41,10 +41,10 @@ class Schedule:
         elif cfg.name == "cosine":
             self.inner = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
         elif cfg.name == "onecycle":
-            if cfg.pct_start * epochs * steps_per_epoch <= 1:  # OneCycleLR divides by the warm-up's length
-                raise ValueError(f"schedule onecycle: a warm-up of pct_start {cfg.pct_start:g} of {epochs} x "
-                                 f"{steps_per_epoch} steps holds no whole step; train for more steps (epochs, "
-                                 "smaller batches) or use another schedule")
+            if float(cfg.pct_start * (epochs * steps_per_epoch)) - 1 == 0:  # OneCycleLR's first phase's end
+                raise ValueError(f"schedule onecycle: pct_start {cfg.pct_start:g} of {epochs} x {steps_per_epoch} "
+                                 "steps is a warm-up of exactly one step, which PyTorch's OneCycleLR divides by "
+                                 "zero on; change pct_start, the epochs or the batch size")
             self.inner = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, epochs=epochs,
                                                              steps_per_epoch=steps_per_epoch,
                                                              pct_start=cfg.pct_start)
