@@ -4,9 +4,11 @@
 # the data in the device's memory, for at most LIMIT seconds; the run's small files are copied to $OUT, which comes
 # back. Run again on the same warm machine, it resumes the run.
 #   bash scripts/build/device_teacher.sh configs/flagship/teacher_gpu.yaml [-s KEY=VALUE ...]
-# Environment: PACK (default .pack), DATA (where the parts are extracted), RUN (the run folder), LIMIT (seconds of
-# training, default 480, inside the device tool's 600 s a call), PYTHON (default python3), OUT (default RUN/out).
+# Paths are relative to the repository's root. Environment: PACK (default .pack), DATA (where the parts are
+# extracted), RUN (the run folder), LIMIT (seconds of training, default 480, inside the device tool's 600 s a call),
+# PYTHON (default python3), OUT (default RUN/out).
 set -euo pipefail
+cd "$(dirname "$0")/../.."  # the repository's root: CONFIG, PACK and the package's src/ are read from there
 config=${1:?usage: device_teacher.sh CONFIG [-s KEY=VALUE ...]}
 shift
 pack=${PACK:-.pack}
