@@ -61,7 +61,7 @@ def main() -> None:
         print(row(f"ensemble of {len(models)}, one view each (every 2nd model mirrored)", face_metrics(records, views)))
         flipped = outputs[0] if args.tta == "flip" else outputs_on(models[0], records, tta="flip")
         print(f"\nOne view each against {args.models[0]} with flip (paired bootstrap, 95% interval; + is better):")
-        for metric in ("age_mae", "gender_accuracy", "group_exact"):
+        for metric in FIGURES:
             better = compare_faces(face_arrays(records, views), face_arrays(records, decode(flipped)), metric)
             if better is not None:
                 print(f"- {metric}: {better[0]:+.3f} {COMPARABLE[metric]} ({better[1]:+.3f} to {better[2]:+.3f})")
