@@ -72,6 +72,7 @@ logs: $(VENV)/.full
 	$(LOG) docs/logs/interval_by_age.md -- $(BIN)/python scripts/measure/interval_by_age.py
 	$(LOG) docs/logs/split_overlap.md -- $(BIN)/python scripts/measure/split_overlap.py --rev e1618da --out ../runs/split_overlap
 	$(LOG) docs/logs/load_test.md -- $(BIN)/python scripts/measure/load_test.py --start-server --clients 50 --requests 400
+	$(LOG) docs/logs/ray_throughput.md -- $(BIN)/python scripts/measure/ray_throughput.py --photos 300 --rounds 2
 
 reproduce: $(VENV)/.full
 	$(BIN)/python scripts/measure/reproduce.py

@@ -109,6 +109,33 @@ def test_rows_are_the_bulk_paths_and_the_predictors(ray_rows: Any, bulk_output: 
                          predictor.predict(photo).rows())
 
 
+def test_bytes_relative_paths_and_a_vanished_file(ray_rows: Any, collection_dir: Path, yunet_path: Path,
+                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rows from a Dataset that holds the bytes (``with_bytes``: read tasks, as ``read_binary_files`` gives
+    them); a relative path, which the actors read from where the driver sees it (their working folder differs) and
+    name as given; a file gone before its actor reads it, an error row."""
+    expected = rows_of(table_of(ray_rows))
+    with_bytes = ray_pipeline.read_images(collection_dir, with_bytes=True)
+    assert "bytes" in with_bytes.columns()
+    got = rows_of(table_of(ray_pipeline.predict_dataset(with_bytes, detector=yunet_path, error_kinds=True)))
+    assert_same_rows(got, expected)
+    assert [r["error_kind"] for r in got] == [r["error_kind"] for r in expected]
+
+    monkeypatch.chdir(collection_dir.parent)
+    relative = f"{collection_dir.name}/smahesh29_kid1.jpg"
+    gone = tmp_path / "gone.jpg"
+    gone.write_bytes((collection_dir / "smahesh29_kid1.jpg").read_bytes())
+    ds = ray_pipeline.files_dataset([relative, str(gone)])
+    gone.unlink()
+    rows = {r["file"]: r for r in table_of(ray_pipeline.predict_dataset(ds, detector=yunet_path,
+                                                                        error_kinds=True)).to_pylist()}
+    assert rows[relative]["age"] == pytest.approx(
+        next(r["age"] for r in expected if r["file"] == str(collection_dir / "smahesh29_kid1.jpg")), abs=0.051)
+    assert rows[str(gone)]["error_kind"] == "cannot read" and "gone.jpg" in rows[str(gone)]["error"]
+    with pytest.raises(TypeError, match="with_bytes=True"):
+        ray_pipeline.files_dataset([relative], include_paths=True)
+
+
 def test_parquet_written_by_ray_has_the_bulk_schema(ray_rows: Any, bulk_output: Path, tmp_path: Path) -> None:
     expected = pq.read_schema(bulk_output)
     native = ray_rows.drop_columns([ray_pipeline.ERROR_KIND])

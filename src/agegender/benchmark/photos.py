@@ -101,7 +101,7 @@ def size_sweep(predictor: Predictor, photos: Sequence[Path], sizes: Sequence[flo
     return rows
 
 
-def _copies(sources: Sequence[Path], n: int, folder: Path) -> Path:
+def photo_copies(sources: Sequence[Path], n: int, folder: Path) -> Path:
     """A folder of ``n`` photos cycled from ``sources`` (hard links, else copies), made once."""
     if folder.is_dir() and len(list(folder.iterdir())) == n:
         return folder
@@ -126,7 +126,7 @@ def bulk_throughput(predictor: Predictor, sets: dict[str, list[Path]], n_photos:
     ``steady_photos_per_s``: past the start, ``(n - 1) / (time(n) - time(1))``."""
     if n_photos < 2:
         raise ValueError(f"the bulk throughput needs at least 2 photos, got {n_photos}")
-    folders = {(label, n): _copies(files, n, folder / "bulk" / f"{label}-{n}")
+    folders = {(label, n): photo_copies(files, n, folder / "bulk" / f"{label}-{n}")
                for label, files in sets.items() for n in (1, n_photos)}
     with tempfile.TemporaryDirectory(prefix="agegender-bench-bulk-") as tmp:
         outputs = itertools.count()

@@ -4,9 +4,9 @@ The rows are those of the local bulk path (:mod:`agegender.inference.bulk`), col
 (:data:`~agegender.inference.results.ROW_COLUMNS`, typed by :data:`~agegender.inference.results.ROW_TYPES`): a
 photo gives one row per face, or one with empty face columns when it has none; an input that cannot be read gives
 one row with the reason in ``error``. Each actor of the pool (:class:`AgeGenderBatchPredictor`, one CPU each) loads
-the model and the detector once, then decodes, detects and aligns the photos of a batch from their bytes
-(:func:`~agegender.inference.predictor.prepare_pixels`, so no worker needs the driver's filesystem) and runs the
-model over all their faces in one pass (:meth:`~agegender.inference.predictor.Predictor.finish`).
+the model and the detector once, then reads each photo of a batch itself (a local path or a URI; or takes its bytes
+from the Dataset), decodes, detects and aligns it (:func:`~agegender.inference.predictor.prepare_pixels`) and runs
+the model over all their faces in one pass (:meth:`~agegender.inference.predictor.Predictor.finish`).
 
 >>> import ray  # doctest: +SKIP
 >>> from agegender.inference.ray_pipeline import predict_dataset, read_images, write_parquet  # doctest: +SKIP
@@ -63,6 +63,11 @@ def arrow_schema(error_kinds: bool = False) -> pa.Schema:
     return pa.schema(fields + [(ERROR_KIND, pa.string())] * error_kinds)
 
 
+def _columns(batch: Any) -> list[str]:
+    """The column names of a Ray batch (a pyarrow Table, or a dict of numpy arrays or lists)."""
+    return list(batch.column_names) if hasattr(batch, "column_names") else list(batch)
+
+
 def _column(batch: Any, name: str) -> list[Any]:
     """One column of a Ray batch (a pyarrow Table, or a dict of numpy arrays or lists) as a Python list."""
     column = batch[name]
@@ -70,8 +75,10 @@ def _column(batch: Any, name: str) -> list[Any]:
 
 
 class AgeGenderBatchPredictor:
-    """The callable class for ``Dataset.map_batches``: a batch of ``{"path", "bytes"}`` (what
-    ``ray.data.read_binary_files(..., include_paths=True)`` gives) -> a pyarrow Table of their rows.
+    """The callable class for ``Dataset.map_batches``: a batch of ``{"path"}`` (the actor reads each file from
+    ``location`` where the batch has that column, else from ``path``: :func:`files_dataset`) or of ``{"path",
+    "bytes"}`` (what ``ray.data.read_binary_files(..., include_paths=True)`` gives) -> a pyarrow Table of their
+    rows.
 
     ``model``: a shipped model's name or an ``agegender export`` file (default: the shipped int8 flagship);
     ``detector``: a YuNet file, ``"auto"`` (found as :class:`~agegender.inference.detector.FaceDetector` says, on
@@ -97,15 +104,22 @@ class AgeGenderBatchPredictor:
                                    reduced=reduced, detect_size=detect_size)
         self.error_kinds = error_kinds
         self.schema = arrow_schema(error_kinds)
+        self._filesystems: dict[str, tuple[Any, str]] = {}
 
     def __call__(self, batch: Any) -> pa.Table:
-        prepared = [self.prepare(str(path), data)
-                    for path, data in zip(_column(batch, "path"), _column(batch, "bytes"), strict=True)]
+        paths = [str(path) for path in _column(batch, "path")]
+        columns = _columns(batch)
+        contents = _column(batch, "bytes") if "bytes" in columns else [None] * len(paths)
+        locations = _column(batch, "location") if "location" in columns else paths
+        prepared = [self.prepare(path, data, location)
+                    for path, data, location in zip(paths, contents, locations, strict=True)]
         return self.table(self.predictor.finish(prepared))
 
-    def prepare(self, name: str, data: bytes | None) -> PreparedImage | ImageFailure:
-        """One input from its bytes, named ``name``: what the bulk path's worker makes of the file
-        (the same formats refused, the same errors, the same pixels)."""
+    def prepare(self, name: str, data: bytes | None = None, location: str | None = None
+                ) -> PreparedImage | ImageFailure:
+        """One input from its bytes (None: read from ``location``, a local path or a URI, default ``name``), named
+        ``name``: what the bulk path's worker makes of the file (the same formats refused, the same errors, the
+        same pixels)."""
         from agegender.inference.predictor import prepare_pixels
 
         unsupported = bulk.unsupported_format(name)
@@ -114,7 +128,7 @@ class AgeGenderBatchPredictor:
         p = self.predictor
         try:
             min_side = p.detector.max_side if p.reduced and p.detector is not None else None
-            data = data or b""
+            data = self.read(location or name) if data is None else data
             scaled = load_scaled(data, min_side=min_side, max_pixels=p.max_pixels, name=name)
             return prepare_pixels(scaled, name, p.detector, p.input_side, finer_decoder(data, scaled),
                                   keep_pixels=False)
@@ -122,6 +136,22 @@ class AgeGenderBatchPredictor:
             return ImageFailure(name, err.kind, str(err))
         except (OSError, ValueError, MemoryError) as err:  # a photo must never stop the run
             return ImageFailure(name, "cannot read", f"{name}: {err}")
+
+    def read(self, path: str) -> bytes:
+        """The bytes of a local file, or of a URI that pyarrow's filesystems read (one filesystem per bucket or
+        host, made once per actor). Raises OSError (an error row)."""
+        if not _is_uri(path):
+            return Path(path).read_bytes()
+        from pyarrow import fs as pafs
+
+        parts = urlsplit(path)
+        key = f"{parts.scheme}://{parts.netloc}"
+        if key not in self._filesystems:
+            filesystem, inner = pafs.FileSystem.from_uri(path)
+            self._filesystems[key] = filesystem, _uri_prefix(path, inner)
+        filesystem, prefix = self._filesystems[key]
+        with filesystem.open_input_stream(path[len(prefix):]) as stream:
+            return stream.read()
 
     def table(self, results: Sequence[ImageResult | ImageFailure]) -> pa.Table:
         """The rows of ``results`` as a Table of :func:`arrow_schema`, values as the Parquet sink writes them."""
@@ -199,18 +229,27 @@ def _add_prefix(batch: pa.Table, prefix: str) -> pa.Table:
     return batch.set_column(index, "path", pc.binary_join_element_wise(pa.scalar(prefix), batch["path"], ""))
 
 
-def files_dataset(files: Sequence[str], **read_args: Any) -> ray.data.Dataset:
-    """A Dataset of ``{"path", "bytes"}`` for ``files`` (local paths, as given, or URIs), read by Ray's
-    ``read_binary_files`` (``read_args`` go to it). ``path`` is each file's name as given, so that rows name their
-    file as the bulk path names it and a resumed run knows them."""
+def files_dataset(files: Sequence[str], *, with_bytes: bool = False, **read_args: Any) -> ray.data.Dataset:
+    """A Dataset of ``{"path", "location"}`` for ``files`` (local paths, as given, or URIs; ``location``: where a
+    worker reads it, a local path made absolute), whose files the actors of :func:`predict_dataset` read themselves:
+    no read task holds a CPU (on a cluster whose CPUs all go to actors, Ray's read tasks kept the pool at one actor
+    in two) and no photo passes through the object store (``scripts/measure/ray_throughput.py``, docs/ray.md).
+    ``with_bytes``: ``{"path", "bytes"}``, read by Ray's ``read_binary_files`` (``read_args`` go to it). ``path`` is
+    each file's name as given, so that rows name their file as the bulk path names it and a resumed run knows
+    them."""
     import ray.data
 
+    if not files:
+        raise ValueError("no input files")
+    if not with_bytes:
+        if read_args:
+            raise TypeError(f"read_args ({', '.join(read_args)}) go to read_binary_files: pass with_bytes=True")
+        return ray.data.from_items([{"path": file, "location": file if _is_uri(file) else os.path.abspath(file)}
+                                    for file in files])
     groups: dict[str, list[str]] = {}
     for file in files:
         parts = urlsplit(file) if _is_uri(file) else None
         groups.setdefault(f"{parts.scheme}://{parts.netloc}" if parts else "", []).append(file)
-    if not groups:
-        raise ValueError("no input files")
     datasets = []
     for key, group in groups.items():
         if not key:
@@ -228,15 +267,17 @@ def files_dataset(files: Sequence[str], **read_args: Any) -> ray.data.Dataset:
 
 
 def read_images(sources: str | os.PathLike | Iterable[str | os.PathLike], *, shard: tuple[int, int] | None = None,
-                exclude: Iterable[str] = (), **read_args: Any) -> ray.data.Dataset:
-    """A Dataset of ``{"path", "bytes"}``, one per input under ``sources`` (:func:`list_images`): a folder, files,
-    or URIs; ``shard`` (I, N) keeps the I-th of N parts (:func:`~agegender.inference.collection.shard_paths`),
-    ``exclude`` drops inputs already done. What could not be listed is logged (the CLI writes it as error rows)."""
+                exclude: Iterable[str] = (), with_bytes: bool = False, **read_args: Any) -> ray.data.Dataset:
+    """A Dataset of :func:`files_dataset`'s rows (``with_bytes`` and ``read_args`` as it takes them), one per input
+    under ``sources`` (:func:`list_images`): a folder, files, or URIs; ``shard`` (I, N) keeps the I-th of N parts
+    (:func:`~agegender.inference.collection.shard_paths`), ``exclude`` drops inputs already done. What could not
+    be listed is logged (the CLI writes it as error rows)."""
     collection = list_images(sources)
     for path, reason in collection.errors:
         log.warning("%s: %s", path, reason)
     done = set(exclude)
-    return files_dataset([f for f in shard_paths(collection.files, shard) if f not in done], **read_args)
+    return files_dataset([f for f in shard_paths(collection.files, shard) if f not in done], with_bytes=with_bytes,
+                         **read_args)
 
 
 # --- the pipeline ----------------------------------------------------------------------------------------------
@@ -256,11 +297,11 @@ def predict_dataset(ds: ray.data.Dataset, model: str | os.PathLike | None = None
                     reduced: bool = True, detect_size: int = DETECT_SIZE, actors: int | None = None,
                     batch_size: int = BATCH_PHOTOS,
                     error_kinds: bool = False, env: Mapping[str, str] | None = None) -> ray.data.Dataset:
-    """``ds`` (``{"path", "bytes"}`` rows) -> a Dataset of result rows (:func:`arrow_schema`), through a pool of
-    :class:`AgeGenderBatchPredictor` actors with ``threads`` CPUs each: up to ``actors`` of them (default: as many
-    as the cluster's CPUs allow), ``batch_size`` photos per call. ``env`` adds to the environment variables the
-    actors get (:data:`FORWARDED_ENV` from this process's). The other arguments: :class:`AgeGenderBatchPredictor`.
-    """
+    """``ds`` (rows of :func:`files_dataset`, or ``{"path", "bytes"}``) -> a Dataset of result rows
+    (:func:`arrow_schema`), through a pool of :class:`AgeGenderBatchPredictor` actors with ``threads`` CPUs each: up
+    to ``actors`` of them (default: as many as the cluster's CPUs allow), ``batch_size`` photos per call. ``env``
+    adds to the environment variables the actors get (:data:`FORWARDED_ENV` from this process's). The other
+    arguments: :class:`AgeGenderBatchPredictor`."""
     import ray
     from ray.data import ActorPoolStrategy
 
