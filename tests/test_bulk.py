@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agegender.cli import main
+from agegender.inference import bulk
 from agegender.inference.collection import collect, shard_paths
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import ROW_COLUMNS
@@ -133,3 +134,30 @@ def test_two_workers_give_the_rows_of_one(many_photos: Path, tmp_path: Path, yun
         assert main(["predict", *map(str, files), "--output", str(out), "--workers", workers,
                      "--detector", str(yunet_path)]) == 0
     assert read_rows(one) == read_rows(two)
+
+
+def test_auto_workers_start_once_the_photos_pay_for_them(many_photos: Path, tmp_path: Path, yunet_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    files = [str(p) for p in sorted(many_photos.glob("*.jpg"))[:6]]
+    total = sum(Path(f).stat().st_size for f in files)
+    monkeypatch.setattr(bulk, "cores", lambda: 2)
+    assert bulk.auto_workers(files, limit=total) == 2
+    assert bulk.auto_workers(files, limit=total + 1) == 1
+    assert bulk.auto_workers([str(tmp_path / "missing.jpg"), *files], limit=total) == 2  # an error row later
+    monkeypatch.setattr(bulk, "cores", lambda: 1)
+    assert bulk.auto_workers(files, limit=1) == 1
+
+    monkeypatch.setattr(bulk, "cores", lambda: 2)
+    outputs = {}
+    for limit in (total, total + 1):  # the CLI's default: auto
+        monkeypatch.setattr(bulk, "AUTO_WORKERS_BYTES", limit)
+        outputs[limit] = tmp_path / f"{limit}.jsonl"
+        assert main(["predict", *files, "--output", str(outputs[limit]), "--detector", str(yunet_path)]) == 0
+        said = "; 2 worker processes" in capsys.readouterr().err
+        assert said == (limit == total)
+    assert read_rows(outputs[total]) == read_rows(outputs[total + 1])
+    assert main(["predict", *files, "--workers", "auto"]) == 2  # a bulk option without --output
+    assert "--workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", *files, "--output", str(tmp_path / "x.jsonl"), "--workers", "0"])

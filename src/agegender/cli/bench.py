@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from agegender.cli.common import UserError, add_backend_options, add_detect_size_option
+from agegender.cli.common import UserError, add_backend_options, add_detect_size_option, positive_int
 from agegender.paths import default_path
 
 #: The bench's data options, whose defaults come from the shared folder when it is there.
@@ -19,13 +19,6 @@ def _shared(name: str) -> Path | None:
     path = default_path("adience_folds") / "original_txt_files" / "fold_0_data.txt" if name == "adience_fold" \
         else default_path("yunet" if name == "detector" else name)
     return path if path.exists() else None
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
 
 
 def _sizes(value: str) -> tuple[float, ...]:
@@ -72,10 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detector", type=Path, default=_shared("detector"),
                    help="YuNet ONNX file (default: ../shared's, else $AGEGENDER_YUNET or the cache)")
     add_detect_size_option(p)
-    p.add_argument("--limit", type=_positive, help="at most N faces per data set (a fixed random subset)")
-    p.add_argument("--threads", type=_positive, default=os.cpu_count() or 1,
+    p.add_argument("--limit", type=positive_int, help="at most N faces per data set (a fixed random subset)")
+    p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
                    help="threads for every runtime (default: all CPUs)")
-    p.add_argument("--runs", type=_positive, default=10,
+    p.add_argument("--runs", type=positive_int, default=10,
                    help="minimum timed runs per measurement (default 10)")
     p.add_argument("--min-time", type=float, default=1.0,
                    help="minimum seconds per measurement (default 1; 0 for a quick check)")
@@ -96,13 +89,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep-sizes", type=_sizes, default=(0.3, 2.0, 12.0, 24.0), metavar="MP[,MP...]",
                    help="photo sizes of the sweep, in megapixels (default 0.3,2,12,24; the bulk throughput "
                         "runs on 12 MP when it is one)")
-    p.add_argument("--sweep-photos", type=_positive, metavar="N",
+    p.add_argument("--sweep-photos", type=positive_int, metavar="N",
                    help="the sweep, the bulk throughput and the profile on the first N photos only (default: all)")
     p.add_argument("--work-dir", type=Path,
                    help="where the resized photos are written once (default: the agegender cache's bench-photos)")
     p.add_argument("--bulk-photos", type=_count, default=60, metavar="N",
                    help="photos per bulk run (default 60; 0 skips the bulk throughput)")
-    p.add_argument("--bulk-rounds", type=_positive, default=3, help="bulk runs per setting (default 3)")
+    p.add_argument("--bulk-rounds", type=positive_int, default=3, help="bulk runs per setting (default 3)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")
     p.add_argument("--markdown", type=Path, help="Markdown file to write (default OUT/bench.md)")
     p.set_defaults(handler=run)

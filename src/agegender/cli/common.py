@@ -77,6 +77,14 @@ def add_detect_size_option(p: argparse.ArgumentParser) -> None:
                         "on 12 MP photos and finds fewer of their smaller faces)")
 
 
+def positive_int(text: str) -> int:
+    """An argument that must be a whole number of at least 1."""
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
 def _detect_size(text: str) -> int:
     from agegender.inference.detector import MIN_DETECT_SIZE
 

@@ -17,6 +17,7 @@ from agegender.cli.common import (
     add_backend_options,
     add_detect_size_option,
     check_accurate_options,
+    positive_int,
 )
 from agegender.images import VIDEO_SUFFIXES
 
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from agegender.inference.collection import Collection
     from agegender.inference.predictor import Predictor
     from agegender.inference.results import ImageResult
+
+
+def _workers(text: str) -> int | str:
+    return "auto" if text == "auto" else positive_int(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                      "so that N machines or array jobs cover all of them")
     bulk.add_argument("--flush-seconds", type=float, default=10.0,
                       help="Parquet: make the rows written so far durable at least this often (default 10)")
-    bulk.add_argument("--workers", type=int, default=1,
-                      help="processes that decode and detect in parallel while the model runs batched (default 1)")
+    bulk.add_argument("--workers", type=_workers, metavar="K|auto",
+                      help="processes that decode and detect in parallel while the model runs batched (default auto: "
+                           "one per core once the photos to do hold 32 MB, where their start pays back; else 1)")
     bulk.add_argument("--ray", action="store_true",
                       help="run through Ray Data on a Ray cluster (--ray-address; default: the one `ray start` made "
                            "on this machine, else a local one); needs --output .parquet and the `ray` extra")
@@ -146,12 +152,10 @@ def run(args: argparse.Namespace) -> int:
     from agegender.inference.predictor import Predictor
 
     check_accurate_options(args)
-    if args.output is None and (args.resume or args.shard or args.workers != 1 or args.ray):
+    if args.output is None and (args.resume or args.shard or args.workers is not None or args.ray):
         raise UserError("--resume, --shard, --workers and --ray go with --output FILE")
     if args.output is not None and (args.json or args.csv or args.save_dir):
         raise UserError("--output writes a table: leave out --json, --csv and --save-dir")
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
     if args.ray:
         from agegender.cli.predict_ray import run_ray
 
@@ -188,7 +192,7 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
     collection.files = shard_paths(collection.files, shard)
     collection.errors = [(p, r) for p, r in collection.errors if p in shard_paths([p], shard)]
     report_skipped(collection)
-    summary = run_bulk(predictor, collection, sink, workers=args.workers, progress=sys.stderr.isatty())
+    summary = run_bulk(predictor, collection, sink, workers=args.workers or "auto", progress=sys.stderr.isatty())
     for line in summary.lines():
         print(f"agegender predict: {line}", file=sys.stderr)
     if not summary.inputs:
