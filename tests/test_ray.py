@@ -136,6 +136,18 @@ def test_bytes_relative_paths_and_a_vanished_file(ray_rows: Any, collection_dir:
         ray_pipeline.files_dataset([relative], include_paths=True)
 
 
+def test_paths_come_in_blocks_for_every_actor(local_ray: Any) -> None:
+    files = [f"photos/{i}.jpg" for i in range(450)]  # read by the actors only: they need not exist here
+    ds = ray_pipeline.files_dataset(files).materialize()
+    assert ds.num_blocks() == 150  # 3 paths each: 200 blocks' worth, rounded up
+    rows = ds.take_all()
+    assert [r["path"] for r in rows] == files
+    assert rows[0]["location"] == str(Path("photos/0.jpg").resolve())
+    n = 200 * ray_pipeline.BLOCK_PATHS + 1  # blocks of BLOCK_PATHS from here on
+    big = ray_pipeline.files_dataset([f"s3://bucket/{i}.jpg" for i in range(n)]).materialize()
+    assert big.num_blocks() == 201 and big.take(1)[0]["location"] == "s3://bucket/0.jpg"
+
+
 def test_parquet_written_by_ray_has_the_bulk_schema(ray_rows: Any, bulk_output: Path, tmp_path: Path) -> None:
     expected = pq.read_schema(bulk_output)
     native = ray_rows.drop_columns([ray_pipeline.ERROR_KIND])
@@ -200,6 +212,9 @@ def test_cli_needs_parquet_and_the_extra(collection_dir: Path, tmp_path: Path, m
                                          capsys: pytest.CaptureFixture) -> None:
     assert main(["predict", str(collection_dir), "--ray", "--output", str(tmp_path / "rows.csv")]) == 2
     assert "--ray writes Parquet: give --output FILE.parquet" in capsys.readouterr().err
+    assert main(["predict", str(collection_dir), "--ray", "--workers", "2", "--output", str(tmp_path / "r.parquet")
+                 ]) == 2
+    assert "--workers is for the local bulk path" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.setitem(sys.modules, "ray.data", None)
     assert main(["predict", str(collection_dir), "--ray", "--output", str(tmp_path / "rows.parquet")]) == 2

@@ -88,7 +88,7 @@ def run_ray(args: argparse.Namespace) -> int:
 
     if args.output.suffix.lower() != ".parquet":
         raise UserError(f"--ray writes Parquet: give --output FILE.parquet (got {args.output})")
-    if args.workers != 1:
+    if args.workers is not None:
         raise UserError("--workers is for the local bulk path: with --ray, Ray runs one model per CPU of the "
                         "cluster (--threads CPUs each)")
     threads = args.threads or 1

@@ -39,13 +39,15 @@ if TYPE_CHECKING:
 
     from agegender.inference.predictor import PreparedImage
 
-__all__ = ["BATCH_PHOTOS", "ERROR_KIND", "AgeGenderBatchPredictor", "arrow_schema", "files_dataset", "list_images",
-           "predict_dataset", "read_images", "write_parquet", "write_rows"]
+__all__ = ["BATCH_PHOTOS", "BLOCK_PATHS", "ERROR_KIND", "AgeGenderBatchPredictor", "arrow_schema", "files_dataset",
+           "list_images", "predict_dataset", "read_images", "write_parquet", "write_rows"]
 
 log = logging.getLogger(__name__)
 
 #: Photos per ``map_batches`` call: each actor runs the model once over all their faces.
 BATCH_PHOTOS = 16
+#: Paths per block of :func:`files_dataset` at most (64 calls of an actor; 10 million photos make 9,766 blocks).
+BLOCK_PATHS = 1024
 #: The extra column ``error_kind`` (:class:`~agegender.images.ImageError`'s ``kind``) that
 #: ``predict_dataset(..., error_kinds=True)`` appends, so that a summary can count errors by kind.
 ERROR_KIND = "error_kind"
@@ -232,20 +234,25 @@ def _add_prefix(batch: pa.Table, prefix: str) -> pa.Table:
 def files_dataset(files: Sequence[str], *, with_bytes: bool = False, **read_args: Any) -> ray.data.Dataset:
     """A Dataset of ``{"path", "location"}`` for ``files`` (local paths, as given, or URIs; ``location``: where a
     worker reads it, a local path made absolute), whose files the actors of :func:`predict_dataset` read themselves:
-    no read task holds a CPU (on a cluster whose CPUs all go to actors, Ray's read tasks kept the pool at one actor
-    in two) and no photo passes through the object store (``scripts/measure/ray_throughput.py``, docs/ray.md).
-    ``with_bytes``: ``{"path", "bytes"}``, read by Ray's ``read_binary_files`` (``read_args`` go to it). ``path`` is
-    each file's name as given, so that rows name their file as the bulk path names it and a resumed run knows
-    them."""
+    no read task holds a CPU (on a local Ray of 2 CPUs, Ray's read tasks held the pool at one actor of two) and no
+    photo passes through the object store (``scripts/measure/ray_throughput.py``, docs/ray.md). The paths are Arrow
+    blocks of at most :data:`BLOCK_PATHS` (at least 200 blocks where there are 200 files, so that every actor of a
+    cluster gets work). ``with_bytes``: ``{"path", "bytes"}``, read by Ray's ``read_binary_files`` (``read_args`` go
+    to it). ``path`` is each file's name as given, so that rows name their file as the bulk path names it and a
+    resumed run knows them."""
     import ray.data
 
     if not files:
         raise ValueError("no input files")
     if not with_bytes:
+        import pyarrow as pa
+
         if read_args:
             raise TypeError(f"read_args ({', '.join(read_args)}) go to read_binary_files: pass with_bytes=True")
-        return ray.data.from_items([{"path": file, "location": file if _is_uri(file) else os.path.abspath(file)}
-                                    for file in files])
+        table = pa.table({"path": list(files),
+                          "location": [file if _is_uri(file) else os.path.abspath(file) for file in files]})
+        rows = min(BLOCK_PATHS, -(-len(files) // 200))
+        return ray.data.from_arrow([table.slice(start, rows) for start in range(0, len(files), rows)])
     groups: dict[str, list[str]] = {}
     for file in files:
         parts = urlsplit(file) if _is_uri(file) else None
