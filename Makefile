@@ -73,6 +73,7 @@ logs: $(VENV)/.full
 	$(LOG) docs/logs/split_overlap.md -- $(BIN)/python scripts/measure/split_overlap.py --rev e1618da --out ../runs/split_overlap
 	$(LOG) docs/logs/load_test.md -- $(BIN)/python scripts/measure/load_test.py --start-server --clients 50 --requests 400
 	$(LOG) docs/logs/ray_throughput.md -- $(BIN)/python scripts/measure/ray_throughput.py --photos 300 --rounds 2
+	$(LOG) docs/logs/ray_throughput_600.md -- $(BIN)/python scripts/measure/ray_throughput.py --photos 600 --rounds 1
 
 reproduce: $(VENV)/.full
 	$(BIN)/python scripts/measure/reproduce.py
