@@ -81,6 +81,24 @@ def test_openvino_batch_sizes_get_their_own_model_and_threads_infer_at_once(chip
     assert np.allclose(serial, parallel, atol=1e-4)
 
 
+@needs_openvino
+def test_prepare_compiles_for_a_batch_size_at_once(chips: list[np.ndarray]) -> None:
+    """``prepare(faces)`` gives the first call of that batch size its own compiled model (OpenVINO), the outputs
+    unchanged; ONNX Runtime has nothing to prepare."""
+    model = OnnxAgeGender("flagship-int8", threads=1, backend="openvino")
+    models = model.session.models  # type: ignore[attr-defined]
+    before = model.predict(chips[:3])  # the dynamic model: a batch size seen once
+    assert not models.compiled and models.seen[(6, 3, 64, 64)] == 1
+    model.prepare(3)
+    model.prepare(1, flip=False)
+    assert list(models.compiled) == [(6, 3, 64, 64), (1, 3, 64, 64)] and (6, 3, 64, 64) not in models.seen
+    compiled = models.compiled[(6, 3, 64, 64)]
+    after = model.predict(chips[:3])
+    assert models.compiled[(6, 3, 64, 64)] is compiled  # used, not compiled again
+    np.testing.assert_allclose(after.age, before.age, atol=1e-4)
+    OnnxAgeGender("flagship-int8", backend="onnxruntime").prepare(3)
+
+
 def test_flip_averages_each_face_with_its_own_mirror(chips: list[np.ndarray]) -> None:
     """Faces and mirrors run interleaved in one batch: each face's outputs are averaged with its own mirror's, as
     two separate passes would give them, and a batch predicts what its faces predict one at a time."""

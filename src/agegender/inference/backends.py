@@ -141,6 +141,9 @@ class Session(Protocol):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        """Get ready for inputs of ``shape`` (OpenVINO compiles for it; ONNX Runtime has nothing to do)."""
+
 
 def ort_session(path: Path | bytes, threads: int | None = None, device: str = "cpu") -> Any:
     """An ONNX Runtime ``InferenceSession`` of a file or a serialised model (CPU, or CUDA with the CPU as fallback
@@ -182,6 +185,9 @@ class _OrtSession:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self.session.run(self.output_names, dict(feeds))
         return dict(zip(self.output_names, values, strict=True))
+
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        """Nothing: ONNX Runtime plans for any shape alike."""
 
 
 def openvino_config(threads: int | None) -> dict[str, Any]:
@@ -237,10 +243,22 @@ class OpenVinoModels:
                     return self.dynamic
                 log.debug("OpenVINO: compiling %s for input shape %s", self.model.get_friendly_name(), shape)
                 compiled = self._compile(shape)
-            self.compiled[shape] = compiled
-            while len(self.compiled) > self.keep:
-                self.compiled.popitem(last=False)
+            self._keep(shape, compiled)
             return compiled
+
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        """Compile for ``shape`` now, as after ``static_after`` calls of it (a server or a benchmark that knows
+        its batch size, so that its first calls run as fast as the later ones)."""
+        with self._compiling:
+            self.seen.pop(shape, None)
+            compiled = self.compiled.pop(shape, None)
+            self._keep(shape, self._compile(shape) if compiled is None else compiled)
+
+    def _keep(self, shape: tuple[int, ...], compiled: Any) -> None:
+        """Keep ``compiled`` for ``shape`` as the most recent, dropping the oldest beyond ``keep``."""
+        self.compiled[shape] = compiled
+        while len(self.compiled) > self.keep:
+            self.compiled.popitem(last=False)
 
     def request(self, shape: tuple[int, ...]) -> Any:
         """This thread's inference request for an input of ``shape``."""
@@ -289,6 +307,9 @@ class _OpenVinoSession:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.models.infer(feeds[self.input_name]), strict=True))
+
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        self.models.prepare(shape)
 
 
 def open_session(path: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None

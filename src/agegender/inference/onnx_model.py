@@ -83,6 +83,12 @@ class OnnxAgeGender:
         """Raw outputs for a preprocessed batch (N x 3 x S x S float32 RGB 0..255)."""
         return self.session.run({self.session.input_name: pixels})
 
+    def prepare(self, faces: int, flip: bool = True) -> None:
+        """Get the runtime ready for batches of ``faces`` faces (OpenVINO compiles for that input shape now rather
+        than after its first thousand calls: :meth:`Session.prepare <agegender.inference.backends.Session.prepare>`)."""
+        side = self.config.input_size
+        self.session.prepare((faces * (2 if flip else 1), 3, side, side))
+
     def network_input(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> np.ndarray:
         """The batch the network runs on for aligned BGR chips: their pixels, each followed by its mirror when
         ``flip``."""
