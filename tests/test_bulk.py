@@ -159,5 +159,7 @@ def test_auto_workers_start_once_the_photos_pay_for_them(many_photos: Path, tmp_
     assert read_rows(outputs[total]) == read_rows(outputs[total + 1])
     assert main(["predict", *files, "--workers", "auto"]) == 2  # a bulk option without --output
     assert "--workers" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["predict", *files, "--output", str(tmp_path / "x.jsonl"), "--workers", "0"])
+    for bad, said in (("0", "must be >= 1, got 0"), ("two", "a number of processes (at least 1) or auto")):
+        with pytest.raises(SystemExit):
+            main(["predict", *files, "--output", str(tmp_path / "x.jsonl"), "--workers", bad])
+        assert said in capsys.readouterr().err

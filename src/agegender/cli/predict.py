@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 
 def _workers(text: str) -> int | str:
-    return "auto" if text == "auto" else positive_int(text)
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"a number of processes (at least 1) or auto, got {text!r}") from err
 
 
 def register(sub: argparse._SubParsersAction) -> None:
