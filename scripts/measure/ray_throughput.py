@@ -46,7 +46,7 @@ def _one(way: str, folder: Path) -> float:
 
         from agegender.inference.ray_pipeline import files_dataset, predict_dataset
 
-        ray.init(num_cpus=None, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
         ds = predict_dataset(files_dataset(files, with_bytes=way == WAYS[1]))
         start = time.perf_counter()
         rows = sum(batch.num_rows for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"))
