@@ -76,6 +76,31 @@ def test_an_existing_output_is_never_overwritten(collection_dir: Path, tmp_path:
     empty.mkdir()
     assert main(["predict", str(empty), "--output", str(tmp_path / "e.parquet"), "--detector", str(yunet_path)]) == 1
     assert "no input" in capsys.readouterr().err
+    assert not (tmp_path / "e.parquet").exists()  # the same command runs once the path is fixed
+
+
+def test_a_shard_without_files_is_not_an_error_and_a_file_named_twice_is_one_input(
+        many_photos: Path, tmp_path: Path, yunet_path: Path, capsys: pytest.CaptureFixture) -> None:
+    photo = str(sorted(many_photos.glob("*.jpg"))[0])
+    outs = [tmp_path / f"shard{i}.jsonl" for i in range(2)]
+    for i, out in enumerate(outs):  # one input, two shards: one of them holds nothing
+        assert main(["predict", photo, photo, "--output", str(out), "--shard", f"{i}/2",
+                     "--detector", str(yunet_path)]) == 0
+    rows = [r for out in outs for r in read_rows(out)]
+    assert [r["file"] for r in rows] == [photo] * 7 and "holds none of the 1 input(s)" in capsys.readouterr().err
+
+
+def test_links_to_folders_read_already_are_skipped_not_failed(many_photos: Path, tmp_path: Path) -> None:
+    (tmp_path / "lib" / "2023").mkdir(parents=True)
+    shutil.copy(sorted(many_photos.glob("*.jpg"))[0], tmp_path / "lib" / "2023" / "x.jpg")
+    (tmp_path / "lib" / "favourites").symlink_to("2023")  # a second way to the same folder
+    (tmp_path / "lib" / "2023" / "up").symlink_to("..")  # a loop
+    (tmp_path / "lib" / "self").symlink_to("self")  # a link that resolves to nothing: an error
+    found = collect([tmp_path / "lib"])
+    assert found.files == [str(tmp_path / "lib" / "2023" / "x.jpg")]
+    assert [p for p, _ in found.errors] == [str(tmp_path / "lib" / "self")]
+    assert sorted(found.skipped["a link to a folder already read"]) == [
+        str(tmp_path / "lib" / "2023" / "up"), str(tmp_path / "lib" / "favourites")]
 
 
 def test_shards_are_disjoint_and_cover_the_inputs(collection_dir: Path) -> None:
@@ -127,6 +152,62 @@ def test_kill_9_then_resume_neither_repeats_nor_drops_an_input(many_photos: Path
     assert not out.with_name(out.name + ".parts").exists()
 
 
+def test_ctrl_c_with_workers_stops_soon_keeps_the_rows_and_resumes(many_photos: Path, tmp_path: Path,
+                                                                    yunet_path: Path) -> None:
+    """Ctrl-C reaches every process of the terminal's group; the run must end (it once waited for ever on its pool
+    of workers), write whole photos only, and resume to every input once."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sources = sorted(many_photos.glob("*.jpg"))
+    for i in range(240):
+        os.link(sources[i % len(sources)], folder / f"p_{i:03d}.jpg")
+    out = tmp_path / "rows.jsonl"
+    command = [sys.executable, "-m", "agegender.cli", "predict", str(folder), "--output", str(out), "--workers", "2",
+               "--detector", str(yunet_path), "--threads", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not (out.is_file() and out.stat().st_size > 2000):
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before Ctrl-C: give it more photos"
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the run did not end within 60 s of Ctrl-C")
+    assert process.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert 0 < len({r["file"] for r in read_rows(out)}) < 240
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_rows(out)
+    per_file = Counter(r["file"] for r in rows)
+    assert sorted(per_file) == sorted(str(p) for p in folder.glob("*.jpg"))
+    pairs = [(r["file"], r["face"]) for r in rows]
+    assert len(pairs) == len(set(pairs))
+    by_source: dict[str, set[int]] = {}  # every link of one photo has its rows, whole, before Ctrl-C or after
+    for i in range(240):
+        by_source.setdefault(sources[i % len(sources)].name, set()).add(per_file[str(folder / f"p_{i:03d}.jpg")])
+    assert all(len(counts) == 1 for counts in by_source.values()), by_source
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_a_file_name_that_is_not_utf8_gets_its_rows_and_resumes(many_photos: Path, tmp_path: Path,
+                                                                yunet_path: Path, suffix: str) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photo = sorted(many_photos.glob("*.jpg"))[0]
+    shutil.copy(photo, os.path.join(os.fsencode(folder), b"caf\xe9.jpg"))  # a Latin-1 name
+    shutil.copy(photo, folder / "zz.jpg")
+    out = tmp_path / f"rows{suffix}"
+    command = ["predict", str(folder), "--output", str(out), "--detector", str(yunet_path)]
+    assert main(command) == 0
+    files = Counter(r["file"] for r in read_rows(out))
+    assert files == {str(folder / "caf\\xe9.jpg"): 7, str(folder / "zz.jpg"): 7}  # the byte written as \xNN
+    assert main([*command, "--resume"]) == 0
+    assert Counter(r["file"] for r in read_rows(out)) == files
+
+
 def test_two_workers_give_the_rows_of_one(many_photos: Path, tmp_path: Path, yunet_path: Path) -> None:
     files = sorted(many_photos.glob("*.jpg"))[:10]
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
@@ -163,3 +244,38 @@ def test_auto_workers_start_once_the_photos_pay_for_them(many_photos: Path, tmp_
         with pytest.raises(SystemExit):
             main(["predict", *files, "--output", str(tmp_path / "x.jsonl"), "--workers", bad])
         assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "content"), [
+    ("rows.csv", "name,age\nx,3\n"),  # another program's CSV
+    ("rows.csv", ",".join(ROW_COLUMNS[:17]) + "\n"),  # `agegender predict --csv`'s shorter columns
+    ("rows.jsonl", '{"file": "a.jpg"}\nnot json\n'),
+    ("rows.parquet", None),  # a Parquet file of other columns
+])
+def test_resume_refuses_an_output_it_did_not_write(collection_dir: Path, tmp_path: Path, yunet_path: Path,
+                                                   capsys: pytest.CaptureFixture, name: str,
+                                                   content: str | None) -> None:
+    out = tmp_path / name
+    if content is None:
+        pq.write_table(pyarrow.table({"file": ["a.jpg"], "age": [3.0]}), out)
+    else:
+        out.write_text(content)
+    before = out.read_bytes()
+    assert main(["predict", str(collection_dir), "--output", str(out), "--resume", "--detector",
+                 str(yunet_path)]) == 2
+    assert f"cannot resume {out}" in capsys.readouterr().err
+    assert out.read_bytes() == before and not out.with_name(out.name + ".parts").exists()
+    folder = tmp_path / "a_folder.csv"
+    folder.mkdir()
+    assert main(["predict", str(collection_dir), "--output", str(folder), "--resume", "--detector",
+                 str(yunet_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_a_video_named_with_output_gets_an_error_row_that_says_so(tmp_path: Path, yunet_path: Path) -> None:
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    out = tmp_path / "rows.jsonl"
+    assert main(["predict", str(video), "--output", str(out), "--detector", str(yunet_path)]) == 1
+    (row,) = read_rows(out)
+    assert row["file"] == str(video) and "a video; --output takes photos" in row["error"]

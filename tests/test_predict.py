@@ -94,6 +94,18 @@ def test_cli_on_a_folder_with_one_bad_file(tmp_path: Path, yunet_path: Path) -> 
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"man_annotated.jpg", "man_face0.jpg"}
 
 
+def test_save_dir_keeps_the_outputs_of_photos_that_share_a_name(tmp_path: Path, yunet_path: Path) -> None:
+    """Camera file names repeat across folders: each photo's annotated image and crops must survive."""
+    for year, name in (("2023", "smahesh29_man1.jpg"), ("2024", "dlib_2007_007763.jpg")):
+        (tmp_path / "cam" / year).mkdir(parents=True)
+        (tmp_path / "cam" / year / "IMG_0001.jpg").write_bytes(shared_path("photos", name).read_bytes())
+    assert main(["predict", str(tmp_path / "cam"), "--detector", str(yunet_path), "--save-dir",
+                 str(tmp_path / "out")]) == 0
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"2023_IMG_0001_annotated.jpg", "2023_IMG_0001_face0.jpg", "2024_IMG_0001_annotated.jpg",
+            "2024_IMG_0001_face6.jpg"} <= names and len(names) == 2 + 1 + 7
+
+
 def test_no_detect_takes_chips_and_csv_output(utkface_dir: Path) -> None:
     chip = next(utkface_dir.glob("*.jpg"))
     result = subprocess.run([sys.executable, "-m", "agegender.cli", "predict", str(chip), "--no-detect", "--csv"],

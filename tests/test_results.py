@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import struct
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,10 +18,13 @@ from PIL import Image
 
 from agegender import ImageResult, Predictor
 from agegender.cli.predict import Writer, csv_columns
-from agegender.images import load_image
+from agegender.images import ImageError, load_image
 from agegender.inference.align import align_face
 from agegender.inference.detector import LANDMARK_NAMES
+from agegender.inference.predictor import _face
 from agegender.inference.results import FACE_SCHEMA, LANDMARK_COLUMNS, ROW_COLUMNS, Face, source_name
+from agegender.labels import AGE_GROUPS, age_to_group
+from agegender.outputs import Decoded
 from agegender.preprocess import CHIP_SIZE
 
 PHOTO = "mowshon_test-image.jpg"  # five faces
@@ -222,3 +227,56 @@ def test_an_image_without_a_face(predictor: Predictor, tmp_path: Path) -> None:
     assert (row["file"], row["image_width"], row["image_height"]) == ("array", 320, 240)
     assert all(row[c] is None for c in FACE_COLUMNS)
     assert np.array_equal(result.plot(), blank) and result.save_crops(tmp_path) == []
+
+
+def test_a_face_cut_by_the_border_keeps_its_box_inside_the_image(predictor: Predictor, photos_dir: Path) -> None:
+    image = load_image(photos_dir / "smahesh29_man1.jpg")
+    for cut in (image[:, 330:], image[110:], image[:, :420], image[:240]):  # the face reaches past each edge
+        result = predictor.predict(np.ascontiguousarray(cut))
+        assert len(result) == 1
+        x, y, w, h = result[0].box
+        assert x >= 0 and y >= 0 and x + w <= cut.shape[1] and y + h <= cut.shape[0] and w > 0 and h > 0
+
+
+def test_the_group_is_that_of_the_age_as_reported() -> None:
+    """56.454 years is reported as 56.5, which the gap policy puts in 60+: the group must say so too."""
+    ages = np.array([56.454, 56.44])
+    decoded = Decoded(age=ages, age_low=ages - 5, age_high=ages + 5, group_probs=np.full((2, 8), 1 / 8),
+                      female_prob=np.array([0.2, 0.8]), group_follows_age=True)
+    faces = [_face(decoded, i, None, (64, 64)) for i in range(2)]
+    assert [f.to_dict()["age"] for f in faces] == [56.5, 56.4] and [f.age for f in faces] == [56.5, 56.4]
+    assert [f.age_group for f in faces] == ["60+", "48-53"]
+    assert all(AGE_GROUPS[age_to_group(f.to_dict()["age"])] == f.age_group for f in faces)
+
+
+def test_predict_batch_wants_a_sequence_and_the_predictor_a_detector(predictor: Predictor, photo: Path) -> None:
+    with pytest.raises(TypeError, match="a sequence of images"):
+        predictor.predict_batch(str(photo))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="detector must be"):
+        Predictor(predictor.model, detector=True)  # type: ignore[arg-type]
+
+
+def test_errors_return_gives_a_failure_for_every_bad_input(predictor: Predictor, photo: Path) -> None:
+    unconvertible = Image.open(photo).convert("LA").convert("La")  # Pillow cannot make RGB of "La"
+    results = predictor.predict_batch(["a\0b.jpg", unconvertible, photo], errors="return")
+    assert [type(r).__name__ for r in results] == ["ImageFailure", "ImageFailure", "ImageResult"]
+    assert "La" in results[1].message
+
+
+def test_pillows_own_size_limit_is_named_with_ours() -> None:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)  # 400 M pixels, over twice Pillow's limit
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    with pytest.raises(ImageError, match="the limit here is 500,000,000 pixels") as err:
+        load_image(png, max_pixels=500_000_000)
+    assert err.value.kind == "too large"
+
+
+def test_the_text_output_shows_the_age_its_group_belongs_to() -> None:
+    """2.9 years is in 0-2 by the gap policy; printed as "3" it read as a contradiction of the group."""
+    face = replace(make_face(age=2.9), age_range=(2.0, 5.1), age_group="0-2")
+    stream = io.StringIO()
+    Writer("text", stream).result(ImageResult([face], source="kid.jpg", size=(90, 40)))
+    assert "age 2.9 [2.0-5.1], group 0-2" in stream.getvalue()

@@ -205,6 +205,8 @@ CORPUS: dict[str, Case] = {
         lambda p: {"content": b"junk" * 99, "headers": {"content-type": "multipart/form-data; boundary=x"}},
         400, 422),
     "bad flip value": rejected(lambda p: {**upload(jpeg(p)), "params": {"flip": "maybe"}}),
+    "two photos in one request": rejected(lambda p: {"files": [("image", ("a.jpg", jpeg(p), "image/jpeg")),
+                                                               ("image", ("b.jpg", jpeg(p), "image/jpeg"))]}),
 }
 
 
@@ -267,6 +269,7 @@ def test_exif_orientation_is_applied(client: httpx.Client, photo: Image.Image) -
 
 def test_healthz_and_models(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "model": "flagship", "pending": 0}
+    assert client.head("/healthz").status_code == client.head("/").status_code == 200  # monitoring probes
     info = client.get("/v1/models").json()
     model = info["models"][0]
     assert model["name"] == "flagship" and model["config"]["input_size"] > 0
@@ -353,8 +356,23 @@ def test_timeout_upload_limit_and_workers_settings(strict_server: str, photo: Im
         assert response.status_code == 504 and "0.001 s" in response.json()["detail"]
         response = http.post("/v1/predict", **upload(bytes(2 * MIB)))
         assert response.status_code == 413 and "1 MiB" in response.json()["detail"]
+        # over the limit by less than the multipart envelope's allowance: still the file's own size decides
+        response = http.post("/v1/predict", **upload(bytes(MIB + 1000)))
+        assert response.status_code == 413 and "1 MiB" in response.json()["detail"]
         assert http.get("/v1/models").json()["limits"]["max_upload_bytes"] == MIB
         assert http.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(("command", "message"), [
+    (["serve", "--port", "99999"], "a port is 0 to 65535"),
+    (["serve", "--threads", "0"], "--threads: must be >= 1"),
+    (["predict", "clip.mp4", "--every", "0"], "--every: must be >= 1"),
+    (["predict", "clip.mp4", "--max-frames", "-1"], "--max-frames: must be >= 1"),
+])
+def test_cli_refuses_bad_numbers_before_loading_anything(command: list[str], message: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "agegender.cli", *command], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_reports_a_missing_model_in_one_line(tmp_path: Path, yunet_path: Path) -> None:
@@ -379,8 +397,11 @@ def test_load_test_quick(server_url: str) -> None:
 # --- settings and the batcher, without a server ------------------------------------------------------------
 
 def test_settings_validate_and_travel_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="timeout_s must be positive"):
-        ServeSettings(timeout_s=0)
+    for timeout in (0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="timeout_s must be a positive number"):
+            ServeSettings(timeout_s=timeout)
+    with pytest.raises(ValueError, match="batch_wait_ms must be a number"):
+        ServeSettings(batch_wait_ms=float("nan"))
     with pytest.raises(ValueError, match="max_upload_bytes must be at least 1"):
         ServeSettings(max_upload_bytes=0)
     settings = ServeSettings(model="m.onnx", workers=3, batch_wait_ms=0.5, flip=False)

@@ -104,8 +104,9 @@ def load_scaled(source: ImageSource, *, min_side: int | None = None, max_pixels:
         path = Path(source)
         try:
             size = path.stat().st_size
-        except OSError as exc:
-            raise ImageError(f"cannot read image file {path}: {exc.strerror or exc}") from exc
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+            raise ImageError(f"cannot read image file {path!s:.200}: {getattr(exc, 'strerror', None) or exc}") \
+                from exc
         if not path.is_file():
             raise ImageError(f"not a regular file: {path}", "cannot read")
         if size == 0:
@@ -194,8 +195,11 @@ def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str,
             f"{name}: not a recognised image, or its header is invalid "
             f"(accepted formats: {', '.join(ACCEPTED_FORMATS)})", "not an image"
         ) from exc
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: image too large ({exc})", "too large") from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked before ``max_pixels`` can be
+        raise ImageError(
+            f"{name}: image too large ({exc}); the limit here is {max_pixels:,} pixels, and Pillow's own "
+            "(twice PIL.Image.MAX_IMAGE_PIXELS) caps it: raise that too to read larger images", "too large"
+        ) from exc
     except (OSError, ValueError) as exc:
         raise ImageError(f"{name}: cannot read image ({exc})") from exc
     with image:
@@ -250,7 +254,10 @@ def _from_pil(image: Image.Image, max_pixels: int, *, name: str, owned: bool = F
             image = ImageOps.exif_transpose(image)
     except Exception:  # malformed EXIF must not make otherwise readable pixels unusable
         pass
-    return _pil_pixels_to_bgr(image)
+    try:
+        return _pil_pixels_to_bgr(image)
+    except ValueError as exc:  # a mode Pillow cannot convert to RGB (e.g. "La")
+        raise ImageError(f"{name}: cannot convert {image.mode} pixels to colour ({exc})", "cannot read") from exc
 
 
 def _pil_pixels_to_bgr(image: Image.Image) -> np.ndarray:

@@ -64,6 +64,17 @@ BIN_GROUP = ages_to_groups(np.arange(MAX_AGE + 1))
 #: The first bin of each group (BIN_GROUP rises with the age), where ``np.add.reduceat`` starts its sums.
 _GROUP_STARTS = np.flatnonzero(np.diff(BIN_GROUP, prepend=-1))
 GROUP_MIDPOINTS = np.array([group_midpoint(g) for g in range(NUM_AGE_GROUPS)], dtype=np.float32)
+#: Ages are reported (a face's fields, JSON, rows) to a tenth of a year; the group follows the age so reported.
+AGE_DECIMALS = 1
+
+
+def reported_ages(ages: np.ndarray | float | Sequence[float]) -> np.ndarray:
+    """Ages (years) as reported: rounded to :data:`AGE_DECIMALS` (monotone, so an interval stays around its age).
+
+    >>> reported_ages(np.array([56.449, 56.45001])).tolist()
+    [56.4, 56.5]
+    """
+    return np.round(np.asarray(ages, dtype=np.float64), AGE_DECIMALS)
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,7 @@ class Decoded:
         if self.group_probs is None:
             return None
         if self.group_follows_age and self.age is not None:
-            return ages_to_groups(self.age)
+            return ages_to_groups(reported_ages(self.age))
         return self.group_probs.argmax(axis=1)
 
     @property
@@ -211,5 +222,6 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
                    group_follows_age=follows)
 
 
-__all__ = ["ACTIVATIONS", "AGE_GROUPS", "ATTRIBUTES", "MALE_ATTRIBUTE", "Decoded", "OUTPUT_KEYS", "age_quantile",
-           "age_quantiles", "decode", "dist_to_group_probs", "ordinal_to_group_probs"]
+__all__ = ["ACTIVATIONS", "AGE_DECIMALS", "AGE_GROUPS", "ATTRIBUTES", "MALE_ATTRIBUTE", "Decoded", "OUTPUT_KEYS",
+           "age_quantile", "age_quantiles", "decode", "dist_to_group_probs", "ordinal_to_group_probs",
+           "reported_ages"]

@@ -85,6 +85,14 @@ def positive_int(text: str) -> int:
     return number
 
 
+def port_number(text: str) -> int:
+    """A TCP port: 0 (any free one) to 65535."""
+    number = int(text)
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {number}")
+    return number
+
+
 def _detect_size(text: str) -> int:
     from agegender.inference.detector import MIN_DETECT_SIZE
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -52,13 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_detect_size_option(p)
     p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
     add_accurate_options(p)
-    p.add_argument("--threads", type=int, help="CPU threads for the model (default: all)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for the model (default: all)")
     add_backend_options(p)
     bulk = p.add_argument_group("bulk", "many photos into one table, resumable, in parallel, across machines")
     bulk.add_argument("--output", type=Path, metavar="FILE",
                       help="write one row per face (and one per photo without a face or with an error) to FILE: "
                            ".parquet (needs pyarrow), .jsonl or .csv; a crash loses at most the photos in flight")
-    bulk.add_argument("--resume", action="store_true", help="continue --output: skip the inputs already in it")
+    bulk.add_argument("--resume", action="store_true",
+                      help="continue --output: skip the inputs already in it (error rows too)")
     bulk.add_argument("--shard", metavar="I/N", help="take the I-th of N disjoint parts of the inputs (0 <= I < N), "
                                                      "so that N machines or array jobs cover all of them")
     bulk.add_argument("--flush-seconds", type=float, default=10.0,
@@ -71,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "on this machine, else a local one); needs --output .parquet and the `ray` extra")
     bulk.add_argument("--ray-address", default="auto", metavar="ADDRESS",
                       help="--ray: HOST:PORT of the cluster's head, auto (default), or local (a private local Ray)")
-    p.add_argument("--every", type=int, default=1, help="videos: predict every N-th frame (default 1)")
-    p.add_argument("--max-frames", type=int, help="videos: stop after this many frames")
+    p.add_argument("--every", type=positive_int, default=1, help="videos: predict every N-th frame (default 1)")
+    p.add_argument("--max-frames", type=positive_int, help="videos: stop after this many frames")
     p.set_defaults(handler=run)
 
 
@@ -124,8 +127,8 @@ class Writer:
             for i, f in enumerate(result):
                 x, y, w, h = (int(v) for v in f.box)
                 who = f"track {tracks[i]}" if tracks else f"face {i}"
-                self.stream.write(f"  {who}: {f.gender} ({f.gender_confidence:.0%}), age {f.age:.0f} "
-                                  f"[{f.age_range[0]:.0f}-{f.age_range[1]:.0f}], group {f.age_group}, "
+                self.stream.write(f"  {who}: {f.gender} ({f.gender_confidence:.0%}), age {f.age:.1f} "
+                                  f"[{f.age_range[0]:.1f}-{f.age_range[1]:.1f}], group {f.age_group}, "
                                   f"box {x},{y},{w},{h}\n")
         self.stream.flush()
 
@@ -140,9 +143,34 @@ class Writer:
         print(f"agegender predict: {where}{message}", file=sys.stderr)
 
 
-def _save(save_dir: Path, result: ImageResult) -> None:
-    """``STEM_annotated.jpg`` and the face chips ``STEM_face{i}.jpg`` (STEM: the file's)."""
-    stem = Path(result.source).stem
+def save_stems(files: Sequence[str]) -> dict[str, str]:
+    """The STEM of each file's ``--save-dir`` outputs: its own, or, where files share it (``2023/IMG_0001.jpg``
+    and ``2024/IMG_0001.jpg``), its path below their common folder (``2023_IMG_0001``), with the ending where
+    only that tells them apart (``a_jpg``, ``a_png``), so that no output is written over another's.
+
+    >>> save_stems(["c/2023/IMG_1.jpg", "c/2024/IMG_1.jpg", "c/x.png", "c/a.jpg", "c/a.png", "0"])
+    {'c/2023/IMG_1.jpg': '2023_IMG_1', 'c/2024/IMG_1.jpg': '2024_IMG_1', 'c/x.png': 'x', 'c/a.jpg': 'a_jpg', \
+'c/a.png': 'a_png', '0': 'camera0'}
+    """
+    by_stem: dict[str, list[str]] = {}
+    for file in files:
+        by_stem.setdefault("camera" + file if file.isdigit() else Path(file).stem, []).append(file)
+    stems = {}
+    for stem, same in by_stem.items():
+        if len(same) == 1:
+            stems[same[0]] = stem
+            continue
+        root = os.path.commonpath([os.path.abspath(f) for f in same])
+        below = {f: Path(os.path.relpath(os.path.abspath(f), root)) for f in same}
+        names = {f: "_".join(path.with_suffix("").parts) for f, path in below.items()}
+        if len(set(names.values())) < len(same):
+            names = {f: "_".join(path.parts).replace(".", "_") for f, path in below.items()}
+        stems.update(names)
+    return stems
+
+
+def _save(save_dir: Path, result: ImageResult, stem: str) -> None:
+    """``STEM_annotated.jpg`` and the face chips ``STEM_face{i}.jpg`` (STEM: :func:`save_stems`)."""
     try:
         result.save(save_dir / f"{stem}_annotated.jpg")
         result.save_crops(save_dir, stem)
@@ -186,27 +214,32 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
     from agegender.inference.bulk import run_bulk
     from agegender.inference.collection import collect, parse_shard, shard_paths
     from agegender.inference.results import ROW_TYPES
-    from agegender.inference.sinks import open_sink
+    from agegender.inference.sinks import check_output, open_sink
 
+    shard = parse_shard(args.shard) if args.shard else None
+    check_output(args.output, args.resume)
+    collection = collect(args.paths)
+    report_skipped(collection)
+    if not (collection.files or collection.errors):  # before the output exists: the fixed command can run
+        print("agegender predict: no input: the paths hold no image file", file=sys.stderr)
+        return 1
+    everything = len(collection.files) + len(collection.errors)
+    collection.files = shard_paths(collection.files, shard)
+    collection.errors = [(p, r) for p, r in collection.errors if p in shard_paths([p], shard)]
     try:
-        shard = parse_shard(args.shard) if args.shard else None
         sink = open_sink(args.output, ROW_TYPES, resume=args.resume, flush_seconds=args.flush_seconds)
     except ImportError as err:
         raise UserError(str(err)) from err
-    collection = collect(args.paths)
-    collection.files = shard_paths(collection.files, shard)
-    collection.errors = [(p, r) for p, r in collection.errors if p in shard_paths([p], shard)]
-    report_skipped(collection)
     summary = run_bulk(predictor, collection, sink, workers=args.workers or "auto", progress=sys.stderr.isatty())
     for line in summary.lines():
         print(f"agegender predict: {line}", file=sys.stderr)
-    if not summary.inputs:
-        print("agegender predict: no input: the paths hold no image file", file=sys.stderr)
-        return 1
+    if shard is not None and not summary.inputs:
+        print(f"agegender predict: shard {args.shard} holds none of the {everything} input(s) (the other shards "
+              "hold them all)", file=sys.stderr)
     return 1 if summary.errors else 0
 
 
-def _video(args: argparse.Namespace, predictor: Predictor, writer: Writer, file: str) -> None:
+def _video(args: argparse.Namespace, predictor: Predictor, writer: Writer, file: str, stem: str) -> None:
     """Each predicted frame to the writer; with ``--save-dir``, one annotated video ``STEM_annotated.mp4``."""
     from agegender.inference.results import ImageResult
     from agegender.inference.video import AnnotatedVideo, frame_rate, predict_video
@@ -214,7 +247,6 @@ def _video(args: argparse.Namespace, predictor: Predictor, writer: Writer, file:
     video = None
     if args.save_dir:
         _make_dir(args.save_dir)
-        stem = "camera" + file if file.isdigit() else Path(file).stem
         video = AnnotatedVideo(str(args.save_dir / f"{stem}_annotated.mp4"), frame_rate(file), args.every)
     try:
         for frame_no, frame, tracked in predict_video(predictor, file, args.every, args.max_frames):
@@ -240,6 +272,7 @@ def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
     writer = Writer("json" if args.json else "csv" if args.csv else "text")
     files, collection = expand(args.paths)
     report_skipped(collection)
+    stems = save_stems(files)
     failed = 0
     for file, reason in collection.errors:
         failed += 1
@@ -248,7 +281,7 @@ def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
         is_video = Path(file).suffix.lower() in VIDEO_SUFFIXES or file.isdigit()
         try:
             if is_video:
-                _video(args, predictor, writer, file)
+                _video(args, predictor, writer, file, stems[file])
                 continue
             result = predictor.predict(file)
         except BrokenPipeError:
@@ -259,7 +292,7 @@ def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
             continue
         writer.result(result)
         if args.save_dir:
-            _save(args.save_dir, result)
+            _save(args.save_dir, result, stems[file])
     total = len(files) + len(collection.errors)
     if not total:
         print("agegender predict: no input: the paths hold no image or video file", file=sys.stderr)

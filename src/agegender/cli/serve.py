@@ -10,6 +10,8 @@ from agegender.cli.common import (
     add_backend_options,
     add_detect_size_option,
     check_accurate_options,
+    port_number,
+    positive_int,
     require_extra,
 )
 from agegender.serving.settings import MIB, ServeSettings
@@ -24,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "API docs at /docs."))
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; "
                                                        "0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=8000, help="default %(default)s")
+    p.add_argument("--port", type=port_number, default=8000, help="default %(default)s")
     p.add_argument("--model", help="a shipped model, flagship-int8 (the default) or flagship (float32), or an "
                                    "`agegender export` ONNX file")
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, the cache, or a download)")
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_backend_options(p)
     p.add_argument("--workers", type=int, default=_DEFAULTS.workers,
                    help="server processes, each with its own model (default %(default)d)")
-    p.add_argument("--threads", type=int, help="inference and decoding threads per process "
+    p.add_argument("--threads", type=positive_int, help="inference and decoding threads per process "
                                                "(default: one per CPU, at most 4)")
     p.add_argument("--max-upload-mb", type=float, default=_DEFAULTS.max_upload_bytes / MIB,
                    help="largest upload in MiB, larger ones get 413 (default %(default)g)")

@@ -322,7 +322,7 @@ def open_session(path: str | Path, backend: str = "auto", device: str | None = N
         device = "cuda" if backend != "openvino" and available_backends()[:1] == ("onnxruntime",) \
             and _cuda_available() else "cpu"
     elif device == "cuda" and not _cuda_available():
-        raise BackendError("--device cuda: CUDA is not available to ONNX Runtime (install onnxruntime-gpu, and "
+        raise BackendError("device cuda: CUDA is not available to ONNX Runtime (install onnxruntime-gpu, and "
                            "run on a machine with an NVIDIA GPU and its driver)")
     chosen, why = choose_backend(backend, device)
     log.debug("backend %s on %s: %s", chosen, device, why)

@@ -10,19 +10,24 @@ and a resumed run skips exactly the inputs already written.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
+import signal
+import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 from tqdm import tqdm
 
-from agegender.images import DEFAULT_MAX_PIXELS, ImageError
+from agegender.images import DEFAULT_MAX_PIXELS, VIDEO_SUFFIXES, ImageError
 from agegender.inference.collection import UNREADABLE_SUFFIXES, Collection
 from agegender.inference.detector import FaceDetector
 from agegender.inference.predictor import Predictor, PreparedImage, prepare_image
@@ -37,6 +42,8 @@ BATCH_FACES = 64
 #: process. On a 2-core EPYC two workers' start (0.5 s) was paid back from about 37 12 MP JPEGs (42 MB; 31.2 against
 #: 22.5 photos/s past the start) and 260 photos under 1 MP (23 MB; 86.5 against 73.3): docs/logs/bench_epyc_bulk300.md.
 AUTO_WORKERS_BYTES = 32 * 2**20
+#: Photos submitted to the worker processes ahead of the one the model waits for, per worker.
+AHEAD_PER_WORKER = 4
 
 
 @dataclass
@@ -84,8 +91,12 @@ def _start_worker(detector_path: str | None, max_side: int | None, input_side: i
 
 
 def unsupported_format(path: str) -> ImageFailure | None:
-    """The failure of a file whose ending is a format this package cannot decode (``.heic`` ...), else None."""
+    """The failure of a file whose ending is a format this package cannot decode (``.heic`` ...) or a video (its own
+    path, not the bulk one's), else None."""
     suffix = PurePosixPath(path).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return ImageFailure(path, "unsupported format", f"{path}: a video; --output takes photos (predict a video "
+                                                        "on its own: agegender predict VIDEO --json)")
     if suffix not in UNREADABLE_SUFFIXES:
         return None
     return ImageFailure(path, "unsupported format",
@@ -106,9 +117,19 @@ def _prepare(path: str) -> PreparedImage | ImageFailure:
         return ImageFailure(path, "cannot read", f"{path}: {err}")
 
 
+def _start_pool_worker(*init: object) -> None:
+    """:func:`_start_worker` in a worker process, which leaves Ctrl-C to the main process: a terminal sends SIGINT
+    to every process of the group, and a worker it stopped halfway through sending a result would leave the pool
+    waiting for the rest."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _start_worker(*init)  # type: ignore[arg-type]
+
+
 def _prepared(paths: Sequence[str], predictor: Predictor, workers: int, max_pixels: int
-              ) -> Iterator[PreparedImage | ImageFailure]:
-    """Each path prepared, in order, by ``workers`` processes (1: in this process)."""
+              ) -> Generator[PreparedImage | ImageFailure, None, None]:
+    """Each path prepared, in order, by ``workers`` processes (1: in this process), at most
+    :data:`AHEAD_PER_WORKER` per worker submitted ahead. Stopped early (an interrupt, an error, the consumer gone),
+    it cancels what has not started and waits for the photos in the workers (one each) before it returns."""
     detector = predictor.detector
     init = (None if detector is None else str(detector.model_path), None if detector is None else detector.max_side,
             predictor.input_side, max_pixels, predictor.reduced)
@@ -120,8 +141,19 @@ def _prepared(paths: Sequence[str], predictor: Predictor, workers: int, max_pixe
             _start_worker(*init)
         yield from map(_prepare, paths)
         return
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker, initargs=init) as pool:
-        yield from pool.imap(_prepare, paths, chunksize=2)
+    with ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), initializer=_start_pool_worker,
+                             initargs=init) as pool:
+        ahead: deque[Future[PreparedImage | ImageFailure]] = deque()
+        try:
+            for path in paths:
+                ahead.append(pool.submit(_prepare, path))
+                if len(ahead) >= AHEAD_PER_WORKER * workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
 
 
 def _batches(items: Iterable[PreparedImage | ImageFailure], faces: int
@@ -177,12 +209,42 @@ def run_bulk(predictor: Predictor, collection: Collection, sink: RowSink, worker
     summary.resumed = summary.inputs - len(todo) - len(collection.errors) + sum(
         1 for p, _ in collection.errors if p in sink.done)
     summary.workers = workers = auto_workers(todo) if workers == "auto" else workers
-    with tqdm(total=len(todo), desc="predict", unit="photo", disable=not progress, smoothing=0.1) as bar:
-        for batch in _batches(_prepared(todo, predictor, workers, max_pixels), BATCH_FACES):
+    # closing: stopped by an exception, the workers are stopped now, not when the traceback is freed
+    with (_CtrlC() as ctrl_c,
+          tqdm(total=len(todo), desc="predict", unit="photo", disable=not progress, smoothing=0.1) as bar,
+          closing(_prepared(todo, predictor, workers, max_pixels)) as prepared):
+        for batch in _batches(itertools.takewhile(lambda _: not ctrl_c.pressed, prepared), BATCH_FACES):
             for result in predictor.finish(batch):
                 sink.write(result.rows())
                 summary.add(result)
                 bar.update()
     sink.close()
+    if ctrl_c.pressed:
+        raise KeyboardInterrupt
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+class _CtrlC:
+    """Ctrl-C during a bulk run (in the main thread): the first stops it after the photo the model waits for,
+    whose rows, and those of the photos before it, are written; a second interrupts at once. A KeyboardInterrupt
+    raised anywhere instead could stop the pool of workers halfway through its own bookkeeping, and it then
+    waited for ever."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._before: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._before = signal.getsignal(signal.SIGINT) or signal.default_int_handler  # None: set outside Python
+            signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def _press(self, signum: int, frame: object) -> None:
+        self.pressed = True
+        signal.signal(signal.SIGINT, self._before)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._before is not None:
+            signal.signal(signal.SIGINT, self._before)

@@ -80,8 +80,8 @@ def _walk(root: Path, out: Collection, videos: bool) -> None:
         folder = stack.pop()
         try:
             info = folder.stat()
-            if (info.st_dev, info.st_ino) in seen:
-                out.errors.append((str(folder), "cannot read: a symbolic link loop (folder already read)"))
+            if (info.st_dev, info.st_ino) in seen:  # a link to a folder read already (or to its own parent)
+                out.skip("a link to a folder already read", str(folder))
                 continue
             seen.add((info.st_dev, info.st_ino))
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -114,6 +114,8 @@ def collect(inputs: Iterable[str | os.PathLike], videos: bool = False) -> Collec
             out.errors.append((str(path), "no such file or folder"))
         else:
             _classify(path, out, named=True, videos=videos)
+    out.files = list(dict.fromkeys(out.files))  # a file named twice (or inside a folder also named) is one input
+    out.errors = list(dict.fromkeys(out.errors))
     return out
 
 

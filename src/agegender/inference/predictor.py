@@ -22,7 +22,7 @@ from agegender.inference.faces import Redecode, locate_faces
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
 from agegender.inference.results import Face, ImageFailure, ImageResult, plot, source_name
 from agegender.labels import AGE_GROUPS, gender_codes, gender_name
-from agegender.outputs import AGE_KEYS, GENDER_KEYS, Decoded
+from agegender.outputs import AGE_KEYS, GENDER_KEYS, Decoded, reported_ages
 
 _AUTO = "auto"
 
@@ -96,6 +96,9 @@ class Predictor:
                              "a model with both age and gender outputs")
         if isinstance(detector, str | Path):
             detector = FaceDetector(None if detector == _AUTO else detector, max_side=detect_size, threads=threads)
+        elif detector is not None and not isinstance(detector, FaceDetector):
+            raise TypeError(f"detector must be a FaceDetector, 'auto', a YuNet file's path or None, got "
+                            f"{type(detector).__name__}")
         self.detector: FaceDetector | None = detector
         self.flip, self.max_pixels, self.reduced = flip, max_pixels, reduced
 
@@ -117,6 +120,9 @@ class Predictor:
         of raising :class:`~agegender.images.ImageError`."""
         if errors not in ("raise", "return"):
             raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        if isinstance(images, (str, Path, bytes, bytearray, memoryview, np.ndarray)):
+            raise TypeError(f"predict_batch() takes a sequence of images, got one {type(images).__name__}; "
+                            "pass a list, or call predict() for one image")
         prepared: list[PreparedImage | ImageFailure] = []
         for image in images:
             try:
@@ -163,6 +169,17 @@ class Predictor:
         return plot(image_bgr, faces)
 
 
+def _in_image(box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """A detection's ``(x, y, w, h)`` clipped to the image (a face cut by the border reaches past it).
+
+    >>> _in_image((-2.0, 5.0, 20.0, 10.0), (15, 12))
+    (0.0, 5.0, 15.0, 7.0)
+    """
+    x0, y0 = min(max(box[0], 0.0), size[0]), min(max(box[1], 0.0), size[1])
+    x1, y1 = min(max(box[0] + box[2], 0.0), size[0]), min(max(box[1] + box[3], 0.0), size[1])
+    return float(x0), float(y0), float(x1 - x0), float(y1 - y0)
+
+
 def _face(decoded: Decoded | None, i: int, det: Detection | None, size: tuple[int, int]) -> Face:
     assert decoded is not None  # the Predictor needs age and gender outputs:
     assert decoded.female_prob is not None and decoded.age is not None and decoded.group_probs is not None
@@ -171,10 +188,10 @@ def _face(decoded: Decoded | None, i: int, det: Detection | None, size: tuple[in
     assert groups is not None
     female = float(decoded.female_prob[i])
     group = int(groups[i])
-    x, y, w, h = det.box if det is not None else (0.0, 0.0, float(size[0]), float(size[1]))
+    age, low, high = (float(v) for v in reported_ages([decoded.age[i], decoded.age_low[i], decoded.age_high[i]]))
     return Face(
-        box=(float(x), float(y), float(w), float(h)), score=det.score if det is not None else 1.0,
-        age=float(decoded.age[i]), age_range=(float(decoded.age_low[i]), float(decoded.age_high[i])),
+        box=_in_image(det.box, size) if det is not None else (0.0, 0.0, float(size[0]), float(size[1])),
+        score=det.score if det is not None else 1.0, age=age, age_range=(low, high),
         age_group=AGE_GROUPS[group], age_group_confidence=float(decoded.group_probs[i, group]),
         gender=gender_name(int(gender_codes(female))), gender_confidence=max(female, 1 - female),
         landmarks=None if det is None else det.landmarks)

@@ -68,8 +68,10 @@ ROW_TYPES: dict[str, str] = {
 class Face:
     """One face: where it is, and its age and gender.
 
-    ``box`` is (x, y, w, h) in image pixels (the whole image for an undetected chip), ``age_range`` an 80%
-    interval in years, ``gender_confidence`` the probability of the predicted gender.
+    ``box`` is (x, y, w, h) in image pixels, clipped to the image (the whole image for an undetected chip);
+    ``landmarks`` may lie past the border of a face the border cuts. ``age`` and ``age_range`` (an 80% interval)
+    are in years to a tenth (:data:`~agegender.outputs.AGE_DECIMALS`), ``age_group`` the group of that age
+    where it comes from the same distribution, ``gender_confidence`` the probability of the predicted gender.
     """
 
     box: tuple[float, float, float, float]

@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ARROW_TYPES", "FORMATS", "OutputExistsError", "RowSink", "clean_value", "open_sink"]
+__all__ = ["ARROW_TYPES", "FORMATS", "OutputExistsError", "RowSink", "check_output", "clean_value", "open_sink",
+           "stored_name"]
 
 #: Output formats by file ending.
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
@@ -36,6 +37,23 @@ ARROW_TYPES = {"str": "string", "float": "float64", "int": "int64"}
 
 class OutputExistsError(FileExistsError):
     """The output exists and the run was not asked to resume it."""
+
+
+def stored_name(source: str) -> str:
+    """A source as outputs store it: valid UTF-8, a file name's undecodable bytes (which Python keeps as lone
+    surrogates) written as ``\\xNN``, as neither a CSV file nor Arrow can hold them.
+
+    >>> stored_name(b"caf\\xe9.jpg".decode("utf-8", "surrogateescape")), stored_name("café.jpg")
+    ('caf\\\\xe9.jpg', 'café.jpg')
+    """
+    return source.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class _Sources(set[str]):
+    """The sources an output holds, as stored; ``in`` takes a source as the file system names it."""
+
+    def __contains__(self, source: object) -> bool:
+        return super().__contains__(stored_name(source) if isinstance(source, str) else source)
 
 
 def clean_value(value: Any) -> Any:
@@ -48,11 +66,18 @@ class RowSink:
 
     def __init__(self, path: Path, schema: Mapping[str, str], source_column: str = "file") -> None:
         self.path, self.schema, self.source_column = path, dict(schema), source_column
-        self.done: set[str] = set()
+        self.done: set[str] = _Sources()
         self.rows_written = 0
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         raise NotImplementedError
+
+    def _cells(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A row's values in the schema's order, empty ones None and the source as stored."""
+        cells = {c: clean_value(row.get(c)) for c in self.schema}
+        if isinstance(cells.get(self.source_column), str):
+            cells[self.source_column] = stored_name(cells[self.source_column])
+        return cells
 
     def close(self) -> None:
         """Make everything written durable and final."""
@@ -86,20 +111,35 @@ class _TextSink(RowSink):
             handle.truncate(data.rfind(b"\n") + 1)
 
     def _read_sources(self) -> set[str]:
+        """The sources of the rows already written; ValueError for a file this sink did not write."""
         with open(self.path, encoding="utf-8", newline="") as handle:
             if self.kind == "csv":
-                return {row[self.source_column] for row in csv.DictReader(handle)}
-            return {json.loads(line)[self.source_column] for line in handle if line.strip()}
+                reader = csv.DictReader(handle)
+                if reader.fieldnames != list(self.schema):
+                    raise ValueError(f"cannot resume {self.path}: its columns ({', '.join(reader.fieldnames or [])}) "
+                                     "are not those agegender writes; choose another output")
+                return _Sources(row[self.source_column] for row in reader)
+            sources = _Sources()
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    sources.add(json.loads(line)[self.source_column])
+                except (ValueError, KeyError, TypeError) as err:
+                    raise ValueError(f"cannot resume {self.path}: line {number} is not a row agegender wrote "
+                                     f"({type(err).__name__}: {err}); choose another output") from err
+            return sources
 
     def _emit(self, rows: Sequence[Mapping[str, Any]], header: bool = False) -> None:
         if self.kind == "csv":
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
             for row in rows:
-                writer.writerow(["" if clean_value(row.get(c)) is None else row.get(c) for c in self.schema])
+                writer.writerow(["" if v is None else v for v in (self._cells(row).values() if not header
+                                                                  else row.values())])
             data = buffer.getvalue()
         else:
-            data = "".join(json.dumps({c: clean_value(row.get(c)) for c in self.schema}) + "\n" for row in rows)
+            data = "".join(json.dumps(self._cells(row)) + "\n" for row in rows)
         os.write(self.fd, data.encode("utf-8"))
         if not header:
             self.rows_written += len(rows)
@@ -130,12 +170,18 @@ class _ParquetSink(RowSink):
         self.pa, self.pq = pa, pq
         self.arrow_schema = pa.schema([(name, getattr(pa, ARROW_TYPES[kind])()) for name, kind in schema.items()])
         self.parts = path.with_name(path.name + ".parts")
-        self.parts.mkdir(exist_ok=True)
         for stale in self.parts.glob("*.tmp"):
             stale.unlink()  # a part cut by a crash: its rows were never counted as done
         for file in [path] * path.exists() + sorted(self.parts.glob("part-*.parquet")):
-            column = pq.read_table(file, columns=[self.source_column]).column(0)
-            self.done.update(column.to_pylist())
+            try:
+                written = pq.read_schema(file)
+            except (OSError, pa.ArrowException) as err:
+                raise ValueError(f"cannot resume {path}: {file} is not a Parquet file ({err})") from err
+            if not written.equals(self.arrow_schema, check_metadata=False):
+                raise ValueError(f"cannot resume {path}: {file} has other columns than agegender writes "
+                                 f"({', '.join(written.names)}); choose another output")
+            self.done.update(pq.read_table(file, columns=[self.source_column]).column(0).to_pylist())
+        self.parts.mkdir(exist_ok=True)  # after the checks: a refused output leaves nothing behind
         self.next_part = 1 + max((int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.parquet")), default=0)
         self.pending: list[Mapping[str, Any]] = []
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
@@ -150,8 +196,7 @@ class _ParquetSink(RowSink):
         self.last_flush = time.monotonic()
         if not self.pending:
             return
-        table = self.pa.Table.from_pylist([{c: clean_value(r.get(c)) for c in self.schema} for r in self.pending],
-                                          schema=self.arrow_schema)
+        table = self.pa.Table.from_pylist([self._cells(r) for r in self.pending], schema=self.arrow_schema)
         target = self.parts / f"part-{self.next_part:06d}.parquet"
         tmp = target.with_suffix(".tmp")
         self.pq.write_table(table, tmp)
@@ -179,6 +224,20 @@ class _ParquetSink(RowSink):
         self.parts.rmdir()
 
 
+def check_output(path: Path, resume: bool = False) -> str:
+    """The format of an output at ``path`` (see :func:`open_sink` for the errors), checked without writing."""
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"--output {path}: unknown format; use one of {', '.join(FORMATS)}")
+    unfinished = path.with_name(path.name + ".parts")
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a folder; name a file")
+    if not resume and (path.exists() or unfinished.exists()):
+        raise OutputExistsError(f"{path if path.exists() else unfinished} exists: pass --resume to continue it, "
+                                "or choose another output")
+    return kind
+
+
 def open_sink(path: str | os.PathLike, schema: Mapping[str, str], resume: bool = False,
               flush_seconds: float = 10.0) -> RowSink:
     """A sink for ``path`` by its ending (:data:`FORMATS`); ``schema`` maps each column to ``str``, ``float`` or
@@ -186,13 +245,7 @@ def open_sink(path: str | os.PathLike, schema: Mapping[str, str], resume: bool =
     when the output (or unfinished Parquet parts) exists and ``resume`` is False, ValueError for an unknown
     ending."""
     path = Path(path)
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise ValueError(f"--output {path}: unknown format; use one of {', '.join(FORMATS)}")
-    unfinished = path.with_name(path.name + ".parts")
-    if not resume and (path.exists() or unfinished.exists()):
-        raise OutputExistsError(f"{path if path.exists() else unfinished} exists: pass --resume to continue it, "
-                                "or choose another output")
+    kind = check_output(path, resume)
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "parquet":
         return _ParquetSink(path, schema, flush_seconds=flush_seconds)

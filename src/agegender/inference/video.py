@@ -11,6 +11,7 @@ import numpy as np
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import Face
 from agegender.labels import AGE_GROUPS, age_to_group, gender_codes, gender_name
+from agegender.outputs import reported_ages
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -67,9 +68,11 @@ class FaceTracker:
                 self._next_id += 1
                 self.tracks.append(track)
             shift = track.age - face.age
-            group = AGE_GROUPS[age_to_group(track.age)]
+            age, low, high = (float(v) for v in reported_ages(
+                [track.age, face.age_range[0] + shift, face.age_range[1] + shift]))
+            group = AGE_GROUPS[age_to_group(age)]
             out.append((track.track_id, replace(
-                face, age=track.age, age_range=(face.age_range[0] + shift, face.age_range[1] + shift),
+                face, age=age, age_range=(low, high),
                 age_group=group, age_group_confidence=face.age_group_confidence if group == face.age_group else 0.0,
                 gender=gender_name(int(gender_codes(track.female))),
                 gender_confidence=max(track.female, 1 - track.female))))

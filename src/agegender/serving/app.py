@@ -89,7 +89,12 @@ async def predict(
 
     The ``X-Batch-Size`` response header says how many concurrent uploads shared the forward pass."""
     settings = _settings(request)
+    photos = len((await request.form()).getlist("image"))  # parsed already, for ``image``
+    if photos > 1:
+        raise HTTPException(422, f"one photo per request: the field 'image' came {photos} times")
     data = await image.read()
+    if len(data) > settings.max_upload_bytes:  # the body limit allows for the multipart envelope
+        raise HTTPException(413, too_large(settings.max_upload_bytes))
     try:
         async with asyncio.timeout(settings.timeout_s):
             prediction = await _service(request).predict(data, flip)
@@ -107,6 +112,7 @@ async def predict(
     return JSONResponse(body, headers={"X-Batch-Size": str(prediction.batch_size)})
 
 
+@router.head("/healthz", include_in_schema=False)  # monitoring probes
 @router.get("/healthz", summary="Liveness: the model is loaded and the server answers")
 async def healthz(request: Request) -> dict[str, Any]:
     return {"status": "ok", "model": _service(request).model_name, "pending": _service(request).pending}
@@ -120,18 +126,23 @@ async def models(request: Request) -> dict[str, Any]:
     return {"models": [_service(request).describe()], "limits": limits}
 
 
+@router.head("/", include_in_schema=False)
 @router.get("/", include_in_schema=False)
 async def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
+
+
+def too_large(max_upload_bytes: int) -> str:
+    """The 413 answer's detail."""
+    return f"upload too large: the limit is {max_upload_bytes / MIB:g} MiB"
 
 
 class BodyLimitMiddleware:
     """Answers 413 for request bodies over ``max_bytes``: from Content-Length before reading anything, and by
     counting bytes as they arrive (chunked uploads have no Content-Length)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, limit_text: str) -> None:
-        self.app, self.max_bytes = app, max_bytes
-        self.detail = f"upload too large: the limit is {limit_text}"
+    def __init__(self, app: ASGIApp, max_bytes: int, detail: str) -> None:
+        self.app, self.max_bytes, self.detail = app, max_bytes, detail
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -162,8 +173,9 @@ def _validation_detail(request: Request, err: RequestValidationError) -> str:
         where = ".".join(str(part) for part in path)
         if where == "image" and error.get("type") == "missing":
             content_type = request.headers.get("content-type", "none")
-            messages.append("no file in multipart field 'image': send the photo as multipart/form-data, e.g. "
-                            f"curl -F image=@photo.jpg (the request's content type was {content_type})")
+            messages.append("no complete file in multipart field 'image' (none sent, or the body ended before its "
+                            "closing boundary): send the photo as multipart/form-data, e.g. curl -F "
+                            f"image=@photo.jpg (the request's content type was {content_type})")
         elif where == "image":
             messages.append("field 'image' must be a file upload, not a text value")
         else:
@@ -200,7 +212,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)  # type: ignore[arg-type]  # Starlette's stub takes Exception
     app.add_exception_handler(Exception, _on_unexpected_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_ALLOWANCE,
-                       limit_text=f"{settings.max_upload_bytes / MIB:g} MiB")
+                       detail=too_large(settings.max_upload_bytes))
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 
@@ -56,12 +57,12 @@ class ServeSettings:
             raise ValueError(f"detect_size must be at least {MIN_DETECT_SIZE}, got {self.detect_size}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive number of seconds, got {self.timeout_s}")
         if self.descriptor_weights and not self.accurate:
             raise ValueError("descriptor_weights is for the accurate mode (accurate=True)")
-        if self.batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must not be negative, got {self.batch_wait_ms}")
+        if not (math.isfinite(self.batch_wait_ms) and self.batch_wait_ms >= 0):
+            raise ValueError(f"batch_wait_ms must be a number of milliseconds, 0 or more, got {self.batch_wait_ms}")
 
     @property
     def thread_count(self) -> int:

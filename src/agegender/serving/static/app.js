@@ -16,7 +16,7 @@ function setStatus(text, isError = false) {
 }
 
 function faceLabel(face, index) {
-  return `${index + 1} · ${face.gender === "female" ? "F" : "M"} ${Math.round(face.age)}`;
+  return `${index + 1} · ${face.gender.charAt(0).toUpperCase()} ${Math.round(face.age)}`;  // F, M or U (unknown)
 }
 
 function percent(value) {
