@@ -23,7 +23,7 @@ from agegender.paths import default_cache_dir
 
 @pytest.fixture(scope="module")
 def test_chips(utkface_dir: Path) -> tuple[np.ndarray, np.ndarray, list]:
-    """300 chips of the leakage-safe test split (every 7th), BGR, with their ages and genders."""
+    """300 chips of the deduplicated test split (every 7th), BGR, with their ages and genders."""
     records, _ = read_utkface(utkface_dir)
     test = load_or_make_splits(records, default_cache_dir() / "splits", progress=False)[0]["test"][::7][:300]
     chips = [cv2.imread(str(r.path)) for r in test]

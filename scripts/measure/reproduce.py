@@ -674,7 +674,7 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
         "**Data.** The papers report on Adience (seeds 000, 001, 002, 004: 8 age groups, subject-exclusive "
         "folds) or on a 5,000-face UTKFace subset (seed 003). Adience images are not available here beyond a "
         "288-face sample of one Flickr user, so **every number of ours is on UTKFace**: the project's "
-        f"leakage-safe, deduplicated split ({_count(context.n_train)} train faces), tested on its test "
+        f"deduplicated split ({_count(context.n_train)} train faces), tested on its test "
         f"split ({_count(context.n_test)} faces). Age-group figures map UTKFace ages to the 8 Adience "
         "groups by the gap policy (an age between groups goes to the nearer edge, ties to the older group). "
         "The paper columns are therefore not the same experiment as ours: compare directions, not values.",
@@ -799,7 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_root = args.data_root.resolve()  # one spelling of the paths: the split and image caches are shared
     splits = dataset_splits(DataConfig(dataset="utkface", root=str(data_root)), progress=not args.quiet)
     budgets = {n: resolve_budget(r, splits, data_root, args.full) for n, r in suite.runs.items()}
-    description = f"UTKFace test split, {len(splits['test'])} faces (leakage-safe, deduplicated)"
+    description = (f"UTKFace test split, {len(splits['test'])} faces (deduplicated, near-duplicate groups kept on "
+                   "one side)")
     results: dict[str, RowResult | None] = {}
     row_errors: dict[str, str] = {}
 

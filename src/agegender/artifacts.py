@@ -129,10 +129,10 @@ class ShippedFile:
 ARTIFACTS: dict[str, ShippedFile | RemoteFile] = {
     "flagship-int8": ShippedFile(
         "flagship, static int8 (the default model)", "weights/flagship_int8.onnx",
-        "35fca473cd7f80c9833b012c7ff2dcde4faced12e279738bb56455e04f4ab562"),
+        "f30c6f84db8cf13cee5a040d96f304643b2f0f71bf68694a628fe21d62579673"),
     "flagship": ShippedFile(
         "flagship, float32", "weights/flagship.onnx",
-        "4fdaca36f8c6b3a7ee2fa9bfdccae1f2ab8d2954ceb8b375407c506dbe8c4011"),
+        "4ece8360a644f2b5d737664a50043afd608451294661e604c47b1835136a5f35"),
     "descriptor-head": ShippedFile(
         "accurate mode's head on dlib face descriptors", "weights/descriptor_head.onnx",
         "656ec645bf037e280ddbf4442e663e4913976d68ca484680b3ce506d4c436814"),

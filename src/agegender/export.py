@@ -170,7 +170,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, chips: np.ndarra
 
 
 def quantization_chips(config: ModelConfig, n: int, root: str | Path | None = None) -> np.ndarray:
-    """Model inputs (N x 3 x S x S float32, 0..255) from ``n`` chips spread over the leakage-safe training split
+    """Model inputs (N x 3 x S x S float32, 0..255) from ``n`` chips spread over the deduplicated training split
     of the UTKFace folder ``root`` (default: the shared one), never validation or test: what static int8
     quantisation measures its activation ranges on."""
     if n < 1:

@@ -203,7 +203,7 @@ def subset(records: Sequence[FaceRecord], limit: int | None) -> list[FaceRecord]
 
 
 def utkface_test(root: Path) -> list[FaceRecord]:
-    """Records of our leakage-safe UTKFace test split (the split training used)."""
+    """Records of our deduplicated UTKFace test split (the split training used)."""
     return dataset_splits(DataConfig(root=str(root)))["test"]
 
 
@@ -449,7 +449,7 @@ def _protocol(result: dict[str, Any]) -> list[str]:
     if "utkface" in datasets:
         d = datasets["utkface"]
         part = "" if d["faces"] == d["test_split"] else f" (a fixed random subset of {d['test_split']})"
-        lines.append(f"- UTKFace: {d['faces']} chips of our leakage-safe test split{part}. Every model gets "
+        lines.append(f"- UTKFace: {d['faces']} chips of our deduplicated test split{part}. Every model gets "
                      "the 200x200 chip as it is; peers cut their own input from it (see the model inputs).")
     if "adience" in datasets:
         d = datasets["adience"]

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="UTKFace folder (default: the shared one, ../shared/data/UTKFace) or a CSV "
                                   "manifest")
     p.add_argument("--split", choices=("val", "all"), default="val",
-                   help="faces to fit on: the validation split of the leakage-safe split (default), or all the "
+                   help="faces to fit on: the validation split of the deduplicated split (default), or all the "
                         "faces of --root (a manifest of faces held out from training)")
     p.add_argument("--tta", choices=("none", "flip"), default="flip",
                    help="the test-time augmentation the model will be used with (default flip, as predict)")

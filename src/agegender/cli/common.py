@@ -110,7 +110,7 @@ def check_accurate_options(args: argparse.Namespace) -> None:
 def add_quantization_options(p: argparse.ArgumentParser) -> None:
     """The quantisation chips' source and number, as ``quantize`` and ``export --int8`` take them."""
     p.add_argument("--calibration", type=Path, default=None,
-                   help="UTKFace folder whose leakage-safe training split gives the quantisation chips (default: "
+                   help="UTKFace folder whose deduplicated training split gives the quantisation chips (default: "
                         "the shared UTKFace folder, ../shared/data/UTKFace)")
     p.add_argument("--calibration-size", type=int, default=512, help="quantisation chips (default 512)")
 

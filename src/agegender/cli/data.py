@@ -1,4 +1,4 @@
-"""``agegender data``: read a dataset, report what was kept and skipped, and write leakage-safe split manifests."""
+"""``agegender data``: read a dataset, report what was kept and skipped, and write deduplicated split manifests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from agegender.cli.common import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="check a dataset and write its leakage-safe train/val/test manifests",
+    p = sub.add_parser("data", help="check a dataset and write its deduplicated train/val/test manifests",
                        description="Read UTKFace or a CSV manifest, group duplicates, split 80/10/10 by group "
                                    "(or into --folds K), write CSV manifests and print what was found.")
     p.add_argument("root", type=Path, help="UTKFace folder or CSV manifest")

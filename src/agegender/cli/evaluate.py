@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="UTKFace folder (default ../shared/data/UTKFace), manifest CSV, or the "
                                   "Adience image folder holding faces/ or aligned/")
     p.add_argument("--split", choices=SPLIT_CHOICES, default="val",
-                   help="utkface/manifest: part of the leakage-safe split (default val; all = every face). The test "
+                   help="utkface/manifest: part of the deduplicated split (default val; all = every face). The test "
                         "split is sealed: score it with --split test once per model that ships, never to choose")
     p.add_argument("--folds", type=int, nargs="+", default=[0], metavar="K",
                    help="adience: official fold number(s) (default 0)")

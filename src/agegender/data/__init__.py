@@ -1,4 +1,4 @@
-"""Datasets as one record type, leakage-safe splits, and a cached fast path for CPU training."""
+"""Datasets as one record type, deduplicated, group-exclusive splits, and a cached fast path for CPU training."""
 
 from agegender.data.records import FaceRecord, ReadReport
 

@@ -117,9 +117,9 @@ def filter_records(records: Sequence[FaceRecord], spec: Mapping[str, str]) -> li
 
 
 def dataset_splits(cfg: DataConfig | None = None, progress: bool = True) -> dict[str, list[FaceRecord]]:
-    """The configured data set's leakage-safe train/val/test records (deduplicated; made once, then reused);
-    default: the shared UTKFace folder. Every command and script gets its splits here. CelebA's are its official
-    partition, as published (no deduplication; :mod:`agegender.data.celeba`)."""
+    """The configured data set's train/val/test records (near-duplicate groups kept on one side; made once, then
+    reused); default: the shared UTKFace folder. Every command and script gets its splits here. CelebA's are its
+    official partition, as published (no deduplication; :mod:`agegender.data.celeba`)."""
     cfg = cfg or DataConfig()
     if cfg.dataset == "celeba":
         splits, report = read_celeba(dataset_root(cfg))

@@ -1,4 +1,4 @@
-"""Deterministic, leakage-safe train/val/test and k-fold splits over groups of records.
+"""Deterministic, group-exclusive train/val/test and k-fold splits over groups of records.
 
 Each group lands in one split by a hash of its id, and a group's id is the file name of its first member in sorted
 order (``dup:NAME``), so a split never depends on file order, and adding images moves no existing group (unless

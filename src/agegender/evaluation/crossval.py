@@ -93,7 +93,7 @@ def plan_runs(folds: Sequence[Sequence[FaceRecord]], scheme: str) -> list[FoldRu
 
 
 def dataset_folds(cfg: DataConfig, k: int, progress: bool = True) -> list[list[FaceRecord]]:
-    """k group-exclusive folds over the configured data set's deduplicated faces (all of its leakage-safe
+    """k group-exclusive folds over the configured data set's deduplicated faces (all of its deduplicated
     split: the same records and groups training uses)."""
     splits = dataset_splits(cfg, progress)
     return kfold_records(_joined(splits[s] for s in SPLITS), k)

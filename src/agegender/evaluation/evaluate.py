@@ -142,7 +142,7 @@ def evaluation_records(data: str, root: str | None, split: str = "test", folds: 
                        ) -> tuple[list[FaceRecord], str]:
     """The faces to evaluate on, and a sentence saying which they are.
 
-    ``utkface`` / ``manifest``: the ``split`` (train, val, test or all) of the project's leakage-safe split,
+    ``utkface`` / ``manifest``: the ``split`` (train, val, test or all) of the project's deduplicated split,
     the one training uses. ``adience``: the official folds ``folds``, images under ``root``."""
     if data == "adience":
         if root is None:
@@ -166,8 +166,9 @@ def evaluation_records(data: str, root: str | None, split: str = "test", folds: 
     splits = dataset_splits(cfg, progress)
     records = [r for name in (SPLITS if split == "all" else (split,)) for r in splits[name]]
     which = "every face" if split == "all" else f"the {split} split"
-    return records, (f"{data} {dataset_root(cfg)}: {which} of the project's leakage-safe, deduplicated split "
-                     f"({len(records)} faces; 8 age groups from ages by the gap policy)")
+    return records, (f"{data} {Path(dataset_root(cfg)).name}: {which} of the project's deduplicated split "
+                     f"(near-duplicates and mirrored copies grouped, identity not controlled; {len(records)} "
+                     "faces; 8 age groups from ages by the gap policy)")
 
 
 def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord], description: str,
