@@ -208,6 +208,48 @@ def test_a_file_name_that_is_not_utf8_gets_its_rows_and_resumes(many_photos: Pat
     assert Counter(r["file"] for r in read_rows(out)) == files
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The multiprocessing workers among ``pid``'s children (not its resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes() and
+            b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the workers from /proc (Linux)")
+def test_a_worker_killed_mid_run_ends_it_with_a_message_and_resume_completes(many_photos: Path, tmp_path: Path,
+                                                                            yunet_path: Path) -> None:
+    """A worker killed (as the out-of-memory killer would) once left the pool waiting for ever."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sources = sorted(many_photos.glob("*.jpg"))
+    for i in range(240):
+        os.link(sources[i % len(sources)], folder / f"p_{i:03d}.jpg")
+    out = tmp_path / "rows.parquet"
+    command = [sys.executable, "-m", "agegender.cli", "predict", str(folder), "--output", str(out), "--workers", "2",
+               "--detector", str(yunet_path), "--threads", "1", "--flush-seconds", "0.2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = out.with_name(out.name + ".parts")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None and not (
+            parts.is_dir() and any(parts.glob("part-*.parquet"))):
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before a worker could be killed: give it more photos"
+    os.kill(worker_pids(process.pid)[0], signal.SIGKILL)
+    try:
+        _, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the run did not end within 60 s of its worker's death")
+    assert process.returncode == 1 and "a worker process died" in stderr and "--resume" in stderr, stderr
+    assert out.is_file() and not parts.exists()  # what was written is a finished file
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = read_rows(out)
+    assert sorted({r["file"] for r in rows}) == sorted(str(p) for p in folder.glob("*.jpg"))
+    assert len({(r["file"], r["face"]) for r in rows}) == len(rows)
+
+
 def test_two_workers_give_the_rows_of_one(many_photos: Path, tmp_path: Path, yunet_path: Path) -> None:
     files = sorted(many_photos.glob("*.jpg"))[:10]
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"

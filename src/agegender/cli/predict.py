@@ -211,7 +211,7 @@ def report_skipped(collection: Collection) -> None:
 
 
 def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
-    from agegender.inference.bulk import run_bulk
+    from agegender.inference.bulk import WorkerDied, run_bulk
     from agegender.inference.collection import collect, parse_shard, shard_paths
     from agegender.inference.results import ROW_TYPES
     from agegender.inference.sinks import check_output, open_sink
@@ -230,7 +230,12 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
         sink = open_sink(args.output, ROW_TYPES, resume=args.resume, flush_seconds=args.flush_seconds)
     except ImportError as err:
         raise UserError(str(err)) from err
-    summary = run_bulk(predictor, collection, sink, workers=args.workers or "auto", progress=sys.stderr.isatty())
+    try:
+        summary = run_bulk(predictor, collection, sink, workers=args.workers or "auto",
+                           progress=sys.stderr.isatty())
+    except WorkerDied as err:
+        print(f"agegender predict: error: {err}", file=sys.stderr)
+        return 1
     for line in summary.lines():
         print(f"agegender predict: {line}", file=sys.stderr)
     if shard is not None and not summary.inputs:

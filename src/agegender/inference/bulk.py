@@ -19,6 +19,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -34,7 +35,7 @@ from agegender.inference.predictor import Predictor, PreparedImage, prepare_imag
 from agegender.inference.results import ImageFailure, ImageResult
 from agegender.inference.sinks import RowSink
 
-__all__ = ["AUTO_WORKERS_BYTES", "BulkSummary", "auto_workers", "run_bulk", "unsupported_format"]
+__all__ = ["AUTO_WORKERS_BYTES", "BulkSummary", "WorkerDied", "auto_workers", "run_bulk", "unsupported_format"]
 
 #: Faces per forward pass: the model's time per face flattens out from about 64 (docs/bench.md).
 BATCH_FACES = 64
@@ -117,6 +118,10 @@ def _prepare(path: str) -> PreparedImage | ImageFailure:
         return ImageFailure(path, "cannot read", f"{path}: {err}")
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended abruptly (killed, out of memory); the rows written before are kept."""
+
+
 def _start_pool_worker(*init: object) -> None:
     """:func:`_start_worker` in a worker process, which leaves Ctrl-C to the main process: a terminal sends SIGINT
     to every process of the group, and a worker it stopped halfway through sending a result would leave the pool
@@ -151,6 +156,9 @@ def _prepared(paths: Sequence[str], predictor: Predictor, workers: int, max_pixe
                     yield ahead.popleft().result()
             while ahead:
                 yield ahead.popleft().result()
+        except BrokenProcessPool as err:
+            raise WorkerDied("a worker process died (killed, or out of memory?) while it prepared a photo; the rows "
+                             "written so far are kept: run the same command with --resume to go on") from err
         finally:
             for future in ahead:
                 future.cancel()
@@ -213,11 +221,15 @@ def run_bulk(predictor: Predictor, collection: Collection, sink: RowSink, worker
     with (_CtrlC() as ctrl_c,
           tqdm(total=len(todo), desc="predict", unit="photo", disable=not progress, smoothing=0.1) as bar,
           closing(_prepared(todo, predictor, workers, max_pixels)) as prepared):
-        for batch in _batches(itertools.takewhile(lambda _: not ctrl_c.pressed, prepared), BATCH_FACES):
-            for result in predictor.finish(batch):
-                sink.write(result.rows())
-                summary.add(result)
-                bar.update()
+        try:
+            for batch in _batches(itertools.takewhile(lambda _: not ctrl_c.pressed, prepared), BATCH_FACES):
+                for result in predictor.finish(batch):
+                    sink.write(result.rows())
+                    summary.add(result)
+                    bar.update()
+        except WorkerDied:
+            sink.close()  # what was written is final (a Parquet output's parts merged)
+            raise
     sink.close()
     if ctrl_c.pressed:
         raise KeyboardInterrupt
