@@ -173,6 +173,9 @@ def test_calibrate_command_reports_stores_and_resets(checkpoint: Path, manifest:
     fitted = OnnxAgeGender(onnx_path).age_calibration
     assert (fitted is None) == ("not stored" in report)  # stored exactly when it helps held-out halves
     set_metadata(onnx_path, {METADATA_KEY: AgeCalibration(knee=30.0, slope=0.9).to_json()})
+    before = onnx_path.read_bytes()
+    assert main(["calibrate", str(onnx_path), "--reset", "--dry-run"]) == 0  # reports, writes nothing
+    assert onnx_path.read_bytes() == before and "would remove" in capsys.readouterr().out
     assert main(["calibrate", str(onnx_path), "--reset"]) == 0
     assert OnnxAgeGender(onnx_path).age_calibration is None
     capsys.readouterr()
@@ -500,3 +503,28 @@ def test_the_timing_table_times_the_configured_networks_of_finished_rows(tmp_pat
     ledger.run_file(zhu.model).write_text("train_seconds: 1.0\n")  # no run folder: the network comes from config
     times = repro.time_rows(suite, timed, tmp_path, ledger, budgets)
     assert set(times) == {"zhu_joint"} and 0 < times["zhu_joint"] < 1000
+
+
+def test_export_and_quantize_check_everything_before_they_write(checkpoint: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "m.onnx"
+    refused = {
+        "--int8 naming the output": ["export", str(checkpoint), str(out), "--int8", str(out)],
+        "no calibration chips": ["export", str(checkpoint), str(out), "--int8", str(tmp_path / "q.onnx"),
+                                 "--calibration-size", "0"],
+        "a folder as output": ["export", str(checkpoint), str(tmp_path)],
+        "not a checkpoint": ["export", str(shipped_model_path()), str(out)],
+        "metrics of another shape": ["export", str(checkpoint), str(out), "--metrics",
+                                     str(tmp_path / "list.json")],
+        "an int8 model to quantise": ["quantize", "flagship-int8", str(tmp_path / "q.onnx")],
+    }
+    (tmp_path / "list.json").write_text("[1, 2]")
+    expected = {"--int8 naming the output": "--int8 names the float32 output",
+                "no calibration chips": "--calibration-size must be at least 1",
+                "a folder as output": "is a folder", "not a checkpoint": "is not an agegender checkpoint",
+                "metrics of another shape": "not a metrics report", "an int8 model to quantise": "quantised already"}
+    for name, command in refused.items():
+        assert main(command) == 2, name
+        err = capsys.readouterr().err
+        assert expected[name] in err and len(err.strip().splitlines()) == 1, (name, err)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["list.json"], name  # nothing written, no temp file

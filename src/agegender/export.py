@@ -67,11 +67,15 @@ def export_onnx(model: nn.Module, path: str | Path, metrics: Mapping[str, Any] |
     config = config_of(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = write_graph(model, path.with_name(f".{path.name}.tmp"))
-    set_metadata(tmp, {"config": config.to_json(), "version": __version__, "age_groups": json.dumps(AGE_GROUPS),
-                       "input": "float32 N x 3 x S x S, RGB, 0..255 (normalisation is inside the graph)",
-                       "metrics": json.dumps(dict(metrics or {})), **dict(extra_metadata or {})})
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write_graph(model, tmp)
+        set_metadata(tmp, {"config": config.to_json(), "version": __version__, "age_groups": json.dumps(AGE_GROUPS),
+                           "input": "float32 N x 3 x S x S, RGB, 0..255 (normalisation is inside the graph)",
+                           "metrics": json.dumps(dict(metrics or {})), **dict(extra_metadata or {})})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left where something failed
     return path
 
 
@@ -164,8 +168,11 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, chips: np.ndarra
     onnx.save(target, str(tmp))
     kept = ("first convolution in float" if keep_float is None
             else f"in float: {', '.join(floats)}" if floats else "every layer quantised")
-    set_metadata(tmp, {"quantization": f"static int8 QDQ, per-channel weights, {method} calibration, {kept}"})
-    os.replace(tmp, int8_path)
+    try:
+        set_metadata(tmp, {"quantization": f"static int8 QDQ, per-channel weights, {method} calibration, {kept}"})
+        os.replace(tmp, int8_path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left where something failed
     return int8_path
 
 

@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     except ModelError as err:
         raise UserError(str(err)) from err
     if args.reset:
+        if args.dry_run:
+            print(f"would remove the age calibration and the interval calibration of {args.model} (--dry-run: "
+                  "nothing written)")
+            return 0
         set_metadata(args.model, {METADATA_KEY: "", INTERVAL_METADATA_KEY: ""})
         print(f"removed the age calibration and the interval calibration of {args.model}")
         return 0

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from agegender.cli.common import UserError, add_quantization_options, require_extra, write_int8
+from agegender.cli.common import (
+    UserError,
+    add_quantization_options,
+    check_output_file,
+    check_quantization_options,
+    require_extra,
+    write_int8,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def read_metrics(path: Path) -> dict[str, object]:
+    """The metrics to store from a report of `agegender evaluate` or of a run (``{"overall": {...}, "protocol":
+    ...}``, e.g. ``val_flip/metrics.json``)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"--metrics {path}: cannot read it as JSON ({err})") from err
+    if not isinstance(report, dict) or not isinstance(report.get("overall"), dict):
+        raise UserError(f"--metrics {path}: not a metrics report (a JSON object with an \"overall\" object, as "
+                        "metrics.json of `agegender evaluate` or of a run's val_flip/ has)")
+    return {**report["overall"], **({"protocol": report["protocol"]} if "protocol" in report else {})}
+
+
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch", "onnx")
     from agegender.export import export_onnx
@@ -31,9 +51,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.checkpoint.is_file():
         raise UserError(f"checkpoint not found: {args.checkpoint}")
+    check_output_file(args.output)
+    if args.int8:  # every option checked before anything is written
+        check_output_file(args.int8)
+        if args.int8.resolve() == args.output.resolve():
+            raise UserError("--int8 names the float32 output: give the int8 model another path")
+        check_quantization_options(args.calibration, args.calibration_size)
+    metrics = read_metrics(args.metrics) if args.metrics else {}
     model = load_model(args.checkpoint)
-    report = json.loads(args.metrics.read_text()) if args.metrics else {"overall": {}}
-    metrics = {**report["overall"], **({"protocol": report["protocol"]} if "protocol" in report else {})}
     path = export_onnx(model, args.output, metrics=metrics)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if args.int8:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agegender.cli.common import UserError, add_quantization_options, require_extra, write_int8
+from agegender.cli.common import UserError, add_quantization_options, check_output_file, require_extra, write_int8
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,10 +28,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         source = model_path(args.model)
-        config = OnnxAgeGender(source).config
+        model = OnnxAgeGender(source)
     except ModelError as err:
         raise UserError(str(err)) from err
+    if model.metadata.get("quantization"):
+        raise UserError(f"{source} is quantised already ({model.metadata['quantization']}): quantise the float32 "
+                        "model it came from")
     if args.output.resolve() == source.resolve():
         raise UserError("the int8 model would overwrite its source: give another output path")
+    check_output_file(args.output)
+    config = model.config
     write_int8(source, args.output, config, args.calibration, args.calibration_size)
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,11 +74,7 @@ def load_evaluable(path: str | Path) -> nn.Module:
         raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix.lower() == ".onnx":
         return ExportedModel(path).eval()
-    try:
-        return load_model(path, "cuda" if torch.cuda.is_available() else "cpu")
-    except (KeyError, RuntimeError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path} is not an agegender checkpoint (runs/<name>/best.pt from `agegender "
-                         f"train`) nor an .onnx export: {err}") from err
+    return load_model(path, "cuda" if torch.cuda.is_available() else "cpu")  # ValueError for another file
 
 
 def _device(model: nn.Module) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,12 @@ def run_checkpoint(path: str | Path, what: str) -> Path:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model from a checkpoint the engine wrote (its config travels with it), in eval mode. A run
     trained with ``ema`` gives its averaged weights (those it validated), from ``best.pt`` and ``last.pt``."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    config = ModelConfig.from_dict(state["model_config"])
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+        config = ModelConfig.from_dict(state["model_config"])
+    except (KeyError, TypeError, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not an agegender checkpoint (best.pt or last.pt of `agegender train`; an "
+                         f".onnx export where a command takes one): {err}") from err
     fields = {k: v for k, v in config.to_dict().items() if k not in ("name", "extra")}
     args = dict(state.get("model_args", {}))
     # the checkpoint's weights replace any a builder would load: no download, no local weights file needed
