@@ -105,11 +105,18 @@ def test_manifest_round_trip_and_bad_rows(utkface: list[FaceRecord], tmp_path: P
     write_manifest(utkface[:20], tmp_path / "m.csv")
     back, report = read_manifest(tmp_path / "m.csv")
     assert [(r.age, r.gender, r.race) for r in back] == [(r.age, r.gender, r.race) for r in utkface[:20]]
+    for name in "abcdef":
+        (tmp_path / f"{name}.jpg").touch()
     (tmp_path / "bad.csv").write_text("path,age_group,gender,subject\na.jpg,25-32,f,s1\nb.jpg,99-100,m,s2\n"
-                                      "c.jpg,,,s3\nd.jpg,0,male,s4\n")
+                                      "c.jpg,,,s3\nd.jpg,0,male,s4\nmissing.jpg,0,male,s5\n")
     records, report = read_manifest(tmp_path / "bad.csv")
     assert [(r.age_group, r.gender, r.group_id) for r in records] == [(4, 1, "s1"), (0, 0, "s4")]
-    assert sum(map(len, report.skipped.values())) == 2
+    assert sum(map(len, report.skipped.values())) == 3 and report.skipped["image file not found"] == ["line 6"]
+    (tmp_path / "ages.csv").write_text("path,age,gender\ne.jpg,nan,f\nf.jpg,inf,m\na.jpg,31,m\n")
+    records, report = read_manifest(tmp_path / "ages.csv")  # an age that is not a number of years: a bad row
+    assert [r.age for r in records] == [31.0] and sum(map(len, report.skipped.values())) == 2
+    with pytest.raises(ValueError, match="manifest not found"):
+        read_manifest(tmp_path)
 
 
 # -- duplicates and splits -----------------------------------------------------------------------------------

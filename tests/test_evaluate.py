@@ -528,3 +528,17 @@ def test_export_and_quantize_check_everything_before_they_write(checkpoint: Path
         err = capsys.readouterr().err
         assert expected[name] in err and len(err.strip().splitlines()) == 1, (name, err)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["list.json"], name  # nothing written, no temp file
+
+
+def test_an_empty_split_and_too_few_folds_are_one_line_errors(utkface_dir: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    one = tmp_path / "one.csv"  # one face: the split puts it in train, so val and test are empty
+    face = sorted(utkface_dir.iterdir())[0]
+    one.write_text(f"path,age,gender\n{face},30,f\n")
+    assert main(["evaluate", str(shipped_model_path()), "--data", "manifest", "--root", str(one), "--split",
+                 "test", "-q", "--out", str(tmp_path / "ev")]) == 2
+    assert "no faces in the test split" in capsys.readouterr().err
+    for command in (["data", str(one), "--folds", "1"], ["crossval", "x.yaml", "--folds", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(command)
+        assert exit_.value.code == 2 and "at least 2 folds" in capsys.readouterr().err

@@ -11,6 +11,7 @@ Age groups are the eight Adience groups. Ages in years that fall in the gaps bet
 
 from __future__ import annotations
 
+import math
 import re
 from itertools import pairwise
 from typing import Any
@@ -58,8 +59,8 @@ GROUP_THRESHOLDS: tuple[float, ...] = tuple((hi + lo) / 2 for (_, hi), (lo, _) i
 
 def age_to_group(age: float) -> int:
     """Index of the Adience group for an age in years (gap policy: nearest group edge, ties to the older)."""
-    if age < 0:
-        raise ValueError(f"age must be >= 0, got {age}")
+    if not (math.isfinite(age) and age >= 0):
+        raise ValueError(f"age must be a number of years, 0 or more, got {age}")
     return int(np.searchsorted(GROUP_THRESHOLDS, age, side="right"))
 
 

@@ -85,6 +85,14 @@ def positive_int(text: str) -> int:
     return number
 
 
+def fold_count(text: str) -> int:
+    """A number of folds: at least 2."""
+    number = int(text)
+    if number < 2:
+        raise argparse.ArgumentTypeError(f"k-fold needs at least 2 folds, got {number}")
+    return number
+
+
 def port_number(text: str) -> int:
     """A TCP port: 0 (any free one) to 65535."""
     number = int(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agegender.cli.common import UserError, add_config_options, training_config
+from agegender.cli.common import UserError, add_config_options, fold_count, training_config
 
 SCHEME_HELP = (
     "group: k-fold over the config's data set by leakage group; adience-official: the 5 official Adience "
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train and test one run per fold with the engine, then report every "
                                    "figure as mean ± sample std over the runs. Interrupted folds resume.")
     p.add_argument("config", help="YAML training config (see configs/)")
-    p.add_argument("--folds", type=int, help="number of folds k (default 5; Adience has exactly 5)")
+    p.add_argument("--folds", type=fold_count, help="number of folds k (default 5; Adience has exactly 5)")
     p.add_argument("--scheme", choices=("group", "adience-official", "seed001-fixed", "levi-hassner-holdout"),
                    default="group", help=SCHEME_HELP)
     p.add_argument("--adience-images", help="Adience image folder (holding faces/ or aligned/): use the "
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         folds = adience_official_folds(args.adience_folds, args.adience_images)
         source = f"Adience (official subject-exclusive folds, images under {args.adience_images})"
     else:
-        k = args.folds or 5
+        k = 5 if args.folds is None else args.folds
         folds = dataset_folds(cfg.data, k, progress=not args.quiet)
         source = f"{cfg.data.dataset} {cfg.data.root} (group-exclusive folds of the deduplicated faces)"
     run_dir = Path(args.run_dir or f"runs/crossval/{Path(args.config).stem}-{args.scheme}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agegender.cli.common import UserError
+from agegender.cli.common import UserError, fold_count
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(or into --folds K), write CSV manifests and print what was found.")
     p.add_argument("root", type=Path, help="UTKFace folder or CSV manifest")
     p.add_argument("--out", type=Path, default=None, help="folder for the manifests (default: the cache)")
-    p.add_argument("--folds", type=int, help="also write K group-exclusive folds")
+    p.add_argument("--folds", type=fold_count, help="also write K group-exclusive folds")
     p.set_defaults(handler=run)
 
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in stats.to_dict().items():
         print(f"{key.replace('_', ' ')}: {value}")
     print(", ".join(f"{name} {len(recs)}" for name, recs in splits.items()) + " (no group crosses a split)")
-    if args.folds:
+    if args.folds is not None:
         folds = kfold_records([r for recs in splits.values() for r in recs], args.folds)
         folder = splits_folder(records, out)
         for k, fold in enumerate(folds):

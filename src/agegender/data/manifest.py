@@ -36,8 +36,11 @@ def _parse_row(row: dict[str, str], base: Path) -> FaceRecord:
 
 
 def read_manifest(csv_path: str | Path) -> tuple[list[FaceRecord], ReadReport]:
-    """Records of a CSV manifest; bad rows are skipped with their line number and reason."""
+    """Records of a CSV manifest; bad rows (a label that does not parse, no label, no such image file) are skipped
+    with their line number and reason."""
     csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ValueError(f"manifest not found (or not a file): {csv_path}")
     report = ReadReport()
     records = []
     with open(csv_path, newline="", encoding="utf-8") as handle:
@@ -52,6 +55,9 @@ def read_manifest(csv_path: str | Path) -> tuple[list[FaceRecord], ReadReport]:
                 continue
             if record.age_group is None and record.gender is None:
                 report.skip("no label", f"line {line}")
+                continue
+            if not os.path.isfile(record.path):
+                report.skip("image file not found", f"line {line}")
                 continue
             records.append(record)
     report.read = len(records)

@@ -161,6 +161,10 @@ def evaluation_records(data: str, root: str | None, split: str = "test", folds: 
     splits = dataset_splits(cfg, progress)
     records = [r for name in (SPLITS if split == "all" else (split,)) for r in splits[name]]
     which = "every face" if split == "all" else f"the {split} split"
+    if not records:
+        sizes = ", ".join(f"{name} {len(faces)}" for name, faces in splits.items())
+        raise ValueError(f"no faces in {which} of {dataset_root(cfg)} (faces per split: {sizes}): choose another "
+                         "split, or give more faces")
     return records, (f"{data} {Path(dataset_root(cfg)).name}: {which} of the project's deduplicated split "
                      f"(near-duplicates and mirrored copies grouped, identity not controlled; {len(records)} "
                      "faces; 8 age groups from ages by the gap policy)")
