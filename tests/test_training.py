@@ -134,6 +134,20 @@ def test_also_select_keeps_the_epoch_each_further_criterion_chose(utkface_dir: P
         load_config(FLAGSHIP, small(utkface_dir, 128, 1, "also_select=[val_nothing]"))
 
 
+def test_resume_refuses_another_config_and_keeps_the_run_s_own(utkface_dir: Path, tmp_path: Path) -> None:
+    """Its checkpoints, schedule and history belong to the config it started with (a longer schedule once failed
+    mid-way with "Tried to step 4 times", having rewritten config.yaml first)."""
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1))
+    train(cfg, tmp_path / "run", raw_config=raw, progress=False)
+    stored = (tmp_path / "run" / "config.yaml").read_text()
+    longer, raw_longer = load_config(FLAGSHIP, small(utkface_dir, 64, 2, "optimizer.lr=0.5"))
+    with pytest.raises(ValueError, match=r"epochs: 1 -> 2; optimizer.lr: .* -> 0.5"):
+        train(longer, tmp_path / "run", resume=True, raw_config=raw_longer, progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == stored
+    same, raw_same = load_config(FLAGSHIP, small(utkface_dir, 64, 1, "threads=2"))  # how it runs may change
+    train(same, tmp_path / "run", resume=True, raw_config=raw_same, progress=False)
+
+
 def test_an_existing_run_is_not_overwritten_without_resume(utkface_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "last.pt").write_bytes(b"precious")
@@ -336,3 +350,12 @@ def test_a_one_cycle_warm_up_of_exactly_one_step_is_a_clear_error() -> None:
         Schedule(optimizer, ScheduleConfig(name="onecycle", pct_start=0.2), epochs=1, steps_per_epoch=5)
     for epochs, steps in ((1, 2), (2, 5)):
         Schedule(optimizer, ScheduleConfig(name="onecycle", pct_start=0.2), epochs=epochs, steps_per_epoch=steps)
+
+
+def test_model_args_a_model_does_not_take_are_one_line_before_any_data() -> None:
+    with pytest.raises(ValueError, match=r"model 'flagship' with \{'foo': 1\}: .*'foo'"):
+        create_model("flagship", foo=1)
+    result = subprocess.run([sys.executable, "-m", "agegender.cli", "train", str(FLAGSHIP), "-s", "model_args.foo=1",
+                             "-s", "data.root=/nonexistent", "--run-dir", "/tmp/agegender-never-written"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "keyword argument 'foo'" in result.stderr and "Traceback" not in result.stderr

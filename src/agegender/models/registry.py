@@ -59,7 +59,10 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     config_changes = {k: v for k, v in overrides.items() if k in _CONFIG_FIELDS}
     kwargs = {k: v for k, v in overrides.items() if k not in _CONFIG_FIELDS}
     config = config.replace(**config_changes)
-    model = builder(config, **kwargs)
+    try:
+        model = builder(config, **kwargs)
+    except (TypeError, ValueError) as err:  # an argument it does not take, or a value it cannot use
+        raise ValueError(f"model {name!r} with {kwargs}: {err}") from err
     return with_config(model, config.replace(extra={**config.extra, **kwargs}))
 
 

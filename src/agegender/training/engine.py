@@ -340,12 +340,49 @@ class Trainer:
         return results
 
 
+#: Config keys a resumed run may change: how it runs, not what it trains (precision: see ``Trainer.resume``), and
+#: the description, which lists the command line's overrides.
+RESUMABLE_CHANGES = frozenset({"threads", "precision", "description"})
+
+
+def check_same_config(stored: Path, raw_config: dict) -> None:
+    """A run resumes with the config it was started with (``config.yaml``, saved at its start), but for
+    :data:`RESUMABLE_CHANGES`: its checkpoints, schedule and history belong to that config. ValueError naming the
+    keys that differ."""
+    if not stored.is_file():
+        return
+    before, now = (_flat(c) for c in (yaml.safe_load(stored.read_text()) or {},
+                                      yaml.safe_load(yaml.safe_dump(raw_config))))
+    changed = sorted(k for k in before.keys() | now.keys()
+                     if before.get(k) != now.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
+    if changed:
+        differences = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ValueError(f"--resume continues {stored.parent} with the config it was started with, and this one "
+                         f"differs ({differences}): resume without those changes, or start a new run with another "
+                         "--run-dir")
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as ``{"a.b": value}`` (an empty mapping stays a value).
+
+    >>> _flat({"a": {"b": 1, "c": {}}, "d": 2})
+    {'a.b': 1, 'a.c': {}, 'd': 2}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        flat.update(_flat(value, f"{name}.") if isinstance(value, dict) and value else {name: value})
+    return flat
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, raw_config: dict | None = None,
           progress: bool = True, splits: SplitRecords | None = None) -> dict[str, Any]:
     """Train (or resume) one run, on ``splits`` when given; returns the best epoch's figures on ``final_split``."""
     if not resume and (Path(run_dir) / "last.pt").exists():
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another "
                               "--run-dir")
+    if resume and raw_config is not None and (Path(run_dir) / "last.pt").exists():
+        check_same_config(Path(run_dir) / "config.yaml", raw_config)
     trainer = Trainer(cfg, run_dir, raw_config, progress, splits)
     if resume:
         trainer.resume()
