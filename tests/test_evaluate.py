@@ -200,6 +200,9 @@ def test_evaluate_reads_the_official_adience_fold_of_the_sample(checkpoint: Path
 def test_evaluate_command_names_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["evaluate", str(tmp_path / "nope.pt"), "-q"]) == 2
     assert "model file not found" in capsys.readouterr().err
+    for command in (["evaluate", str(tmp_path), "-q"], ["models", str(tmp_path)]):
+        assert main(command) == 2
+        assert f"{tmp_path} is a folder, not a model file" in capsys.readouterr().err
 
 
 def test_crossval_on_two_group_folds_gives_mean_and_std_and_resumes(manifest: Path, tmp_path: Path,

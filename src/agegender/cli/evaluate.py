@@ -24,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", choices=("utkface", "adience", "manifest"), default="utkface",
                    help="data set (default utkface)")
     p.add_argument("--root", help="UTKFace folder (default ../shared/data/UTKFace), manifest CSV, or the "
-                                  "Adience image folder holding faces/ or aligned/")
+                                  "Adience image folder holding faces/ or aligned/. Images are read as they are, "
+                                  "not detected or aligned: Adience's faces/ crops are not our chips, and score "
+                                  "lower than `agegender bench`, which detects and aligns them")
     p.add_argument("--split", choices=SPLIT_CHOICES, default="val",
                    help="utkface/manifest: part of the deduplicated split (default val; all = every face). The test "
                         "split is sealed: score it with --split test once per model that ships, never to choose")

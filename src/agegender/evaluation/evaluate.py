@@ -71,7 +71,8 @@ def load_evaluable(path: str | Path) -> nn.Module:
     """A checkpoint the engine wrote (on the GPU when there is one) or an ONNX export (CPU), in eval mode."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise FileNotFoundError(f"{path} is a folder, not a model file" if path.is_dir()
+                                else f"model file not found: {path}")
     if path.suffix.lower() == ".onnx":
         return ExportedModel(path).eval()
     return load_model(path, "cuda" if torch.cuda.is_available() else "cpu")  # ValueError for another file

@@ -43,8 +43,8 @@ def model_path(model: str | Path | None) -> Path:
     if isinstance(model, str) and model in SHIPPED_MODELS:
         return shipped_model_path(model)
     if not Path(model).is_file():
-        raise ModelError(f"model file not found: {model} (give an ONNX file or a shipped model: "
-                         f"{', '.join(SHIPPED_MODELS)})")
+        problem = f"{model} is a folder, not a model file" if Path(model).is_dir() else f"model file not found: {model}"
+        raise ModelError(f"{problem} (give an ONNX file or a shipped model: {', '.join(SHIPPED_MODELS)})")
     return Path(model)
 
 
