@@ -10,7 +10,6 @@ and a resumed run skips exactly the inputs already written.
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import os
 import signal
@@ -222,7 +221,7 @@ def run_bulk(predictor: Predictor, collection: Collection, sink: RowSink, worker
           tqdm(total=len(todo), desc="predict", unit="photo", disable=not progress, smoothing=0.1) as bar,
           closing(_prepared(todo, predictor, workers, max_pixels)) as prepared):
         try:
-            for batch in _batches(itertools.takewhile(lambda _: not ctrl_c.pressed, prepared), BATCH_FACES):
+            for batch in _batches(_until_pressed(prepared, ctrl_c), BATCH_FACES):
                 for result in predictor.finish(batch):
                     sink.write(result.rows())
                     summary.add(result)
@@ -235,6 +234,15 @@ def run_bulk(predictor: Predictor, collection: Collection, sink: RowSink, worker
         raise KeyboardInterrupt
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _until_pressed(items: Iterable[PreparedImage | ImageFailure], ctrl_c: _CtrlC
+                   ) -> Iterator[PreparedImage | ImageFailure]:
+    """``items`` up to and with the one that came after Ctrl-C was pressed."""
+    for item in items:
+        yield item
+        if ctrl_c.pressed:
+            return
 
 
 class _CtrlC:

@@ -135,8 +135,7 @@ class _TextSink(RowSink):
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
             for row in rows:
-                writer.writerow(["" if v is None else v for v in (self._cells(row).values() if not header
-                                                                  else row.values())])
+                writer.writerow(["" if v is None else v for v in self._cells(row).values()])
             data = buffer.getvalue()
         else:
             data = "".join(json.dumps(self._cells(row)) + "\n" for row in rows)
