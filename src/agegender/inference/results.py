@@ -21,6 +21,7 @@ import numpy as np
 
 from agegender.inference.align import align_face
 from agegender.inference.detector import LANDMARK_NAMES
+from agegender.outputs import AGE_DECIMALS
 from agegender.preprocess import CHIP_SIZE
 
 MALE_COLOR, FEMALE_COLOR = (235, 150, 40), (120, 60, 230)  # BGR
@@ -99,8 +100,8 @@ class Face:
         return {
             "box": [round(float(v), 1) for v in self.box],
             "score": round(float(self.score), 4),
-            "age": round(float(self.age), 1),
-            "age_range": [round(float(v), 1) for v in self.age_range],
+            "age": round(float(self.age), AGE_DECIMALS),
+            "age_range": [round(float(v), AGE_DECIMALS) for v in self.age_range],
             "age_group": self.age_group,
             "age_group_confidence": round(float(self.age_group_confidence), 4),
             "gender": self.gender,
