@@ -353,7 +353,7 @@ def test_a_one_cycle_warm_up_of_exactly_one_step_is_a_clear_error() -> None:
 
 
 def test_model_args_a_model_does_not_take_are_one_line_before_any_data() -> None:
-    with pytest.raises(ValueError, match=r"model 'flagship' with \{'foo': 1\}: .*'foo'"):
+    with pytest.raises(ValueError, match=r"model_args of 'flagship' \(foo\): .*'foo'"):
         create_model("flagship", foo=1)
     result = subprocess.run([sys.executable, "-m", "agegender.cli", "train", str(FLAGSHIP), "-s", "model_args.foo=1",
                              "-s", "data.root=/nonexistent", "--run-dir", "/tmp/agegender-never-written"],

@@ -54,15 +54,16 @@ def get_config(name: str) -> ModelConfig:
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
     """Build a registered model; overrides naming ``ModelConfig`` fields change its config, the rest go to the
-    builder. The model carries its config as ``model.config``."""
+    builder. The model carries its config as ``model.config``. ValueError for an argument the builder does not
+    take or a value it cannot use."""
     builder, config = _lookup(name)
     config_changes = {k: v for k, v in overrides.items() if k in _CONFIG_FIELDS}
     kwargs = {k: v for k, v in overrides.items() if k not in _CONFIG_FIELDS}
     config = config.replace(**config_changes)
     try:
         model = builder(config, **kwargs)
-    except (TypeError, ValueError) as err:  # an argument it does not take, or a value it cannot use
-        raise ValueError(f"model {name!r} with {kwargs}: {err}") from err
+    except TypeError as err:  # an argument it does not take: a bad value of the config, as every other
+        raise ValueError(f"model_args of {name!r} ({', '.join(kwargs) or 'none'}): {err}") from err
     return with_config(model, config.replace(extra={**config.extra, **kwargs}))
 
 
