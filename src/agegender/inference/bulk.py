@@ -156,8 +156,8 @@ def _prepared(paths: Sequence[str], predictor: Predictor, workers: int, max_pixe
             while ahead:
                 yield ahead.popleft().result()
         except BrokenProcessPool as err:
-            raise WorkerDied("a worker process died (killed, or out of memory?) while it prepared a photo; the rows "
-                             "written so far are kept: run the same command with --resume to go on") from err
+            raise WorkerDied(f"a worker process died (killed, or out of memory?): {err} The rows written so far "
+                             "are kept: run the same command with --resume to go on") from err
         finally:
             for future in ahead:
                 future.cancel()
