@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,14 @@ def test_a_model_outside_the_catalog_is_listed_once_registered(monkeypatch: pyte
     assert create_model("tiny_test_model").config.name == "tiny_test_model"
     with pytest.raises(KeyError, match="unknown model"):
         get_config("no_such_model")
+
+
+@pytest.mark.parametrize("name", ["notes.md", "broken.onnx"])
+def test_a_file_that_is_not_onnx_is_one_line(tmp_path: Path, name: str) -> None:
+    """OpenVINO's other front ends (TensorFlow's) once printed their own parse errors before a many-line message."""
+    path = tmp_path / name
+    path.write_text("# not a model\n")
+    result = subprocess.run([sys.executable, "-m", "agegender.cli", "models", str(path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"cannot load {path}" in result.stderr

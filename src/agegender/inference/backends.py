@@ -216,8 +216,13 @@ class OpenVinoModels:
 
         self.core, self.config = ov.Core(), openvino_config(threads)
         self.static_after, self.keep = static_after, keep
-        #: The model as read (its metadata, inputs and outputs); compiled models are made from copies of it.
-        self.model = self.core.read_model(str(path))
+        #: The model as read (its metadata, inputs and outputs); compiled models are made from copies of it. Read
+        #: by the ONNX front end alone: ``Core.read_model`` tries every front end, and the TensorFlow one prints its
+        #: parse errors for a file that is not ONNX.
+        from openvino.frontend import FrontEndManager
+
+        onnx = FrontEndManager().load_by_framework("onnx")
+        self.model = onnx.convert(onnx.load(str(path)))
         self.dynamic = self._compile(dynamic_shape)
         self.compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # static models, the most recent last
         self.seen: OrderedDict[tuple[int, ...], int] = OrderedDict()  # shapes without one yet: how often seen
@@ -296,7 +301,7 @@ class _OpenVinoSession:
         try:
             self.models = OpenVinoModels(path, threads, static_after=self.STATIC_AFTER)
         except Exception as err:  # OpenVINO raises its own untyped errors
-            raise BackendError(f"OpenVINO cannot load {path}: {err}") from err
+            raise BackendError(f"OpenVINO cannot load {path}: {str(err).strip().splitlines()[-1]}") from err
         info = self.models.model.get_rt_info()  # ONNX metadata_props arrive under "framework"
         framework = info["framework"] if "framework" in info else {}
         self.metadata = {k[len(META_PREFIX):]: v.astype(str) for k, v in framework.items() if k.startswith(META_PREFIX)}
