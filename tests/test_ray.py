@@ -4,6 +4,8 @@ for what cannot be read, --shard and --resume, URIs, and one-line errors."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -134,6 +136,15 @@ def test_bytes_relative_paths_and_a_vanished_file(ray_rows: Any, collection_dir:
     assert rows[str(gone)]["error_kind"] == "cannot read" and "gone.jpg" in rows[str(gone)]["error"]
     with pytest.raises(TypeError, match="with_bytes=True"):
         ray_pipeline.files_dataset([relative], include_paths=True)
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_named_as_the_bulk_path_names_it(
+        local_ray: Any, collection_dir: Path, yunet_path: Path, tmp_path: Path) -> None:
+    name = os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg")  # a Latin-1 name: no Arrow string holds it
+    shutil.copy(collection_dir / "smahesh29_kid1.jpg", name)
+    rows = table_of(ray_pipeline.predict_dataset(ray_pipeline.files_dataset([os.fsdecode(name)]),
+                                                  detector=yunet_path)).to_pylist()
+    assert [(r["file"], r["face"], r["error"]) for r in rows] == [(str(tmp_path / "caf\\xe9.jpg"), 0, None)]
 
 
 def test_paths_come_in_blocks_for_every_actor(local_ray: Any) -> None:

@@ -24,14 +24,14 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 from agegender.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, finer_decoder, load_scaled
 from agegender.inference import bulk
 from agegender.inference.collection import UNREADABLE_SUFFIXES, Collection, collect, shard_paths
 from agegender.inference.detector import DETECT_SIZE
 from agegender.inference.results import ROW_COLUMNS, ROW_TYPES, ImageFailure, ImageResult
-from agegender.inference.sinks import ARROW_TYPES, RowSink, clean_value, open_sink
+from agegender.inference.sinks import ARROW_TYPES, RowSink, clean_value, open_sink, stored_name
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -142,6 +142,8 @@ class AgeGenderBatchPredictor:
     def read(self, path: str) -> bytes:
         """The bytes of a local file, or of a URI that pyarrow's filesystems read (one filesystem per bucket or
         host, made once per actor). Raises OSError (an error row)."""
+        if path.startswith("file://"):  # a local name Arrow cannot hold as text (:func:`_location`)
+            return Path(os.fsdecode(unquote_to_bytes(urlsplit(path).path))).read_bytes()
         if not _is_uri(path):
             return Path(path).read_bytes()
         from pyarrow import fs as pafs
@@ -171,6 +173,12 @@ class AgeGenderBatchPredictor:
 
 
 # --- inputs ----------------------------------------------------------------------------------------------------
+
+def _location(path: str) -> str:
+    """Where an actor reads a local file: its path, or a ``file://`` URI of its bytes where the name is not UTF-8
+    (Arrow strings cannot hold it; the row names it by :func:`~agegender.inference.sinks.stored_name`)."""
+    return path if stored_name(path) == path else "file://" + quote(os.fsencode(path))
+
 
 def _is_uri(source: str | os.PathLike) -> bool:
     return isinstance(source, str) and "://" in source and not os.path.exists(source)
@@ -249,8 +257,8 @@ def files_dataset(files: Sequence[str], *, with_bytes: bool = False, **read_args
 
         if read_args:
             raise TypeError(f"read_args ({', '.join(read_args)}) go to read_binary_files: pass with_bytes=True")
-        table = pa.table({"path": list(files),
-                          "location": [file if _is_uri(file) else os.path.abspath(file) for file in files]})
+        table = pa.table({"path": [stored_name(file) for file in files],
+                          "location": [file if _is_uri(file) else _location(os.path.abspath(file)) for file in files]})
         rows = min(BLOCK_PATHS, -(-len(files) // 200))
         return ray.data.from_arrow([table.slice(start, rows) for start in range(0, len(files), rows)])
     groups: dict[str, list[str]] = {}
