@@ -207,6 +207,25 @@ def test_cli_shard_then_resume(local_ray: Any, sources: list[str], collection_di
     assert rows_of(out) == rows
 
 
+def test_cli_an_empty_shard_no_input_and_too_many_threads(local_ray: Any, collection_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """As the local bulk path: a shard without files is no error, a run without input leaves no output behind (the
+    command, fixed, runs again), and an actor larger than any node is refused instead of waiting for ever."""
+    photo = str(collection_dir / "smahesh29_kid1.jpg")
+    outs = [tmp_path / f"shard{i}.parquet" for i in range(2)]
+    assert [main(["predict", photo, "--ray", "--shard", f"{i}/2", "--output", str(out)]) for i, out in
+            enumerate(outs)] == [0, 0]
+    assert "holds none of the 1 input(s)" in capsys.readouterr().err
+    assert sum(len(rows_of(out)) for out in outs) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--ray", "--output", str(tmp_path / "e.parquet")]) == 1
+    assert "no input" in capsys.readouterr().err and not (tmp_path / "e.parquet").exists()
+    assert main(["predict", photo, "--ray", "--threads", "64", "--output", str(tmp_path / "t.parquet")]) == 2
+    assert "--threads 64: each actor holds that many CPUs of one node" in capsys.readouterr().err
+    assert not (tmp_path / "t.parquet").exists()
+
+
 def test_uris_are_listed_by_ending_and_named_by_uri(local_ray: Any, collection_dir: Path) -> None:
     uri = f"file://{collection_dir}"
     listed = ray_pipeline.list_images(uri)

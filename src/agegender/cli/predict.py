@@ -210,22 +210,41 @@ def report_skipped(collection: Collection) -> None:
         print(f"agegender predict: skipped {len(paths)} file(s), {reason}: {shown}", file=sys.stderr)
 
 
+def bulk_inputs(listed: Collection, shard: tuple[int, int] | None) -> int | None:
+    """The inputs of a bulk run (local or Ray), taken before its output is created: the files skipped are named,
+    then ``listed`` keeps ``shard``'s part. Returns how many inputs the paths hold, or None (said on stderr) when
+    they hold none, so that the command, fixed, can run again."""
+    from agegender.inference.collection import shard_paths
+
+    report_skipped(listed)
+    if not (listed.files or listed.errors):
+        print("agegender predict: no input: the paths hold no image file", file=sys.stderr)
+        return None
+    everything = len(listed.files) + len(listed.errors)
+    listed.files = shard_paths(listed.files, shard)
+    listed.errors = [(p, r) for p, r in listed.errors if p in shard_paths([p], shard)]
+    return everything
+
+
+def report_empty_shard(shard_text: str | None, inputs: int, everything: int) -> None:
+    """A shard that got none of the inputs is not an error (the other shards hold them): say so."""
+    if shard_text and not inputs:
+        print(f"agegender predict: shard {shard_text} holds none of the {everything} input(s) (the other shards "
+              "hold them all)", file=sys.stderr)
+
+
 def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
     from agegender.inference.bulk import WorkerDied, run_bulk
-    from agegender.inference.collection import collect, parse_shard, shard_paths
+    from agegender.inference.collection import collect, parse_shard
     from agegender.inference.results import ROW_TYPES
     from agegender.inference.sinks import check_output, open_sink
 
     shard = parse_shard(args.shard) if args.shard else None
     check_output(args.output, args.resume)
     collection = collect(args.paths)
-    report_skipped(collection)
-    if not (collection.files or collection.errors):  # before the output exists: the fixed command can run
-        print("agegender predict: no input: the paths hold no image file", file=sys.stderr)
+    everything = bulk_inputs(collection, shard)
+    if everything is None:
         return 1
-    everything = len(collection.files) + len(collection.errors)
-    collection.files = shard_paths(collection.files, shard)
-    collection.errors = [(p, r) for p, r in collection.errors if p in shard_paths([p], shard)]
     try:
         sink = open_sink(args.output, ROW_TYPES, resume=args.resume, flush_seconds=args.flush_seconds)
     except ImportError as err:
@@ -238,9 +257,7 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
         return 1
     for line in summary.lines():
         print(f"agegender predict: {line}", file=sys.stderr)
-    if shard is not None and not summary.inputs:
-        print(f"agegender predict: shard {args.shard} holds none of the {everything} input(s) (the other shards "
-              "hold them all)", file=sys.stderr)
+    report_empty_shard(args.shard, summary.inputs, everything)
     return 1 if summary.errors else 0
 
 

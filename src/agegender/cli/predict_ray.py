@@ -1,4 +1,4 @@
-"""``agegender predict SRC... --ray [ADDRESS] --output FILE.parquet``: the bulk path on a Ray cluster.
+"""``agegender predict SRC... --ray [--ray-address ADDRESS] --output FILE.parquet``: the bulk path on a Ray cluster.
 
 The same rows, summary, ``--shard`` and ``--resume`` as the local bulk path (``agegender predict --output``); the
 photos are decoded, detected and predicted by a pool of Ray actors, one per CPU of the cluster
@@ -19,7 +19,8 @@ from agegender.cli.common import UserError, require_extra
 if TYPE_CHECKING:
     from agegender.inference.sinks import RowSink
 
-#: What ``--ray`` alone means: the cluster ``ray start`` made (or ``$RAY_ADDRESS``), else a local Ray.
+#: What ``--ray`` without ``--ray-address`` means: the cluster ``ray start`` made (or ``$RAY_ADDRESS``), else a local
+#: Ray.
 AUTO = "auto"
 
 
@@ -42,7 +43,7 @@ def connect(address: str) -> bool:
         except ConnectionError:
             if os.environ.get("RAY_ADDRESS"):
                 raise UserError(f"--ray: no Ray cluster answers at $RAY_ADDRESS={os.environ['RAY_ADDRESS']}") from None
-            _say("no running Ray cluster found (`ray start --head` makes one, --ray ADDRESS names one): starting a "
+            _say("no running Ray cluster found (`ray start --head` makes one, --ray-address names one): starting a "
                  f"local Ray on this machine's {os.cpu_count()} CPU(s)")
             ray.init(address="local")
             return True
@@ -50,7 +51,7 @@ def connect(address: str) -> bool:
         try:
             ray.init(address=address)
         except (ConnectionError, ValueError) as err:
-            raise UserError(f"--ray {address}: cannot connect ({err})") from err
+            raise UserError(f"--ray-address {address}: cannot connect ({err})") from err
     _say(f"connected to the Ray cluster at {ray.get_runtime_context().gcs_address}")
     return True
 
@@ -79,12 +80,12 @@ def _load_failure(err: BaseException) -> str | None:
 def run_ray(args: argparse.Namespace) -> int:
     """``agegender predict --ray``: see the module doc. Exit code 1 if any input failed, as the bulk path."""
     require_extra("ray", "ray.data", "pyarrow")
-    from agegender.cli.predict import report_skipped
+    from agegender.cli.predict import bulk_inputs, report_empty_shard
     from agegender.inference.bulk import BulkSummary
-    from agegender.inference.collection import parse_shard, shard_paths
+    from agegender.inference.collection import parse_shard
     from agegender.inference.ray_pipeline import files_dataset, list_images, predict_dataset, write_rows
     from agegender.inference.results import ROW_TYPES, ImageFailure
-    from agegender.inference.sinks import open_sink
+    from agegender.inference.sinks import check_output, open_sink
 
     if args.output.suffix.lower() != ".parquet":
         raise UserError(f"--ray writes Parquet: give --output FILE.parquet (got {args.output})")
@@ -98,12 +99,13 @@ def run_ray(args: argparse.Namespace) -> int:
         shard = parse_shard(args.shard) if args.shard else None
     except ValueError as err:
         raise UserError(str(err)) from err
+    check_output(args.output, args.resume)
 
     start = time.perf_counter()
     collection = list_images(args.paths)
-    collection.files = shard_paths(collection.files, shard)
-    collection.errors = [(p, r) for p, r in collection.errors if shard_paths([p], shard)]
-    report_skipped(collection)
+    everything = bulk_inputs(collection, shard)
+    if everything is None:
+        return 1
     sink = open_sink(args.output, ROW_TYPES, resume=args.resume)
     todo = [p for p in collection.files if p not in sink.done]
     connected = False
@@ -123,6 +125,10 @@ def run_ray(args: argparse.Namespace) -> int:
 
             ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
             _say(f"{len(todo)} photo(s) to predict on {int(ray.cluster_resources().get('CPU', 0))} CPU(s)")
+            largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
+            if threads > largest:  # Ray would wait for such a node for ever
+                raise UserError(f"--threads {threads}: each actor holds that many CPUs of one node, and the "
+                                f"largest node has {largest:g}")
             ds = predict_dataset(files_dataset(todo), args.model, None if args.no_detect else (args.detector or "auto"),
                                  flip=not args.no_flip, threads=threads, backend=args.backend, device=args.device,
                                  accurate=args.accurate, descriptor_weights=args.descriptor_weights,
@@ -155,7 +161,5 @@ def run_ray(args: argparse.Namespace) -> int:
     summary.seconds = time.perf_counter() - start
     for line in summary.lines():
         _say(line)
-    if not summary.inputs:
-        _say("no input: the paths hold no image file")
-        return 1
+    report_empty_shard(args.shard, summary.inputs, everything)
     return 1 if summary.errors else 0
