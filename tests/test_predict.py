@@ -167,6 +167,14 @@ def test_a_tracked_face_reads_the_group_of_its_smoothed_age(predictor: Predictor
             assert face.age_group == AGE_GROUPS[age_to_group(face.age)]
 
 
+def test_a_video_without_frames_is_a_failed_input(tmp_path: Path, yunet_path: Path) -> None:
+    """It opens, but holds no frame: once a silent exit 0 with no output at all."""
+    video = _clip(tmp_path, frames=0)
+    result = subprocess.run([sys.executable, "-m", "agegender.cli", "predict", str(video), "--json",
+                             "--detector", str(yunet_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "holds no frame" in result.stdout + result.stderr, result.stderr
+
+
 def test_save_dir_on_a_video_writes_one_annotated_video(tmp_path: Path, yunet_path: Path) -> None:
     video = _clip(tmp_path, frames=6)
     out = tmp_path / "out"

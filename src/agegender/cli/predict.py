@@ -270,15 +270,19 @@ def _video(args: argparse.Namespace, predictor: Predictor, writer: Writer, file:
     if args.save_dir:
         _make_dir(args.save_dir)
         video = AnnotatedVideo(str(args.save_dir / f"{stem}_annotated.mp4"), frame_rate(file), args.every)
+    frames = 0
     try:
         for frame_no, frame, tracked in predict_video(predictor, file, args.every, args.max_frames):
             result = ImageResult([f for _, f in tracked], source=file, image=frame, model=predictor.model.config.name)
             writer.result(result, frame=frame_no, tracks=[t for t, _ in tracked])
             if video is not None:
                 video.write(result.plot())
+            frames += 1
     finally:
         if video is not None:
             video.close()
+    if not frames:  # it opened, but held no frame to read: an input that failed, not a silent success
+        raise ValueError(f"{file}: the video holds no frame that could be read")
 
 
 def _make_dir(folder: Path) -> None:
