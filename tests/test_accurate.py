@@ -82,7 +82,9 @@ def test_the_accurate_mode_beats_the_flagship_on_held_out_chips(utkface_dir: Pat
     ages = np.array([r.age for r in test])
     female = np.array([r.gender == 1 for r in test])
     scores = {}
-    for name, model in (("flagship", None), ("stacked", StackedAgeGender(descriptor_weights=dlib_weights))):
+    stacked = StackedAgeGender(descriptor_weights=dlib_weights)
+    assert stacked.version_label.endswith("+ descriptor_head.onnx (accurate mode)")  # rows tell the modes apart
+    for name, model in (("flagship", None), ("stacked", stacked)):
         faces = [f[0] for f in Predictor(model, detector=None).predict_batch([r.path for r in test])]
         scores[name] = (np.mean(np.abs([f.age for f in faces] - ages)),
                         np.mean(np.array([f.gender == "female" for f in faces]) == female))

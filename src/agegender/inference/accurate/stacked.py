@@ -121,6 +121,8 @@ class StackedAgeGender(OnnxAgeGender):
         self.network_path = descriptor_network(descriptor_weights)
         self.network = open_session(self.network_path, backend, device, threads)
         self._matrix = chip_transform()
+        # rows and results say which mode made them (the network's name alone reads as the plain flagship's)
+        self.version_label = f"{self.version_label} + {self.head_path.name} (accurate mode)"
 
     def descriptors(self, chips_bgr: Sequence[np.ndarray]) -> np.ndarray:
         """dlib's 128 numbers for each aligned BGR chip."""
