@@ -167,6 +167,22 @@ def test_a_tracked_face_reads_the_group_of_its_smoothed_age(predictor: Predictor
             assert face.age_group == AGE_GROUPS[age_to_group(face.age)]
 
 
+def test_a_cut_to_another_shot_starts_new_tracks(predictor: Predictor, tmp_path: Path) -> None:
+    """After a cut, a face that stands where another stood is someone else: it once took over that track's age and
+    gender (a man of about 59 went on as "49, male" for a woman of about 20)."""
+    first = load_image(shared_path("photos", "dlib_2007_007763.jpg"))
+    second = cv2.resize(load_image(shared_path("photos", "mowshon_test-image-2.jpg")), first.shape[1::-1])
+    video = tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, first.shape[1::-1])
+    if not writer.isOpened():
+        pytest.skip("this OpenCV build cannot write MJPG video")
+    for image in (first, first, first, second, second):
+        writer.write(image)
+    writer.release()
+    ids = [{t for t, _ in tracked} for _, _, tracked in predict_video(predictor, str(video))]
+    assert ids[0] == ids[1] == ids[2] and ids[3] == ids[4] and not ids[2] & ids[3]
+
+
 def test_a_video_without_frames_is_a_failed_input(tmp_path: Path, yunet_path: Path) -> None:
     """It opens, but holds no frame: once a silent exit 0 with no output at all."""
     video = _clip(tmp_path, frames=0)
