@@ -321,3 +321,13 @@ def test_a_video_named_with_output_gets_an_error_row_that_says_so(tmp_path: Path
     assert main(["predict", str(video), "--output", str(out), "--detector", str(yunet_path)]) == 1
     (row,) = read_rows(out)
     assert row["file"] == str(video) and "a video; --output takes photos" in row["error"]
+
+
+def test_each_failed_input_is_named_on_stderr(collection_dir: Path, tmp_path: Path, yunet_path: Path) -> None:
+    """As without --output (the README's "a bad file gets one message on stderr"); the table has the reason too."""
+    out = tmp_path / "rows.jsonl"
+    result = subprocess.run([sys.executable, "-m", "agegender.cli", "predict", str(collection_dir), "--output",
+                             str(out), "--detector", str(yunet_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    failed = [r for r in read_rows(out) if r["error"]]
+    assert failed and all(r["error"] in result.stderr.splitlines() for r in failed), result.stderr

@@ -10,6 +10,7 @@ and a resumed run skips exactly the inputs already written.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -33,6 +34,8 @@ from agegender.inference.detector import FaceDetector
 from agegender.inference.predictor import Predictor, PreparedImage, prepare_image
 from agegender.inference.results import ImageFailure, ImageResult
 from agegender.inference.sinks import RowSink
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AUTO_WORKERS_BYTES", "BulkSummary", "WorkerDied", "auto_workers", "run_bulk", "unsupported_format"]
 
@@ -63,11 +66,17 @@ class BulkSummary:
 
     def add(self, result: ImageResult | ImageFailure) -> None:
         if isinstance(result, ImageFailure):
-            self.errors[result.kind] += 1
+            self.failed(result.kind, result.message)
             return
         self.photos += 1
         self.faces += len(result)
         self.no_face += not len(result)
+
+    def failed(self, kind: str, message: str) -> None:
+        """Count an input that failed, and name it in the log (a warning): as without ``--output``, a bad file
+        gets one line."""
+        self.errors[kind] += 1
+        log.warning("%s", message)
 
     def lines(self) -> list[str]:
         rate = self.photos / self.seconds if self.seconds else 0.0

@@ -348,7 +348,7 @@ def _photos(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 def _count(summary: bulk.BulkSummary, photo: list[dict[str, Any]]) -> None:
     first = photo[0]
     if first["error"] is not None:
-        summary.errors[first.get(ERROR_KIND) or "cannot read"] += 1
+        summary.failed(first.get(ERROR_KIND) or "cannot read", first["error"])
     elif first["face"] is None:
         summary.photos += 1
         summary.no_face += 1
