@@ -49,7 +49,7 @@ class RemoteFile:
     >>> f.locate("/nowhere/t.bin")
     Traceback (most recent call last):
     ...
-    agegender.artifacts.WeightsError: a test file not found: path='/nowhere/t.bin' is not a file.
+    agegender.artifacts.WeightsError: a test file not found: '/nowhere/t.bin' (path=) is not a file.
     """
 
     what: str
@@ -59,20 +59,25 @@ class RemoteFile:
     env_var: str
     parameter: str
     compression: str | None = None
+    option: str | None = None  # the CLI's option for ``parameter``, which messages name too
+
+    @property
+    def _given_as(self) -> str:
+        return f"{self.option}, {self.parameter}=" if self.option else f"{self.parameter}="
 
     def fix_hint(self) -> str:
         unpack = " and decompress it (bunzip2)" if self.compression == "bz2" else ""
         return (f"Download {self.url}{unpack} yourself (sha256 of the {self.filename} file: {self.sha256}) and "
-                f"either set {self.env_var}=/path/to/{self.filename} or pass {self.parameter}=...")
+                f"either set {self.env_var}=/path/to/{self.filename} or give its path ({self._given_as})")
 
     def locate(self, path: str | os.PathLike | None = None) -> Path:
         """The file's path: ``path`` or ``$env_var`` as given (must exist), else the verified cached copy,
         else a download into the cache. Raises :class:`WeightsError` when nothing usable can be had."""
-        for given, origin in ((path, self.parameter), (os.environ.get(self.env_var) or None, self.env_var)):
+        for given, origin in ((path, self._given_as), (os.environ.get(self.env_var) or None, f"${self.env_var}")):
             if given is not None:
                 found = Path(given).expanduser()
                 if not found.is_file():
-                    raise WeightsError(f"{self.what} not found: {origin}={str(given)!r} is not a file.")
+                    raise WeightsError(f"{self.what} not found: {str(given)!r} ({origin}) is not a file.")
                 return found
         cached = default_cache_dir() / self.filename
         if cached.is_file() and sha256_of(cached) == self.sha256:
@@ -142,12 +147,13 @@ ARTIFACTS: dict[str, ShippedFile | RemoteFile] = {
     "yunet": RemoteFile(
         "YuNet face detector", "face_detection_yunet_2023mar.onnx",
         "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx",
-        "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4", "AGEGENDER_YUNET", "model_path"),
+        "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4", "AGEGENDER_YUNET", "model_path",
+        option="--detector"),
     "dlib-resnet": RemoteFile(
         "dlib face-recognition ResNet", "dlib_face_recognition_resnet_model_v1.dat",
         "https://github.com/davisking/dlib-models/raw/master/dlib_face_recognition_resnet_model_v1.dat.bz2",
         "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30", "AGEGENDER_DLIB_RESNET",
-        "descriptor_weights", compression="bz2"),
+        "descriptor_weights", compression="bz2", option="--descriptor-weights"),
 }
 #: The age-and-gender models that ship, by the name the CLI, the API and the service take.
 SHIPPED_MODELS = ("flagship-int8", "flagship")
