@@ -256,8 +256,12 @@ def test_cli_needs_parquet_and_the_extra(collection_dir: Path, tmp_path: Path, m
 def test_a_worker_that_cannot_load_the_detector_stops_the_run_in_one_line(
         local_ray: Any, collection_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "rows.parquet"
-    code = main(["predict", str(collection_dir), "--ray", "--detector", str(tmp_path / "no-yunet.onnx"),
-                 "--output", str(out)])
+    broken = tmp_path / "broken-yunet.onnx"  # here, so only the workers find out
+    broken.write_bytes(b"not a model")
+    code = main(["predict", str(collection_dir), "--ray", "--detector", str(broken), "--output", str(out)])
     assert code == 2
     assert "error: the Ray workers cannot load the model or the detector" in capsys.readouterr().err
     assert not out.exists() and not out.with_name(out.name + ".parts").exists()  # a plain rerun may start
+    code = main(["predict", str(collection_dir), "--ray", "--detector", str(tmp_path / "no-yunet.onnx"),
+                 "--output", str(out)])  # missing here: said before any worker starts
+    assert code == 2 and "--detector" in capsys.readouterr().err and not out.exists()

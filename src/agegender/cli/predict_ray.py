@@ -77,6 +77,19 @@ def _load_failure(err: BaseException) -> str | None:
     return found[-1] if found else None
 
 
+def _check_files_here(args: argparse.Namespace) -> None:
+    """The model, detector and dlib weights named by path exist here: every node reads them at the same path, so
+    one missing here is missing there too, found now rather than after the workers start (and Ray has printed
+    each worker's traceback)."""
+    from agegender.artifacts import SHIPPED_MODELS
+
+    named = (("--model", None if args.model in SHIPPED_MODELS else args.model), ("--detector", args.detector),
+             ("--descriptor-weights", args.descriptor_weights))
+    for option, value in named:
+        if value and "://" not in value and not os.path.isfile(value):
+            raise UserError(f"{option} {value}: no such file on this machine (the workers read it at this path)")
+
+
 def run_ray(args: argparse.Namespace) -> int:
     """``agegender predict --ray``: see the module doc. Exit code 1 if any input failed, as the bulk path."""
     require_extra("ray", "ray.data", "pyarrow")
@@ -100,6 +113,7 @@ def run_ray(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UserError(str(err)) from err
     check_output(args.output, args.resume)
+    _check_files_here(args)
 
     start = time.perf_counter()
     collection = list_images(args.paths)
