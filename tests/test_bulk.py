@@ -152,15 +152,21 @@ def test_kill_9_then_resume_neither_repeats_nor_drops_an_input(many_photos: Path
     assert not out.with_name(out.name + ".parts").exists()
 
 
+def linked_photos(many_photos: Path, folder: Path, n: int = 240) -> tuple[Path, list[Path]]:
+    """``folder`` of ``n`` hard links ``p_000.jpg`` ... cycling through ``many_photos`` (a run long enough to stop
+    in the middle), and those sources."""
+    folder.mkdir()
+    sources = sorted(many_photos.glob("*.jpg"))
+    for i in range(n):
+        os.link(sources[i % len(sources)], folder / f"p_{i:03d}.jpg")
+    return folder, sources
+
+
 def test_ctrl_c_with_workers_stops_soon_keeps_the_rows_and_resumes(many_photos: Path, tmp_path: Path,
                                                                     yunet_path: Path) -> None:
     """Ctrl-C reaches every process of the terminal's group; the run must end (it once waited for ever on its pool
     of workers), write whole photos only, and resume to every input once."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    sources = sorted(many_photos.glob("*.jpg"))
-    for i in range(240):
-        os.link(sources[i % len(sources)], folder / f"p_{i:03d}.jpg")
+    folder, sources = linked_photos(many_photos, tmp_path / "photos")
     out = tmp_path / "rows.jsonl"
     command = [sys.executable, "-m", "agegender.cli", "predict", str(folder), "--output", str(out), "--workers", "2",
                "--detector", str(yunet_path), "--threads", "1"]
@@ -220,11 +226,7 @@ def worker_pids(pid: int) -> list[int]:
 def test_a_worker_killed_mid_run_ends_it_with_a_message_and_resume_completes(many_photos: Path, tmp_path: Path,
                                                                             yunet_path: Path) -> None:
     """A worker killed (as the out-of-memory killer would) once left the pool waiting for ever."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    sources = sorted(many_photos.glob("*.jpg"))
-    for i in range(240):
-        os.link(sources[i % len(sources)], folder / f"p_{i:03d}.jpg")
+    folder, _ = linked_photos(many_photos, tmp_path / "photos")
     out = tmp_path / "rows.parquet"
     command = [sys.executable, "-m", "agegender.cli", "predict", str(folder), "--output", str(out), "--workers", "2",
                "--detector", str(yunet_path), "--threads", "1", "--flush-seconds", "0.2"]

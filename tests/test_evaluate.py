@@ -544,4 +544,4 @@ def test_an_empty_split_and_too_few_folds_are_one_line_errors(utkface_dir: Path,
     for command in (["data", str(one), "--folds", "1"], ["crossval", "x.yaml", "--folds", "0"]):
         with pytest.raises(SystemExit) as exit_:
             main(command)
-        assert exit_.value.code == 2 and "at least 2 folds" in capsys.readouterr().err
+        assert exit_.value.code == 2 and "--folds: must be >= 2, got" in capsys.readouterr().err

@@ -364,7 +364,7 @@ def test_timeout_upload_limit_and_workers_settings(strict_server: str, photo: Im
 
 
 @pytest.mark.parametrize(("command", "message"), [
-    (["serve", "--port", "99999"], "a port is 0 to 65535"),
+    (["serve", "--port", "99999"], "--port: must be 0 to 65535, got 99999"),
     (["serve", "--threads", "0"], "--threads: must be >= 1"),
     (["predict", "clip.mp4", "--every", "0"], "--every: must be >= 1"),
     (["predict", "clip.mp4", "--max-frames", "-1"], "--max-frames: must be >= 1"),

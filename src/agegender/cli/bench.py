@@ -7,7 +7,13 @@ import json
 import os
 from pathlib import Path
 
-from agegender.cli.common import UserError, add_backend_options, add_detect_size_option, positive_int
+from agegender.cli.common import (
+    UserError,
+    add_backend_options,
+    add_detect_size_option,
+    non_negative_int,
+    positive_int,
+)
 from agegender.paths import default_path
 
 #: The bench's data options, whose defaults come from the shared folder when it is there.
@@ -29,13 +35,6 @@ def _sizes(value: str) -> tuple[float, ...]:
     if not sizes or min(sizes) <= 0:
         raise argparse.ArgumentTypeError(f"sizes must be > 0, got {value}")
     return sizes
-
-
-def _count(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
-    return number
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -93,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the sweep, the bulk throughput and the profile on the first N photos only (default: all)")
     p.add_argument("--work-dir", type=Path,
                    help="where the resized photos are written once (default: the agegender cache's bench-photos)")
-    p.add_argument("--bulk-photos", type=_count, default=60, metavar="N",
+    p.add_argument("--bulk-photos", type=non_negative_int, default=60, metavar="N",
                    help="photos per bulk run (default 60; 0 skips the bulk throughput)")
     p.add_argument("--bulk-rounds", type=positive_int, default=3, help="bulk runs per setting (default 3)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (default runs/bench)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,28 +78,28 @@ def add_detect_size_option(p: argparse.ArgumentParser) -> None:
                         "on 12 MP photos and finds fewer of their smaller faces)")
 
 
-def positive_int(text: str) -> int:
-    """An argument that must be a whole number of at least 1."""
-    number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
+def whole_number(name: str, low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` (to ``high``); ``name`` is what argparse calls it when the
+    text is no number at all.
+
+    >>> port_number("8080"), positive_int.__name__
+    (8080, 'positive_int')
+    """
+    def parse(text: str) -> int:
+        number = int(text)
+        if number < low or (high is not None and number > high):
+            raise argparse.ArgumentTypeError(f"must be {f'>= {low}' if high is None else f'{low} to {high}'}, got "
+                                             f"{number}")
+        return number
+
+    parse.__name__ = name
+    return parse
 
 
-def fold_count(text: str) -> int:
-    """A number of folds: at least 2."""
-    number = int(text)
-    if number < 2:
-        raise argparse.ArgumentTypeError(f"k-fold needs at least 2 folds, got {number}")
-    return number
-
-
-def port_number(text: str) -> int:
-    """A TCP port: 0 (any free one) to 65535."""
-    number = int(text)
-    if not 0 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {number}")
-    return number
+positive_int = whole_number("positive_int", 1)
+non_negative_int = whole_number("non_negative_int", 0)
+fold_count = whole_number("fold_count", 2)  # k-fold
+port_number = whole_number("port_number", 0, 65535)  # 0: any free port
 
 
 def _detect_size(text: str) -> int:
