@@ -59,3 +59,15 @@ def default_path(what: str) -> Path:
     if what not in SHARED_LAYOUT:
         raise KeyError(f"no default path for {what!r}; known: {', '.join(SHARED_LAYOUT)}")
     return shared_path(*SHARED_LAYOUT[what])
+
+
+def check_writable_file(path: Path) -> None:
+    """A file a command is about to write: not a folder, and below a folder (made if missing), not below a file.
+    ValueError otherwise, before anything is written."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: name the file to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
+            break

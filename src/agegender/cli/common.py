@@ -132,17 +132,6 @@ def check_quantization_options(root: Path | None, size: int) -> None:
         raise UserError(f"calibration folder not found: {root} (give --calibration, a UTKFace folder)")
 
 
-def check_output_file(path: Path) -> None:
-    """A file a command is about to write: not a folder, and in a folder (made if missing), not under a file."""
-    if path.is_dir():
-        raise UserError(f"{path} is a folder: name the file to write")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"cannot write {path}: {parent} is a file, not a folder")
-            break
-
-
 def write_int8(fp32: Path, output: Path, config: ModelConfig, root: Path | None, size: int) -> None:
     """Quantise ``fp32`` into ``output`` with ``size`` chips from ``root``; report the file."""
     from agegender.export import quantization_chips, quantize_int8

@@ -9,11 +9,11 @@ from pathlib import Path
 from agegender.cli.common import (
     UserError,
     add_quantization_options,
-    check_output_file,
     check_quantization_options,
     require_extra,
     write_int8,
 )
+from agegender.paths import check_writable_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.checkpoint.is_file():
         raise UserError(f"checkpoint not found: {args.checkpoint}")
-    check_output_file(args.output)
+    check_writable_file(args.output)
     if args.int8:  # every option checked before anything is written
-        check_output_file(args.int8)
+        check_writable_file(args.int8)
         if args.int8.resolve() == args.output.resolve():
             raise UserError("--int8 names the float32 output: give the int8 model another path")
         check_quantization_options(args.calibration, args.calibration_size)

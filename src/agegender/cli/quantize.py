@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agegender.cli.common import UserError, add_quantization_options, check_output_file, require_extra, write_int8
+from agegender.cli.common import UserError, add_quantization_options, require_extra, write_int8
+from agegender.paths import check_writable_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                         "model it came from")
     if args.output.resolve() == source.resolve():
         raise UserError("the int8 model would overwrite its source: give another output path")
-    check_output_file(args.output)
+    check_writable_file(args.output)
     config = model.config
     write_int8(source, args.output, config, args.calibration, args.calibration_size)
     return 0

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from agegender.paths import check_writable_file
+
 __all__ = ["ARROW_TYPES", "FORMATS", "OutputExistsError", "RowSink", "check_output", "clean_value", "open_sink",
            "stored_name"]
 
@@ -229,8 +231,7 @@ def check_output(path: Path, resume: bool = False) -> str:
     if kind is None:
         raise ValueError(f"--output {path}: unknown format; use one of {', '.join(FORMATS)}")
     unfinished = path.with_name(path.name + ".parts")
-    if path.is_dir():
-        raise ValueError(f"--output {path} is a folder; name a file")
+    check_writable_file(path)
     if not resume and (path.exists() or unfinished.exists()):
         raise OutputExistsError(f"{path if path.exists() else unfinished} exists: pass --resume to continue it, "
                                 "or choose another output")
