@@ -316,6 +316,38 @@ def test_resume_refuses_an_output_it_did_not_write(collection_dir: Path, tmp_pat
     assert "is a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_resume_refuses_an_output_of_another_model(collection_dir: Path, tmp_path: Path, yunet_path: Path,
+                                                   capsys: pytest.CaptureFixture, suffix: str) -> None:
+    photo = collection_dir / "mowshon_test-image-2.jpg"
+    out = tmp_path / f"rows{suffix}"
+    assert main(["predict", str(photo), "--output", str(out), "--model", "flagship", "--detector",
+                 str(yunet_path)]) == 0
+    before = out.read_bytes()
+    code = main(["predict", str(collection_dir), "--output", str(out), "--resume", "--detector", str(yunet_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot resume {out}: its rows were made by flagship.onnx" in err
+    assert "this run's model is flagship_int8.onnx" in err
+    assert out.read_bytes() == before and not out.with_name(out.name + ".parts").exists()
+
+
+def test_a_sink_takes_no_rows_of_a_second_model(tmp_path: Path) -> None:
+    """The rule holds for every writer of a sink (the Ray path's too), not only for the CLI's check up front."""
+    from agegender.inference.results import ROW_TYPES
+    from agegender.inference.sinks import open_sink
+
+    out = tmp_path / "rows.jsonl"
+    row = {"file": "a.jpg", "face": 0, "model_version": "a.onnx (agegender 1)"}
+    with open_sink(out, ROW_TYPES) as sink:
+        sink.write([row, {"file": "b.jpg", "error": "corrupt"}])
+    with open_sink(out, ROW_TYPES, resume=True) as sink:
+        assert sink.versions == {"a.onnx (agegender 1)"} and "b.jpg" in sink.done
+        sink.write([{**row, "file": "c.jpg"}])
+        with pytest.raises(ValueError, match=r"made by a.onnx \(agegender 1\), this run's model is b.onnx"):
+            sink.write([{**row, "file": "d.jpg", "model_version": "b.onnx (agegender 1)"}])
+    assert [r["file"] for r in read_rows(out)] == ["a.jpg", "b.jpg", "c.jpg"]
+
+
 def test_a_video_named_with_output_gets_an_error_row_that_says_so(tmp_path: Path, yunet_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\x00\x00\x00\x18ftypmp42")

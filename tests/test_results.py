@@ -226,7 +226,9 @@ def test_an_image_without_a_face(predictor: Predictor, tmp_path: Path) -> None:
     (row,) = result.rows()
     assert (row["file"], row["image_width"], row["image_height"]) == ("array", 320, 240)
     assert all(row[c] is None for c in FACE_COLUMNS)
-    assert np.array_equal(result.plot(), blank) and result.save_crops(tmp_path) == []
+    assert np.array_equal(result.plot(), blank) and result.save_crops(tmp_path, stem="blank") == []
+    with pytest.raises(ValueError, match=r"image is array, not a file.*stem="):
+        result.save_crops(tmp_path)  # two arrays' crops would overwrite each other under one default name
 
 
 def test_a_face_cut_by_the_border_keeps_its_box_inside_the_image(predictor: Predictor, photos_dir: Path) -> None:

@@ -29,8 +29,12 @@ import numpy as np
 import simplejpeg
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ImageError", "ImageSource", "ScaledImage",
+__all__ = ["ARRAY_NAME", "BYTES_NAME", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "PIL_NAME", "VIDEO_SUFFIXES",
+           "ImageError", "ImageSource", "ScaledImage",
            "finer_decoder", "load_image", "load_scaled", "redecode_jpeg"]
+
+#: What messages and results call an input that is not a file: encoded bytes, a decoded array, a PIL image.
+BYTES_NAME, ARRAY_NAME, PIL_NAME = "image data", "array", "PIL image"
 
 DEFAULT_MAX_PIXELS = 50_000_000
 """Default upper bound on width * height (50 megapixels)."""
@@ -93,13 +97,13 @@ def load_scaled(source: ImageSource, *, min_side: int | None = None, max_pixels:
     if isinstance(source, np.ndarray):
         return _whole(_from_array(source, max_pixels))
     if isinstance(source, Image.Image):
-        return _whole(_from_pil(source, max_pixels, name="PIL image"))
+        return _whole(_from_pil(source, max_pixels, name=PIL_NAME))
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if not data:
             raise ImageError(f"empty image file (0 bytes): {name}" if name else "empty image data (0 bytes)",
                              "empty")
-        return _open_and_convert(io.BytesIO(data), max_pixels, name=name or "image data", min_side=min_side)
+        return _open_and_convert(io.BytesIO(data), max_pixels, name=name or BYTES_NAME, min_side=min_side)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         try:
@@ -164,7 +168,7 @@ def redecode_jpeg(source: str | os.PathLike | bytes | bytearray | memoryview, *,
     :func:`load_scaled` decodes it. ``full_size``: the first decode's ``full_size`` (as displayed); a file that no
     longer has it raises :class:`ImageError`.
     """
-    name = str(source) if isinstance(source, (str, os.PathLike)) else "image data"
+    name = str(source) if isinstance(source, (str, os.PathLike)) else BYTES_NAME
     again = load_scaled(source, min_side=min_side, max_pixels=full_size[0] * full_size[1], name=name)
     if again.full_size != full_size:
         raise ImageError(f"{name}: the JPEG changed between its two decodes ({full_size[0]}x{full_size[1]}, now "
@@ -305,5 +309,5 @@ def _from_array(array: np.ndarray, max_pixels: int) -> np.ndarray:
         raise ImageError(
             f"array of shape {array.shape} is not an image; expected HxW, HxWx1, HxWx3 (BGR) or HxWx4 (BGRA)"
         )
-    _check_size(array.shape[1], array.shape[0], max_pixels, "array")
+    _check_size(array.shape[1], array.shape[0], max_pixels, ARRAY_NAME)
     return _array_to_bgr(_to_uint8(array))

@@ -246,7 +246,8 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
     if everything is None:
         return 1
     try:
-        sink = open_sink(args.output, ROW_TYPES, resume=args.resume, flush_seconds=args.flush_seconds)
+        sink = open_sink(args.output, ROW_TYPES, resume=args.resume, flush_seconds=args.flush_seconds,
+                         model_version=predictor.model.version_label)
     except ImportError as err:
         raise UserError(str(err)) from err
     try:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from agegender.cli.common import UserError, require_extra
 
 if TYPE_CHECKING:
-    from agegender.inference.sinks import RowSink
+    pass
 
 #: What ``--ray`` without ``--ray-address`` means: the cluster ``ray start`` made (or ``$RAY_ADDRESS``), else a local
 #: Ray.
@@ -54,20 +54,6 @@ def connect(address: str) -> bool:
             raise UserError(f"--ray-address {address}: cannot connect ({err})") from err
     _say(f"connected to the Ray cluster at {ray.get_runtime_context().gcs_address}")
     return True
-
-
-def _keep(sink: RowSink) -> None:
-    """After a failure or an interrupt: the photos whose rows arrived stay in the part files (``--resume`` goes on
-    from them); when there were none, nothing is left behind, so that a plain rerun may start."""
-    flush = getattr(sink, "flush", None)
-    if flush is not None:
-        flush()
-    parts = getattr(sink, "parts", None)
-    if parts is not None:
-        try:
-            parts.rmdir()  # only when empty
-        except OSError:
-            pass
 
 
 def _load_failure(err: BaseException) -> str | None:
@@ -127,7 +113,7 @@ def run_ray(args: argparse.Namespace) -> int:
         if todo:
             connected = connect(args.ray_address)
     except BaseException:
-        _keep(sink)  # nothing written: no part folder left behind
+        sink.abandon()  # nothing written: no part folder left behind
         raise
     summary = BulkSummary(inputs=len(collection.files) + len(collection.errors),
                           skipped=collection.skipped_counts())
@@ -155,7 +141,7 @@ def run_ray(args: argparse.Namespace) -> int:
                 sink.write(failure.rows())
                 summary.add(failure)
     except Exception as err:
-        _keep(sink)
+        sink.abandon()
         cause = _load_failure(err)
         if cause is None:
             raise
@@ -163,7 +149,7 @@ def run_ray(args: argparse.Namespace) -> int:
                         "--detector PATH that every node has, or AGEGENDER_YUNET, which is passed on to the workers)"
                         ) from err
     except BaseException:
-        _keep(sink)
+        sink.abandon()
         raise
     else:
         sink.close()

@@ -16,7 +16,15 @@ from typing import Literal
 
 import numpy as np
 
-from agegender.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, ScaledImage, finer_decoder, load_scaled
+from agegender.images import (
+    ARRAY_NAME,
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    ImageSource,
+    ScaledImage,
+    finer_decoder,
+    load_scaled,
+)
 from agegender.inference.detector import DETECT_SIZE, Detection, FaceDetector
 from agegender.inference.faces import Redecode, locate_faces
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender
@@ -140,7 +148,7 @@ class Predictor:
         (default ``"array"``)."""
         if sources is not None and len(sources) != len(images_bgr):
             raise ValueError(f"{len(sources)} sources for {len(images_bgr)} images")
-        names = ["array"] * len(images_bgr) if sources is None else sources
+        names = [ARRAY_NAME] * len(images_bgr) if sources is None else sources
         prepared = [prepare_pixels(ScaledImage(img, 1.0, (img.shape[1], img.shape[0])), name, self.detector,
                                    self.input_side) for img, name in zip(images_bgr, names, strict=True)]
         return self.finish(prepared)  # type: ignore[return-value]

@@ -19,6 +19,7 @@ from typing import Any, overload
 import cv2
 import numpy as np
 
+from agegender.images import ARRAY_NAME, BYTES_NAME, PIL_NAME
 from agegender.inference.align import align_face
 from agegender.inference.detector import LANDMARK_NAMES
 from agegender.outputs import AGE_DECIMALS
@@ -136,10 +137,10 @@ def source_name(source: Any) -> str:
     if isinstance(source, str | os.PathLike):
         return os.fsdecode(source)
     if isinstance(source, bytes | bytearray | memoryview):
-        return "image data"
+        return BYTES_NAME
     if isinstance(source, np.ndarray):
-        return "array"
-    return "PIL image" if hasattr(source, "getexif") else type(source).__name__
+        return ARRAY_NAME
+    return PIL_NAME if hasattr(source, "getexif") else type(source).__name__
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,7 +160,7 @@ class ImageResult(Sequence[Face]):
     """
 
     faces: Sequence[Face]  # stored as a tuple
-    source: str = "array"
+    source: str = ARRAY_NAME
     size: tuple[int, int] = (0, 0)
     image: np.ndarray | None = field(default=None, repr=False)
     model: str | None = None
@@ -254,9 +255,13 @@ class ImageResult(Sequence[Face]):
                 else _box_pixels(image, face.box) for face in faces]
 
     def save_crops(self, directory: str | os.PathLike, stem: str | None = None) -> list[Path]:
-        """Write ``crops()`` as ``DIRECTORY/STEM_face{i}.jpg`` (``stem``: default the source's file stem);
-        returns the paths written, in face order."""
-        stem = Path(self.source).stem if stem is None else stem
+        """Write ``crops()`` as ``DIRECTORY/STEM_face{i}.jpg`` (``stem``: default the source's file stem; needed
+        for an image that did not come from a file); returns the paths written, in face order."""
+        if stem is None:
+            if self.source in (BYTES_NAME, ARRAY_NAME, PIL_NAME):
+                raise ValueError(f"this result's image is {self.source}, not a file, so its crops have no name: pass "
+                                 "save_crops(directory, stem=...)")
+            stem = Path(self.source).stem
         return [_write(Path(directory) / f"{stem}_face{i}.jpg", chip) for i, chip in enumerate(self.crops())]
 
     def _pixels(self) -> np.ndarray:

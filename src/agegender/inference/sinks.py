@@ -64,14 +64,41 @@ def clean_value(value: Any) -> Any:
 
 
 class RowSink:
-    """Base class: ``done`` holds the ``file`` (the source) of every image already in the output."""
+    """Base class: ``done`` holds the ``file`` (the source) of every image already in the output, ``versions`` the
+    ``model_version`` values of its rows (those that have one: error rows have none)."""
+
+    version_column = "model_version"
 
     def __init__(self, path: Path, schema: Mapping[str, str], source_column: str = "file") -> None:
         self.path, self.schema, self.source_column = path, dict(schema), source_column
         self.done: set[str] = _Sources()
+        self.versions: set[str] = set()
         self.rows_written = 0
 
+    def _read(self, row: Mapping[str, Any]) -> None:
+        """Count a row already in the output as done (KeyError when it has no source column)."""
+        self.done.add(row[self.source_column])
+        if row.get(self.version_column):
+            self.versions.add(row[self.version_column])
+
+    def check_version(self, version: str) -> None:
+        """ValueError when rows already in the output were made by another model than ``version``: a resumed run
+        would mix two models' rows in one output."""
+        others = sorted(self.versions - {version})
+        if others:
+            raise ValueError(f"cannot resume {self.path}: its rows were made by {', '.join(others)}, this run's model "
+                             f"is {version}; resume with the same model, or choose another output")
+
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Accept one or more whole images' rows (ValueError, nothing written, for rows of another model than the
+        output's: :meth:`check_version`)."""
+        for version in {row.get(self.version_column) for row in rows} - self.versions - {None}:
+            self.check_version(version)
+            self.versions.add(version)
+        if rows:
+            self._append(rows)
+
+    def _append(self, rows: Sequence[Mapping[str, Any]]) -> None:
         raise NotImplementedError
 
     def _cells(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,6 +110,10 @@ class RowSink:
 
     def close(self) -> None:
         """Make everything written durable and final."""
+
+    def abandon(self) -> None:
+        """Stop after a failure or an interrupt, without finishing: the rows accepted stay (``--resume`` goes on from
+        them), and when there were none nothing is left behind, so that a plain rerun may start."""
 
     def __enter__(self) -> RowSink:
         return self
@@ -100,7 +131,7 @@ class _TextSink(RowSink):
         exists = path.exists() and path.stat().st_size > 0
         if exists:
             self._truncate_partial_line()
-            self.done = self._read_sources()
+            self._read_rows()
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if kind == "csv" and not exists:
             self._emit([dict(zip(self.schema, self.schema, strict=True))], header=True)
@@ -112,25 +143,25 @@ class _TextSink(RowSink):
                 return
             handle.truncate(data.rfind(b"\n") + 1)
 
-    def _read_sources(self) -> set[str]:
-        """The sources of the rows already written; ValueError for a file this sink did not write."""
+    def _read_rows(self) -> None:
+        """Read back the rows already written; ValueError for a file this sink did not write."""
         with open(self.path, encoding="utf-8", newline="") as handle:
             if self.kind == "csv":
                 reader = csv.DictReader(handle)
                 if reader.fieldnames != list(self.schema):
                     raise ValueError(f"cannot resume {self.path}: its columns ({', '.join(reader.fieldnames or [])}) "
                                      "are not those agegender writes; choose another output")
-                return _Sources(row[self.source_column] for row in reader)
-            sources = _Sources()
+                for row in reader:
+                    self._read(row)
+                return
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
                 try:
-                    sources.add(json.loads(line)[self.source_column])
-                except (ValueError, KeyError, TypeError) as err:
+                    self._read(json.loads(line))
+                except (ValueError, KeyError, TypeError, AttributeError) as err:
                     raise ValueError(f"cannot resume {self.path}: line {number} is not a row agegender wrote "
                                      f"({type(err).__name__}: {err}); choose another output") from err
-            return sources
 
     def _emit(self, rows: Sequence[Mapping[str, Any]], header: bool = False) -> None:
         if self.kind == "csv":
@@ -145,15 +176,16 @@ class _TextSink(RowSink):
         if not header:
             self.rows_written += len(rows)
 
-    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        if rows:
-            self._emit(rows)
+    def _append(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self._emit(rows)
 
     def close(self) -> None:
         if self.fd >= 0:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
+
+    abandon = close
 
 
 class _ParquetSink(RowSink):
@@ -181,14 +213,16 @@ class _ParquetSink(RowSink):
             if not written.equals(self.arrow_schema, check_metadata=False):
                 raise ValueError(f"cannot resume {path}: {file} has other columns than agegender writes "
                                  f"({', '.join(written.names)}); choose another output")
-            self.done.update(pq.read_table(file, columns=[self.source_column]).column(0).to_pylist())
+            columns = [self.source_column] + [self.version_column] * (self.version_column in schema)
+            for row in pq.read_table(file, columns=columns).to_pylist():
+                self._read(row)
         self.parts.mkdir(exist_ok=True)  # after the checks: a refused output leaves nothing behind
         self.next_part = 1 + max((int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.parquet")), default=0)
         self.pending: list[Mapping[str, Any]] = []
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.last_flush = time.monotonic()
 
-    def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def _append(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.pending.extend(rows)
         if len(self.pending) >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_seconds:
             self.flush()
@@ -207,6 +241,13 @@ class _ParquetSink(RowSink):
         self.next_part += 1
         self.rows_written += len(self.pending)
         self.pending = []
+
+    def abandon(self) -> None:
+        self.flush()
+        try:
+            self.parts.rmdir()  # only when empty
+        except OSError:
+            pass
 
     def close(self) -> None:
         self.flush()
@@ -239,14 +280,20 @@ def check_output(path: Path, resume: bool = False) -> str:
 
 
 def open_sink(path: str | os.PathLike, schema: Mapping[str, str], resume: bool = False,
-              flush_seconds: float = 10.0) -> RowSink:
+              flush_seconds: float = 10.0, model_version: str | None = None) -> RowSink:
     """A sink for ``path`` by its ending (:data:`FORMATS`); ``schema`` maps each column to ``str``, ``float`` or
     ``int``; ``flush_seconds``: Parquet parts are written at least this often. Raises :class:`OutputExistsError`
     when the output (or unfinished Parquet parts) exists and ``resume`` is False, ValueError for an unknown
-    ending."""
+    ending, and (given ``model_version``) for an output holding rows of another model."""
     path = Path(path)
     kind = check_output(path, resume)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "parquet":
-        return _ParquetSink(path, schema, flush_seconds=flush_seconds)
-    return _TextSink(path, schema, kind)
+    sink = (_ParquetSink(path, schema, flush_seconds=flush_seconds) if kind == "parquet"
+            else _TextSink(path, schema, kind))
+    if model_version is not None:
+        try:
+            sink.check_version(model_version)
+        except ValueError:
+            sink.abandon()
+            raise
+    return sink
