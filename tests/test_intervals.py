@@ -105,6 +105,23 @@ def test_the_interval_never_inverts_and_the_age_stays() -> None:
     assert cal.apply(gender_only) is gender_only
 
 
+def test_bands_the_faces_cannot_calibrate_are_named(caplog: pytest.LogCaptureFixture) -> None:
+    """Adults only, three of them in 8-13: 0-2 and 4-6 keep the decoded interval, 8-13 takes the largest score."""
+    rng = np.random.default_rng(1)
+    true = np.concatenate([rng.uniform(16, 80, 400), [9.0, 10.0, 11.0]])
+    age = true + rng.normal(0, 3, len(true))
+    with caplog.at_level(logging.WARNING, logger="agegender.age_calibration"):
+        fitted = IntervalCalibration.fit(age, age - 4, age + 4, true)
+    warned = [r.getMessage() for r in caplog.records]
+    assert [m for m in warned if "no face" in m] == [
+        f"interval calibration: no face in band {band}; its scale stays 1 (the interval as decoded)"
+        for band in ("0-2", "4-6")]
+    assert [m for m in warned if "too few" in m] == [
+        "interval calibration: 3 face(s) in band 8-13, too few for a 80% quantile; its scale is the largest of their "
+        "scores"]
+    assert fitted.scales[:2] == (1.0, 1.0) and len(warned) == 3
+
+
 def test_a_true_age_band_reaches_only_its_own_ages() -> None:
     """A face predicted 24 (interval 20-28): the teens' band reaches twice as far down, 25-32's not at all."""
     scales = [1.0] * 8

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,6 +168,17 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
         raise ValueError("a conformal quantile needs at least one score")
     k = min(math.ceil((len(ordered) + 1) * coverage - 1e-9), len(ordered))
     return float(ordered[max(k, 1) - 1])
+
+
+def _warn_thin_bands(names: Sequence[str], counts: Sequence[int], coverage: float) -> None:
+    """Log the bands whose scale the faces cannot set: none (the scale stays 1, the interval as decoded), or too few
+    for the ``coverage`` quantile (``ceil((n + 1) coverage) > n``: the largest score is taken)."""
+    for name, n in zip(names, counts, strict=True):
+        if not n:
+            log.warning("interval calibration: no face in band %s; its scale stays 1 (the interval as decoded)", name)
+        elif math.ceil((n + 1) * coverage - 1e-9) > n:
+            log.warning("interval calibration: %d face(s) in band %s, too few for a %g%% quantile; its scale is the "
+                        "largest of their scores", n, name, 100 * coverage)
 
 
 @dataclass(frozen=True)
@@ -391,6 +402,7 @@ class IntervalCalibration:
         band = np.searchsorted(shell.edges, age if by == "predicted_age" else true, side="right")
         score = cls.scores(age, low, high, true, min_half_width)
         members = [band == k for k in range(len(shell.scales))]
+        _warn_thin_bands(shell.band_names(), [int(m.sum()) for m in members], coverage)
         plain = np.array([conformal_quantile(score[m], coverage) if m.any() else 1.0 for m in members])
         scales = plain.copy()
         for _ in range(rounds if by == "true_age" else 0):
