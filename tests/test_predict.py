@@ -203,6 +203,21 @@ def test_save_dir_on_a_video_writes_one_annotated_video(tmp_path: Path, yunet_pa
     assert ok and count == 6 and abs(frame.shape[0] - 435) <= 1 and frame.shape[1] == 634  # mp4v: even sides
 
 
+def test_a_save_dir_that_cannot_be_written_stops_photo_and_video_runs_alike(
+        tmp_path: Path, yunet_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Every input would fail the same way: the run stops with one message (a video's once failed the input only and
+    went on)."""
+    video, photo = _clip(tmp_path), shared_path("photos", "mowshon_test-image-2.jpg")
+    out = tmp_path / "out"
+    for name in ("clip_annotated.mp4", "mowshon_test-image-2_annotated.jpg"):
+        (out / name).mkdir(parents=True)  # a folder where the file should go
+    for source in (video, photo):
+        assert main(["predict", str(source), str(video), "--save-dir", str(out), "--detector", str(yunet_path),
+                     "--json"]) == 2
+        err = capsys.readouterr().err
+        assert "--save-dir: " in err and "failed" not in err, err
+
+
 def test_a_closed_pipe_during_a_video_ends_quietly(tmp_path: Path, yunet_path: Path) -> None:
     video = _clip(tmp_path, frames=30)
     proc = subprocess.Popen([sys.executable, "-m", "agegender.cli", "predict", str(video), "--json",

@@ -277,7 +277,10 @@ def _video(args: argparse.Namespace, predictor: Predictor, writer: Writer, file:
             result = ImageResult([f for _, f in tracked], source=file, image=frame, model=predictor.model.config.name)
             writer.result(result, frame=frame_no, tracks=[t for t, _ in tracked])
             if video is not None:
-                video.write(result.plot())
+                try:
+                    video.write(result.plot())
+                except OSError as err:  # as for a photo: every input would fail alike, so the run stops
+                    raise UserError(f"--save-dir: {err}") from err
             frames += 1
     finally:
         if video is not None:
