@@ -106,6 +106,22 @@ def test_save_dir_keeps_the_outputs_of_photos_that_share_a_name(tmp_path: Path, 
             "2024_IMG_0001_face6.jpg"} <= names and len(names) == 2 + 1 + 7
 
 
+def test_save_dir_does_not_change_the_predictions_and_saves_at_full_size(
+        tmp_path: Path, yunet_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A large JPEG is predicted from a reduced decode with or without --save-dir (a face once read 73 without it and
+    77 with it); the annotated image is still the photo's full size."""
+    image = load_image(shared_path("photos", "dlib_2007_007763.jpg"))
+    big = tmp_path / "big.jpg"
+    cv2.imwrite(str(big), cv2.resize(image, (4000, 3000), interpolation=cv2.INTER_CUBIC))
+    printed = []
+    for extra in ([], ["--save-dir", str(tmp_path / "out")]):
+        assert main(["predict", str(big), "--json", "--detector", str(yunet_path), *extra]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and len(json.loads(printed[0])["faces"]) == 7
+    assert cv2.imread(str(tmp_path / "out" / "big_annotated.jpg")).shape == (3000, 4000, 3)
+    assert cv2.imread(str(tmp_path / "out" / "big_face6.jpg")) is not None
+
+
 def test_no_detect_takes_chips_and_csv_output(utkface_dir: Path) -> None:
     chip = next(utkface_dir.glob("*.jpg"))
     result = subprocess.run([sys.executable, "-m", "agegender.cli", "predict", str(chip), "--no-detect", "--csv"],

@@ -146,11 +146,16 @@ class Writer:
 def save_stems(files: Sequence[str]) -> dict[str, str]:
     """The STEM of each file's ``--save-dir`` outputs: its own, or, where files share it (``2023/IMG_0001.jpg``
     and ``2024/IMG_0001.jpg``), its path below their common folder (``2023_IMG_0001``), with the ending where
-    only that tells them apart (``a_jpg``, ``a_png``), so that no output is written over another's.
+    only that tells them apart (``a_jpg``, ``a_png``); a STEM that still meets another (``c/2023_IMG_1.jpg``'s
+    own, or ``a/b/c.jpg`` and ``a_b/c.jpg``) gets ``-2``, ``-3``... in the order of ``files``, so that no output is
+    written over another's.
 
     >>> save_stems(["c/2023/IMG_1.jpg", "c/2024/IMG_1.jpg", "c/x.png", "c/a.jpg", "c/a.png", "0"])
     {'c/2023/IMG_1.jpg': '2023_IMG_1', 'c/2024/IMG_1.jpg': '2024_IMG_1', 'c/x.png': 'x', 'c/a.jpg': 'a_jpg', \
 'c/a.png': 'a_png', '0': 'camera0'}
+    >>> save_stems(["c/2023/IMG_1.jpg", "c/2024/IMG_1.jpg", "c/2023_IMG_1.jpg", "a/b/c.jpg", "a_b/c.jpg"])
+    {'c/2023/IMG_1.jpg': '2023_IMG_1', 'c/2024/IMG_1.jpg': '2024_IMG_1', 'c/2023_IMG_1.jpg': '2023_IMG_1-2', \
+'a/b/c.jpg': 'a_b_c', 'a_b/c.jpg': 'a_b_c-2'}
     """
     by_stem: dict[str, list[str]] = {}
     for file in files:
@@ -164,14 +169,30 @@ def save_stems(files: Sequence[str]) -> dict[str, str]:
         below = {f: Path(os.path.relpath(os.path.abspath(f), root)) for f in same}
         names = {f: "_".join(path.with_suffix("").parts) for f, path in below.items()}
         if len(set(names.values())) < len(same):
-            names = {f: "_".join(path.parts).replace(".", "_") for f, path in below.items()}
+            with_ending = {f: "_".join(path.parts).replace(".", "_") for f, path in below.items()}
+            names = with_ending if len(set(with_ending.values())) == len(same) else names
         stems.update(names)
+    taken: set[str] = set()
+    for file in files:  # in the order given: the first keeps its STEM
+        stem, n = stems[file], 1
+        while stems[file] in taken:
+            n += 1
+            stems[file] = f"{stem}-{n}"
+        taken.add(stems[file])
     return stems
 
 
 def _save(save_dir: Path, result: ImageResult, stem: str) -> None:
-    """``STEM_annotated.jpg`` and the face chips ``STEM_face{i}.jpg`` (STEM: :func:`save_stems`)."""
+    """``STEM_annotated.jpg`` and the face chips ``STEM_face{i}.jpg`` (STEM: :func:`save_stems`), drawn and cut at
+    full resolution (a JPEG predicted from a reduced decode is decoded again for them: the predictions do not
+    depend on ``--save-dir``)."""
+    import dataclasses
+
+    from agegender.images import load_image
+
     try:
+        if result.scale != 1.0:
+            result = dataclasses.replace(result, image=load_image(result.source), scale=1.0)
         result.save(save_dir / f"{stem}_annotated.jpg")
         result.save_crops(save_dir, stem)
     except OSError as err:
@@ -197,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, accurate=args.accurate, threads=args.threads,
                            descriptor_weights=args.descriptor_weights, backend=args.backend, device=args.device)
         predictor = Predictor(model, detector=None if args.no_detect else (args.detector or "auto"),
-                              threads=args.threads, flip=not args.no_flip, reduced=args.save_dir is None,
+                              threads=args.threads, flip=not args.no_flip,
                               detect_size=args.detect_size)
     except (ModelError, WeightsError) as err:
         raise UserError(str(err)) from err
