@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,33 @@ def test_a_save_dir_that_cannot_be_written_stops_photo_and_video_runs_alike(
                      "--json"]) == 2
         err = capsys.readouterr().err
         assert "--save-dir: " in err and "failed" not in err, err
+
+
+def test_a_photo_named_by_digits_is_a_file_not_a_webcam(tmp_path: Path, yunet_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "7").write_bytes(shared_path("photos", "smahesh29_man1.jpg").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "7", "--json", "--detector", str(yunet_path)]) == 0
+    assert len(json.loads(capsys.readouterr().out)["faces"]) == 1
+
+
+def test_predict_video_takes_a_path_checks_its_numbers_and_names_a_truncated_file(
+        predictor: Predictor, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    video = _clip(tmp_path, frames=30)
+    assert len(list(predict_video(predictor, video, every=10))) == 3  # a Path, not only a str
+    for every, max_frames in ((0, None), (-1, None), (1, -1)):
+        with pytest.raises(ValueError, match="every must be at least 1"):
+            next(predict_video(predictor, video, every, max_frames))
+    assert not caplog.records
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[:video.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="agegender.inference.video"):
+        frames = len(list(predict_video(predictor, cut, every=5)))
+    assert 0 < frames < 6
+    (record,) = caplog.records
+    assert record.getMessage().startswith(f"{cut}: the video ended after ")
+    assert record.getMessage().endswith(" of the 30 frames its header announces (truncated or damaged?)")
 
 
 def test_a_closed_pipe_during_a_video_ends_quietly(tmp_path: Path, yunet_path: Path) -> None:

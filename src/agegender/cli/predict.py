@@ -83,8 +83,9 @@ def expand(paths: list[str]) -> tuple[list[str], Collection]:
     """Webcam indices as they are, and files under the other paths (:func:`~agegender.inference.collection.collect`:
     folders recursive and sorted, videos included), with what was skipped or could not be listed."""
     from agegender.inference.collection import collect
+    from agegender.inference.video import is_camera
 
-    cameras = [p for p in paths if p.isdigit() and not Path(p).exists()]
+    cameras = [p for p in paths if is_camera(p)]
     collection = collect((p for p in paths if p not in cameras), videos=True)
     return cameras + collection.files, collection
 
@@ -157,9 +158,11 @@ def save_stems(files: Sequence[str]) -> dict[str, str]:
     {'c/2023/IMG_1.jpg': '2023_IMG_1', 'c/2024/IMG_1.jpg': '2024_IMG_1', 'c/2023_IMG_1.jpg': '2023_IMG_1-2', \
 'a/b/c.jpg': 'a_b_c', 'a_b/c.jpg': 'a_b_c-2'}
     """
+    from agegender.inference.video import is_camera
+
     by_stem: dict[str, list[str]] = {}
     for file in files:
-        by_stem.setdefault("camera" + file if file.isdigit() else Path(file).stem, []).append(file)
+        by_stem.setdefault("camera" + file if is_camera(file) else Path(file).stem, []).append(file)
     stems = {}
     for stem, same in by_stem.items():
         if len(same) == 1:
@@ -319,6 +322,7 @@ def _make_dir(folder: Path) -> None:
 
 def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
     from agegender.images import ImageError
+    from agegender.inference.video import is_camera
 
     writer = Writer("json" if args.json else "csv" if args.csv else "text")
     files, collection = expand(args.paths)
@@ -329,7 +333,7 @@ def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
         failed += 1
         writer.error(file, f"{file}: {reason}")
     for file in tqdm(files, desc="predict", unit="file", disable=len(files) < 2 or not sys.stderr.isatty()):
-        is_video = Path(file).suffix.lower() in VIDEO_SUFFIXES or file.isdigit()
+        is_video = Path(file).suffix.lower() in VIDEO_SUFFIXES or is_camera(file)
         try:
             if is_video:
                 _video(args, predictor, writer, file, stems[file])

@@ -92,7 +92,7 @@ class RowSink:
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Accept one or more whole images' rows (ValueError, nothing written, for rows of another model than the
         output's: :meth:`check_version`)."""
-        for version in {row.get(self.version_column) for row in rows} - self.versions - {None}:
+        for version in {str(row[self.version_column]) for row in rows if row.get(self.version_column)} - self.versions:
             self.check_version(version)
             self.versions.add(version)
         if rows:

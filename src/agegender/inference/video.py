@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -12,6 +14,8 @@ from agegender.inference.predictor import Predictor
 from agegender.inference.results import Face
 from agegender.labels import AGE_GROUPS, age_to_group, gender_codes, gender_name
 from agegender.outputs import reported_ages
+
+log = logging.getLogger(__name__)
 
 
 def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -86,11 +90,16 @@ class FaceTracker:
         return out
 
 
-def open_capture(source: str) -> cv2.VideoCapture:
-    """A video file, or a webcam given as its index (``0``)."""
-    capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+def is_camera(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is a webcam's index (``0``): digits that name no file (a photo called ``7`` is a file)."""
+    return isinstance(source, str) and source.isdigit() and not os.path.exists(source)
+
+
+def open_capture(source: str | os.PathLike) -> cv2.VideoCapture:
+    """A video file, or a webcam given as its index (``0``: :func:`is_camera`)."""
+    capture = cv2.VideoCapture(int(os.fspath(source)) if is_camera(source) else os.fspath(source))
     if not capture.isOpened():
-        raise ValueError(f"cannot open video or camera {source!r}")
+        raise ValueError(f"cannot open video or camera {os.fspath(source)!r}")
     return capture
 
 
@@ -115,7 +124,7 @@ class AnnotatedVideo:
             self.writer.release()
 
 
-def frame_rate(source: str) -> float:
+def frame_rate(source: str | os.PathLike) -> float:
     """The frames per second a video file or camera reports (0 when it does not say)."""
     capture = open_capture(source)
     try:
@@ -129,6 +138,9 @@ def frame_rate(source: str) -> float:
 #: 30 px 16 and 43, brightened by 20 19 (one measurement each). Without it a face after a cut took over the track
 #: (age, gender) of whoever had stood there.
 CUT_DIFFERENCE = 50.0
+#: A video file that yields fewer than this share of the frames its header announces is reported as truncated (a
+#: header's count can be approximate: a few frames short are not).
+TRUNCATED_SHARE = 0.9
 
 
 def _thumbnail(frame: np.ndarray) -> np.ndarray:
@@ -136,11 +148,15 @@ def _thumbnail(frame: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, (32, 18), interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
-def predict_video(predictor: Predictor, source: str, every: int = 1,
+def predict_video(predictor: Predictor, source: str | os.PathLike, every: int = 1,
                   max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray, list[tuple[int, Face]]]]:
-    """Yield (frame index, frame, [(track id, smoothed face)]) for every ``every``-th frame; a cut to another shot
-    (:data:`CUT_DIFFERENCE`) ends every track."""
+    """Yield (frame index, frame, [(track id, smoothed face)]) for every ``every``-th frame of the first
+    ``max_frames`` read; a cut to another shot (:data:`CUT_DIFFERENCE`) ends every track. A video file that ends
+    well before the frames its header announces (:data:`TRUNCATED_SHARE`) is logged as truncated (a warning)."""
+    if every < 1 or (max_frames is not None and max_frames < 0):
+        raise ValueError(f"every must be at least 1 and max_frames at least 0, got {every} and {max_frames}")
     capture = open_capture(source)
+    announced = 0 if is_camera(source) else int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     tracker = FaceTracker()
     index = 0
     shot: np.ndarray | None = None
@@ -158,3 +174,6 @@ def predict_video(predictor: Predictor, source: str, every: int = 1,
             index += 1
     finally:
         capture.release()
+    if index < TRUNCATED_SHARE * announced and (max_frames is None or index < max_frames):
+        log.warning("%s: the video ended after %d of the %d frames its header announces (truncated or damaged?)",
+                    os.fspath(source), index, announced)
