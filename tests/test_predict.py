@@ -182,6 +182,31 @@ def test_a_tracked_face_reads_the_group_of_its_smoothed_age(predictor: Predictor
     for _, _, tracked in predict_video(predictor, str(_clip(tmp_path))):
         for _, face in tracked:
             assert face.age_group == AGE_GROUPS[age_to_group(face.age)]
+            assert sum(face.age_group_probabilities) == pytest.approx(1.0, abs=1e-3)
+            assert face.age_group_confidence == face.age_group_probabilities[AGE_GROUPS.index(face.age_group)]
+
+
+def test_a_tracked_face_reads_its_groups_smoothed_probability() -> None:
+    """Where smoothing moves the age into another group than the frame's, the confidence is that group's smoothed
+    probability (it was 0.0)."""
+    from dataclasses import replace
+
+    from agegender.inference.results import Face
+    from agegender.inference.video import FaceTracker
+
+    probabilities = [(0, 0, 0, 0, 0.2, 0.7, 0.1, 0), (0, 0, 0, 0, 0, 0.1, 0.3, 0.6)]
+    frames = [Face(box=(10.0, 10.0, 50.0, 50.0), score=0.9, age=age, age_range=(age - 5, age + 5), age_group=group,
+                   age_group_confidence=max(p), gender="male", gender_confidence=0.9, age_group_probabilities=p)
+              for age, group, p in ((40.0, "38-43", probabilities[0]), (64.0, "60+", probabilities[1]))]
+    tracker = FaceTracker(alpha=0.5)
+    tracker.update([frames[0]])
+    ((_, face),) = tracker.update([frames[1]])
+    smoothed = 0.5 * (np.array(probabilities[0]) + np.array(probabilities[1]))
+    assert face.age == 52.0 and face.age_group == "48-53"  # a group neither frame called
+    assert face.age_group_confidence == pytest.approx(smoothed[6]) == 0.2
+    assert face.age_group_probabilities == pytest.approx(tuple(smoothed))
+    ((_, alone),) = FaceTracker().update([replace(frames[1], age_group_probabilities=None)])
+    assert alone.age_group_confidence == 0.6  # a face without its probabilities keeps the frame's
 
 
 def test_a_cut_to_another_shot_starts_new_tracks(predictor: Predictor, tmp_path: Path) -> None:

@@ -202,4 +202,5 @@ def _face(decoded: Decoded | None, i: int, det: Detection | None, size: tuple[in
         score=det.score if det is not None else 1.0, age=age, age_range=(low, high),
         age_group=AGE_GROUPS[group], age_group_confidence=float(decoded.group_probs[i, group]),
         gender=gender_name(int(gender_codes(female))), gender_confidence=max(female, 1 - female),
-        landmarks=None if det is None else det.landmarks)
+        landmarks=None if det is None else det.landmarks,
+        age_group_probabilities=tuple(float(v) for v in decoded.group_probs[i]))

@@ -74,6 +74,8 @@ class Face:
     ``landmarks`` may lie past the border of a face the border cuts. ``age`` and ``age_range`` (an 80% interval)
     are in years to a tenth (:data:`~agegender.outputs.AGE_DECIMALS`), ``age_group`` the group of that age
     where it comes from the same distribution, ``gender_confidence`` the probability of the predicted gender.
+    ``age_group_probabilities``: the probability of each group of :data:`~agegender.labels.AGE_GROUPS`, in that
+    order (``age_group_confidence`` is the one of ``age_group``); not in ``to_dict()`` or the rows.
     """
 
     box: tuple[float, float, float, float]
@@ -85,6 +87,7 @@ class Face:
     gender: str
     gender_confidence: float
     landmarks: np.ndarray | None = None
+    age_group_probabilities: tuple[float, ...] | None = None
 
     def __eq__(self, other: object) -> bool:
         """Field by field; the landmarks (an array) compare by value."""

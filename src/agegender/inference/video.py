@@ -38,15 +38,17 @@ class Track:
     box: tuple[float, ...]
     age: float
     female: float  # smoothed P(female)
+    groups: np.ndarray | None = None  # smoothed age-group probabilities (None: the faces carry none)
     missed: int = 0
     hits: int = 1
 
 
 @dataclass
 class FaceTracker:
-    """Greedy IoU tracker; age and P(female) are exponential moving averages per track (``alpha`` = weight
-    of the newest frame). The age group follows the smoothed age by the gap policy (``labels.age_to_group``), so a
-    tracked face never reads "age 43, group 48-53"."""
+    """Greedy IoU tracker; age, P(female) and the age-group probabilities are exponential moving averages per track
+    (``alpha`` = weight of the newest frame). The age group follows the smoothed age by the gap policy
+    (``labels.age_to_group``), so a tracked face never reads "age 43, group 48-53", and its confidence is that
+    group's smoothed probability."""
 
     alpha: float = 0.3
     min_iou: float = 0.3
@@ -64,24 +66,31 @@ class FaceTracker:
         out = []
         for face in sorted(faces, key=lambda f: -f.score):
             female = face.gender_confidence if face.gender == "female" else 1 - face.gender_confidence
+            groups = None if face.age_group_probabilities is None else np.asarray(face.age_group_probabilities)
             best = max(free, key=lambda t: iou(t.box, face.box), default=None)
             if best is not None and iou(best.box, face.box) >= self.min_iou:
                 free.remove(best)
                 best.age += self.alpha * (face.age - best.age)
                 best.female += self.alpha * (female - best.female)
+                if groups is not None:
+                    best.groups = groups if best.groups is None else best.groups + self.alpha * (groups - best.groups)
                 best.box, best.missed, best.hits = face.box, 0, best.hits + 1
                 track = best
             else:
-                track = Track(self._next_id, face.box, face.age, female)
+                track = Track(self._next_id, face.box, face.age, female, groups)
                 self._next_id += 1
                 self.tracks.append(track)
             shift = track.age - face.age
             age, low, high = (float(v) for v in reported_ages(
                 [track.age, face.age_range[0] + shift, face.age_range[1] + shift]))
-            group = AGE_GROUPS[age_to_group(age)]
+            group = age_to_group(age)
+            if track.groups is not None:
+                confidence = float(track.groups[group])
+            else:  # a face without its group probabilities: the frame's own, where its group is the same
+                confidence = face.age_group_confidence if AGE_GROUPS[group] == face.age_group else 0.0
             out.append((track.track_id, replace(
-                face, age=age, age_range=(low, high),
-                age_group=group, age_group_confidence=face.age_group_confidence if group == face.age_group else 0.0,
+                face, age=age, age_range=(low, high), age_group=AGE_GROUPS[group], age_group_confidence=confidence,
+                age_group_probabilities=None if track.groups is None else tuple(float(v) for v in track.groups),
                 gender=gender_name(int(gender_codes(track.female))),
                 gender_confidence=max(track.female, 1 - track.female))))
         for track in free:
