@@ -51,7 +51,7 @@ def test_every_input_gets_its_rows(collection_dir: Path, tmp_path: Path, yunet_p
     assert list(rows[0]) == list(ROW_COLUMNS)
     errors = {Path(r["file"]).name: r["error"] for r in rows if r["error"]}
     assert set(errors) == {"truncated.jpg", "phone.heic", "missing.jpg"}
-    assert "heic images cannot be decoded" in errors["phone.heic"] and "truncated" in errors["truncated.jpg"]
+    assert "HEIC images cannot be decoded" in errors["phone.heic"] and "truncated" in errors["truncated.jpg"]
     faces = Counter(Path(r["file"]).name for r in rows if not r["error"])
     assert faces["kid_no_ending"] == 1 and faces["dlib_2007_007763.jpg"] == 7
 

@@ -108,6 +108,24 @@ def test_not_an_image(data: bytes) -> None:
         load_image(data)
 
 
+@pytest.mark.parametrize(("header", "name"), [
+    (bytes.fromhex("00000018") + b"ftypheic" + bytes(4) + b"mif1heic", "HEIC"),  # an iPhone photo's first bytes
+    (bytes.fromhex("0000001c") + b"ftypavif" + bytes(4) + b"avifmif1", "AVIF"),
+    (bytes.fromhex("ff0a") + bytes(30), "JPEG XL"),
+])
+def test_formats_a_user_may_have_are_named_not_called_unrecognised(header: bytes, name: str, tmp_path: Path) -> None:
+    """Bytes (the web page's upload), a file without an ending, and a file with the format's ending."""
+    data = header + bytes(200)
+    plain = tmp_path / "IMG_0001"
+    plain.write_bytes(data)
+    junk = tmp_path / "IMG_0002.heic"
+    junk.write_bytes(b"not really a heic file" * 5)
+    for source, label in ((data, name), (plain, name), (junk, "HEIC")):
+        with pytest.raises(ImageError, match=f"{label} images cannot be decoded here") as caught:
+            load_image(source)
+        assert caught.value.kind == "unsupported format"
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("keep", [0.3, 0.9])
 def test_truncated_files_are_rejected(fmt: str, keep: float) -> None:

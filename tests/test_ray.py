@@ -100,7 +100,7 @@ def test_rows_are_the_bulk_paths_and_the_predictors(ray_rows: Any, bulk_output: 
     assert set(errors) == {"truncated.jpg", "phone.heic"}
     assert "truncated" in errors["truncated.jpg"][0] and errors["truncated.jpg"][1] == "corrupt"
     assert str(collection_dir / "sub" / "truncated.jpg") in errors["truncated.jpg"][0]  # named by path, not bytes
-    assert "heic images cannot be decoded" in errors["phone.heic"][0]
+    assert "HEIC images cannot be decoded" in errors["phone.heic"][0]
     assert errors["phone.heic"][1] == "unsupported format"
     faces = Counter(Path(r["file"]).name for r in rows if not r["error"])
     assert faces["kid_no_ending"] == 1 and faces["dlib_2007_007763.jpg"] == 7

@@ -29,8 +29,8 @@ import numpy as np
 import simplejpeg
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["ARRAY_NAME", "BYTES_NAME", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "PIL_NAME", "VIDEO_SUFFIXES",
-           "ImageError", "ImageSource", "ScaledImage",
+__all__ = ["ARRAY_NAME", "BYTES_NAME", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "PIL_NAME", "UNREADABLE_SUFFIXES",
+           "VIDEO_SUFFIXES", "ImageError", "ImageSource", "ScaledImage", "unreadable_error", "unreadable_format",
            "finer_decoder", "load_image", "load_scaled", "redecode_jpeg"]
 
 #: What messages and results call an input that is not a file: encoded bytes, a decoded array, a PIL image.
@@ -47,6 +47,12 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", "
 """File name endings taken for images when a folder is read."""
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 """File name endings taken for videos (decoded by OpenCV, not by :func:`load_image`)."""
+UNREADABLE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".cr2", ".nef", ".arw", ".dng", ".raw", ".psd",
+                                 ".svg"})
+"""Endings of image formats a user may well have that this package does not decode: named in their error."""
+#: ISO base media brands (bytes 8-12 of a file whose bytes 4-8 are ``ftyp``) of still-image formats not decoded here.
+_UNREADABLE_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC", b"hevc": "HEIC",
+                      b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
 
 ImageSource: TypeAlias = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
 
@@ -188,6 +194,39 @@ def _whole(pixels: np.ndarray) -> ScaledImage:
     return ScaledImage(pixels, 1.0, (pixels.shape[1], pixels.shape[0]))
 
 
+def unreadable_format(name: str, header: bytes = b"") -> str | None:
+    """The name of an image format a user may well have that this package does not decode (HEIC, AVIF, JPEG XL...),
+    told by the file's first bytes or, failing them, its ending; None for any other file.
+
+    >>> unreadable_format("IMG_0001", bytes(4) + b"ftypheic"), unreadable_format("a.CR2"), unreadable_format("a.jpg")
+    ('HEIC', 'CR2', None)
+    """
+    if header[4:8] == b"ftyp" and header[8:12] in _UNREADABLE_BRANDS:
+        return _UNREADABLE_BRANDS[header[8:12]]
+    if header.startswith(b"\xff\x0a") or header[4:12] == b"JXL \r\n\x87\n":
+        return "JPEG XL"
+    suffix = os.path.splitext(name)[1].lower()
+    return suffix[1:].upper() if suffix in UNREADABLE_SUFFIXES else None
+
+
+def unreadable_error(name: str, header: bytes = b"") -> ImageError | None:
+    """The error for a file of a format :func:`unreadable_format` names (kind ``unsupported format``), else None."""
+    found = unreadable_format(name, header)
+    return None if found is None else ImageError(
+        f"{name}: {found} images cannot be decoded here (convert them to JPEG or PNG)", "unsupported format")
+
+
+def _header(fp: Path | io.BytesIO) -> bytes:
+    """The first bytes of a file or of encoded bytes (empty if they cannot be read)."""
+    if isinstance(fp, io.BytesIO):
+        return fp.getvalue()[:16]
+    try:
+        with open(fp, "rb") as handle:
+            return handle.read(16)
+    except OSError:
+        return b""
+
+
 def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str,
                       min_side: int | None = None) -> ScaledImage:
     """Open lazily (header only); a JPEG goes to libjpeg-turbo, at a reduced scale when ``min_side`` allows
@@ -195,6 +234,9 @@ def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str,
     try:
         image = Image.open(fp, formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as exc:
+        known = unreadable_error(name, _header(fp))
+        if known is not None:
+            raise known from exc
         raise ImageError(
             f"{name}: not a recognised image, or its header is invalid "
             f"(accepted formats: {', '.join(ACCEPTED_FORMATS)})", "not an image"

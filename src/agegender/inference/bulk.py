@@ -28,8 +28,8 @@ from typing import Any, Literal
 import cv2
 from tqdm import tqdm
 
-from agegender.images import DEFAULT_MAX_PIXELS, VIDEO_SUFFIXES, ImageError
-from agegender.inference.collection import UNREADABLE_SUFFIXES, Collection
+from agegender.images import DEFAULT_MAX_PIXELS, VIDEO_SUFFIXES, ImageError, unreadable_error
+from agegender.inference.collection import Collection
 from agegender.inference.detector import FaceDetector
 from agegender.inference.predictor import Predictor, PreparedImage, prepare_image
 from agegender.inference.results import ImageFailure, ImageResult
@@ -106,10 +106,8 @@ def unsupported_format(path: str) -> ImageFailure | None:
     if suffix in VIDEO_SUFFIXES:
         return ImageFailure(path, "unsupported format", f"{path}: a video; --output takes photos (predict a video "
                                                         "on its own: agegender predict VIDEO --json)")
-    if suffix not in UNREADABLE_SUFFIXES:
-        return None
-    return ImageFailure(path, "unsupported format",
-                        f"{path}: {suffix} images cannot be decoded here (convert them to JPEG or PNG)")
+    unreadable = unreadable_error(path)
+    return None if unreadable is None else ImageFailure(path, unreadable.kind, str(unreadable))
 
 
 def _prepare(path: str) -> PreparedImage | ImageFailure:

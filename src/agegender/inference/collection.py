@@ -3,10 +3,11 @@ files, with every file left out counted and named, and a disjoint share of them 
 
 Folders are read recursively (symbolic links followed, each folder once, so a link loop ends), in sorted order.
 A file named on the command line is always an input. In a folder, a file whose ending is an image's
-(:data:`~agegender.images.IMAGE_SUFFIXES`), a format we cannot decode (:data:`UNREADABLE_SUFFIXES`, which then gets
-an error row saying so) or that has no ending (its bytes decide) is an input; any other file is skipped by type and
-named in the summary. What cannot be read at all (a missing path, a folder without permission, a FIFO, a link
-loop) becomes an error entry, so that it gets an error row too.
+(:data:`~agegender.images.IMAGE_SUFFIXES`), a format we cannot decode
+(:data:`~agegender.images.UNREADABLE_SUFFIXES`, which then gets an error row saying so) or that has no ending (its
+bytes decide) is an input; any other file is skipped by type and named in the summary. What cannot be read at all
+(a missing path, a folder without permission, a FIFO, a link loop) becomes an error entry, so that it gets an error
+row too.
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agegender.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from agegender.images import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, VIDEO_SUFFIXES
 
-__all__ = ["UNREADABLE_SUFFIXES", "Collection", "collect", "in_shard", "parse_shard", "shard_paths"]
+__all__ = ["Collection", "collect", "in_shard", "parse_shard", "shard_paths"]
 
-#: Image formats a user may well have that this package does not decode: their files get an error row.
-UNREADABLE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".cr2", ".nef", ".arw", ".dng", ".raw", ".psd",
-                                 ".svg"})
 
 
 @dataclass

@@ -26,9 +26,16 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-from agegender.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, finer_decoder, load_scaled
+from agegender.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    UNREADABLE_SUFFIXES,
+    ImageError,
+    finer_decoder,
+    load_scaled,
+)
 from agegender.inference import bulk
-from agegender.inference.collection import UNREADABLE_SUFFIXES, Collection, collect, shard_paths
+from agegender.inference.collection import Collection, collect, shard_paths
 from agegender.inference.detector import DETECT_SIZE
 from agegender.inference.results import ROW_COLUMNS, ROW_TYPES, ImageFailure, ImageResult
 from agegender.inference.sinks import ARROW_TYPES, RowSink, clean_value, open_sink, stored_name
