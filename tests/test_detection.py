@@ -164,6 +164,18 @@ def test_16bit_grayscale_png_is_scaled_not_clipped() -> None:
     assert (out[..., 0] == out[..., 2]).all()
 
 
+def test_32bit_integer_pixels_keep_their_brightness() -> None:
+    """Mode "I" holds 8-bit values (an "L" image converted), 16-bit ones or wider: once all divided by 257, so an
+    8-bit photo in mode "I" came out black and its faces were lost."""
+    eight = Image.fromarray(np.array([[0, 1, 128, 255]], np.uint8).repeat(4, 0)).convert("I")
+    sixteen = Image.fromarray(np.array([[0, 257, 32896, 65535]], np.int32).repeat(4, 0))
+    wide = Image.fromarray(np.array([[-5, 2**16, 2**23, 2**24]], np.int32).repeat(4, 0))
+    assert eight.mode == sixteen.mode == wide.mode == "I"
+    for image in (eight, sixteen):
+        assert load_image(image)[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert load_image(wide)[0, :, 0].tolist() == [0, 1, 127, 255]  # scaled by the largest (2**23 is half of 2**24)
+
+
 def test_16bit_color_png() -> None:
     bgr16 = np.zeros((8, 8, 3), dtype=np.uint16)
     bgr16[..., 0] = 65535  # blue

@@ -308,10 +308,16 @@ def _from_pil(image: Image.Image, max_pixels: int, *, name: str, owned: bool = F
 
 def _pil_pixels_to_bgr(image: Image.Image) -> np.ndarray:
     mode = image.mode
-    if mode.startswith("I;16") or mode == "I":
-        # 16-bit grayscale; PIL's own convert("L") would clip instead of scaling.
-        gray16 = np.asarray(image).astype(np.int64).clip(0, 65535).astype(np.uint16)
-        return _array_to_bgr(_to_uint8(gray16))
+    if mode.startswith("I;16"):  # 16-bit grayscale; PIL's own convert("L") would clip instead of scaling
+        return _array_to_bgr(_to_uint8(np.asarray(image).astype(np.uint16)))
+    if mode == "I":  # 32-bit integers: 8-bit values (an "L" image converted), 16-bit ones, or wider
+        values = np.asarray(image).astype(np.int64).clip(0, None)
+        top = int(values.max(initial=0))
+        if top <= 255:
+            return _array_to_bgr(values.astype(np.uint8))
+        if top > 65535:
+            values = values * 65535 // top
+        return _array_to_bgr(_to_uint8(values.astype(np.uint16)))
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = np.asarray(image.convert("RGBA"))
         return _composite_on_white(rgba[..., 2::-1], rgba[..., 3])
