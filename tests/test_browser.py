@@ -125,3 +125,51 @@ def test_a_file_that_is_not_an_image_shows_the_servers_reason(page: Any) -> None
     status = page.locator("#status.error")
     status.wait_for()
     assert "notes.txt: image data: not a recognised image" in status.inner_text()
+
+
+def test_an_answer_for_an_earlier_photo_does_not_replace_a_later_ones(page: Any, photos_dir: Path) -> None:
+    """The first photo's answer is held back (a large photo takes longer on the server): once it replaced the second
+    photo's result, which had arrived first."""
+    page.evaluate("""() => {
+        const fetchNow = window.fetch.bind(window);
+        let calls = 0;
+        window.fetch = async (...args) => {
+            const response = await fetchNow(...args);
+            if (String(args[0]).startsWith('/v1/predict') && ++calls === 1) {
+                await new Promise((done) => setTimeout(done, 1500));
+            }
+            return response;
+        };
+    }""")
+    answers: list[Any] = []
+    page.on("response", lambda response: "/v1/predict" in response.url and answers.append(response))
+    page.set_input_files("#file", str(photos_dir / GROUP_PHOTO))
+    page.set_input_files("#file", str(photos_dir / "smahesh29_man1.jpg"))
+    page.locator("#status", has_text="1 face in smahesh29_man1.jpg").wait_for()
+    page.wait_for_timeout(2500)  # the held answer has reached the page by now
+    assert len(answers) == 2 and "1 face in smahesh29_man1.jpg" in page.inner_text("#status")
+    (body,) = [answer.json() for answer in answers if len(answer.json()["faces"]) == 1]
+    check_drawing_and_table(page, body)
+
+
+def test_an_error_after_a_photo_takes_the_photos_faces_off_the_page(page: Any, photos_dir: Path) -> None:
+    upload_and_wait(page, lambda: page.set_input_files("#file", str(photos_dir / "smahesh29_man1.jpg")))
+    assert page.is_visible("#result")
+    page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"just text"})
+    page.locator("#status.error").wait_for()
+    assert not page.is_visible("#result")
+
+
+def test_a_webp_the_browser_does_not_turn_gets_its_boxes_on_a_blank_canvas(page: Any, photos_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    """Chromium ignores a WebP's EXIF orientation, which the server applies: the boxes would land beside the faces."""
+    from PIL import Image
+
+    photo = Image.open(photos_dir / "smahesh29_man1.jpg").transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed turned 90 degrees clockwise: upright again
+    path = tmp_path / "turned.webp"
+    photo.save(path, "WEBP", exif=exif.tobytes())
+    body = upload_and_wait(page, lambda: page.set_input_files("#file", str(path)))
+    assert (body["image"]["width"], body["image"]["height"]) == Image.open(photos_dir / "smahesh29_man1.jpg").size
+    assert len(body["faces"]) == 1 and "turned otherwise than its EXIF orientation" in page.inner_text("#status")

@@ -5,6 +5,7 @@ const COLORS = { female: "#e63c78", male: "#2896eb" };
 const MAX_CANVAS_SIDE = 1600; // canvas resolution cap; the photo is scaled to fit
 let maxUploadBytes = Infinity;
 let current = null; // { bitmap, result } of the photo shown
+let latest = 0; // the number of the last photo chosen: an answer for an earlier one arrives too late to be shown
 let activeFace = -1; // face highlighted from the table
 
 const $ = (selector) => document.querySelector(selector);
@@ -13,6 +14,17 @@ function setStatus(text, isError = false) {
   const status = $("#status");
   status.textContent = text;
   status.classList.toggle("error", isError);
+}
+
+function showError(text) {
+  // The faces of an earlier photo must not stay on screen under the error of a later one.
+  current = null;
+  $("#result").hidden = true;
+  setStatus(text, true);
+}
+
+function mib(bytes, digits) {
+  return (bytes / 1048576).toFixed(digits).replace(/\.0+$/, "");
 }
 
 function faceLabel(face, index) {
@@ -29,8 +41,7 @@ async function loadModelInfo() {
     const info = await response.json();
     const model = info.models[0];
     maxUploadBytes = info.limits.max_upload_bytes;
-    const mib = (maxUploadBytes / 1048576).toFixed(0);
-    $("#model").textContent = `model ${model.name} ${model.version ?? ""} · uploads up to ${mib} MiB`;
+    $("#model").textContent = `model ${model.name} ${model.version ?? ""} · uploads up to ${mib(maxUploadBytes, 1)} MiB`;
   } catch (error) {
     $("#model").textContent = "model information unavailable";
   }
@@ -38,14 +49,18 @@ async function loadModelInfo() {
 
 async function analyse(file) {
   if (!file) return;
+  const request = ++latest;
   if (file.size > maxUploadBytes) {
-    setStatus(`${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; this server accepts up to ` +
-              `${(maxUploadBytes / 1048576).toFixed(0)} MiB.`, true);
+    // as many decimals as it takes for the two sizes to differ (a file just over 10 MiB is not "10.0")
+    let digits = 1;
+    while (digits < 6 && mib(file.size, digits) === mib(maxUploadBytes, digits)) digits += 1;
+    showError(`${file.name} is ${mib(file.size, digits)} MiB; this server accepts up to ` +
+              `${mib(maxUploadBytes, digits)} MiB.`);
     return;
   }
   setStatus(`Looking for faces in ${file.name}…`);
   // The browser decodes the photo for display (EXIF orientation applied, as the server does).
-  const bitmap = await createImageBitmap(file, { imageOrientation: "from-image" }).catch(() => null);
+  let bitmap = await createImageBitmap(file, { imageOrientation: "from-image" }).catch(() => null);
   const form = new FormData();
   form.append("image", file);
   let response, body;
@@ -53,19 +68,27 @@ async function analyse(file) {
     response = await fetch(`/v1/predict?flip=${$("#flip").checked}`, { method: "POST", body: form });
     body = await response.json().catch(() => ({ detail: `the server answered ${response.status}` }));
   } catch (error) {
-    setStatus(`Could not reach the server (${error.message}).`, true);
+    if (request === latest) showError(`Could not reach the server (${error.message}).`);
     return;
   }
+  if (request !== latest) return; // another photo was chosen meanwhile: its answer is the one to show
   if (!response.ok) {
-    setStatus(`${file.name}: ${body.detail}`, true);
+    showError(`${file.name}: ${body.detail}`);
     return;
+  }
+  let preview = bitmap ? "" : " (this browser cannot display this image format; boxes shown on a blank canvas)";
+  const { width, height } = body.image;
+  if (bitmap && Math.abs(bitmap.width * height - bitmap.height * width) > 0.02 * width * height) {
+    // the browser did not turn the image as its EXIF orientation says (Chromium and WebP): boxes would miss
+    bitmap = null;
+    preview = " (this browser displays this image turned otherwise than its EXIF orientation; boxes shown on a " +
+              "blank canvas)";
   }
   current = { bitmap, result: body };
   activeFace = -1;
   render();
   const n = body.faces.length;
   const found = n === 0 ? "No face found" : `${n} face${n === 1 ? "" : "s"}`;
-  const preview = bitmap ? "" : " (this browser cannot display this image format; boxes shown on a blank canvas)";
   setStatus(`${found} in ${file.name}, ${body.image.width}×${body.image.height}, ` +
             `${Math.round(body.timing_ms.total)} ms on the server.${preview}`);
 }
