@@ -277,6 +277,9 @@ def test_predict_video_takes_a_path_checks_its_numbers_and_names_a_truncated_fil
         with pytest.raises(ValueError, match="every must be at least 1"):
             next(predict_video(predictor, video, every, max_frames))
     assert not caplog.records
+    (tmp_path / "empty.mp4").touch()
+    with pytest.raises(ValueError, match=r"^empty video file \(0 bytes\): "):
+        next(predict_video(predictor, tmp_path / "empty.mp4"))
     cut = tmp_path / "cut.avi"
     cut.write_bytes(video.read_bytes()[:video.stat().st_size // 2])
     with caplog.at_level(logging.WARNING, logger="agegender.inference.video"):

@@ -106,6 +106,8 @@ def is_camera(source: str | os.PathLike) -> bool:
 
 def open_capture(source: str | os.PathLike) -> cv2.VideoCapture:
     """A video file, or a webcam given as its index (``0``: :func:`is_camera`)."""
+    if not is_camera(source) and os.path.isfile(source) and not os.path.getsize(source):
+        raise ValueError(f"empty video file (0 bytes): {os.fspath(source)}")
     capture = cv2.VideoCapture(int(os.fspath(source)) if is_camera(source) else os.fspath(source))
     if not capture.isOpened():
         raise ValueError(f"cannot open video or camera {os.fspath(source)!r}")
