@@ -8,6 +8,7 @@ import bz2
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -107,6 +108,11 @@ def test_predict_accurate_from_the_command_line(utkface_dir: Path, dlib_weights:
     broken.write_bytes(dlib_weights.read_bytes()[:5000])
     result = subprocess.run([*cli, "--accurate", "--descriptor-weights", str(broken)], capture_output=True, text=True)
     assert result.returncode == 2 and "truncated" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "a_file").touch()  # a cache that cannot be written is the cache's fault, not the weights'
+    result = subprocess.run([*cli, "--accurate", "--descriptor-weights", str(dlib_weights)], capture_output=True,
+                            text=True, env={**os.environ, "AGEGENDER_CACHE": str(tmp_path / "a_file" / "cache")})
+    assert result.returncode == 2 and "cannot write the converted dlib network into the cache" in result.stderr
+    assert "AGEGENDER_CACHE" in result.stderr and "download" not in result.stderr, result.stderr
 
 
 def test_the_service_serves_the_accurate_mode(dlib_weights: Path, yunet_path: Path, photos_dir: Path) -> None:

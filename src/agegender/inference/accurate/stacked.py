@@ -87,12 +87,17 @@ def descriptor_network(weights: str | os.PathLike | None = None) -> Path:
     if target.is_file():
         return target
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + f".{os.getpid()}.partial")
-        to_onnx(read_dlib_resnet(source), partial)
-        partial.replace(target)
+        network = read_dlib_resnet(source)
     except (ValueError, OSError) as err:
         raise WeightsError(f"cannot convert {source} into ONNX: {err}. {DLIB_RESNET.fix_hint()}") from err
+    try:  # the weights were read: a failure now is the cache's, not theirs
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + f".{os.getpid()}.partial")
+        to_onnx(network, partial)
+        partial.replace(target)
+    except OSError as err:
+        raise WeightsError(f"cannot write the converted dlib network into the cache {target.parent}: {err} (set "
+                           "AGEGENDER_CACHE to a folder that can be written)") from err
     return target
 
 
