@@ -19,6 +19,7 @@ from agegender.export import META_PREFIX, first_convolution, quantize_int8, set_
 from agegender.inference.onnx_model import ModelError, OnnxAgeGender, model_path, shipped_model_path
 from agegender.outputs import decode
 from agegender.paths import default_cache_dir
+from tests.conftest import shared_path
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,19 @@ def test_quantize_command_refuses_bad_arguments(tmp_path: Path, capsys: pytest.C
     assert "overwrite its source" in capsys.readouterr().err
     assert main(["quantize", str(copy), str(tmp_path / "out.onnx"), "--calibration", str(tmp_path / "no")]) == 2
     assert "calibration folder not found" in capsys.readouterr().err
+
+
+def test_quantize_refuses_no_chips_and_an_existing_output(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A folder without UTKFace chips once gave "0 read" and a garbage int8 file with exit 0; an existing output (a
+    shipped model, say) was replaced without a word."""
+    out = tmp_path / "q.onnx"
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "holiday.jpg").write_bytes(shared_path("photos", "smahesh29_man1.jpg").read_bytes())
+    assert main(["quantize", "flagship", str(out), "--calibration", str(tmp_path / "photos")]) == 2
+    assert "no quantisation chip in" in capsys.readouterr().err and not out.exists()
+    out.write_bytes(b"another run's model")
+    assert main(["quantize", "flagship", str(out)]) == 2
+    assert f"{out} exists: pass --force" in capsys.readouterr().err and out.read_bytes() == b"another run's model"
 
 
 def test_model_names_and_paths() -> None:

@@ -116,6 +116,8 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, chips: np.ndarra
     percentile or entropy. The file keeps the source's metadata except its metrics and age calibration, which
     were measured on the float model (``agegender evaluate INT8.onnx --store-metrics`` and ``agegender calibrate
     INT8.onnx`` measure and store its own)."""
+    if not len(chips):
+        raise ValueError("static int8 quantisation needs at least one quantisation chip")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -184,6 +186,10 @@ def quantization_chips(config: ModelConfig, n: int, root: str | Path | None = No
         raise ValueError(f"the number of quantisation chips must be at least 1, got {n}")
     train = dataset_splits(DataConfig(root=None if root is None else str(root)), progress=False)["train"]
     train = train[:: max(len(train) // n, 1)][:n]
-    images, ok = cached_images(train, config.load_size, config.face_crop, progress=False)
+    images, ok = cached_images(train, config.load_size, config.face_crop, progress=False) if train else (
+        np.zeros((0,)), np.zeros((0,), bool))
+    if not np.any(ok):  # quantising on nothing writes a file whose every activation range is wrong
+        raise ValueError(f"no quantisation chip in {root or 'the shared UTKFace folder'}: its training split holds "
+                         "no readable UTKFace chip (files named AGE_GENDER_RACE_DATE.jpg)")
     crops = center_crop(np.asarray(images)[ok], config.input_size)
     return np.ascontiguousarray(crops.transpose(0, 3, 1, 2), dtype=np.float32)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agegender.model_config import ModelConfig
+from agegender.paths import check_writable_file
 
 if TYPE_CHECKING:
     from agegender.training.config import TrainConfig
@@ -114,6 +115,20 @@ def _detect_size(text: str) -> int:
 def check_accurate_options(args: argparse.Namespace) -> None:
     if args.descriptor_weights and not args.accurate:
         raise UserError("--descriptor-weights is for --accurate")
+
+
+def add_force_option(p: argparse.ArgumentParser) -> None:
+    """``--force``: replace model files that exist (``export``, ``quantize``)."""
+    p.add_argument("--force", action="store_true", help="replace an output file that exists (else refused)")
+
+
+def check_new_file(path: Path, force: bool, option: str = "") -> None:
+    """A model file a command is about to write (:func:`~agegender.paths.check_writable_file`) that does not exist
+    yet, unless ``force``: a shipped model or another run's export must not be replaced by a slip of the path."""
+    check_writable_file(path)
+    if path.exists() and not force:
+        raise UserError(f"{option + ' ' if option else ''}{path} exists: pass --force to replace it, or write "
+                        "another file")
 
 
 def add_quantization_options(p: argparse.ArgumentParser) -> None:

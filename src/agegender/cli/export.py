@@ -8,12 +8,13 @@ from pathlib import Path
 
 from agegender.cli.common import (
     UserError,
+    add_force_option,
     add_quantization_options,
+    check_new_file,
     check_quantization_options,
     require_extra,
     write_int8,
 )
-from agegender.paths import check_writable_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", type=Path, help="also write a static int8 (QDQ) model here, calibrated on "
                                              "chips from --calibration (as `agegender quantize` does)")
     add_quantization_options(p)
+    add_force_option(p)
     p.set_defaults(handler=run)
 
 
@@ -51,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.checkpoint.is_file():
         raise UserError(f"checkpoint not found: {args.checkpoint}")
-    check_writable_file(args.output)
+    check_new_file(args.output, args.force)
     if args.int8:  # every option checked before anything is written
-        check_writable_file(args.int8)
+        check_new_file(args.int8, args.force, "--int8")
         if args.int8.resolve() == args.output.resolve():
             raise UserError("--int8 names the float32 output: give the int8 model another path")
         check_quantization_options(args.calibration, args.calibration_size)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agegender.cli.common import UserError, add_quantization_options, require_extra, write_int8
-from agegender.paths import check_writable_file
+from agegender.cli.common import (
+    UserError,
+    add_force_option,
+    add_quantization_options,
+    check_new_file,
+    require_extra,
+    write_int8,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="an `agegender export` ONNX file, or a shipped model's name (flagship)")
     p.add_argument("output", type=Path, help="int8 ONNX file to write")
     add_quantization_options(p)
+    add_force_option(p)
     p.set_defaults(handler=run)
 
 
@@ -37,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                         "model it came from")
     if args.output.resolve() == source.resolve():
         raise UserError("the int8 model would overwrite its source: give another output path")
-    check_writable_file(args.output)
+    check_new_file(args.output, args.force)
     config = model.config
     write_int8(source, args.output, config, args.calibration, args.calibration_size)
     return 0
