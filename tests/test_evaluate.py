@@ -222,6 +222,15 @@ def test_crossval_on_two_group_folds_gives_mean_and_std_and_resumes(manifest: Pa
     stamps = [(tmp_path / "cv" / f"fold{i}" / "best.pt").stat().st_mtime_ns for i in range(2)]
     assert main(command) == 0  # finished folds are reused, not retrained
     assert [(tmp_path / "cv" / f"fold{i}" / "best.pt").stat().st_mtime_ns for i in range(2)] == stamps
+    capsys.readouterr()
+    # another experiment in the same folder would reuse these folds as its own: refused, nothing retrained
+    for changed, named in (([*command, "-s", "optimizer.lr=0.01"], "optimizer.lr: "),
+                           ([*command[:3], "3", *command[4:]], "scheme or folds (it ran group over runs fold0, fold1")):
+        assert main(changed) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'cv'} holds another cross-validation" in err and named in err, err
+    assert [(tmp_path / "cv" / f"fold{i}" / "best.pt").stat().st_mtime_ns for i in range(2)] == stamps
+    assert main([*command, "-s", "threads=1"]) == 0  # what may change on a resume may change here
 
 
 def _folds(k: int, per_fold: int = 3) -> list[list[FaceRecord]]:

@@ -20,6 +20,7 @@ cross-validation continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -37,7 +38,7 @@ from agegender.paths import default_path
 from agegender.reporting.metrics import summarize_folds
 from agegender.reporting.report import protocol_text, write_report
 from agegender.training.config import TrainConfig
-from agegender.training.engine import train
+from agegender.training.engine import config_differences, train
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,43 @@ class FoldRun:
 
     def sizes(self) -> str:
         return "/".join(str(len(self.splits[s])) for s in SPLITS)
+
+    def fingerprint(self) -> str:
+        """A digest of which faces are in which split: two runs of one name on other faces differ in it."""
+        digest = hashlib.sha256()
+        for split in SPLITS:
+            digest.update(f"{split}\n".encode())
+            for path in sorted(r.path for r in self.splits[split]):
+                digest.update(f"{path}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+PLAN_FILE = "crossval.json"
+"""What a cross-validation folder holds: its scheme and each run's faces (:meth:`FoldRun.fingerprint`)."""
+
+
+def check_plan(run_dir: Path, scheme: str, runs: Sequence[FoldRun], raw: dict[str, Any]) -> None:
+    """A folder goes on (its finished runs reused) only for the cross-validation it was started with: the same
+    scheme, folds and config (bar :data:`~agegender.training.engine.RESUMABLE_CHANGES`). Records the plan the first
+    time; ValueError naming what differs otherwise."""
+    plan = {"scheme": scheme, "runs": {run.name: run.fingerprint() for run in runs}}
+    stored_path = run_dir / PLAN_FILE
+    problems = []
+    if stored_path.is_file():
+        stored = json.loads(stored_path.read_text())
+        if stored != plan:
+            problems.append(f"scheme or folds (it ran {stored['scheme']} over runs "
+                            f"{', '.join(stored['runs'])}; this is {scheme} over {', '.join(plan['runs'])}, or "
+                            "the same names on other faces)")
+    for run in runs:
+        differences = config_differences(run_dir / run.name / "config.yaml", raw)
+        if differences:
+            problems.append(f"config of {run.name} ({differences})")
+    if problems:
+        raise ValueError(f"{run_dir} holds another cross-validation, whose finished runs would be reused as this "
+                         f"one's: its {'; its '.join(problems)} differ. Choose another --run-dir, or remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stored_path.write_text(json.dumps(plan, indent=1) + "\n")
 
 
 def _joined(folds: Iterable[Sequence[FaceRecord]]) -> list[FaceRecord]:
@@ -120,6 +158,7 @@ def run_crossval(cfg: TrainConfig, raw: dict[str, Any], run_dir: str | Path,
     run_dir = Path(run_dir)
     cfg = cfg.model_copy(update={"final_split": "test"})  # each run's held-out fold is the protocol's figure
     runs = plan_runs(folds, scheme)
+    check_plan(run_dir, scheme, runs, raw)
     per_tta: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         fold_dir = run_dir / run.name

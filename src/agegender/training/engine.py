@@ -345,18 +345,24 @@ class Trainer:
 RESUMABLE_CHANGES = frozenset({"threads", "precision", "description"})
 
 
-def check_same_config(stored: Path, raw_config: dict) -> None:
-    """A run resumes with the config it was started with (``config.yaml``, saved at its start), but for
-    :data:`RESUMABLE_CHANGES`: its checkpoints, schedule and history belong to that config. ValueError naming the
-    keys that differ."""
+def config_differences(stored: Path, raw_config: dict) -> str:
+    """How ``raw_config`` differs from a run's ``config.yaml`` (``key: old -> new; ...``), bar
+    :data:`RESUMABLE_CHANGES`; empty when it does not, or when there is no such file."""
     if not stored.is_file():
-        return
+        return ""
     before, now = (_flat(c) for c in (yaml.safe_load(stored.read_text()) or {},
                                       yaml.safe_load(yaml.safe_dump(raw_config))))
     changed = sorted(k for k in before.keys() | now.keys()
                      if before.get(k) != now.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
-    if changed:
-        differences = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+    return "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+
+
+def check_same_config(stored: Path, raw_config: dict) -> None:
+    """A run resumes with the config it was started with (``config.yaml``, saved at its start), but for
+    :data:`RESUMABLE_CHANGES`: its checkpoints, schedule and history belong to that config. ValueError naming the
+    keys that differ."""
+    differences = config_differences(stored, raw_config)
+    if differences:
         raise ValueError(f"--resume continues {stored.parent} with the config it was started with, and this one "
                          f"differs ({differences}): resume without those changes, or start a new run with another "
                          "--run-dir")
