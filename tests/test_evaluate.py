@@ -125,6 +125,10 @@ def test_evaluate_stores_the_metrics_of_an_exported_model(checkpoint: Path, mani
     capsys.readouterr()
     assert main(["evaluate", str(checkpoint), "--tta", "flip", *common]) == 2
     assert "needs an exported .onnx model" in capsys.readouterr().err
+    # by default as predict runs (flip): the plain command once stored centre-crop figures over the flip ones
+    assert main(["evaluate", str(onnx_path), "--out", str(tmp_path / "default"), *common]) == 0
+    assert sorted(p.name for p in (tmp_path / "default").iterdir() if p.is_dir()) == ["flip"]
+    assert OnnxAgeGender(onnx_path).metrics == pytest.approx({**report["overall"], "protocol": report["protocol"]})
 
 
 def uncalibrated_flagship(folder: Path) -> Path:

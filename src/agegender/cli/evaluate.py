@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="adience: official fold number(s) (default 0)")
     p.add_argument("--adience-folds", default=None,
                    help="adience: folder holding fold_k_data.txt (default ../shared/data/adience_folds)")
-    p.add_argument("--tta", choices=TTA_CHOICES, default="none",
-                   help="center crop (none), + mirror (flip), Levi-Hassner 10 crops (ten_crop), or all three")
+    p.add_argument("--tta", choices=TTA_CHOICES, default="flip",
+                   help="center crop (none), + mirror (flip; the default, as predict and serve run and the README's "
+                        "figures are measured), Levi-Hassner 10 crops (ten_crop), or all three")
     p.add_argument("--out", help="report folder (default: eval_<data>_<split or folds> beside the model)")
     p.add_argument("--store-metrics", action="store_true",
                    help="write the overall metrics into the model's metadata (an exported .onnx; with --tta all, "
