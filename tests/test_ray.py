@@ -159,6 +159,17 @@ def test_paths_come_in_blocks_for_every_actor(local_ray: Any) -> None:
     assert big.num_blocks() == 201 and big.take(1)[0]["location"] == "s3://bucket/0.jpg"
 
 
+def test_the_python_api_checks_its_arguments(tmp_path: Path) -> None:
+    """A path as a string became 22 one-character paths; shard (0, 0) and threads=0 divided by zero."""
+    with pytest.raises(TypeError, match="takes a list of files"):
+        ray_pipeline.files_dataset(str(tmp_path / "one.jpg"))
+    with pytest.raises(ValueError, match="shard 0/0: need N >= 1"):
+        ray_pipeline.read_images(str(tmp_path), shard=(0, 0))
+    for option in ({"threads": 0}, {"actors": 0}, {"batch_size": 0}):
+        with pytest.raises(ValueError, match=f"{next(iter(option))} must be at least 1"):
+            ray_pipeline.predict_dataset(None, **option)  # type: ignore[arg-type]  # refused before it is read
+
+
 def test_parquet_written_by_ray_has_the_bulk_schema(ray_rows: Any, bulk_output: Path, tmp_path: Path) -> None:
     expected = pq.read_schema(bulk_output)
     native = ray_rows.drop_columns([ray_pipeline.ERROR_KIND])
@@ -172,6 +183,12 @@ def test_parquet_written_by_ray_has_the_bulk_schema(ray_rows: Any, bulk_output: 
     out = tmp_path / "one.parquet"  # write_parquet: one file, as --output writes it
     assert ray_pipeline.write_parquet(ray_rows, out) == 8
     assert pq.read_schema(out).equals(expected, check_metadata=True)
+
+    failed = tmp_path / "failed.parquet"  # a Dataset that fails: no part folder left to block the next call
+    with pytest.raises(KeyError):
+        ray_pipeline.write_parquet(ray_rows.drop_columns(["age"]), failed)
+    assert not failed.exists() and not failed.with_name(failed.name + ".parts").exists()
+    assert ray_pipeline.write_parquet(ray_rows, failed) == 8
 
 
 def test_cli_end_to_end(local_ray: Any, sources: list[str], bulk_output: Path, yunet_path: Path, tmp_path: Path,
@@ -265,3 +282,9 @@ def test_a_worker_that_cannot_load_the_detector_stops_the_run_in_one_line(
     code = main(["predict", str(collection_dir), "--ray", "--detector", str(tmp_path / "no-yunet.onnx"),
                  "--output", str(out)])  # missing here: said before any worker starts
     assert code == 2 and "--detector" in capsys.readouterr().err and not out.exists()
+    model = tmp_path / "broken-model.onnx"  # the runtime's own refusal (BackendError) printed Ray's traceback
+    model.write_bytes(b"not a model either")
+    code = main(["predict", str(collection_dir), "--ray", "--model", str(model), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: the Ray workers cannot load the model or the detector" in err, err[-2000:]
+    assert "Traceback" not in err and not out.exists()

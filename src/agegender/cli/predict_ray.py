@@ -57,9 +57,10 @@ def connect(address: str) -> bool:
 
 
 def _load_failure(err: BaseException) -> str | None:
-    """The reason an actor could not load the model or the detector (a ``ModelError`` or ``WeightsError`` raised in
-    its constructor, which Ray hands back as an actor that died with the worker's traceback as text); else None."""
-    found = re.findall(r"agegender\.[\w.]*(?:ModelError|WeightsError): (.*)", str(err))
+    """The reason an actor could not load the model or the detector (a ``ModelError``, ``BackendError`` or
+    ``WeightsError`` raised in its constructor, which Ray hands back as an actor that died with the worker's
+    traceback as text); else None."""
+    found = re.findall(r"agegender\.[\w.]*(?:ModelError|BackendError|WeightsError): (.*)", str(err))
     return found[-1] if found else None
 
 

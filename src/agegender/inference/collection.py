@@ -127,8 +127,14 @@ def parse_shard(text: str) -> tuple[int, int]:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
         raise ValueError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+    return check_shard((index, count))
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``shard`` as ``(I, N)`` if ``N >= 1`` and ``0 <= I < N``, else ValueError."""
+    index, count = shard
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {text}: need N >= 1 and 0 <= I < N")
+        raise ValueError(f"shard {index}/{count}: need N >= 1 and 0 <= I < N")
     return index, count
 
 
@@ -148,4 +154,4 @@ def in_shard(path: str, shard: tuple[int, int]) -> bool:
 
 def shard_paths(paths: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
     """The paths of ``shard`` (all of them for ``None``), order kept."""
-    return list(paths) if shard is None else [p for p in paths if in_shard(p, shard)]
+    return list(paths) if shard is None else [p for p in paths if in_shard(p, check_shard(shard))]

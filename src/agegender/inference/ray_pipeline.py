@@ -35,7 +35,7 @@ from agegender.images import (
     load_scaled,
 )
 from agegender.inference import bulk
-from agegender.inference.collection import Collection, collect, shard_paths
+from agegender.inference.collection import Collection, check_shard, collect, shard_paths
 from agegender.inference.detector import DETECT_SIZE
 from agegender.inference.results import ROW_COLUMNS, ROW_TYPES, ImageFailure, ImageResult
 from agegender.inference.sinks import ARROW_TYPES, RowSink, clean_value, open_sink, stored_name
@@ -257,6 +257,8 @@ def files_dataset(files: Sequence[str], *, with_bytes: bool = False, **read_args
     resumed run knows them."""
     import ray.data
 
+    if isinstance(files, str | os.PathLike):  # a string would be taken for a list of one-character paths
+        raise TypeError(f"files_dataset takes a list of files, got {files!r}: read_images takes a folder or one file")
     if not files:
         raise ValueError("no input files")
     if not with_bytes:
@@ -294,6 +296,8 @@ def read_images(sources: str | os.PathLike | Iterable[str | os.PathLike], *, sha
     under ``sources`` (:func:`list_images`): a folder, files, or URIs; ``shard`` (I, N) keeps the I-th of N parts
     (:func:`~agegender.inference.collection.shard_paths`), ``exclude`` drops inputs already done. What could not
     be listed is logged (the CLI writes it as error rows)."""
+    if shard is not None:
+        check_shard(shard)
     collection = list_images(sources)
     for path, reason in collection.errors:
         log.warning("%s: %s", path, reason)
@@ -327,6 +331,9 @@ def predict_dataset(ds: ray.data.Dataset, model: str | os.PathLike | None = None
     import ray
     from ray.data import ActorPoolStrategy
 
+    for name, value in (("threads", threads), ("actors", actors), ("batch_size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     if actors is None:
         if not ray.is_initialized():
             ray.init()  # what Ray Data would do on first use: the cluster `ray start` made, else a local Ray
@@ -404,6 +411,10 @@ def write_parquet(ds: ray.data.Dataset, path: str | os.PathLike, resume: bool = 
     if Path(path).suffix.lower() != ".parquet":
         raise ValueError(f"{path}: write_parquet writes a .parquet file")
     sink = open_sink(path, ROW_TYPES, resume=resume)
-    written = write_rows(ds, sink)
+    try:
+        written = write_rows(ds, sink)
+    except BaseException:
+        sink.abandon()  # the rows that arrived stay for resume=True; none: nothing left behind
+        raise
     sink.close()
     return written

@@ -274,8 +274,8 @@ def check_output(path: Path, resume: bool = False) -> str:
     unfinished = path.with_name(path.name + ".parts")
     check_writable_file(path)
     if not resume and (path.exists() or unfinished.exists()):
-        raise OutputExistsError(f"{path if path.exists() else unfinished} exists: pass --resume to continue it, "
-                                "or choose another output")
+        raise OutputExistsError(f"{path if path.exists() else unfinished} exists: pass --resume (in Python, "
+                                "resume=True) to continue it, or choose another output")
     return kind
 
 
