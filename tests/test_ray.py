@@ -288,3 +288,16 @@ def test_a_worker_that_cannot_load_the_detector_stops_the_run_in_one_line(
     err = capsys.readouterr().err
     assert code == 2 and "error: the Ray workers cannot load the model or the detector" in err, err[-2000:]
     assert "Traceback" not in err and not out.exists()
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_line_at_once(collection_dir: Path, tmp_path: Path) -> None:
+    """Ray retried in silence for minutes (a run killed after 248 s); its own process, so that no Ray is running."""
+    import subprocess
+
+    out = tmp_path / "rows.parquet"
+    command = [sys.executable, "-m", "agegender.cli", "predict", str(collection_dir / "smahesh29_kid1.jpg"), "--ray",
+               "--ray-address", "127.0.0.1:1", "--output", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "--ray-address 127.0.0.1:1: no Ray cluster answers there" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists() and not out.with_name(out.name + ".parts").exists()

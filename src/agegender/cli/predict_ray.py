@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -28,6 +29,21 @@ def _say(message: str) -> None:
     print(f"agegender predict: {message}", file=sys.stderr, flush=True)
 
 
+#: Seconds to wait for a named cluster's head to accept a connection (Ray itself retries for minutes, in silence).
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str, named_by: str) -> None:
+    """UserError, at once, when nothing accepts a connection at a ``HOST:PORT`` (or ``ray://HOST:PORT``) address."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray says what it makes of it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(f"{named_by} {address}: no Ray cluster answers there ({err})") from None
+
+
 def connect(address: str) -> bool:
     """Connect to the Ray cluster at ``address`` (``auto``: the one ``ray start`` made on this machine or
     ``$RAY_ADDRESS`` names, else a new local Ray; ``local``: always a new local Ray). Returns whether this call
@@ -38,6 +54,8 @@ def connect(address: str) -> bool:
         _say("using the Ray already started in this process")
         return False
     if address == AUTO:
+        if os.environ.get("RAY_ADDRESS"):
+            _check_reachable(os.environ["RAY_ADDRESS"], "--ray: $RAY_ADDRESS=")
         try:
             ray.init(address=AUTO)
         except ConnectionError:
@@ -48,6 +66,8 @@ def connect(address: str) -> bool:
             ray.init(address="local")
             return True
     else:
+        if address != "local":
+            _check_reachable(address, "--ray-address")
         try:
             ray.init(address=address)
         except (ConnectionError, ValueError) as err:
