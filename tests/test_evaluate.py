@@ -558,3 +558,20 @@ def test_an_empty_split_and_too_few_folds_are_one_line_errors(utkface_dir: Path,
         with pytest.raises(SystemExit) as exit_:
             main(command)
         assert exit_.value.code == 2 and "--folds: must be >= 2, got" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_the_work(tmp_path: Path, manifest: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """evaluate and data failed with a traceback after their work, bench after minutes of measuring."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    commands = [["evaluate", str(shipped_model_path()), "--data", "manifest", "--root", str(manifest), "--out",
+                 str(taken), "-q"],
+                ["data", str(manifest), "--out", str(taken / "splits")],
+                ["bench", "--out", str(taken)],
+                ["bench", "--markdown", str(taken / "bench.md")]]
+    for command in commands:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"{taken} is a file, not a folder" in err and len(err.strip().splitlines()) == 1, (command, err)
+    assert taken.read_text() == "a file"

@@ -61,6 +61,16 @@ def default_path(what: str) -> Path:
     return shared_path(*SHARED_LAYOUT[what])
 
 
+def check_writable_folder(path: Path) -> None:
+    """A folder a command is about to write into (made if missing): not a file, nor below one. ValueError
+    otherwise, before any work is done."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"cannot write into {path}: {folder} is a file, not a folder")
+            return
+
+
 def check_writable_file(path: Path) -> None:
     """A file a command is about to write: not a folder, and below a folder (made if missing), not below a file.
     ValueError otherwise, before anything is written."""

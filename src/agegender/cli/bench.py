@@ -14,7 +14,7 @@ from agegender.cli.common import (
     non_negative_int,
     positive_int,
 )
-from agegender.paths import default_path
+from agegender.paths import check_writable_file, check_writable_folder, default_path
 
 #: The bench's data options, whose defaults come from the shared folder when it is there.
 BENCH_DATA = ("peers", "utkface", "adience_sample", "adience_fold", "photos", "detector")
@@ -109,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--descriptor-weights is for --accurate")
     if args.bulk_photos == 1:
         raise UserError("--bulk-photos: at least 2 (0 skips the bulk throughput)")
+    check_writable_folder(args.out)  # before the minutes of measuring, not after them
+    if args.markdown is not None:
+        check_writable_file(args.markdown)
     for option in ("model", "int8", "descriptor_weights", *BENCH_DATA):
         path = getattr(args, option)
         if path is not None and not path.exists():

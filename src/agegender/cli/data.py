@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from agegender.data.manifest import read_manifest, write_manifest
     from agegender.data.splits import kfold_records, load_or_make_splits, splits_folder
     from agegender.data.utkface import read_utkface
-    from agegender.paths import default_cache_dir
+    from agegender.paths import check_writable_folder, default_cache_dir
 
     if not args.root.exists():
         raise UserError(f"{args.root} does not exist")
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if not records:
         raise UserError(f"no labelled images found in {args.root}")
     out = args.out or default_cache_dir() / "splits"
+    check_writable_folder(out)
     splits, stats = load_or_make_splits(records, out)
     for key, value in stats.to_dict().items():
         print(f"{key.replace('_', ' ')}: {value}")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from agegender.cli.common import UserError, require_extra
+from agegender.paths import check_writable_folder
 
 TTA_CHOICES = ("none", "flip", "ten_crop", "all")
 #: What --store-metrics stores with --tta all: the mode `predict`, `serve` and the bench use by default.
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     where = f"folds{'-'.join(map(str, args.folds))}" if args.data == "adience" else args.split
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.data}_{where}"
+    check_writable_folder(out)
     ttas = TTA_MODES if args.tta == "all" else (args.tta,)
     if args.store_metrics and Path(args.model).suffix != ".onnx":
         raise UserError("--store-metrics needs an exported .onnx model")
