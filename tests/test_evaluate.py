@@ -575,3 +575,18 @@ def test_an_output_folder_that_is_a_file_is_refused_before_the_work(tmp_path: Pa
         err = capsys.readouterr().err
         assert f"{taken} is a file, not a folder" in err and len(err.strip().splitlines()) == 1, (command, err)
     assert taken.read_text() == "a file"
+
+
+def test_evaluate_and_calibrate_take_a_shipped_models_name(manifest: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """As predict, models, quantize and bench do; they said "model file not found" or "not an exported model"."""
+    common = ["--data", "manifest", "--root", str(manifest), "--split", "all"]
+    assert main(["evaluate", "flagship-int8", *common, "--out", str(tmp_path / "eval"), "-q"]) == 0
+    assert (tmp_path / "eval" / "flip" / "metrics.json").is_file()
+    before = shipped_model_path("flagship").read_bytes()
+    assert main(["calibrate", "flagship", *common, "--dry-run"]) == 0
+    assert "age MAE cross-fitted" in capsys.readouterr().out
+    assert shipped_model_path("flagship").read_bytes() == before
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--min-time", "-1"])
+    assert exit_.value.code == 2 and "must be a number of seconds >= 0" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from agegender.cli.common import (
     add_backend_options,
     add_detect_size_option,
     non_negative_int,
+    non_negative_seconds,
     positive_int,
 )
 from agegender.paths import check_writable_file, check_writable_folder, default_path
@@ -69,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="threads for every runtime (default: all CPUs)")
     p.add_argument("--runs", type=positive_int, default=10,
                    help="minimum timed runs per measurement (default 10)")
-    p.add_argument("--min-time", type=float, default=1.0,
+    p.add_argument("--min-time", type=non_negative_seconds, default=1.0,
                    help="minimum seconds per measurement (default 1; 0 for a quick check)")
     add_backend_options(p)
     for action in p._actions:

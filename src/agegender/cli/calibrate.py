@@ -4,7 +4,6 @@ interval, and store both in the file."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agegender.cli.common import UserError, require_extra
@@ -27,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluate then apply them. Reports the error and the coverage before, after, and cross-fitted (fitted on "
         "one half of the faces, scored on the other); a correction that does not help the held-out halves is "
         "not stored."))
-    p.add_argument("model", type=Path, help="an `agegender export` ONNX file (rewritten in place)")
+    p.add_argument("model", help="an `agegender export` ONNX file (rewritten in place), or a shipped model's name "
+                                 "(flagship, flagship-int8: the package's own file)")
     p.add_argument("--data", choices=("utkface", "manifest"), default="utkface", help="data set (default utkface)")
     p.add_argument("--root", help="UTKFace folder (default: the shared one, ../shared/data/UTKFace) or a CSV "
                                   "manifest")
@@ -77,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
         predict_faces,
     )
     from agegender.export import set_metadata
-    from agegender.inference.onnx_model import ModelError
+    from agegender.inference.onnx_model import ModelError, model_path
 
+    try:
+        args.model = model_path(args.model)  # a shipped name, or the file as given
+    except ModelError as err:
+        raise UserError(str(err)) from err
     if args.model.suffix.lower() != ".onnx":
         raise UserError(f"{args.model} is not an exported model: calibrate an .onnx file from `agegender export`")
     try:
@@ -143,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     stored_what = " and ".join(w for k, w in ((METADATA_KEY, "the correction"),
                                               (INTERVAL_METADATA_KEY, "the interval calibration"))
                                if updates.get(k))
-    if stored_what:
+    if stored_what and metadata.get("metrics", "{}") not in ("", "{}"):
         print(f"stored {stored_what} in {args.model}; the metrics stored in it predate them: re-measure them "
               f"with `agegender evaluate {args.model} --tta {args.tta} --store-metrics`")
     if INTERVAL_METADATA_KEY in updates and not updates[INTERVAL_METADATA_KEY]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,18 @@ def whole_number(name: str, low: int, high: int | None = None) -> Callable[[str]
 
     parse.__name__ = name
     return parse
+
+
+def non_negative_seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds, 0 or more.
+
+    >>> non_negative_seconds("0.5")
+    0.5
+    """
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
 
 
 positive_int = whole_number("positive_int", 1)

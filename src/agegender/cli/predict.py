@@ -19,6 +19,7 @@ from agegender.cli.common import (
     add_backend_options,
     add_detect_size_option,
     check_accurate_options,
+    non_negative_seconds,
     positive_int,
 )
 from agegender.images import VIDEO_SUFFIXES
@@ -64,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="continue --output: skip the inputs already in it (error rows too)")
     bulk.add_argument("--shard", metavar="I/N", help="take the I-th of N disjoint parts of the inputs (0 <= I < N), "
                                                      "so that N machines or array jobs cover all of them")
-    bulk.add_argument("--flush-seconds", type=float, default=10.0,
+    bulk.add_argument("--flush-seconds", type=non_negative_seconds, default=10.0,
                       help="Parquet: make the rows written so far durable at least this often (default 10)")
     bulk.add_argument("--workers", type=_workers, metavar="K|auto",
                       help="processes that decode and detect in parallel while the model runs batched (default auto: "

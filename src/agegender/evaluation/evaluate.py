@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 from agegender.age_calibration import AgeCalibration
+from agegender.artifacts import SHIPPED_MODELS
 from agegender.data.adience import read_adience_fold
 from agegender.data.datasets import DataConfig, dataset_root, dataset_splits, decode_split
 from agegender.data.records import FaceRecord, ReadReport
 from agegender.data.splits import SPLITS
 from agegender.evaluation.compare import face_arrays, face_intervals
-from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
 from agegender.models import config_of
 from agegender.outputs import Decoded, decode
 from agegender.oversample import TTA_MODES
@@ -68,8 +69,9 @@ class ExportedModel(nn.Module):
 
 
 def load_evaluable(path: str | Path) -> nn.Module:
-    """A checkpoint the engine wrote (on the GPU when there is one) or an ONNX export (CPU), in eval mode."""
-    path = Path(path)
+    """A checkpoint the engine wrote (on the GPU when there is one), an ONNX export (CPU) or a shipped model's
+    name (:data:`~agegender.artifacts.SHIPPED_MODELS`), in eval mode."""
+    path = shipped_model_path(path) if isinstance(path, str) and path in SHIPPED_MODELS else Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is a folder, not a model file" if path.is_dir()
                                 else f"model file not found: {path}")
