@@ -56,7 +56,7 @@ lint: $(VENV)/.full
 	$(BIN)/ruff check src tests scripts
 
 bench: $(VENV)/.full
-	$(BIN)/agegender bench --accurate --markdown docs/bench.md
+	$(BIN)/agegender bench --accurate --profile --markdown docs/bench.md
 
 # Every measured figure the README and the model card quote that has no report of its own, as committed logs
 # (command, date, machine, load, output) in docs/logs/.

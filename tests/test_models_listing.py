@@ -89,3 +89,14 @@ def test_a_file_that_is_not_onnx_is_one_line(tmp_path: Path, name: str) -> None:
                             text=True, timeout=120)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"cannot load {path}" in result.stderr
+
+
+def test_an_export_without_a_resize_is_described_in_words() -> None:
+    """A model fed its chip straight at the input size read "the chip resized to None"."""
+    from agegender.cli.models import describe_lines
+    from agegender.inference.onnx_model import OnnxAgeGender
+
+    info = OnnxAgeGender("flagship").describe()
+    assert "the chip resized to 72, centre crop;" in describe_lines(info)[2]
+    info["config"] = {**info["config"], "resize": None}
+    assert "RGB 64x64: the chip resized to it; (x - " in describe_lines(info)[2]

@@ -54,8 +54,9 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     mean, std = (", ".join(f"{v:g}" for v in cfg[k]) for k in ("mean", "std"))
     lines = [info["path"],
              f"  network          {cfg['name']} ({cfg['source']})",
-             f"  input            RGB {cfg['input_size']}x{cfg['input_size']}: the chip resized to {cfg['resize']}, "
-             f"centre crop; (x - [{mean}]) / [{std}]",
+             f"  input            RGB {cfg['input_size']}x{cfg['input_size']}: the chip "
+             + (f"resized to {cfg['resize']}, centre crop" if cfg.get("resize") else "resized to it")
+             + f"; (x - [{mean}]) / [{std}]",
              f"  outputs          {', '.join(cfg['outputs'])}",
              f"  agegender        {info['version'] or 'unknown version'}",
              f"  precision        {info['quantization'] or 'float32'}",
