@@ -103,10 +103,17 @@ def test_links_to_folders_read_already_are_skipped_not_failed(many_photos: Path,
         str(tmp_path / "lib" / "2023" / "up"), str(tmp_path / "lib" / "favourites")]
 
 
-def test_shards_are_disjoint_and_cover_the_inputs(collection_dir: Path) -> None:
+def test_shards_are_disjoint_and_cover_the_inputs(collection_dir: Path, tmp_path: Path) -> None:
     files = collect([collection_dir]).files
     parts = [shard_paths(files, (i, 3)) for i in range(3)]
     assert sorted(sum(parts, [])) == sorted(files) and not set(parts[0]) & set(parts[1])
+    # the files skipped are shared out too: three shards' summaries once each counted all of them
+    for i in range(12):
+        (tmp_path / f"notes{i}.txt").write_text("not a photo")
+    listed = collect([tmp_path])
+    shares = [listed.part((i, 3)).skipped_counts() for i in range(3)]
+    assert sum(shares, Counter()) == listed.skipped_counts() == Counter({"not an image (.txt)": 12})
+    assert sum(1 for share in shares if share) >= 2  # shared out, not all given to each (1 in 10^5 fails by chance)
 
 
 @pytest.fixture(scope="module")

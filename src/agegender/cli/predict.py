@@ -236,18 +236,17 @@ def report_skipped(collection: Collection) -> None:
 
 
 def bulk_inputs(listed: Collection, shard: tuple[int, int] | None) -> int | None:
-    """The inputs of a bulk run (local or Ray), taken before its output is created: the files skipped are named,
-    then ``listed`` keeps ``shard``'s part. Returns how many inputs the paths hold, or None (said on stderr) when
-    they hold none, so that the command, fixed, can run again."""
-    from agegender.inference.collection import shard_paths
-
-    report_skipped(listed)
+    """The inputs of a bulk run (local or Ray), taken before its output is created: ``listed`` keeps ``shard``'s
+    part (:meth:`Collection.part`), whose skipped files are named. Returns how many inputs the paths hold, or None
+    (said on stderr) when they hold none, so that the command, fixed, can run again."""
     if not (listed.files or listed.errors):
+        report_skipped(listed)
         print("agegender predict: no input: the paths hold no image file", file=sys.stderr)
         return None
     everything = len(listed.files) + len(listed.errors)
-    listed.files = shard_paths(listed.files, shard)
-    listed.errors = [(p, r) for p, r in listed.errors if p in shard_paths([p], shard)]
+    part = listed.part(shard)
+    listed.files, listed.errors, listed.skipped = part.files, part.errors, part.skipped
+    report_skipped(listed)
     return everything
 
 

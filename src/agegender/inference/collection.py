@@ -41,6 +41,15 @@ class Collection:
     def skipped_counts(self) -> Counter[str]:
         return Counter({reason: len(paths) for reason, paths in self.skipped.items()})
 
+    def part(self, shard: tuple[int, int] | None) -> Collection:
+        """The inputs, errors and skipped files of ``shard`` (:func:`in_shard`; all for None): each of N shards
+        names its own, so that their summaries add up to the collection's."""
+        if shard is None:
+            return self
+        skipped = {reason: kept for reason, paths in self.skipped.items() if (kept := shard_paths(paths, shard))}
+        return Collection(shard_paths(self.files, shard), [(p, r) for p, r in self.errors if in_shard(p, shard)],
+                          skipped)
+
 
 def _kind(mode: int) -> str:
     for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
