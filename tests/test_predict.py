@@ -290,6 +290,24 @@ def test_predict_video_takes_a_path_checks_its_numbers_and_names_a_truncated_fil
     assert record.getMessage().endswith(" of the 30 frames its header announces (truncated or damaged?)")
 
 
+def test_phone_and_camera_video_formats_in_a_folder_are_predicted(tmp_path: Path, yunet_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """.3gp (phones), .wmv, .flv, .mts/.m2ts (camcorders) were skipped as "not an image"."""
+    image = load_image(shared_path("photos", "smahesh29_man1.jpg"))
+    for suffix, codec in ((".3gp", "mp4v"), (".wmv", "WMV2"), (".flv", "FLV1"), (".mts", "MPEG"), (".m2ts", "MPEG")):
+        writer = cv2.VideoWriter(str(tmp_path / f"clip{suffix}"), cv2.VideoWriter_fourcc(*codec), 10,
+                                 image.shape[1::-1])
+        if not writer.isOpened():
+            pytest.skip(f"this OpenCV build cannot write {suffix}")
+        for _ in range(2):
+            writer.write(image)
+        writer.release()
+    assert main(["predict", str(tmp_path), "--json", "--detector", str(yunet_path)]) == 0
+    frames = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted({Path(f["file"]).suffix for f in frames}) == [".3gp", ".flv", ".m2ts", ".mts", ".wmv"]
+    assert len(frames) == 10 and all(len(f["faces"]) == 1 for f in frames)
+
+
 def test_a_closed_pipe_during_a_video_ends_quietly(tmp_path: Path, yunet_path: Path) -> None:
     video = _clip(tmp_path, frames=30)
     proc = subprocess.Popen([sys.executable, "-m", "agegender.cli", "predict", str(video), "--json",

@@ -45,8 +45,10 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm",
                             ".pgm"})
 """File name endings taken for images when a folder is read."""
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
-"""File name endings taken for videos (decoded by OpenCV, not by :func:`load_image`)."""
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".3gp", ".wmv", ".flv",
+                            ".mts", ".m2ts"})
+"""File name endings taken for videos (decoded by OpenCV's FFmpeg, not by :func:`load_image`; ``.ts`` is left out:
+in a folder it is as likely TypeScript as MPEG-TS, and a transport stream can be named on the command line)."""
 UNREADABLE_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".cr2", ".nef", ".arw", ".dng", ".raw", ".psd",
                                  ".svg"})
 """Endings of image formats a user may well have that this package does not decode: named in their error."""
