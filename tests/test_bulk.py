@@ -353,6 +353,9 @@ def test_a_sink_takes_no_rows_of_a_second_model(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=r"made by a.onnx \(agegender 1\), this run's model is b.onnx"):
             sink.write([{**row, "file": "d.jpg", "model_version": "b.onnx (agegender 1)"}])
     assert [r["file"] for r in read_rows(out)] == ["a.jpg", "b.jpg", "c.jpg"]
+    for name in ("new.csv", "new.jsonl", "new.parquet"):  # abandoned before any row: nothing left behind
+        open_sink(tmp_path / name, ROW_TYPES).abandon()
+        assert not (tmp_path / name).exists() and not (tmp_path / f"{name}.parts").exists(), name
 
 
 def test_a_video_named_with_output_gets_an_error_row_that_says_so(tmp_path: Path, yunet_path: Path) -> None:

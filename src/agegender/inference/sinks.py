@@ -129,6 +129,7 @@ class _TextSink(RowSink):
         super().__init__(path, schema)
         self.kind = kind
         exists = path.exists() and path.stat().st_size > 0
+        self.created = not path.exists()
         if exists:
             self._truncate_partial_line()
             self._read_rows()
@@ -185,7 +186,10 @@ class _TextSink(RowSink):
             os.close(self.fd)
             self.fd = -1
 
-    abandon = close
+    def abandon(self) -> None:
+        self.close()
+        if self.created and not self.rows_written:  # a CSV header alone would block a plain rerun
+            self.path.unlink(missing_ok=True)
 
 
 class _ParquetSink(RowSink):
