@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -117,6 +118,74 @@ def test_manifest_round_trip_and_bad_rows(utkface: list[FaceRecord], tmp_path: P
     assert [r.age for r in records] == [31.0] and sum(map(len, report.skipped.values())) == 2
     with pytest.raises(ValueError, match="manifest not found"):
         read_manifest(tmp_path)
+
+
+def test_manifests_as_spreadsheets_write_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Excel's "CSV UTF-8" (a byte order mark), the README's own "path, age, gender", capitalised names, ";" and tab
+    were all "a manifest needs a 'path' column" or "no label"; a short row was a TypeError traceback; line numbers
+    ran short after a blank line or a value on two lines; ages and races out of range were taken."""
+    for name in "abc":
+        (tmp_path / f"{name}.jpg").touch()
+    expected = [(31.0, 1), (7.0, 0)]
+    for name, text in (("bom.csv", "\ufeffpath,age,gender\na.jpg,31,f\nb.jpg,7,m\n"),
+                       ("spaces.csv", "path, age, gender\na.jpg, 31, f\nb.jpg, 7, m\n"),
+                       ("capitals.csv", "Path,Age,Gender,Camera\na.jpg,31,F\nb.jpg,7,M\n"),
+                       ("semicolons.csv", "path;age;gender\na.jpg;31;female\nb.jpg;7;male\n"),
+                       ("tabs.tsv", "path\tage\tgender\r\na.jpg\t31\tf\r\nb.jpg\t7\tm\r\n")):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with caplog.at_level(logging.INFO, logger="agegender.data.manifest"):
+            records, report = read_manifest(tmp_path / name)
+        assert [(r.age, r.gender) for r in records] == expected and not report.skipped, name
+    assert "columns ignored: camera" in caplog.text
+    (tmp_path / "odd.csv").write_text('gender,path,age,race,subject\nf,a.jpg,31,0,"two\nlines"\n\nm\n'
+                                      "m,b.jpg,150,,x\nf,c.jpg,40,7,y\nm,b.jpg,70,4,z\n")
+    records, report = read_manifest(tmp_path / "odd.csv")
+    assert [(r.age, r.race, r.group_id) for r in records] == [(31.0, 0, "two\nlines"), (70.0, 4, "z")]
+    assert report.skipped == {"bad row: no path": ["line 5"], "bad row: age '150' is not 0 to 130 years": ["line 6"],
+                              "bad row: race 7 is not one of UTKFace's codes 0..4": ["line 7"]}
+    (tmp_path / "other.csv").write_text("file,years\na.jpg,3\n")
+    with pytest.raises(ValueError, match="needs a 'path' column \\(its columns: 'file', 'years'; known: path"):
+        read_manifest(tmp_path / "other.csv")
+    (tmp_path / "latin1.csv").write_bytes("path,age,gender\ncaf\u00e9.jpg,3,f\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.csv: not UTF-8 text"):
+        read_manifest(tmp_path / "latin1.csv")
+
+
+def test_faces_that_share_a_file_name_stay_separate_groups(utkface: list[FaceRecord], tmp_path: Path) -> None:
+    """40 people's img0.jpg and img1.jpg were two groups of 20 (group ids were bare file names): train 20, val 0,
+    test 20."""
+    records = []
+    for k in range(40):
+        for j in range(2):
+            target = tmp_path / f"p{k}" / f"img{j}.jpg"
+            target.parent.mkdir(exist_ok=True)
+            shutil.copy(utkface[300 * k + j].path, target)
+            records.append(FaceRecord.from_age(str(target), utkface[300 * k + j].age, utkface[300 * k + j].gender,
+                                               group_id=f"person{k}"))
+    collapsed, stats = collapse_duplicates(records, progress=False)
+    assert stats.groups == 40 and stats.largest_group == 2
+    assert {r.group_id for r in collapsed} == {f"dup:p{k}/img0.jpg" for k in range(40)}
+
+
+def test_edited_labels_make_new_splits_and_undecodable_files_are_left_out(
+        utkface: list[FaceRecord], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A manifest whose subjects were edited read back its old splits (the cache key held ages and genders only);
+    a 0-byte file stopped the fingerprints with an OpenCV assertion, and text named .jpg went into a split."""
+    faces = [Path(r.path) for r in utkface[:30]]
+    (tmp_path / "empty.jpg").touch()
+    (tmp_path / "text.jpg").write_text("not an image")
+    rows = [f"{p},{30 + i % 5},f,s{i}" for i, p in enumerate(faces)] + ["empty.jpg,30,f,e", "text.jpg,30,m,t"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,age,gender,subject\n" + "\n".join(rows) + "\n")
+    records, _ = read_manifest(manifest)
+    with caplog.at_level(logging.WARNING, logger="agegender.data.splits"):
+        splits, stats = load_or_make_splits(records, tmp_path / "out", progress=False)
+    assert stats.undecodable == 2 and sum(map(len, splits.values())) == 30
+    assert "2 file(s) are empty or not an image" in caplog.text and "empty.jpg" in caplog.text
+    manifest.write_text("path,age,gender,subject\n" + "\n".join(f"{p},30,f,one" for p in faces) + "\n")
+    records, _ = read_manifest(manifest)  # the same files, now one subject: one group
+    splits, stats = load_or_make_splits(records, tmp_path / "out", progress=False)
+    assert stats.groups == 1 and sorted(len(v) for v in splits.values()) == [0, 0, 30]
 
 
 # -- duplicates and splits -----------------------------------------------------------------------------------

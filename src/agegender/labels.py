@@ -49,7 +49,10 @@ def gender_name(code: int) -> str:
     """``male``, ``female`` or ``unknown`` (a tie)."""
     return TIE_NAME if code == GENDER_TIE else GENDERS[code]
 
+#: UTKFace's race codes (0..4), which manifests use too.
 RACES: tuple[str, ...] = ("white", "black", "asian", "indian", "others")
+#: The oldest age a label may give: an older one is a typo (UTKFace's oldest is 116).
+MAX_LABEL_AGE = 130
 
 
 #: Where each group hands over to the next: halfway between its top and the next group's bottom, so that an age in

@@ -93,6 +93,8 @@ def file_fingerprints(paths: Sequence[str], progress: bool = True) -> Fingerprin
     for i, path in enumerate(tqdm(paths, desc="fingerprints", unit="img", disable=not progress)):
         data = Path(path).read_bytes()
         md5s.append(hashlib.md5(data).hexdigest())
+        if not data:  # OpenCV asserts on an empty buffer
+            continue
         gray = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
         if gray is None or not gray.size:
             continue

@@ -1,10 +1,11 @@
 """Deterministic, group-exclusive train/val/test and k-fold splits over groups of records.
 
 Each group lands in one split by a hash of its id, and a group's id is the file name of its first member in sorted
-order (``dup:NAME``), so a split never depends on file order, and adding images moves no existing group (unless
-a new image joins two groups into one). Byte-identical copies are collapsed into one record (label rule below); near
-duplicates (mirrored, blurred, re-encoded or re-cropped copies: :mod:`agegender.data.dedup`) stay separate but
-share a group id.
+order (``dup:NAME``; where files in different folders share a name, their paths below the records' common folder
+tell them apart), so a split never depends on file order or on where the data set lies, and adding images moves no
+existing group (unless a new image joins two groups into one, or takes an existing file's name). Byte-identical
+copies are collapsed into one record (label rule below); near duplicates (mirrored, blurred, re-encoded or
+re-cropped copies: :mod:`agegender.data.dedup`) stay separate but share a group id.
 
 Label rule for identical copies whose names disagree: the median age and the majority gender; a group whose
 copies split evenly on gender is dropped, since its true gender cannot be told.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +32,8 @@ from agegender.labels import age_to_group
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 
+log = logging.getLogger(__name__)
+
 
 class LeakageError(AssertionError):
     """A leakage group appears in more than one split."""
@@ -41,6 +46,7 @@ class DedupStats:
     identical_extra_copies: int
     label_conflicts: int  # identical groups whose file names disagree on a label
     dropped_gender_ties: int
+    undecodable: int  # files that are empty or no image OpenCV decodes: left out of every split
     near_duplicate_groups: int  # groups (beyond identical copies) holding several distinct images
     groups: int
     near_duplicate_pairs: int  # pairs of distinct files judged copies of one photo
@@ -56,6 +62,23 @@ def _bucket(group_id: str, salt: str = "agegender-v1") -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def _member_names(records: Sequence[FaceRecord]) -> list[str]:
+    """How group ids name each record: its file name, or, where another record's file has the same name (two
+    folders' ``img0.jpg``), its path below the records' common folder: two groups must never share an id, or the
+    splitter puts them on one side as one group.
+
+    >>> [str(n) for n in _member_names([FaceRecord.from_age(p, 30, 0) for p in ("d/a/x.jpg", "d/b/x.jpg", "d/y.jpg")])]
+    ['a/x.jpg', 'b/x.jpg', 'y.jpg']
+    """
+    names = [Path(r.path).name for r in records]
+    counts = Counter(names)
+    if all(counts[n] == 1 for n in names):
+        return names
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(r.path)) for r in records])
+    return [name if counts[name] == 1 else Path(os.path.relpath(os.path.abspath(r.path), root)).as_posix()
+            for name, r in zip(names, records, strict=True)]
+
+
 def collapse_duplicates(records: Sequence[FaceRecord], max_bits: int = 6, min_corr: float = 0.9,
                         progress: bool = True) -> tuple[list[FaceRecord], DedupStats]:
     """One record per byte-identical set (label rule in the module doc); group ids become the union of the
@@ -66,15 +89,17 @@ def collapse_duplicates(records: Sequence[FaceRecord], max_bits: int = 6, min_co
     group = duplicate_groups(fp, subjects=[r.group_id for r in records], pairs=pairs)
     md5s = fp.md5s
     first_name: dict[int, str] = {}
-    for g, record in zip(group.tolist(), records, strict=True):
-        name = Path(record.path).name
+    for g, name in zip(group.tolist(), _member_names(records), strict=True):
         first_name[g] = min(first_name.get(g, name), name)
     by_md5: dict[str, list[int]] = defaultdict(list)
     for i, digest in enumerate(md5s):
         by_md5[digest].append(i)
-    out, conflicts, ties = [], 0, 0
+    out, conflicts, ties, undecodable = [], 0, 0, []
     for members in by_md5.values():
         rec = records[members[0]]
+        if not fp.decoded[members[0]]:  # byte-identical copies decode alike
+            undecodable += [records[i].path for i in members]
+            continue
         if len(members) > 1:
             copies = [records[i] for i in members]
             ages = [c.age for c in copies if c.age is not None]
@@ -94,9 +119,13 @@ def collapse_duplicates(records: Sequence[FaceRecord], max_bits: int = 6, min_co
     stats = DedupStats(
         images=len(records), identical_groups=len(multi_identical),
         identical_extra_copies=sum(len(m) - 1 for m in multi_identical), label_conflicts=conflicts,
-        dropped_gender_ties=ties, near_duplicate_groups=sum(1 for s in sizes.values() if s > 1),
+        dropped_gender_ties=ties, undecodable=len(undecodable),
+        near_duplicate_groups=sum(1 for s in sizes.values() if s > 1),
         groups=len(sizes), near_duplicate_pairs=len(pairs), mirror_pairs=int(pairs.mirrored.sum()),
         largest_group=max(sizes.values(), default=0))
+    if undecodable:
+        log.warning("%d file(s) are empty or not an image that can be decoded, left out of the splits: %s%s",
+                    len(undecodable), ", ".join(undecodable[:5]), " ..." if len(undecodable) > 5 else "")
     return out, stats
 
 
@@ -136,11 +165,13 @@ def check_no_leakage(splits: Mapping[str, Sequence[FaceRecord]]) -> None:
 
 
 def dataset_key(records: Sequence[FaceRecord]) -> str:
-    """Fingerprint of a record list and its files' sizes and mtimes: changes whenever the data does."""
+    """Fingerprint of a record list, every label and group of it, and its files' sizes and mtimes: changes whenever
+    the data does (a manifest whose subjects or groups were edited must not read back the splits of the old ones)."""
     h = hashlib.sha1()
     for r in records:
         st = Path(r.path).stat()
-        h.update(f"{r.path}|{st.st_size}|{st.st_mtime_ns}|{r.age}|{r.gender}\n".encode())
+        h.update(f"{r.path}|{st.st_size}|{st.st_mtime_ns}|{r.age}|{r.age_group}|{r.gender}|{r.race}|{r.group_id}|"
+                 f"{r.attributes}\n".encode())
     return h.hexdigest()[:16]
 
 

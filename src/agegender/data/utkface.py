@@ -6,6 +6,7 @@ from pathlib import Path
 
 from agegender.data.records import FaceRecord, ReadReport
 from agegender.images import IMAGE_SUFFIXES
+from agegender.labels import MAX_LABEL_AGE, RACES
 
 
 def parse_utkface_name(name: str) -> tuple[int, int, int | None] | None:
@@ -23,7 +24,7 @@ def parse_utkface_name(name: str) -> tuple[int, int, int | None] | None:
         return None
     age, gender = int(fields[0]), int(fields[1])
     race = int(fields[2]) if len(fields) >= 4 and fields[2].isdigit() else None
-    if not 0 <= age <= 130 or gender not in (0, 1) or (race is not None and not 0 <= race <= 4):
+    if not 0 <= age <= MAX_LABEL_AGE or gender not in (0, 1) or (race is not None and not 0 <= race < len(RACES)):
         return None
     return age, gender, race
 
