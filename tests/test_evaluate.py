@@ -590,3 +590,12 @@ def test_evaluate_and_calibrate_take_a_shipped_models_name(manifest: Path, tmp_p
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--min-time", "-1"])
     assert exit_.value.code == 2 and "must be a number of seconds >= 0" in capsys.readouterr().err
+
+
+def test_data_folds_replace_an_earlier_runs(manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--folds 4 then --folds 2 left fold2.csv and fold3.csv beside the new two, overlapping them."""
+    out = tmp_path / "splits"
+    assert main(["data", str(manifest), "--out", str(out), "--folds", "4"]) == 0
+    assert main(["data", str(manifest), "--out", str(out), "--folds", "2"]) == 0
+    assert sorted(p.name for p in out.glob("*/fold*.csv")) == ["fold0.csv", "fold1.csv"]
+    assert "folds are empty" not in capsys.readouterr().out

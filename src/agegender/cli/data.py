@@ -41,8 +41,13 @@ def run(args: argparse.Namespace) -> int:
     if args.folds is not None:
         folds = kfold_records([r for recs in splits.values() for r in recs], args.folds)
         folder = splits_folder(records, out)
+        for stale in folder.glob("fold*.csv"):  # an earlier run's with more folds would overlap these
+            stale.unlink()
         for k, fold in enumerate(folds):
             write_manifest(fold, folder / f"fold{k}.csv")
         print(f"{args.folds} folds: {', '.join(str(len(f)) for f in folds)}")
+        if not all(folds):
+            print(f"warning: {sum(not f for f in folds)} of the {args.folds} folds are empty: the faces fall into "
+                  f"fewer groups than folds")
     print(f"manifests in {splits_folder(records, out)}")
     return 0
