@@ -258,3 +258,28 @@ def test_a_descriptor_head_exists_in_training_only(tmp_path: Path) -> None:
         check_contract(model.eval()(x), model.config, batch=2)  # no auxiliary key outside training
     graph = write_graph(model, tmp_path / "m.onnx")
     assert [o.name for o in ort_session(graph, 1).get_outputs()] == list(model.config.outputs)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"input_size": 96}, "resize must be a whole number of pixels >= input_size (96)"),  # fed 12 x 12 crops
+    ({"input_size": "64"}, "input_size must be a whole number of pixels >= 8, got '64'"),
+    ({"std": (0, 0, 0)}, "std must be above 0"),
+    ({"mean": (1, 2)}, "mean must be three numbers"),
+    ({"face_crop": 5.0}, "face_crop must be in (0, 1]"),
+    ({"outputs": "gender_logit"}, "outputs must be a tuple of output names"),
+    ({"outputs": ("gender_logit",)}, "returns age_dist_logits, gender_logit whatever its config says"),
+    ({"name": "mine"}, "a registered model keeps its name"),
+])
+def test_create_model_refuses_a_config_it_cannot_honour(override: dict, message: str) -> None:
+    """Each of these was accepted and recorded, the network built as if it had not been given."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("flagship", **override)
+
+
+def test_outputs_a_network_builds_from_its_config_may_change() -> None:
+    model = create_model("levi_hassner_age", outputs=["gender_logit"])  # a YAML config's list
+    assert model.config.outputs == ("gender_logit",)
+    from agegender.data.datasets import dataset_splits
+
+    with pytest.raises(TypeError, match="dataset_splits takes a DataConfig"):  # was an AttributeError
+        dataset_splits("faces.csv")  # type: ignore[arg-type]

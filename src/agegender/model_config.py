@@ -30,6 +30,32 @@ class ModelConfig:
     source: str = ""  # which seed document and section it follows
     extra: dict[str, Any] = field(default_factory=dict)  # architecture options recorded for reproducibility
 
+    def __post_init__(self) -> None:
+        """ValueError for a config no model can be fed by: sizes that are not whole numbers of pixels, a resize
+        smaller than the crop taken from it, a face crop outside (0, 1], ``mean``/``std`` not three numbers (``std``
+        above 0), outputs not a tuple of names."""
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        problems = []
+        if not (whole(self.input_size) and self.input_size >= 8):
+            problems.append(f"input_size must be a whole number of pixels >= 8, got {self.input_size!r}")
+        elif self.resize is not None and not (whole(self.resize) and self.resize >= self.input_size):
+            problems.append(f"resize must be a whole number of pixels >= input_size ({self.input_size}), or None, "
+                            f"got {self.resize!r}")
+        if not (isinstance(self.face_crop, int | float) and 0 < self.face_crop <= 1):
+            problems.append(f"face_crop must be in (0, 1], got {self.face_crop!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if not (isinstance(value, tuple) and len(value) == 3 and all(isinstance(v, int | float) for v in value)):
+                problems.append(f"{name} must be three numbers (R, G, B), got {value!r}")
+            elif name == "std" and min(value) <= 0:
+                problems.append(f"std must be above 0, got {value!r}")
+        if not (isinstance(self.outputs, tuple) and self.outputs and all(isinstance(o, str) for o in self.outputs)):
+            problems.append(f"outputs must be a tuple of output names, got {self.outputs!r}")
+        if problems:
+            raise ValueError(f"model config {self.name!r}: " + "; ".join(problems))
+
     @property
     def load_size(self) -> int:
         return self.resize or self.input_size

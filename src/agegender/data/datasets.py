@@ -120,6 +120,9 @@ def dataset_splits(cfg: DataConfig | None = None, progress: bool = True) -> dict
     """The configured data set's train/val/test records (near-duplicate groups kept on one side; made once, then
     reused); default: the shared UTKFace folder. Every command and script gets its splits here. CelebA's are its
     official partition, as published (no deduplication; :mod:`agegender.data.celeba`)."""
+    if cfg is not None and not isinstance(cfg, DataConfig):
+        raise TypeError(f"dataset_splits takes a DataConfig, e.g. DataConfig(dataset='manifest', root='faces.csv'), "
+                        f"got {cfg!r}")
     cfg = cfg or DataConfig()
     if cfg.dataset == "celeba":
         splits, report = read_celeba(dataset_root(cfg))

@@ -52,19 +52,39 @@ def get_config(name: str) -> ModelConfig:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(name: str, /, **overrides: Any) -> nn.Module:
     """Build a registered model; overrides naming ``ModelConfig`` fields change its config, the rest go to the
     builder. The model carries its config as ``model.config``. ValueError for an argument the builder does not
-    take or a value it cannot use."""
+    take or a value it cannot use (:class:`ModelConfig` checks its own; ``outputs`` that the network does not
+    return as configured)."""
     builder, config = _lookup(name)
-    config_changes = {k: v for k, v in overrides.items() if k in _CONFIG_FIELDS}
+    if "name" in overrides:
+        raise ValueError(f"create_model({name!r}, name=...): a registered model keeps its name")
+    config_changes = {k: tuple(v) if k in ("outputs", "mean", "std") and isinstance(v, list) else v
+                      for k, v in overrides.items() if k in _CONFIG_FIELDS}  # a YAML config's lists
     kwargs = {k: v for k, v in overrides.items() if k not in _CONFIG_FIELDS}
     config = config.replace(**config_changes)
     try:
         model = builder(config, **kwargs)
     except TypeError as err:  # an argument it does not take: a bad value of the config, as every other
         raise ValueError(f"model_args of {name!r} ({', '.join(kwargs) or 'none'}): {err}") from err
+    if "outputs" in config_changes:  # a network with fixed heads ignores them: say so rather than record them
+        _check_outputs(model, config)
     return with_config(model, config.replace(extra={**config.extra, **kwargs}))
+
+
+def _check_outputs(model: nn.Module, config: ModelConfig) -> None:
+    """ValueError unless one forward pass returns exactly ``config.outputs``."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        returned = set(model(torch.zeros(1, 3, config.input_size, config.input_size)))
+    model.train(was_training)
+    if returned != set(config.outputs):
+        raise ValueError(f"{config.name!r} returns {', '.join(sorted(returned))} whatever its config says: it "
+                         f"cannot be built with outputs {', '.join(config.outputs)}")
 
 
 def with_config(model: nn.Module, config: ModelConfig) -> nn.Module:
