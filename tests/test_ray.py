@@ -299,5 +299,5 @@ def test_a_cluster_address_where_nothing_answers_is_one_line_at_once(collection_
                "--ray-address", "127.0.0.1:1", "--output", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
-    assert "--ray-address 127.0.0.1:1: no Ray cluster answers there" in result.stderr
+    assert "--ray-address: no Ray cluster answers at 127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr and not out.exists() and not out.with_name(out.name + ".parts").exists()

@@ -13,12 +13,8 @@ import re
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING
 
 from agegender.cli.common import UserError, require_extra
-
-if TYPE_CHECKING:
-    pass
 
 #: What ``--ray`` without ``--ray-address`` means: the cluster ``ray start`` made (or ``$RAY_ADDRESS``), else a local
 #: Ray.
@@ -34,14 +30,15 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 def _check_reachable(address: str, named_by: str) -> None:
-    """UserError, at once, when nothing accepts a connection at a ``HOST:PORT`` (or ``ray://HOST:PORT``) address."""
+    """UserError, at once, when nothing accepts a connection at a ``HOST:PORT`` (or ``ray://HOST:PORT``) address
+    (``named_by``: the option or variable that gave it)."""
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
         return  # not host:port: Ray says what it makes of it
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
-        raise UserError(f"{named_by} {address}: no Ray cluster answers there ({err})") from None
+        raise UserError(f"{named_by}: no Ray cluster answers at {address} ({err})") from None
 
 
 def connect(address: str) -> bool:
@@ -55,7 +52,7 @@ def connect(address: str) -> bool:
         return False
     if address == AUTO:
         if os.environ.get("RAY_ADDRESS"):
-            _check_reachable(os.environ["RAY_ADDRESS"], "--ray: $RAY_ADDRESS=")
+            _check_reachable(os.environ["RAY_ADDRESS"], "--ray: $RAY_ADDRESS")
         try:
             ray.init(address=AUTO)
         except ConnectionError:

@@ -22,8 +22,7 @@ from pathlib import Path
 
 from agegender.images import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, VIDEO_SUFFIXES
 
-__all__ = ["Collection", "collect", "in_shard", "parse_shard", "shard_paths"]
-
+__all__ = ["Collection", "check_shard", "collect", "in_shard", "parse_shard", "shard_paths"]
 
 
 @dataclass
@@ -163,4 +162,7 @@ def in_shard(path: str, shard: tuple[int, int]) -> bool:
 
 def shard_paths(paths: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
     """The paths of ``shard`` (all of them for ``None``), order kept."""
-    return list(paths) if shard is None else [p for p in paths if in_shard(p, check_shard(shard))]
+    if shard is None:
+        return list(paths)
+    shard = check_shard(shard)
+    return [p for p in paths if in_shard(p, shard)]
