@@ -83,10 +83,9 @@ def check_plan(run_dir: Path, scheme: str, runs: Sequence[FoldRun], raw: dict[st
             problems.append(f"scheme or folds (it ran {stored['scheme']} over runs "
                             f"{', '.join(stored['runs'])}; this is {scheme} over {', '.join(plan['runs'])}, or "
                             "the same names on other faces)")
-    for run in runs:
-        differences = config_differences(run_dir / run.name / "config.yaml", raw)
-        if differences:
-            problems.append(f"config of {run.name} ({differences})")
+    changed = {run.name: d for run in runs if (d := config_differences(run_dir / run.name / "config.yaml", raw))}
+    if changed:  # every run was started with the one config: its differences are the same for each
+        problems.append(f"config ({next(iter(changed.values()))}, in {', '.join(changed)})")
     if problems:
         raise ValueError(f"{run_dir} holds another cross-validation, whose finished runs would be reused as this "
                          f"one's: its {'; its '.join(problems)} differ. Choose another --run-dir, or remove it")
