@@ -149,3 +149,25 @@ def test_a_file_that_is_not_a_model_is_a_clear_error(tmp_path: Path) -> None:
     if "openvino" in backends.available_backends():
         with pytest.raises(BackendError, match="OpenVINO cannot load"):
             open_session(bad, "openvino")
+
+
+@needs_openvino
+def test_a_graph_with_control_flow_runs_on_onnxruntime_under_auto_and_keeps_its_output_names(
+        tmp_path: Path, chips: list[np.ndarray], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Levi-Hassner family's exports hold If nodes (its LRN): under auto, OpenVINO named the two-head net's
+    gender output /model/heads/Squeeze_output_0 (predict failed an assertion) and gave the chained net's age the
+    shape ()."""
+    from agegender.export import export_onnx
+    from agegender.models import create_model
+
+    monkeypatch.setattr(backends, "cpu_info", lambda: CpuInfo("Xeon", ("avx512f", "avx512_vnni", "amx_tile")))
+    path = export_onnx(create_model("levi_hassner_chained").eval(), tmp_path / "chained.onnx")
+    assert backends.control_flow(path) == ("If",) and backends.control_flow(tmp_path / "none.onnx") == ()
+    auto = OnnxAgeGender(path)
+    assert auto.session.backend == "onnxruntime" and auto.output_names == ["age_group_logits", "gender_logit"]
+    decoded = auto.predict(chips[:3])
+    assert decoded.group_probs.shape == (3, 8) and decoded.female_prob.shape == (3,)
+    asked = OnnxAgeGender(path, backend="openvino")  # asked for by name: OpenVINO, under the file's own names
+    assert asked.session.backend == "openvino" and asked.output_names == auto.output_names
+    flagship = OnnxAgeGender("flagship")  # no control flow: OpenVINO where the CPU has its units
+    assert backends.control_flow(flagship.path) == () and flagship.session.backend == "openvino"

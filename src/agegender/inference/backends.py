@@ -4,8 +4,11 @@
 :func:`open_session` gives the same small interface for each: the model's ``agegender.`` metadata, its input and
 output names, and ``run``. ``backend="auto"`` picks by the machine: OpenVINO where it is installed and the CPU has
 the matrix or VNNI units it uses (Intel AMX, AVX-512 VNNI or BF16), ONNX Runtime otherwise; :func:`cpu_info` says
-what the CPU has. A backend or device that is missing raises :class:`BackendError` when the user asked for it by
-name, and falls back to ONNX Runtime on the CPU (logged) when they did not.
+what the CPU has. A graph with control flow (``If``, ``Loop``, ``Scan``: the Levi-Hassner family's exports hold
+``If`` nodes) runs on ONNX Runtime under ``auto``: OpenVINO's CPU plugin gave the chained net an age output of
+shape ``()`` instead of N x 8 (2026-12-07, openvino 2026.4.1). A backend or device that is missing raises
+:class:`BackendError` when the user asked for it by name, and falls back to ONNX Runtime on the CPU (logged) when
+they did not.
 
 Each session says in ``float_precision`` what its float operations compute in: ``f32`` for ONNX Runtime, and for
 OpenVINO what its CPU plugin chose: ``bf16`` on a CPU with AVX512-BF16 or AMX (its default there, and most of its
@@ -308,13 +311,35 @@ class _OpenVinoSession:
         compiled = self.models.dynamic
         self.float_precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.input_name = compiled.inputs[0].get_any_name()
-        self.output_names = [o.get_any_name() for o in compiled.outputs]
+        # as the ONNX file names them: compiling can rename an output that an If node makes (an internal name
+        # such as /model/heads/Squeeze_output_0 came out for gender_logit)
+        self.output_names = [o.get_any_name() for o in self.models.model.outputs]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.models.infer(feeds[self.input_name]), strict=True))
 
     def prepare(self, shape: tuple[int, ...]) -> None:
         self.models.prepare(shape)
+
+
+@lru_cache(maxsize=32)
+def _control_flow(path: Path, size: int, mtime_ns: int) -> tuple[str, ...]:
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # not ONNX: the runtime that loads it says so
+        return ()
+    return tuple(sorted({node.op_type for node in graph.node} & {"If", "Loop", "Scan"}))
+
+
+def control_flow(path: Path) -> tuple[str, ...]:
+    """The control-flow operators (``If``, ``Loop``, ``Scan``) in the main graph of the ONNX file at ``path``."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return ()
+    return _control_flow(path, stat.st_size, stat.st_mtime_ns)
 
 
 def open_session(path: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None
@@ -330,6 +355,9 @@ def open_session(path: str | Path, backend: str = "auto", device: str | None = N
         raise BackendError("device cuda: CUDA is not available to ONNX Runtime (install onnxruntime-gpu, and "
                            "run on a machine with an NVIDIA GPU and its driver)")
     chosen, why = choose_backend(backend, device)
+    if backend == "auto" and chosen == "openvino" and control_flow(path):
+        chosen, why = "onnxruntime", f"{path.name} holds control flow ({', '.join(control_flow(path))}), which " \
+                                     "OpenVINO's CPU plugin does not always run right"
     log.debug("backend %s on %s: %s", chosen, device, why)
     if chosen == "openvino":
         return _OpenVinoSession(path, threads)

@@ -59,7 +59,9 @@ def start_age_at(model: nn.Module, years: float) -> int:
 
 
 def _shape(key: str, logits: Tensor) -> Tensor:
-    return logits.squeeze(-1) if OUTPUT_SIZES[key] == 1 else logits
+    # [..., 0], not squeeze(-1): the exporter writes a squeeze of a dynamic batch as an If node, which OpenVINO
+    # renamed and, in the chained net, ran wrong
+    return logits[..., 0] if OUTPUT_SIZES[key] == 1 else logits
 
 
 class Branches(nn.ModuleList):
