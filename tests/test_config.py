@@ -25,6 +25,8 @@ BAD_VALUES = [
     ("epochs=ten", "epochs = 'ten'", "Input should be a valid integer"),
     ("optimizer.lr=fast", "optimizer.lr = 'fast'", "Input should be a valid number"),
     ("batch_size=-3", "batch_size = -3", "Input should be greater than or equal to 1"),
+    # one weight per ordinal output: a short list once passed and crashed after the data was read
+    ("loss.ordinal_weights=[1,2]", "loss.ordinal_weights = [1, 2]", "List should have at least 8 items"),
 ]
 
 

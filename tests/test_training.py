@@ -359,3 +359,14 @@ def test_model_args_a_model_does_not_take_are_one_line_before_any_data() -> None
                              "-s", "data.root=/nonexistent", "--run-dir", "/tmp/agegender-never-written"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "keyword argument 'foo'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_of_a_folder_without_a_run_says_it_starts_anew(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """A mistyped --run-dir with --resume restarted a long run from epoch 1 without a word (the data folder is
+    missing here, so that the command stops after saying so)."""
+    from agegender.cli import main
+
+    assert main(["train", str(FLAGSHIP), "--run-dir", str(tmp_path / "typo"), "--resume", "-q",
+                 "-s", f"data.root={tmp_path / 'nowhere'}"]) == 2
+    assert f"--resume: {tmp_path / 'typo'} holds no run to continue (no last.pt)" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from agegender.cli.common import add_config_options, training_config
 
@@ -23,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from agegender.training.engine import train
 
     run_dir = args.run_dir or f"runs/{cfg.model}"
+    if args.resume and not (Path(run_dir) / "last.pt").is_file():  # a mistyped --run-dir would restart a long run
+        print(f"agegender train: --resume: {run_dir} holds no run to continue (no last.pt): starting a new one",
+              file=sys.stderr)
     results = train(cfg, run_dir, resume=args.resume, raw_config=raw, progress=not args.quiet)
     for tta, summary in results.items():
         print(f"{cfg.final_split} ({tta}): " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items()))

@@ -182,7 +182,8 @@ class LossSpec(BaseModel):
     joint: _Weight = 1.0
     gender: _Weight = 1.0
     attributes: _Weight = 1.0  # multi-label BCE on the ``attributes`` output (CelebA's 40)
-    ordinal_weights: list[_Weight] | None = None
+    #: One weight per "older than group k" output of ``age_ordinal_logits`` (``NUM_AGE_GROUPS`` of them).
+    ordinal_weights: list[_Weight] | None = Field(default=None, min_length=NUM_AGE_GROUPS, max_length=NUM_AGE_GROUPS)
     regression: Literal["l1", "l2"] = "l1"
     sigma: float = Field(default=2.0, gt=0)  # years: the width of the Gaussian label distribution
     l1_weight: _Weight = 1.0
