@@ -162,3 +162,9 @@ def test_every_reproduction_run_validates_with_its_budget() -> None:
         for overrides in ([], budget):
             cfg, _ = load_config(ROOT / run["config"], [*recipe, *overrides])
             assert cfg.epochs >= 1, name
+
+
+def test_an_unknown_model_is_one_line_without_stray_quotes(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(config), "-s", "model=nosuch", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("agegender train: error: unknown model 'nosuch'; available: flagship") and '"' not in err

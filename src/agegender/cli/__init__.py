@@ -40,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agegender {args.command}: error: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, ArithmeticError) as err:
-        print(f"agegender {args.command}: error: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # str(KeyError) adds quotes
+        print(f"agegender {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("agegender: interrupted", file=sys.stderr)
