@@ -133,10 +133,12 @@ def test_an_answer_for_an_earlier_photo_does_not_replace_a_later_ones(page: Any,
     page.evaluate("""() => {
         const fetchNow = window.fetch.bind(window);
         let calls = 0;
+        window.heldAnswerReturned = false;
         window.fetch = async (...args) => {
             const response = await fetchNow(...args);
             if (String(args[0]).startsWith('/v1/predict') && ++calls === 1) {
                 await new Promise((done) => setTimeout(done, 1500));
+                window.heldAnswerReturned = true;
             }
             return response;
         };
@@ -146,7 +148,11 @@ def test_an_answer_for_an_earlier_photo_does_not_replace_a_later_ones(page: Any,
     page.set_input_files("#file", str(photos_dir / GROUP_PHOTO))
     page.set_input_files("#file", str(photos_dir / "smahesh29_man1.jpg"))
     page.locator("#status", has_text="1 face in smahesh29_man1.jpg").wait_for()
-    page.wait_for_timeout(2500)  # the held answer has reached the page by now
+    for _ in range(900):  # the held answer reaches the page (however loaded the machine)
+        if page.evaluate("() => window.heldAnswerReturned"):
+            break
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(500)  # and the page has handled it
     assert len(answers) == 2 and "1 face in smahesh29_man1.jpg" in page.inner_text("#status")
     (body,) = [answer.json() for answer in answers if len(answer.json()["faces"]) == 1]
     check_drawing_and_table(page, body)
