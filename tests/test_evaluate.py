@@ -263,15 +263,15 @@ def test_crossval_schemes_assign_the_folds_as_their_papers_do() -> None:
 def test_config_base_merges_sections_and_refuses_cycles(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(
         {"model": "vu_multitask", "epochs": 30, "optimizer": {"name": "adam", "lr": 0.001},
-         "loss": {"ordinal_weights": [1.0, 2.0]}}))
+         "loss": {"ordinal_weights": [1.0, 2.0] * 4}}))
     (tmp_path / "child.yaml").write_text(yaml.safe_dump(
-        {"base": "base.yaml", "epochs": 5, "optimizer": {"lr": 0.01}, "loss": {"ordinal_weights": [3.0]},
+        {"base": "base.yaml", "epochs": 5, "optimizer": {"lr": 0.01}, "loss": {"ordinal_weights": [3.0] * 8},
          "description": "Five epochs."}))
     cfg, raw = load_config(tmp_path / "child.yaml", ["batch_size=8"])
     assert (cfg.model, cfg.epochs, cfg.batch_size) == ("vu_multitask", 5, 8)
     assert cfg.description == raw["description"] == "Five epochs. Overridden on the command line: batch_size=8."
     assert load_config(tmp_path / "child.yaml")[0].description == "Five epochs."
-    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.loss.ordinal_weights) == ("adam", 0.01, [3.0])
+    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.loss.ordinal_weights) == ("adam", 0.01, [3.0] * 8)  # replaced
     assert "base" not in raw  # the saved config stands alone
     (tmp_path / "base.yaml").write_text("base: child.yaml\n")
     with pytest.raises(ValueError, match="cycle"):
