@@ -61,13 +61,13 @@ def default_path(what: str) -> Path:
     return shared_path(*SHARED_LAYOUT[what])
 
 
-def check_writable_folder(path: Path) -> None:
+def check_writable_folder(path: Path, writing: Path | None = None) -> None:
     """A folder a command is about to write into (made if missing): not a file, nor below one. ValueError
-    otherwise, before any work is done."""
+    otherwise, before any work is done (naming ``writing``, the file to be written there, if given)."""
     for folder in (path, *path.parents):
         if folder.exists():
             if not folder.is_dir():
-                raise ValueError(f"cannot write into {path}: {folder} is a file, not a folder")
+                raise ValueError(f"cannot write {writing or f'into {path}'}: {folder} is a file, not a folder")
             return
 
 
@@ -76,8 +76,4 @@ def check_writable_file(path: Path) -> None:
     ValueError otherwise, before anything is written."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder: name the file to write")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
-            break
+    check_writable_folder(path.parent, writing=path)
