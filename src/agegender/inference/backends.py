@@ -355,9 +355,10 @@ def open_session(path: str | Path, backend: str = "auto", device: str | None = N
         raise BackendError("device cuda: CUDA is not available to ONNX Runtime (install onnxruntime-gpu, and "
                            "run on a machine with an NVIDIA GPU and its driver)")
     chosen, why = choose_backend(backend, device)
-    if backend == "auto" and chosen == "openvino" and control_flow(path):
-        chosen, why = "onnxruntime", f"{path.name} holds control flow ({', '.join(control_flow(path))}), which " \
-                                     "OpenVINO's CPU plugin does not always run right"
+    flow = control_flow(path) if backend == "auto" and chosen == "openvino" else ()
+    if flow:
+        chosen, why = "onnxruntime", f"{path.name} holds control flow ({', '.join(flow)}), which OpenVINO's CPU " \
+                                     "plugin does not always run right"
     log.debug("backend %s on %s: %s", chosen, device, why)
     if chosen == "openvino":
         return _OpenVinoSession(path, threads)
