@@ -259,6 +259,32 @@ def test_a_worker_killed_mid_run_ends_it_with_a_message_and_resume_completes(man
     assert len({(r["file"], r["face"]) for r in rows}) == len(rows)
 
 
+def test_a_run_stopped_by_an_error_keeps_the_parquet_rows_it_accepted(many_photos: Path, tmp_path: Path,
+                                                                       yunet_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows the sink had accepted but not yet written as a part file were lost when anything but a dead worker
+    stopped the run (a second Ctrl-C, an error)."""
+    from agegender.inference.results import ROW_TYPES
+    from agegender.inference.sinks import open_sink
+
+    predictor = Predictor(detector=str(yunet_path))
+    finish, calls = predictor.finish, []
+
+    def failing(batch: list) -> list:
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise RuntimeError("stopped")
+        return finish(batch)
+
+    monkeypatch.setattr(predictor, "finish", failing)
+    out = tmp_path / "rows.parquet"
+    with pytest.raises(RuntimeError, match="stopped"):
+        bulk.run_bulk(predictor, collect([many_photos]), open_sink(out, ROW_TYPES), progress=False)
+    kept = open_sink(out, ROW_TYPES, resume=True)
+    assert len(kept.done) == calls[0] + calls[1] > 0  # the two batches finished before the error
+    kept.close()
+
+
 def test_two_workers_give_the_rows_of_one(many_photos: Path, tmp_path: Path, yunet_path: Path) -> None:
     files = sorted(many_photos.glob("*.jpg"))[:10]
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"

@@ -236,6 +236,9 @@ def run_bulk(predictor: Predictor, collection: Collection, sink: RowSink, worker
         except WorkerDied:
             sink.close()  # what was written is final (a Parquet output's parts merged)
             raise
+        except BaseException:  # a second Ctrl-C, or an error: the rows accepted stay for --resume
+            sink.abandon()
+            raise
     sink.close()
     if ctrl_c.pressed:
         raise KeyboardInterrupt
