@@ -209,6 +209,41 @@ def test_a_tracked_face_reads_its_groups_smoothed_probability() -> None:
     assert alone.age_group_confidence == 0.6  # a face without its probabilities keeps the frame's
 
 
+def test_a_point_age_model_reports_no_interval_and_no_group_confidence(
+        tmp_path: Path, yunet_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Vu's net regresses one age: it has no distribution, so its faces carry no 80% interval and no group
+    probability (they read ``[21.4, 21.4]`` and 1.0), in Python, JSON, rows, text, a plot's label and a video."""
+    from dataclasses import replace
+
+    from agegender.inference.video import FaceTracker
+    from agegender.labels import age_to_group
+
+    pytest.importorskip("torch", reason="exporting Vu's net needs torch")
+    from agegender.export import export_onnx
+    from agegender.models import create_model
+
+    model = export_onnx(create_model("vu_multitask").eval(), tmp_path / "vu.onnx")
+    photo = shared_path("photos", "mowshon_test-image.jpg")
+    result = Predictor(model=model, detector=yunet_path).predict(photo)
+    assert len(result) == 5
+    for face in result:
+        assert face.age_range is None and face.age_group_confidence is None
+        assert face.age_group_probabilities is None and face.age_group == AGE_GROUPS[age_to_group(face.age)]
+        assert "(" not in face.label
+        entry = face.to_dict()
+        assert entry["age_range"] is None and entry["age_group_confidence"] is None
+    for row in result.rows():
+        assert row["age_low"] is None and row["age_high"] is None and row["age_group_confidence"] is None
+    assert json.loads(result.to_json())["faces"][0]["age_range"] is None
+    assert result.plot().shape[:2] == (result.height, result.width)
+    ((_, tracked),) = FaceTracker().update([replace(result[0], age=result[0].age + 30)])
+    assert tracked.age_range is None and tracked.age_group_confidence is None
+
+    assert main(["predict", str(photo), "--model", str(model), "--detector", str(yunet_path)]) == 0
+    text = capsys.readouterr().out
+    assert "face 4: " in text and "[" not in text.split("face 0: ")[1].split(", box")[0]
+
+
 def test_a_cut_to_another_shot_starts_new_tracks(predictor: Predictor, tmp_path: Path) -> None:
     """After a cut, a face that stands where another stood is someone else: it once took over that track's age and
     gender (a man of about 59 went on as "49, male" for a woman of about 20)."""

@@ -92,10 +92,11 @@ class AgeCalibration:
 
     def apply(self, decoded: Decoded) -> Decoded:
         """``decoded`` with its ages (point, low, high) corrected, then its interval calibrated when ``interval``
-        is set; a gender-only one unchanged."""
+        is set; a gender-only one unchanged, an age regression's point corrected."""
         if decoded.age is None:
             return decoded
-        assert decoded.age_low is not None and decoded.age_high is not None  # decoded with the age
+        if decoded.age_low is None or decoded.age_high is None:  # an age regression: a point, no interval
+            return dataclasses.replace(decoded, age=self(decoded.age))
         age, low, high = self(np.stack([decoded.age, decoded.age_low, decoded.age_high]))
         if self.interval:
             low, high = self.interval.bounds(age, low, high)

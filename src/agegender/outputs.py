@@ -4,7 +4,7 @@ A model's ``forward`` returns a dict holding any of these keys (batch first):
 
 - ``age_group_logits`` (N, 8): softmax over the Adience groups;
 - ``age_ordinal_logits`` (N, 8): logit of "older than group k" for k = 0..7 (seed 001's encoding);
-- ``age`` (N,): age regression in years;
+- ``age`` (N,): age regression in years (a point: decoded with no interval and no group probabilities);
 - ``age_dist_logits`` (N, 101): softmax over ages 0..100 (label-distribution learning); the decoded age is its
   median, the estimate with the least expected absolute error (the mean, which training's L1 term reads, has the
   least squared error), and the 80% interval its 10th and 90th percentiles;
@@ -82,23 +82,24 @@ class Decoded:
     """Per-face predictions decoded from a batch of model outputs (arrays of length N)."""
 
     age: np.ndarray | None  # years, float (a distribution's median); None for gender-only nets
-    age_low: np.ndarray | None  # 10th percentile in years (80% interval)
-    age_high: np.ndarray | None  # 90th percentile in years
-    group_probs: np.ndarray | None  # (N, 8)
+    #: 10th and 90th percentiles in years (an 80% interval); None without a distribution (gender-only nets, and
+    #: age regressions, which give a point and nothing to bound it with)
+    age_low: np.ndarray | None
+    age_high: np.ndarray | None
+    group_probs: np.ndarray | None  # (N, 8); None without a distribution, as the interval
     female_prob: np.ndarray | None  # None when the model has no gender output
     #: The group is the one the age falls in (gap policy), not the most probable: set when both come from one age
     #: distribution, so that a face never reads "age 36, group 25-32" (``scripts/measure/age_group_rule.py``
-    #: found the two rules level on exact group accuracy and the age's group ahead on one-off).
+    #: found the two rules level on exact group accuracy and the age's group ahead on one-off); and for an age
+    #: regression, whose group is only the one its age falls in.
     group_follows_age: bool = False
 
     @property
     def age_group(self) -> np.ndarray | None:
-        """The predicted group index per face (see ``group_follows_age``)."""
-        if self.group_probs is None:
-            return None
+        """The predicted group index per face (see ``group_follows_age``); None for a gender-only net."""
         if self.group_follows_age and self.age is not None:
             return ages_to_groups(reported_ages(self.age))
-        return self.group_probs.argmax(axis=1)
+        return None if self.group_probs is None else self.group_probs.argmax(axis=1)
 
     @property
     def n(self) -> int:
@@ -171,7 +172,8 @@ def _group_interval(group_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
     """Decode any model's outputs (see module doc) into age, age interval, group probabilities and P(female);
-    the age fields are None for a gender-only model, ``female_prob`` for an age-only one.
+    the age fields are None for a gender-only model, ``female_prob`` for an age-only one, the interval and the
+    group probabilities for an age regression (a point has no spread to report).
 
     >>> decode({"gender_logit": np.array([0.0])}).age is None
     True
@@ -181,6 +183,9 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
     >>> probs = np.full((1, 101), 1e-12); probs[0, 20], probs[0, 30] = 0.6, 0.4
     >>> round(float(decode({"age_dist_logits": np.log(probs)}).age[0]), 2)  # the median; the mean is 24
     20.33
+    >>> regression = decode({"age": np.array([36.04]), "gender_logit": np.array([1.0])})
+    >>> regression.age_low is None and regression.group_probs is None, AGE_GROUPS[int(regression.age_group[0])]
+    (True, '38-43')
     """
     outputs = {k: np.asarray(v) for k, v in outputs.items() if k in OUTPUT_KEYS}
     if not outputs:
@@ -207,11 +212,10 @@ def decode(outputs: Mapping[str, np.ndarray]) -> Decoded:
         group_probs = dist_to_group_probs(age_probs) if group_probs is None else group_probs
     elif "age" in outputs:
         age = np.clip(outputs["age"].reshape(-1).astype(np.float64), 0, MAX_AGE + 16)
-        if group_probs is None:
-            group_probs = np.eye(NUM_AGE_GROUPS)[ages_to_groups(age)]
-            low, high = age, age
-        else:
-            low, high = _group_interval(group_probs)
+        if group_probs is None:  # a regression: a point, no interval, its group the one the age falls in
+            return Decoded(age=age, age_low=None, age_high=None, group_probs=None, female_prob=female,
+                           group_follows_age=True)
+        low, high = _group_interval(group_probs)
     elif group_probs is not None:
         age = group_probs @ GROUP_MIDPOINTS
         low, high = _group_interval(group_probs)

@@ -224,12 +224,11 @@ def detected_faces(records: Iterable[FaceRecord], detector: FaceDetector, missed
 
 
 def concat_decoded(parts: Sequence[Decoded]) -> Decoded:
-    """One ``Decoded`` from several batches' (all with or all without a gender output)."""
-    def cat(name: str) -> np.ndarray:
-        return np.concatenate([getattr(p, name) for p in parts])
+    """One ``Decoded`` from several batches' of one model (each output present in all or in none)."""
+    def cat(name: str) -> np.ndarray | None:
+        return None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])
 
-    female = None if parts[0].female_prob is None else cat("female_prob")
-    return Decoded(cat("age"), cat("age_low"), cat("age_high"), cat("group_probs"), female,
+    return Decoded(cat("age"), cat("age_low"), cat("age_high"), cat("group_probs"), cat("female_prob"),
                    group_follows_age=parts[0].group_follows_age)
 
 

@@ -129,9 +129,9 @@ class Writer:
             for i, f in enumerate(result):
                 x, y, w, h = (int(v) for v in f.box)
                 who = f"track {tracks[i]}" if tracks else f"face {i}"
-                self.stream.write(f"  {who}: {f.gender} ({f.gender_confidence:.0%}), age {f.age:.1f} "
-                                  f"[{f.age_range[0]:.1f}-{f.age_range[1]:.1f}], group {f.age_group}, "
-                                  f"box {x},{y},{w},{h}\n")
+                interval = "" if f.age_range is None else f" [{f.age_range[0]:.1f}-{f.age_range[1]:.1f}]"
+                self.stream.write(f"  {who}: {f.gender} ({f.gender_confidence:.0%}), age {f.age:.1f}{interval}, "
+                                  f"group {f.age_group}, box {x},{y},{w},{h}\n")
         self.stream.flush()
 
     def error(self, file: str, message: str) -> None:

@@ -190,17 +190,20 @@ def _in_image(box: tuple[float, float, float, float], size: tuple[int, int]) -> 
 
 def _face(decoded: Decoded | None, i: int, det: Detection | None, size: tuple[int, int]) -> Face:
     assert decoded is not None  # the Predictor needs age and gender outputs:
-    assert decoded.female_prob is not None and decoded.age is not None and decoded.group_probs is not None
-    assert decoded.age_low is not None and decoded.age_high is not None
+    assert decoded.female_prob is not None and decoded.age is not None
     groups = decoded.age_group
     assert groups is not None
     female = float(decoded.female_prob[i])
     group = int(groups[i])
-    age, low, high = (float(v) for v in reported_ages([decoded.age[i], decoded.age_low[i], decoded.age_high[i]]))
+    age = float(reported_ages(decoded.age[i]))
+    age_range = None  # an age regression gives a point (outputs.decode)
+    if decoded.age_low is not None and decoded.age_high is not None:
+        low, high = reported_ages([decoded.age_low[i], decoded.age_high[i]])
+        age_range = (float(low), float(high))
+    probs = None if decoded.group_probs is None else tuple(float(v) for v in decoded.group_probs[i])
     return Face(
         box=_in_image(det.box, size) if det is not None else (0.0, 0.0, float(size[0]), float(size[1])),
-        score=det.score if det is not None else 1.0, age=age, age_range=(low, high),
-        age_group=AGE_GROUPS[group], age_group_confidence=float(decoded.group_probs[i, group]),
+        score=det.score if det is not None else 1.0, age=age, age_range=age_range,
+        age_group=AGE_GROUPS[group], age_group_confidence=None if probs is None else probs[group],
         gender=gender_name(int(gender_codes(female))), gender_confidence=max(female, 1 - female),
-        landmarks=None if det is None else det.landmarks,
-        age_group_probabilities=tuple(float(v) for v in decoded.group_probs[i]))
+        landmarks=None if det is None else det.landmarks, age_group_probabilities=probs)

@@ -31,9 +31,10 @@ FACE_SCHEMA: dict[str, tuple[Any, str | None]] = {
     "box": (list[float], "x, y, width, height in image pixels"),
     "score": (float, "detector confidence, 0..1"),
     "age": (float, "estimated age in years"),
-    "age_range": (list[float], "80% interval of the age, in years"),
+    "age_range": (list[float] | None, "80% interval of the age, in years; null for a model that regresses a "
+                  "point age (no distribution to bound it)"),
     "age_group": (str, None),
-    "age_group_confidence": (float, None),
+    "age_group_confidence": (float | None, "probability of age_group; null for a point-age model"),
     "gender": (str, "'female', 'male', or 'unknown' when both are exactly equally likely"),
     "gender_confidence": (float, "probability of the predicted gender"),
     "landmarks": (dict[str, list[float]] | None, "five facial points, name -> [x, y]"),
@@ -53,8 +54,9 @@ then the image's size, the model's name, the model's file and version, and the f
 
 ``file`` is the input (a path, or a name such as ``image data`` for bytes); ``frame`` and ``track`` are for
 videos, filled by the caller (empty for images); ``face`` is the face's index in the image (most confident
-first); ``x, y, w, h`` the box; ``age_low, age_high`` the 80% interval; ``error`` is empty for an image that was
-read (see :meth:`ImageResult.error_row`). An image without a face gives one row whose face columns are empty.
+first); ``x, y, w, h`` the box; ``age_low, age_high`` the 80% interval (empty, as ``age_group_confidence``, for
+a point-age regression); ``error`` is empty for an image that was read (see :meth:`ImageResult.error_row`). An
+image without a face gives one row whose face columns are empty.
 Values are those of ``Face.to_dict()`` (same rounding); an empty value is ``None``.
 """
 
@@ -75,15 +77,17 @@ class Face:
     are in years to a tenth (:data:`~agegender.outputs.AGE_DECIMALS`), ``age_group`` the group of that age
     where it comes from the same distribution, ``gender_confidence`` the probability of the predicted gender.
     ``age_group_probabilities``: the probability of each group of :data:`~agegender.labels.AGE_GROUPS`, in that
-    order (``age_group_confidence`` is the one of ``age_group``); not in ``to_dict()`` or the rows.
+    order (``age_group_confidence`` is the one of ``age_group``); not in ``to_dict()`` or the rows. A model that
+    regresses a point age (Zhu's, Vu's, the UTKFace study's) has no distribution: its ``age_range``,
+    ``age_group_confidence`` and ``age_group_probabilities`` are None, and ``age_group`` is the group of its age.
     """
 
     box: tuple[float, float, float, float]
     score: float
     age: float
-    age_range: tuple[float, float]
+    age_range: tuple[float, float] | None
     age_group: str
-    age_group_confidence: float
+    age_group_confidence: float | None
     gender: str
     gender_confidence: float
     landmarks: np.ndarray | None = None
@@ -97,6 +101,9 @@ class Face:
 
     @property
     def label(self) -> str:
+        """What ``plot()`` writes by the box, e.g. ``F 34 (28-41)`` (without the interval for a point age)."""
+        if self.age_range is None:
+            return f"{self.gender[0].upper()} {self.age:.0f}"
         return f"{self.gender[0].upper()} {self.age:.0f} ({self.age_range[0]:.0f}-{self.age_range[1]:.0f})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,9 +112,10 @@ class Face:
             "box": [round(float(v), 1) for v in self.box],
             "score": round(float(self.score), 4),
             "age": round(float(self.age), AGE_DECIMALS),
-            "age_range": [round(float(v), AGE_DECIMALS) for v in self.age_range],
+            "age_range": None if self.age_range is None else [round(float(v), AGE_DECIMALS) for v in self.age_range],
             "age_group": self.age_group,
-            "age_group_confidence": round(float(self.age_group_confidence), 4),
+            "age_group_confidence": None if self.age_group_confidence is None
+            else round(float(self.age_group_confidence), 4),
             "gender": self.gender,
             "gender_confidence": round(float(self.gender_confidence), 4),
             "landmarks": None if self.landmarks is None else {
@@ -119,8 +127,9 @@ class Face:
         """This face's columns of a row (see :data:`ROW_COLUMNS`), from ``to_dict()``."""
         d = self.to_dict()
         x, y, w, h = d["box"]
+        low, high = d["age_range"] or (None, None)
         row = {"x": x, "y": y, "w": w, "h": h, "score": d["score"], "age": d["age"],
-               "age_low": d["age_range"][0], "age_high": d["age_range"][1], "age_group": d["age_group"],
+               "age_low": low, "age_high": high, "age_group": d["age_group"],
                "age_group_confidence": d["age_group_confidence"], "gender": d["gender"],
                "gender_confidence": d["gender_confidence"]}
         points = d["landmarks"] or {}

@@ -80,16 +80,19 @@ class FaceTracker:
                 track = Track(self._next_id, face.box, face.age, female, groups)
                 self._next_id += 1
                 self.tracks.append(track)
-            shift = track.age - face.age
-            age, low, high = (float(v) for v in reported_ages(
-                [track.age, face.age_range[0] + shift, face.age_range[1] + shift]))
+            age = float(reported_ages(track.age))
+            age_range = None  # a point-age model's faces have none
+            if face.age_range is not None:  # the frame's interval, moved with the age
+                low, high = reported_ages(np.asarray(face.age_range) + (track.age - face.age))
+                age_range = (float(low), float(high))
             group = age_to_group(age)
+            confidence = face.age_group_confidence  # None for a point-age model
             if track.groups is not None:
                 confidence = float(track.groups[group])
-            else:  # a face without its group probabilities: the frame's own, where its group is the same
-                confidence = face.age_group_confidence if AGE_GROUPS[group] == face.age_group else 0.0
+            elif confidence is not None and AGE_GROUPS[group] != face.age_group:
+                confidence = 0.0  # a face without its group probabilities: the frame's own, where its group is the same
             out.append((track.track_id, replace(
-                face, age=age, age_range=(low, high), age_group=AGE_GROUPS[group], age_group_confidence=confidence,
+                face, age=age, age_range=age_range, age_group=AGE_GROUPS[group], age_group_confidence=confidence,
                 age_group_probabilities=None if track.groups is None else tuple(float(v) for v in track.groups),
                 gender=gender_name(int(gender_codes(track.female))),
                 gender_confidence=max(track.female, 1 - track.female))))

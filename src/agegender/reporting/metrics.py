@@ -269,7 +269,7 @@ def compute_metrics(
     interval_low = np.zeros(n) if decoded.age_low is None else decoded.age_low
     interval_high = np.zeros(n) if decoded.age_high is None else decoded.age_high
     has_interval = has_age and bool(np.any(interval_high > interval_low))
-    has_group = decoded.group_probs is not None
+    has_group = decoded.age_group is not None
     has_gender = decoded.female_prob is not None and bool(gender_ok.any())
     pred_group = decoded.age_group if decoded.age_group is not None else np.zeros(n, dtype=np.int64)
     female_prob = np.zeros(n) if decoded.female_prob is None else decoded.female_prob

@@ -153,6 +153,7 @@ function cell(text, className) {
 
 function withConfidence(text, confidence) {
   const td = cell(`${text} `);
+  if (confidence === null) return td;  // a point-age model gives no group probability
   const span = document.createElement("span");
   span.className = "conf";
   span.textContent = percent(confidence);
@@ -175,12 +176,13 @@ function fillTable() {
   }
   faces.forEach((face, i) => {
     const tr = document.createElement("tr");
-    const [low, high] = face.age_range.map(Math.round);
+    // null for a model that regresses a point age: it has no interval
+    const interval = face.age_range ? face.age_range.map(Math.round).join("–") : "—";
     tr.append(
       cell(String(i + 1)),
       withConfidence(face.gender, face.gender_confidence),
       cell(face.age.toFixed(1)),
-      cell(`${low}–${high}`),
+      cell(interval),
       withConfidence(face.age_group, face.age_group_confidence),
       cell(percent(face.score)),
     );
