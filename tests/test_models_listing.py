@@ -34,17 +34,21 @@ def test_listing_names_every_model_without_torch() -> None:
         assert line.endswith(",".join(config.outputs)), line
 
 
-@pytest.mark.parametrize("name", ["vu_multitask", "utk_model_a"])
-def test_params_counts_what_building_counts(
-    name: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("name", "trainable"), [("vu_multitask", None), ("utk_model_a", None),
+                                                 ("utk_vgg16", 1_449_474)])
+def test_params_counts_what_building_counts_and_what_trains_at_first(
+    name: str, trainable: int | None, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Seed 003 counts VGG-16's trainable parameters while its base is frozen (1,449,474): the listing
+    compared the paper's count with all 16.16 M."""
     import agegender.models
 
     monkeypatch.setattr(agegender.models, "list_models", lambda: [name])
     assert main(["models", "--params"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     count = sum(p.numel() for p in create_model(name).parameters())
-    assert line.startswith(f"{name:34s} {count / 1e6:7.2f}M params (paper "), line
+    trainable = trainable or count
+    assert line.startswith(f"{name:34s} {count / 1e6:7.2f}M params {trainable / 1e6:6.2f}M trainable (paper "), line
 
 
 def test_params_is_for_the_listing_only(capsys: pytest.CaptureFixture) -> None:

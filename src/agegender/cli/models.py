@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a shipped model (flagship-int8, flagship) or an `agegender export` ONNX file")
     p.add_argument("--json", action="store_true", help="MODEL: print its description as JSON")
     p.add_argument("--params", action="store_true",
-                   help="without MODEL: build every network and print its parameter count beside the paper's "
-                        "(needs the `train` extra; takes seconds)")
+                   help="without MODEL: build every network and print its parameter count, and how many train "
+                        "at the start (frozen layers left out), beside the paper's (needs the `train` extra; "
+                        "takes seconds)")
     p.set_defaults(handler=run)
 
 
@@ -74,18 +75,24 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
 
 def list_registry(count_params: bool = False) -> int:
     """One line per registered network, from the registry's static catalog (no torch); ``count_params`` builds
-    each network and adds its parameter count."""
+    each network and adds its parameter count, and how many of them train at the start (a network trained frozen
+    at first, such as seed 003's VGG-16, whose paper gives that count)."""
     from agegender.models import get_config, list_models
 
     if count_params:
         require_extra("train", "torch")
         from agegender.models import create_model
+        from agegender.models.freezing import freeze_all_but_last
     for name in list_models():
         cfg = get_config(name)
         paper = f"{cfg.paper_params / 1e6:.2f}M" if cfg.paper_params else "-"
         if count_params:
-            n = sum(p.numel() for p in create_model(name).parameters())
-            counts = f"{n / 1e6:7.2f}M params (paper {paper:>6s})"
+            model = create_model(name)
+            if cfg.extra.get("trainable_last") is not None:  # trained frozen at first (e.g. VGG-16: the paper
+                freeze_all_but_last(model, cfg.extra["trainable_last"])  # counts what trains then)
+            n = sum(p.numel() for p in model.parameters())
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            counts = f"{n / 1e6:7.2f}M params {trainable / 1e6:6.2f}M trainable (paper {paper:>6s})"
         else:
             counts = f"paper params {paper:>6s}"
         print(f"{name:34s} {counts}  {cfg.input_size:>3d}px  {','.join(cfg.outputs)}")
