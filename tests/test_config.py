@@ -27,6 +27,8 @@ BAD_VALUES = [
     ("batch_size=-3", "batch_size = -3", "Input should be greater than or equal to 1"),
     # one weight per ordinal output: a short list once passed and crashed after the data was read
     ("loss.ordinal_weights=[1,2]", "loss.ordinal_weights = [1, 2]", "List should have at least 8 items"),
+    # no data set but CelebA labels its outputs: it stopped at the first batch, after the data was read
+    ("model=resnet34_attributes", "data.dataset = 'utkface'", "resnet34_attributes predicts CelebA's attributes"),
 ]
 
 
@@ -143,12 +145,25 @@ def test_an_override_into_a_value_is_refused(config: Path) -> None:
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_every_recipe_under_configs_validates(path: Path) -> None:
+def test_every_recipe_under_configs_validates(path: Path, caplog: pytest.LogCaptureFixture) -> None:
     if "model" not in read_raw_config(path):
         assert path.name.startswith("_"), "only partial bases (_name.yaml) may lack a model"
         return
     cfg, _ = load_config(path)
     assert cfg.model and cfg.epochs >= 1
+    assert "is ignored" not in caplog.text  # no recipe sets a loss its model cannot use
+
+
+def test_a_loss_setting_for_an_output_the_model_lacks_is_said_to_be_ignored(
+        config: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Vu's net regresses the age: a weight for group logits, or a label distribution's width, did nothing
+    without a word."""
+    cfg, _ = load_config(config, ["loss.age_group=2", "loss.sigma=3", "loss.age=0.5"])
+    assert cfg.loss.age_group == 2  # still a valid config
+    ignored = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
+    assert len(ignored) == 2, ignored
+    assert "loss.age_group = 2.0 is ignored: vu_multitask has no age_group_logits output (its outputs: age, " \
+           "gender_logit)" in ignored[0] and "loss.sigma = 3.0" in ignored[1]
 
 
 def test_every_reproduction_run_validates_with_its_budget() -> None:

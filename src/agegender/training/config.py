@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agegender.data.datasets import DataConfig
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
 from agegender.reporting.metrics import SELECTABLE_METRICS
-from agegender.training.losses import LossSpec, scheduled_weight
+from agegender.training.losses import LOSS_OUTPUTS, LossSpec, scheduled_weight
+
+log = logging.getLogger(__name__)
 
 #: What ``select`` may name: a validation loss, or a validation figure of ``compute_metrics`` (higher is better
 #: for all but losses and the MAE).
@@ -246,11 +249,34 @@ def describe_errors(err: ValidationError, raw: Any) -> list[str]:
 
 def validate_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
     """``raw`` as a typed config, or a ``ConfigError`` naming every key that is wrong, its value and what is
-    allowed."""
+    allowed (or data that label none of the model's outputs); a loss setting for an output the model lacks is
+    logged as ignored (a shared ``base:`` may set it for its other models)."""
     try:
-        return TrainConfig.model_validate(raw)
+        config = TrainConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(source, describe_errors(err, raw)) from None
+    outputs = model_outputs(config)
+    for key in sorted(config.loss.model_fields_set):
+        if outputs is not None and key in LOSS_OUTPUTS and LOSS_OUTPUTS[key] not in outputs:
+            log.warning("%s: loss.%s = %s is ignored: %s has no %s output (its outputs: %s)", source, key,
+                        _show(getattr(config.loss, key)), config.model, LOSS_OUTPUTS[key], ", ".join(outputs))
+    if outputs is not None and set(outputs) <= {"attributes"} and config.data.dataset != "celeba":
+        raise ConfigError(source, [f"data.dataset = {config.data.dataset!r}: {config.model} predicts CelebA's "
+                                   f"attributes only, and only the celeba data set labels them"])
+    return config
+
+
+def model_outputs(config: TrainConfig) -> tuple[str, ...] | None:
+    """The outputs ``config``'s model will have (None for a model the registry does not know: ``create_model``
+    names the known ones)."""
+    from agegender.models import get_config  # the catalog: no torch
+
+    if isinstance(config.model_args.get("outputs"), list | tuple):  # create_model checks the network returns them
+        return tuple(map(str, config.model_args["outputs"]))
+    try:
+        return tuple(get_config(config.model).outputs)
+    except KeyError:
+        return None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

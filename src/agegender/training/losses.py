@@ -198,9 +198,21 @@ class LossSpec(BaseModel):
         return weight
 
 
+#: The output each setting of :class:`LossSpec` acts on: a weight (``age_group``, ...) is the weight of the term
+#: :func:`multitask_loss` adds for that output, an option (``sigma``, ...) changes that term. A model without the
+#: output ignores the setting, so a config that sets it is refused (``training.config.validate_config``).
+LOSS_OUTPUTS: dict[str, str] = {
+    "age_group": "age_group_logits", "age_ordinal": "age_ordinal_logits", "ordinal_weights": "age_ordinal_logits",
+    "age": "age", "regression": "age", "age_dist": "age_dist_logits", "sigma": "age_dist_logits",
+    "l1_weight": "age_dist_logits", "joint": "joint_logits", "gender": "gender_logit",
+    "gender_schedule": "gender_logit", "attributes": "attributes",
+}
+
+
 def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], spec: LossSpec,
                    epoch: int = 0) -> tuple[Tensor, dict[str, float]]:
-    """Weighted sum of the loss of every output the model has; returns it and each unweighted term."""
+    """Weighted sum of the loss of every output the model has (one term per output, :data:`LOSS_OUTPUTS`);
+    returns it and each unweighted term."""
     age, group, gender = targets["age"], targets["group"], targets["gender"]
     terms: dict[str, tuple[float, Tensor]] = {}
     if "age_group_logits" in outputs:
