@@ -79,7 +79,7 @@ def test_an_unknown_nested_key_names_the_known_ones(config: Path, capsys: pytest
 def test_every_problem_is_one_line_naming_the_file(config: Path) -> None:
     overrides = ["optimizer.name=lion", "schedule.name=linear", "data.dataset=imdb", "data.augment.zoom=2",
                  "loss.label_smoothing=1.5", "distill.runtime=gpu", "select=val_happiness", "unfreeze=[[3]]",
-                 "data.filter={gender: m}", "distill.teacher=5"]
+                 "data.filter={gender: woman}", "distill.teacher=5"]
     with pytest.raises(ConfigError) as caught:
         load_config(config, overrides)
     lines = str(caught.value).splitlines()
@@ -95,7 +95,7 @@ def test_every_problem_is_one_line_naming_the_file(config: Path) -> None:
                      "distill.runtime = 'gpu': Input should be 'auto', 'torch' or 'onnx'",
                      "select = 'val_happiness': Input should be one of val_loss, val_age_loss",
                      "unfreeze[0] = [3]: List should have at least 2 items",
-                     "data.filter = {'gender': 'm'}: data.filter.gender must be male or female",
+                     "data.filter = {'gender': 'woman'}: data.filter.gender must be male or female",
                      "distill.teacher = 5: Input should be a valid string or Input should be a valid list"):
         assert expected in text, expected
 

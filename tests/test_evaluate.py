@@ -289,8 +289,11 @@ def test_data_filter_keeps_one_gender_or_age_group_after_the_limit() -> None:
     assert [r.path for r in limited["train"]] == [r.path for r in records if r.path in sample and r.gender == 0]
     with pytest.raises(ValueError, match="unknown key"):
         filter_records(records, {"race": "asian"})
+    # written as a manifest may write it (a filter of "F" was refused, a manifest's "F" read)
+    assert filter_records(records, {"gender": "F"}) == filter_records(records, {"gender": "female"})
+    assert DataConfig(filter={"gender": "m"}).filter == {"gender": "m"}
     with pytest.raises(ValueError, match="male or female"):
-        filter_records(records, {"gender": "m"})
+        filter_records(records, {"gender": "woman"})
     with pytest.raises(ValueError, match="no faces left"):
         select_records(splits, DataConfig(filter={"age_group": "8-13"}))
 

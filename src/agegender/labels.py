@@ -29,6 +29,18 @@ MAX_AGE = 100  # ages above are clipped to this for age-distribution heads
 #: Gender codes follow UTKFace: 0 male, 1 female. Models predict P(female).
 GENDERS: tuple[str, ...] = ("male", "female")
 MALE, FEMALE = 0, 1
+#: How a gender label may be written (case aside) wherever people write one: manifests, ``data.filter``, Adience.
+GENDER_WORDS: dict[str, int] = {"male": MALE, "m": MALE, "0": MALE, "female": FEMALE, "f": FEMALE, "1": FEMALE}
+
+
+def gender_code(text: str) -> int | None:
+    """The gender code of a label as people write it (:data:`GENDER_WORDS`); None for anything else (Adience's
+    ``u``, blank).
+
+    >>> gender_code(" F"), gender_code("Male"), gender_code("u")
+    (1, 0, None)
+    """
+    return GENDER_WORDS.get(str(text).strip().lower())
 #: The code and the name of a gender prediction whose P(female) is exactly 0.5: neither class is chosen (the int8
 #: model's quantised, flip-averaged outputs can land there); metrics count such a face as half right.
 GENDER_TIE, TIE_NAME = -1, "unknown"
@@ -135,6 +147,3 @@ def adience_age_group(value: str) -> int | None:
     return None
 
 
-def adience_gender(value: str) -> int | None:
-    """Gender code of an Adience ``gender`` field; unknown ('u') and blank give None (dropped)."""
-    return {"m": MALE, "f": FEMALE}.get(value.strip().lower())

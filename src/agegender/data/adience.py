@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 from agegender.data.records import FaceRecord, ReadReport
-from agegender.labels import adience_age_group, adience_gender
+from agegender.labels import adience_age_group, gender_code
 
 LAYOUTS = (("aligned", "landmark_aligned_face"), ("faces", "coarse_tilt_aligned_face"))
 NUM_FOLDS = 5
@@ -40,7 +40,7 @@ def read_adience_fold(fold_file: str | Path, image_root: str | Path,
     with open(fold_file, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
             key = f"{row['user_id']}/{row['face_id']}.{row['original_image']}"
-            gender = adience_gender(row.get("gender") or "")
+            gender = gender_code(row.get("gender") or "")  # "u" and blank: None, dropped
             group = adience_age_group(row.get("age") or "")
             if gender is None:
                 report.skip("unknown gender", key)

@@ -18,7 +18,7 @@ from agegender.data.manifest import read_manifest
 from agegender.data.records import FaceRecord
 from agegender.data.splits import SPLITS, load_or_make_splits
 from agegender.data.utkface import read_utkface
-from agegender.labels import AGE_GROUPS, GENDERS, group_of_label
+from agegender.labels import AGE_GROUPS, gender_code, group_of_label
 from agegender.model_config import ModelConfig
 from agegender.paths import default_cache_dir, default_path
 
@@ -107,10 +107,11 @@ def filter_records(records: Sequence[FaceRecord], spec: Mapping[str, str]) -> li
                          f"and/or age_group (one of {', '.join(AGE_GROUPS)})")
     wanted: dict[str, int] = {}
     if "gender" in spec:
-        gender = str(spec["gender"]).lower()
-        if gender not in GENDERS:
-            raise ValueError(f"data.filter.gender must be male or female, got {spec['gender']!r}")
-        wanted["gender"] = GENDERS.index(gender)
+        gender = gender_code(spec["gender"])
+        if gender is None:
+            raise ValueError(f"data.filter.gender must be male or female (or m, f, 0, 1, as in a manifest), got "
+                             f"{spec['gender']!r}")
+        wanted["gender"] = gender
     if "age_group" in spec:
         wanted["age_group"] = group_of_label(str(spec["age_group"]))
     return [r for r in records if all(getattr(r, key) == value for key, value in wanted.items())]

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import TextIO
 
 from agegender.data.records import FaceRecord, ReadReport
-from agegender.labels import AGE_GROUPS, MAX_LABEL_AGE, RACES, age_to_group, group_of_label
+from agegender.labels import AGE_GROUPS, MAX_LABEL_AGE, RACES, age_to_group, gender_code, group_of_label
 
 log = logging.getLogger(__name__)
 
 FIELDS = ("path", "age", "age_group", "gender", "race", "subject")
-_GENDER = {"male": 0, "m": 0, "0": 0, "female": 1, "f": 1, "1": 1}
 
 
 def _parse_group(value: str) -> int:
@@ -40,13 +39,13 @@ def _parse_row(row: dict[str, str], base: Path) -> FaceRecord:
         raise ValueError(f"age {row['age']!r} is not 0 to {MAX_LABEL_AGE} years")
     group = age_to_group(age) if age is not None else (_parse_group(row["age_group"]) if row.get("age_group")
                                                        else None)
-    gender_text = (row.get("gender") or "").lower()
-    if gender_text and gender_text not in _GENDER:
-        raise ValueError(f"unknown gender {row['gender']!r}")
+    gender = gender_code(row.get("gender") or "")
+    if row.get("gender") and gender is None:
+        raise ValueError(f"unknown gender {row['gender']!r} (male, female, m, f, 0 or 1)")
     race = int(row["race"]) if row.get("race") else None
     if race is not None and not 0 <= race < len(RACES):
         raise ValueError(f"race {race} is not one of UTKFace's codes 0..{len(RACES) - 1}")
-    return FaceRecord(str(path), age, group, _GENDER.get(gender_text), race, row.get("subject") or str(path))
+    return FaceRecord(str(path), age, group, gender, race, row.get("subject") or str(path))
 
 
 def _rows(handle: TextIO, csv_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
