@@ -104,3 +104,14 @@ def test_an_export_without_a_resize_is_described_in_words() -> None:
     assert "the chip resized to 72, centre crop;" in describe_lines(info)[2]
     info["config"] = {**info["config"], "resize": None}
     assert "RGB 64x64: the chip resized to it; (x - " in describe_lines(info)[2]
+
+
+def test_building_a_model_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base install has no torch: create_model said only "No module named 'torch'"."""
+    import sys
+
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.delitem(sys.modules, _catalog.MODULES["vu_multitask"], raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails as where it is not installed
+    with pytest.raises(ModuleNotFoundError, match=r"building 'vu_multitask' needs PyTorch.*agegender\[train\]"):
+        create_model("vu_multitask")

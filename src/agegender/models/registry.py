@@ -110,7 +110,13 @@ def config_of(model: nn.Module) -> ModelConfig:
 def _lookup(name: str) -> tuple[Builder, ModelConfig]:
     """The builder and config of ``name``, importing the module that registers it the first time."""
     if name not in _REGISTRY and name in _catalog.MODULES:
-        importlib.import_module(_catalog.MODULES[name])
+        try:
+            importlib.import_module(_catalog.MODULES[name])
+        except ModuleNotFoundError as err:
+            if err.name not in ("torch", "torchvision"):
+                raise
+            raise ModuleNotFoundError(f"building {name!r} needs PyTorch, which the base install leaves out: pip "
+                                      f"install 'agegender[train]' ({err})", name=err.name) from err
         if name not in _REGISTRY:
             raise RuntimeError(f"{_catalog.MODULES[name]} registers no builder for the catalogued model {name!r}")
     try:
