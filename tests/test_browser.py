@@ -39,6 +39,11 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, server_url: str) -> Iterator[Any]:
     """The page at /, failing the test on any script error or any request to another site."""
+    yield from open_page(browser, server_url)
+
+
+def open_page(browser: Any, server_url: str) -> Iterator[Any]:
+    """:func:`page` for the server at ``server_url``."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(90_000)  # the CPU may be shared with a training job
     problems: list[str] = []
@@ -179,3 +184,25 @@ def test_a_webp_the_browser_does_not_turn_gets_its_boxes_on_a_blank_canvas(page:
     body = upload_and_wait(page, lambda: page.set_input_files("#file", str(path)))
     assert (body["image"]["width"], body["image"]["height"]) == Image.open(photos_dir / "smahesh29_man1.jpg").size
     assert len(body["faces"]) == 1 and "turned otherwise than its EXIF orientation" in page.inner_text("#status")
+
+
+def test_a_point_age_model_shows_no_interval_and_no_group_confidence(
+        browser: Any, photos_dir: Path, server_args: list[str], tmp_path: Path) -> None:
+    """Vu's net regresses one age: its answer has no age_range and no group confidence (null), and the table
+    shows a dash and no percentage for them rather than failing on the null."""
+    pytest.importorskip("torch", reason="exporting Vu's net needs torch")
+    from agegender.export import export_onnx
+    from agegender.models import create_model
+    from tests.conftest import running_server
+
+    model = export_onnx(create_model("vu_multitask").eval(), tmp_path / "vu.onnx")
+    args = [*server_args[:server_args.index("--model")], "--model", str(model),
+            *server_args[server_args.index("--model") + 2:]]
+    with running_server(args, tmp_path / "server.log") as url:
+        for page in open_page(browser, url):
+            body = upload_and_wait(page, lambda: page.set_input_files("#file", str(photos_dir / GROUP_PHOTO)))
+            assert body["faces"] and body["faces"][0]["age_range"] is None
+            check_drawing_and_table(page, body)
+            cells = page.locator("#faces tbody tr").nth(0).locator("td").all_inner_texts()
+            assert cells[3] == "—" and cells[4].strip() == body["faces"][0]["age_group"], cells
+            assert "%" in cells[1]  # gender keeps its confidence
