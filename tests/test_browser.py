@@ -9,6 +9,7 @@ import json
 import math
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, server_url: str) -> Iterator[Any]:
     """The page at /, failing the test on any script error or any request to another site."""
-    yield from open_page(browser, server_url)
+    with open_page(browser, server_url) as opened:
+        yield opened
 
 
+@contextmanager
 def open_page(browser: Any, server_url: str) -> Iterator[Any]:
     """:func:`page` for the server at ``server_url``."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -199,7 +202,7 @@ def test_a_point_age_model_shows_no_interval_and_no_group_confidence(
     args = [*server_args[:server_args.index("--model")], "--model", str(model),
             *server_args[server_args.index("--model") + 2:]]
     with running_server(args, tmp_path / "server.log") as url:
-        for page in open_page(browser, url):
+        with open_page(browser, url) as page:
             body = upload_and_wait(page, lambda: page.set_input_files("#file", str(photos_dir / GROUP_PHOTO)))
             assert body["faces"] and body["faces"][0]["age_range"] is None
             check_drawing_and_table(page, body)

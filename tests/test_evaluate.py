@@ -43,7 +43,8 @@ from agegender.evaluation.evaluate import (
     outputs_on,
     predict_faces,
 )
-from agegender.export import export_onnx, set_metadata
+from agegender.export import export_onnx
+from agegender.inference.backends import set_metadata
 from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
 from agegender.models import config_of, create_model
 from agegender.outputs import Decoded, decode

@@ -24,7 +24,7 @@ from agegender.cli import main
 from agegender.data.records import FaceRecord
 from agegender.evaluation.calibrate import fit_interval_calibration
 from agegender.evaluation.evaluate import load_evaluable, predict_faces
-from agegender.export import set_metadata
+from agegender.inference.backends import set_metadata
 from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
 from agegender.labels import AGE_GROUPS
 from agegender.models import config_of

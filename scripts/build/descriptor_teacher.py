@@ -40,10 +40,9 @@ from agegender.data.datasets import dataset_splits
 from agegender.data.records import FaceRecord
 from agegender.evaluation.calibrate import Coverage, fit_interval_calibration, fit_on_predictions
 from agegender.evaluation.evaluate import face_metrics, load_evaluable, outputs_on
-from agegender.export import set_metadata
 from agegender.inference.accurate.dlib_format import DESCRIPTOR_SIZE, installed_model_path
 from agegender.inference.accurate.stacked import chip_transform, descriptor_chip, stack_weights
-from agegender.inference.backends import open_session
+from agegender.inference.backends import open_session, set_metadata
 from agegender.outputs import decode
 from agegender.oversample import average_outputs
 from agegender.training.checkpoint import run_checkpoint

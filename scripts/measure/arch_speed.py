@@ -28,11 +28,12 @@ import yaml
 
 from agegender.benchmark.run import precision
 from agegender.benchmark.timing import per_face_latency, time_call
-from agegender.export import export_onnx, quantization_chips, quantize_int8
+from agegender.export import export_onnx
 from agegender.inference.backends import ort_session
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.models import create_model
 from agegender.paths import default_path
+from agegender.quantize import quantization_chips, quantize_int8
 
 
 def untrained(model_name: str, model_args: dict) -> torch.nn.Module:

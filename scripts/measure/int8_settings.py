@@ -1,5 +1,5 @@
 """Which static int8 settings keep an exported model's accuracy? Each variant is quantised by
-``agegender.export.quantize_int8`` (quantisation chips from the training split, as ``agegender quantize`` takes
+``agegender.quantize.quantize_int8`` (quantisation chips from the training split, as ``agegender quantize`` takes
 them), scored on a UTKFace split with and without flip averaging, and timed at batch 64 (network alone, ONNX
 Runtime). Example: ``python scripts/measure/int8_settings.py src/agegender/weights/flagship.onnx``. Ages are the
 networks' own decodes, before any age calibration (``agegender quantize`` drops the float model's anyway).
@@ -17,9 +17,9 @@ import onnx
 from agegender.benchmark.timing import time_call
 from agegender.data.datasets import DataConfig, dataset_splits, decode_split
 from agegender.evaluation.evaluate import face_metrics, load_evaluable
-from agegender.export import first_convolution, quantization_chips, quantize_int8
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.outputs import decode
+from agegender.quantize import first_convolution, quantization_chips, quantize_int8
 from agegender.training.forward import model_outputs
 
 

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         load_evaluable,
         predict_faces,
     )
-    from agegender.export import set_metadata
+    from agegender.inference.backends import set_metadata
     from agegender.inference.onnx_model import ModelError, model_path
 
     try:

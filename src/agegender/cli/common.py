@@ -162,7 +162,7 @@ def check_quantization_options(root: Path | None, size: int) -> None:
 
 def write_int8(fp32: Path, output: Path, config: ModelConfig, root: Path | None, size: int) -> None:
     """Quantise ``fp32`` into ``output`` with ``size`` chips from ``root``; report the file."""
-    from agegender.export import quantization_chips, quantize_int8
+    from agegender.quantize import quantization_chips, quantize_int8
 
     check_quantization_options(root, size)
     chips = quantization_chips(config, size, root)

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{'-'.join(format_metric(key, x) for x in r) if r else '':>12s}" for r in ranges))
     print(f"reports: {out}/<tta>/report.md")
     if args.store_metrics:
-        from agegender.export import set_metadata
+        from agegender.inference.backends import set_metadata
 
         protocol = protocol_text(description, stored)
         set_metadata(args.model, {"metrics": json.dumps({**results[stored]["overall"], "protocol": protocol})})

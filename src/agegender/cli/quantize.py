@@ -10,7 +10,6 @@ from agegender.cli.common import (
     add_force_option,
     add_quantization_options,
     check_new_file,
-    require_extra,
     write_int8,
 )
 
@@ -31,7 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_extra("train", "onnx")
     from agegender.inference.onnx_model import ModelError, OnnxAgeGender, model_path
 
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import platform
 import threading
 from collections import OrderedDict
@@ -31,16 +32,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["BACKENDS", "CPU_BF16_FEATURES", "DEVICES", "META_PREFIX", "BackendError", "CpuInfo", "ModelError",
-           "OpenVinoModels", "Session", "available_backends", "choose_backend", "cpu_info", "open_session",
-           "ort_session"]
+__all__ = ["BACKENDS", "CPU_BF16_FEATURES", "DEVICES", "INPUT_NAME", "META_PREFIX", "BackendError", "CpuInfo",
+           "ModelError", "OpenVinoModels", "Session", "available_backends", "choose_backend", "cpu_info",
+           "open_session", "ort_session", "set_metadata"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "openvino")
 DEVICES = ("cpu", "cuda")
-#: Prefix of every metadata entry agegender writes into an ONNX file (read here, written by ``agegender.export``).
+#: Prefix of every metadata entry agegender writes into an ONNX file (read here, written by :func:`set_metadata`).
 META_PREFIX = "agegender."
+#: The input of every exported model: ``N x 3 x S x S`` float32 RGB pixels (``agegender.export``).
+INPUT_NAME = "pixels"
 #: CPU features that OpenVINO's CPU plugin turns into its fastest int8/bf16 kernels.
 OPENVINO_FEATURES = ("amx_tile", "amx_int8", "amx_bf16", "avx512_vnni", "avx512_bf16")
 #: CPU features with native bfloat16 arithmetic (oneDNN's and OpenVINO's fast bfloat16 kernels need one of them).
@@ -363,3 +366,23 @@ def open_session(path: str | Path, backend: str = "auto", device: str | None = N
     if chosen == "openvino":
         return _OpenVinoSession(path, threads)
     return _OrtSession(path, threads, device)
+
+
+def set_metadata(path: str | Path, meta: Mapping[str, str]) -> Path:
+    """Store ``meta`` in an ONNX file's metadata, each key under the ``agegender.`` prefix (replacing an entry
+    of the same key). The file is replaced at once, never left half-written."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    keys = {META_PREFIX + key for key in meta}
+    kept = [entry for entry in proto.metadata_props if entry.key not in keys]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, value
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.meta.tmp")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return path

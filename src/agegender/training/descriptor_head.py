@@ -15,8 +15,8 @@ from torch import nn
 from agegender.age_calibration import INTERVAL_METADATA_KEY, METADATA_KEY, AgeCalibration
 from agegender.artifacts import artifact
 from agegender.data.records import FaceRecord
-from agegender.export import set_metadata
 from agegender.inference.accurate.dlib_format import DESCRIPTOR_SIZE
+from agegender.inference.backends import set_metadata
 from agegender.labels import MAX_AGE
 from agegender.training.batches import record_targets
 from agegender.training.losses import LossSpec, multitask_loss

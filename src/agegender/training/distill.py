@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from agegender.data.records import FaceRecord
-from agegender.export import INPUT_NAME, write_graph
-from agegender.inference.backends import ort_session
+from agegender.export import write_graph
+from agegender.inference.backends import INPUT_NAME, ort_session
 from agegender.model_config import ModelConfig
 from agegender.models import config_of
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
