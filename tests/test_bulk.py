@@ -294,6 +294,21 @@ def test_two_workers_give_the_rows_of_one(many_photos: Path, tmp_path: Path, yun
     assert read_rows(one) == read_rows(two)
 
 
+def test_max_pixels_reaches_single_photos_and_the_workers(many_photos: Path, tmp_path: Path, yunet_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """A camera of more than 50 MP needs a higher limit: ``predict`` had no --max-pixels (``serve`` did), and the
+    bulk workers always used the default."""
+    files = sorted(many_photos.glob("*.jpg"))[:3]
+    small = ["--max-pixels", "1000", "--detector", str(yunet_path)]
+    assert main(["predict", str(files[0]), *small]) == 1
+    assert "image too large" in capsys.readouterr().err
+    out = tmp_path / "rows.jsonl"
+    assert main(["predict", *map(str, files), "--output", str(out), "--workers", "2", *small]) == 1
+    rows = read_rows(out)
+    assert len(rows) == 3 and all("image too large" in row["error"] for row in rows), rows
+    assert main(["predict", str(files[0]), "--max-pixels", "5000000", "--detector", str(yunet_path)]) == 0
+
+
 def test_auto_workers_start_once_the_photos_pay_for_them(many_photos: Path, tmp_path: Path, yunet_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:

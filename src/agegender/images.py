@@ -278,7 +278,8 @@ def _check_size(width: int, height: int, max_pixels: int, name: str) -> None:
     if width * height > max_pixels:
         raise ImageError(
             f"{name}: image too large ({width}x{height} = {width * height:,} pixels; "
-            f"the limit is {max_pixels:,}). Downscale it first or raise max_pixels.", "too large"
+            f"the limit is {max_pixels:,}). Downscale it first or raise the limit (--max-pixels, max_pixels=).",
+            "too large"
         )
 
 

@@ -80,6 +80,16 @@ def add_detect_size_option(p: argparse.ArgumentParser) -> None:
                         "on 12 MP photos and finds fewer of their smaller faces)")
 
 
+def add_max_pixels_option(p: argparse.ArgumentParser) -> None:
+    """``--max-pixels``, as ``predict`` and ``serve`` take it: the decompression-bomb guard, raised for cameras
+    of more than 50 megapixels."""
+    from agegender.images import DEFAULT_MAX_PIXELS
+
+    p.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="largest width*height of an image, checked before decoding; larger ones are refused "
+                        f"(default {DEFAULT_MAX_PIXELS:,}; a 61 MP camera needs 61000000)")
+
+
 def whole_number(name: str, low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse ``type``: a whole number from ``low`` (to ``high``); ``name`` is what argparse calls it when the
     text is no number at all.

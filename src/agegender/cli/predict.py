@@ -18,6 +18,7 @@ from agegender.cli.common import (
     add_accurate_options,
     add_backend_options,
     add_detect_size_option,
+    add_max_pixels_option,
     check_accurate_options,
     non_negative_seconds,
     positive_int,
@@ -56,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
     add_accurate_options(p)
     p.add_argument("--threads", type=positive_int, help="CPU threads for the model (default: all)")
+    add_max_pixels_option(p)
     add_backend_options(p)
     bulk = p.add_argument_group("bulk", "many photos into one table, resumable, in parallel, across machines")
     bulk.add_argument("--output", type=Path, metavar="FILE",
@@ -222,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, accurate=args.accurate, threads=args.threads,
                            descriptor_weights=args.descriptor_weights, backend=args.backend, device=args.device)
         predictor = Predictor(model, detector=None if args.no_detect else (args.detector or "auto"),
-                              threads=args.threads, flip=not args.no_flip,
+                              threads=args.threads, flip=not args.no_flip, max_pixels=args.max_pixels,
                               detect_size=args.detect_size)
     except (ModelError, WeightsError) as err:
         raise UserError(str(err)) from err

@@ -9,6 +9,7 @@ from agegender.cli.common import (
     add_accurate_options,
     add_backend_options,
     add_detect_size_option,
+    add_max_pixels_option,
     check_accurate_options,
     port_number,
     positive_int,
@@ -39,8 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                "(default: one per CPU, at most 4)")
     p.add_argument("--max-upload-mb", type=float, default=_DEFAULTS.max_upload_bytes / MIB,
                    help="largest upload in MiB, larger ones get 413 (default %(default)g)")
-    p.add_argument("--max-pixels", type=int, default=_DEFAULTS.max_pixels,
-                   help="largest width*height, checked before decoding (default %(default)d)")
+    add_max_pixels_option(p)
     p.add_argument("--timeout", type=float, default=_DEFAULTS.timeout_s,
                    help="seconds per request before 504 (default %(default)g)")
     p.add_argument("--batch-max", type=int, default=_DEFAULTS.batch_max,

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import cv2
 from tqdm import tqdm
 
-from agegender.images import DEFAULT_MAX_PIXELS, VIDEO_SUFFIXES, ImageError, unreadable_error
+from agegender.images import VIDEO_SUFFIXES, ImageError, unreadable_error
 from agegender.inference.collection import Collection
 from agegender.inference.detector import FaceDetector
 from agegender.inference.predictor import Predictor, PreparedImage, prepare_image
@@ -136,12 +136,12 @@ def _start_pool_worker(*init: object) -> None:
     _start_worker(*init)  # type: ignore[arg-type]
 
 
-def _prepared(paths: Sequence[str], predictor: Predictor, workers: int, max_pixels: int
+def _prepared(paths: Sequence[str], predictor: Predictor, workers: int
               ) -> Generator[PreparedImage | ImageFailure, None, None]:
     """Each path prepared, in order, by ``workers`` processes (1: in this process), at most
     :data:`AHEAD_PER_WORKER` per worker submitted ahead. Stopped early (an interrupt, an error, the consumer gone),
     it cancels what has not started and waits for the photos in the workers (one each) before it returns."""
-    detector = predictor.detector
+    detector, max_pixels = predictor.detector, predictor.max_pixels
     init = (None if detector is None else str(detector.model_path), None if detector is None else detector.max_side,
             predictor.input_side, max_pixels, predictor.reduced)
     if workers <= 1:
@@ -208,7 +208,7 @@ def auto_workers(paths: Iterable[str], limit: int | None = None) -> int:
 
 
 def run_bulk(predictor: Predictor, collection: Collection, sink: RowSink, workers: int | Literal["auto"] = 1,
-             max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> BulkSummary:
+             progress: bool = True) -> BulkSummary:
     """Predict every file of ``collection`` not yet in ``sink`` and write its rows; the collection's listing
     errors become error rows too. ``workers``: processes that decode and detect (1: this one; ``"auto"``:
     :func:`auto_workers` of the files to do). Returns the summary."""
@@ -226,7 +226,7 @@ def run_bulk(predictor: Predictor, collection: Collection, sink: RowSink, worker
     # closing: stopped by an exception, the workers are stopped now, not when the traceback is freed
     with (_CtrlC() as ctrl_c,
           tqdm(total=len(todo), desc="predict", unit="photo", disable=not progress, smoothing=0.1) as bar,
-          closing(_prepared(todo, predictor, workers, max_pixels)) as prepared):
+          closing(_prepared(todo, predictor, workers)) as prepared):
         try:
             for batch in _batches(_until_pressed(prepared, ctrl_c), BATCH_FACES):
                 for result in predictor.finish(batch):
