@@ -94,9 +94,13 @@ def test_small_faces_come_from_the_coarsest_decode_that_holds_them(
         # The same face as a full decode would give, up to resampling.
         assert np.abs(chip.astype(np.int16) - from_full).mean() < 4.0
     assert 0 < small < len(chips)
-    # The Predictor takes the same path, end to end.
+    # The Predictor takes the same path, end to end, and its crops are the chips the model read (they were
+    # aligned again from the reduced image: a small face's crop blurred).
     faces = Predictor(detector=detector).predict(path)
-    assert len(faces) == len(chips)
+    assert len(faces) == len(chips) and faces.scale == 0.25
+    for crop, chip in zip(faces.crops(), chips, strict=True):
+        assert np.array_equal(crop, chip)
+    assert all(np.array_equal(a, b) for a, b in zip(faces[1:].crops(), chips[1:], strict=True))
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -190,15 +190,15 @@ def save_stems(files: Sequence[str]) -> dict[str, str]:
 
 def _save(save_dir: Path, result: ImageResult, stem: str) -> None:
     """``STEM_annotated.jpg`` and the face chips ``STEM_face{i}.jpg`` (STEM: :func:`save_stems`), drawn and cut at
-    full resolution (a JPEG predicted from a reduced decode is decoded again for them: the predictions do not
-    depend on ``--save-dir``)."""
+    full resolution (a JPEG predicted from a reduced decode is decoded again for them, and its chips aligned
+    again from that: the predictions do not depend on ``--save-dir``)."""
     import dataclasses
 
     from agegender.images import load_image
 
     try:
         if result.scale != 1.0:
-            result = dataclasses.replace(result, image=load_image(result.source), scale=1.0)
+            result = dataclasses.replace(result, image=load_image(result.source), scale=1.0, chips=None)
         result.save(save_dir / f"{stem}_annotated.jpg")
         result.save_crops(save_dir, stem)
     except OSError as err:

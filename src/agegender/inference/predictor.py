@@ -169,7 +169,8 @@ class Predictor:
                 i += 1
             results.append(ImageResult(faces, source=item.source, size=item.size, image=item.image,
                                        model=self.model.config.name, scale=item.scale,
-                                       model_version=self.model.version_label))
+                                       model_version=self.model.version_label,
+                                       chips=None if item.image is None else item.chips))
         return results
 
     def plot(self, image_bgr: np.ndarray, faces: Sequence[Face]) -> np.ndarray:

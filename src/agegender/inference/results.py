@@ -165,8 +165,9 @@ class ImageResult(Sequence[Face]):
     ``size`` is the image's (width, height) as displayed (EXIF orientation applied; the boxes refer to it),
     ``image`` the decoded BGR pixels (needed by ``plot``, ``save``, ``crops`` and ``save_crops``; ``None`` if
     the result was built without them) at ``scale`` of ``size`` (a JPEG decoded at a reduced scale keeps those
-    pixels: the plot is drawn on them, the crops cut from them), ``model`` the name of the model that predicted
-    the faces.
+    pixels: the plot is drawn on them), ``model`` the name of the model that predicted the faces. ``chips``: the
+    aligned chip of each face that the model read (a small face of a reduced JPEG is aligned from a finer decode
+    than ``image``), which ``crops`` returns; without them, ``crops`` aligns the faces from ``image``.
 
     Two results are equal when their faces, source, size and model are; the pixels are not compared.
     """
@@ -178,9 +179,14 @@ class ImageResult(Sequence[Face]):
     model: str | None = None
     scale: float = 1.0
     model_version: str | None = None
+    chips: Sequence[np.ndarray] | None = field(default=None, repr=False)  # stored as a tuple, one per face
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "faces", tuple(self.faces))
+        if self.chips is not None:
+            object.__setattr__(self, "chips", tuple(self.chips))
+            if len(self.chips) != len(self.faces):
+                raise ValueError(f"{len(self.chips)} chips for {len(self.faces)} faces")
         object.__setattr__(self, "source", source_name(self.source))
         if self.size == (0, 0):
             if self.image is None:
@@ -209,7 +215,7 @@ class ImageResult(Sequence[Face]):
 
     def __getitem__(self, index: int | slice) -> Face | ImageResult:
         if isinstance(index, slice):
-            return replace(self, faces=self.faces[index])
+            return replace(self, faces=self.faces[index], chips=None if self.chips is None else self.chips[index])
         return self.faces[index]
 
     def __iter__(self) -> Iterator[Face]:
@@ -259,8 +265,11 @@ class ImageResult(Sequence[Face]):
         return _write(Path(path), self.plot())
 
     def crops(self) -> list[np.ndarray]:
-        """Each face's chip: aligned on its landmarks at ``CHIP_SIZE`` x ``CHIP_SIZE`` (what the model saw),
-        or, for a face without landmarks (``detector=None``), the pixels of its box (the whole chip)."""
+        """Each face's chip: aligned on its landmarks at ``CHIP_SIZE`` x ``CHIP_SIZE`` (what the model saw: the
+        result's ``chips`` where it holds them), or, for a face without landmarks (``detector=None``), the pixels
+        of its box (the whole chip)."""
+        if self.chips is not None:
+            return list(self.chips)
         image = self._pixels()
         faces = [_scaled(face, self.scale) for face in self.faces]
         return [align_face(image, face.landmarks, CHIP_SIZE) if face.landmarks is not None
