@@ -147,6 +147,7 @@ def test_the_shipped_model_describes_itself(capsys: pytest.CaptureFixture) -> No
     assert main(["models", "flagship-int8"]) == 0
     text = capsys.readouterr().out
     assert "static int8" in text and "an age a above" in text and "the test split" in text and "Faces" in text
+    assert "flagship v14" in text  # the version the README and the model card name (its config said v1)
 
 
 def test_video_faces_keep_their_track(predictor: Predictor, tmp_path: Path) -> None:
