@@ -74,6 +74,26 @@ def test_a_compressed_download_is_unpacked_verified_and_cached(tmp_path: Path, m
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["w.dat"]  # nothing half-written left
 
 
+def test_the_cached_conversion_of_the_pinned_network_serves_without_its_dat(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline with the converted ONNX in the cache but no ``.dat``, the accurate mode tried to download the
+    ``.dat`` first and failed; a ``.dat`` named still decides."""
+    from agegender.inference.accurate import stacked
+
+    monkeypatch.setenv("AGEGENDER_CACHE", str(tmp_path))
+    monkeypatch.delenv(stacked.DLIB_RESNET.env_var, raising=False)
+    pinned = tmp_path / f"dlib_face_recognition_resnet_{stacked.DLIB_RESNET.sha256[:16]}.onnx"
+    pinned.write_bytes(b"converted earlier")
+
+    def offline(weights: object = None) -> tuple[Path, str]:
+        raise WeightsError("could not download the dlib face-recognition ResNet")
+
+    monkeypatch.setattr(stacked, "locate_dlib_resnet", offline)
+    assert stacked.descriptor_network() == pinned
+    with pytest.raises(WeightsError, match="could not download"):
+        stacked.descriptor_network(tmp_path / "other.dat")
+
+
 def test_the_accurate_mode_beats_the_flagship_on_held_out_chips(utkface_dir: Path, dlib_weights: Path) -> None:
     """Stated bound, 299 test-split chips: the stacked model's MAE and gender are better than the flagship's
     (all 2,092 test chips: 4.63 against 4.96, 93.7% against 92.5%) and its gender accuracy at least 91% (93.7% on

@@ -98,6 +98,9 @@ def test_empty_file_missing_file_and_directory(tmp_path: Path) -> None:
         load_image(tmp_path / "missing.jpg")
     with pytest.raises(ImageError, match="not a regular file"):
         load_image(tmp_path)
+    # a URL was read as a path and named with one slash lost ("https:/example.com/a.jpg")
+    with pytest.raises(ImageError, match=r"^https://example\.com/a\.jpg is a URL: .* download it first"):
+        load_image("https://example.com/a.jpg")
 
 
 @pytest.mark.parametrize(

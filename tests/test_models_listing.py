@@ -4,6 +4,7 @@ networks and counts their parameters; every catalogued model's module registers 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,12 @@ def test_building_a_model_without_torch_names_the_extra(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails as where it is not installed
     with pytest.raises(ModuleNotFoundError, match=r"building 'vu_multitask' needs PyTorch.*agegender\[train\]"):
         create_model("vu_multitask")
+
+
+def test_a_registered_networks_name_describes_its_config(capsys: pytest.CaptureFixture) -> None:
+    """`agegender models levi_hassner_age` said "model file not found" for a name the listing shows."""
+    assert main(["models", "levi_hassner_age"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("levi_hassner_age: a registered network") and "RGB 227x227" in text
+    assert main(["models", "levi_hassner_age", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"] == ["age_group_logits"]

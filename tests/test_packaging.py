@@ -57,7 +57,21 @@ def test_the_wheel_carries_its_weights_and_predicts(installed: Path, utkface_dir
     assert out["face"]["gender"] == "female" and out["face"]["age"] > 45
 
     photo = shared_path("photos", "mowshon_test-image.jpg")
-    result = run_installed(installed, ["-m", "agegender.cli", "predict", str(photo), "--detector", str(yunet_path),
-                                       "--json"], tmp_path)
+    result = run_installed(installed, ["-m", "agegender", "predict", str(photo), "--detector", str(yunet_path),
+                                       "--json"], tmp_path)  # python -m agegender (only agegender.cli ran)
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout.splitlines()[0])["faces"]) == 5
+    version = run_installed(installed, ["-m", "agegender", "--version"], tmp_path)
+    assert version.returncode == 0 and version.stdout.strip().startswith("agegender "), version
+
+
+def test_every_subcommand_has_help_without_stray_escapes(capsys: pytest.CaptureFixture) -> None:
+    """argparse formats option help with %, not descriptions: calibrate's description showed "80%%"."""
+    from agegender.cli import COMMANDS, main
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert stop.value.code == 0 and text.startswith(f"usage: agegender {command}"), command
+        assert "%%" not in text and "%(" not in text, command

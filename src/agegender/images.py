@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -113,6 +114,9 @@ def load_scaled(source: ImageSource, *, min_side: int | None = None, max_pixels:
                              "empty")
         return _open_and_convert(io.BytesIO(data), max_pixels, name=name or BYTES_NAME, min_side=min_side)
     if isinstance(source, (str, os.PathLike)):
+        if isinstance(source, str) and re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*://", source) and not os.path.exists(source):
+            raise ImageError(f"{source:.200} is a URL: images are read from files, bytes, arrays or PIL images; "
+                             "download it first", "cannot read")
         path = Path(source)
         try:
             size = path.stat().st_size

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from agegender.cli.common import UserError
+from agegender.version import __version__
 
 COMMANDS = ("predict", "train", "evaluate", "crossval", "export", "quantize", "calibrate", "bench", "serve", "data",
             "models")
@@ -19,6 +20,7 @@ COMMANDS = ("predict", "train", "evaluate", "crossval", "export", "quantize", "c
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agegender", description="Age and gender for every face in a photo.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("-V", "--version", action="version", version=f"agegender {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:

@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=(
         "Fit a monotone correction of the ages an exported model predicts (identity up to a knee, a straight "
         "line above it) for the least mean absolute error on labelled faces it was not trained on (default: "
-        "UTKFace's validation split, never the test split), then, after it, a calibration of the 80%% interval "
-        "(age_range): its reach on each side of the age scaled per age band so that 80%% of true ages fall "
+        "UTKFace's validation split, never the test split), then, after it, a calibration of the 80% interval "
+        "(age_range): its reach on each side of the age scaled per age band so that 80% of true ages fall "
         "inside in every band (split conformal prediction). Both are stored in the file: predict, serve and "
         "evaluate then apply them. Reports the error and the coverage before, after, and cross-fitted (fitted on "
         "one half of the faces, scored on the other); a correction that does not help the held-out halves is "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from agegender.cli.common import UserError, require_extra
@@ -33,7 +34,16 @@ def run(args: argparse.Namespace) -> int:
         return list_registry(count_params=args.params)
     if args.params:
         raise UserError("--params counts the registered networks' parameters: give no MODEL")
+    from agegender.artifacts import SHIPPED_MODELS
     from agegender.inference.onnx_model import ModelError, OnnxAgeGender
+    from agegender.models import get_config, list_models
+
+    if args.model in list_models() and args.model not in SHIPPED_MODELS and not Path(args.model).exists():
+        config = get_config(args.model).to_dict()  # a registered network, not a file: what the registry holds
+        print(json.dumps(config, indent=2) if args.json else "\n".join(
+            [f"{args.model}: a registered network (train a config that names it, then `agegender export` it to "
+             "run it)", *config_lines(config)]))
+        return 0
 
     if args.model.endswith(".pt"):
         raise UserError(f"{args.model} is a training checkpoint: describe its export instead "
@@ -51,14 +61,7 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     from agegender.age_calibration import AgeCalibration, IntervalCalibration
     from agegender.reporting.metrics import METRIC_LABELS, format_metric
 
-    cfg = info["config"]
-    mean, std = (", ".join(f"{v:g}" for v in cfg[k]) for k in ("mean", "std"))
-    lines = [info["path"],
-             f"  network          {cfg['name']} ({cfg['source']})",
-             f"  input            RGB {cfg['input_size']}x{cfg['input_size']}: the chip "
-             + (f"resized to {cfg['resize']}, centre crop" if cfg.get("resize") else "resized to it")
-             + f"; (x - [{mean}]) / [{std}]",
-             f"  outputs          {', '.join(cfg['outputs'])}",
+    lines = [info["path"], *config_lines(info["config"]),
              f"  agegender        {info['version'] or 'unknown version'}",
              f"  precision        {info['quantization'] or 'float32'}",
              f"  age calibration  {AgeCalibration(**info['age_calibration']) if info['age_calibration'] else 'none'}"]
@@ -71,6 +74,16 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     lines.append(f"  metrics          measured on: {protocol or 'not recorded'}")
     lines += [f"    {METRIC_LABELS.get(k, k):42s} {format_metric(k, v)}" for k, v in metrics.items()]
     return lines
+
+
+def config_lines(cfg: dict[str, Any]) -> list[str]:
+    """A ``ModelConfig.to_dict()``: the network, its input and its outputs, as lines a person reads."""
+    mean, std = (", ".join(f"{v:g}" for v in cfg[k]) for k in ("mean", "std"))
+    return [f"  network          {cfg['name']} ({cfg['source']})",
+            f"  input            RGB {cfg['input_size']}x{cfg['input_size']}: the chip "
+            + (f"resized to {cfg['resize']}, centre crop" if cfg.get("resize") else "resized to it")
+            + f"; (x - [{mean}]) / [{std}]",
+            f"  outputs          {', '.join(cfg['outputs'])}"]
 
 
 def list_registry(count_params: bool = False) -> int:

@@ -80,10 +80,19 @@ def locate_dlib_resnet(weights: str | os.PathLike | None = None) -> tuple[Path, 
     return path, sha256_of(path) if given else DLIB_RESNET.sha256  # the cache copy was verified by locate
 
 
+def _converted(digest: str) -> Path:
+    """Where the ONNX conversion of the ``.dat`` whose sha256 is ``digest`` is cached."""
+    return default_cache_dir() / f"dlib_face_recognition_resnet_{digest[:16]}.onnx"
+
+
 def descriptor_network(weights: str | os.PathLike | None = None) -> Path:
-    """The dlib network as ONNX: converted once from the located ``.dat`` into the cache, keyed by its sha256."""
+    """The dlib network as ONNX: converted once from the located ``.dat`` into the cache, keyed by its sha256.
+    Where no ``.dat`` is named, the pinned one's conversion in the cache serves without the ``.dat`` (offline,
+    with the download's copy gone)."""
+    if weights is None and not os.environ.get(DLIB_RESNET.env_var) and _converted(DLIB_RESNET.sha256).is_file():
+        return _converted(DLIB_RESNET.sha256)
     source, digest = locate_dlib_resnet(weights)
-    target = default_cache_dir() / f"dlib_face_recognition_resnet_{digest[:16]}.onnx"
+    target = _converted(digest)
     if target.is_file():
         return target
     try:
