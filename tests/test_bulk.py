@@ -309,6 +309,36 @@ def test_max_pixels_reaches_single_photos_and_the_workers(many_photos: Path, tmp
     assert main(["predict", str(files[0]), "--max-pixels", "5000000", "--detector", str(yunet_path)]) == 0
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_retry_errors_predicts_failed_inputs_again_without_duplicates(
+        many_photos: Path, tmp_path: Path, yunet_path: Path, suffix: str, capsys: pytest.CaptureFixture) -> None:
+    """A file that failed (cut short here), repaired later: --resume kept its error row, and nothing could retry
+    it short of a new output."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = sorted(many_photos.glob("*.jpg"))[:2]
+    for photo in good:
+        shutil.copy(photo, folder / photo.name)
+    broken = folder / "later.jpg"
+    broken.write_bytes(good[0].read_bytes()[:2000])
+    out = tmp_path / f"rows{suffix}"
+    run = ["predict", str(folder), "--output", str(out), "--detector", str(yunet_path)]
+    assert main(run) == 1
+    before = read_rows(out)
+    assert [r["file"] for r in before if r["error"]] == [str(broken)]
+    shutil.copy(good[1], broken)  # repaired
+    assert main([*run, "--retry-errors"]) == 2  # goes with --resume
+    assert main([*run, "--resume"]) == 0 and read_rows(out) == before  # done, error row and all
+    assert main([*run, "--resume", "--retry-errors"]) == 0
+    assert "retrying 1 input(s)" in capsys.readouterr().err
+    after = read_rows(out)
+    assert not any(r["error"] for r in after)
+    assert [r for r in after if r["file"] != str(broken)] == [r for r in before if r["file"] != str(broken)]
+    repaired = [r for r in after if r["file"] == str(broken)]
+    assert [r["age"] for r in repaired] == [r["age"] for r in after if r["file"] == str(folder / good[1].name)]
+    assert main([*run, "--resume", "--retry-errors"]) == 0 and read_rows(out) == after  # nothing left to retry
+
+
 def test_auto_workers_start_once_the_photos_pay_for_them(many_photos: Path, tmp_path: Path, yunet_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from agegender.inference.collection import Collection
     from agegender.inference.predictor import Predictor
     from agegender.inference.results import ImageResult
+    from agegender.inference.sinks import RowSink
 
 
 def _workers(text: str) -> int | str:
@@ -64,7 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="write one row per face (and one per photo without a face or with an error) to FILE: "
                            ".parquet (needs pyarrow), .jsonl or .csv; a crash loses at most the photos in flight")
     bulk.add_argument("--resume", action="store_true",
-                      help="continue --output: skip the inputs already in it (error rows too)")
+                      help="continue --output: skip the inputs already in it (error rows too: --retry-errors)")
+    bulk.add_argument("--retry-errors", action="store_true",
+                      help="with --resume: predict again the inputs whose rows in --output are error rows (a disk "
+                           "or network that failed, a file since repaired), their error rows taken out of it")
     bulk.add_argument("--shard", metavar="I/N", help="take the I-th of N disjoint parts of the inputs (0 <= I < N), "
                                                      "so that N machines or array jobs cover all of them")
     bulk.add_argument("--flush-seconds", type=non_negative_seconds, default=10.0,
@@ -214,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
     check_accurate_options(args)
     if args.output is None and (args.resume or args.shard or args.workers is not None or args.ray):
         raise UserError("--resume, --shard, --workers and --ray go with --output FILE")
+    if args.retry_errors and not args.resume:
+        raise UserError("--retry-errors goes with --resume: it retries the failed inputs of an existing --output")
     if args.output is not None and (args.json or args.csv or args.save_dir):
         raise UserError("--output writes a table: leave out --json, --csv and --save-dir")
     if args.ray:
@@ -252,6 +258,12 @@ def bulk_inputs(listed: Collection, shard: tuple[int, int] | None) -> int | None
     return everything
 
 
+def retry_errors(sink: RowSink, inputs: Collection) -> None:
+    """``--retry-errors``: the inputs whose rows in the output are error rows are to do again (said on stderr)."""
+    retried = sink.retry_failed([*inputs.files, *(path for path, _ in inputs.errors)])
+    print(f"agegender predict: retrying {len(retried)} input(s) whose rows were errors", file=sys.stderr)
+
+
 def report_empty_shard(shard_text: str | None, inputs: int, everything: int) -> None:
     """A shard that got none of the inputs is not an error (the other shards hold them): say so."""
     if shard_text and not inputs:
@@ -276,6 +288,8 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
                          model_version=predictor.model.version_label)
     except ImportError as err:
         raise UserError(str(err)) from err
+    if args.retry_errors:
+        retry_errors(sink, collection)
     try:
         summary = run_bulk(predictor, collection, sink, workers=args.workers or "auto",
                            progress=sys.stderr.isatty())

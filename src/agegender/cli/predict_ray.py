@@ -97,7 +97,7 @@ def _check_files_here(args: argparse.Namespace) -> None:
 def run_ray(args: argparse.Namespace) -> int:
     """``agegender predict --ray``: see the module doc. Exit code 1 if any input failed, as the bulk path."""
     require_extra("ray", "ray.data", "pyarrow")
-    from agegender.cli.predict import bulk_inputs, report_empty_shard
+    from agegender.cli.predict import bulk_inputs, report_empty_shard, retry_errors
     from agegender.inference.bulk import BulkSummary
     from agegender.inference.collection import parse_shard
     from agegender.inference.ray_pipeline import files_dataset, list_images, predict_dataset, write_rows
@@ -125,6 +125,8 @@ def run_ray(args: argparse.Namespace) -> int:
     if everything is None:
         return 1
     sink = open_sink(args.output, ROW_TYPES, resume=args.resume)
+    if args.retry_errors:
+        retry_errors(sink, collection)
     todo = [p for p in collection.files if p not in sink.done]
     connected = False
     try:

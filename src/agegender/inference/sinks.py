@@ -11,7 +11,9 @@ nor drops an input.
   ``flush_rows`` rows or ``flush_seconds``; closing merges the existing output and the parts into one file,
   renamed over the output, and only then removes the parts.
 
-An existing output is never overwritten: without ``resume`` the sink refuses to start.
+An existing output is never overwritten: without ``resume`` the sink refuses to start. A resumed run may retry its
+failed inputs (:meth:`RowSink.retry_failed`): the rows of inputs that only have error rows are taken out of the
+output (each file rewritten beside itself and renamed over it, so a crash leaves it whole), and they are to do.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,21 +67,45 @@ def clean_value(value: Any) -> Any:
 
 class RowSink:
     """Base class: ``done`` holds the ``file`` (the source) of every image already in the output, ``versions`` the
-    ``model_version`` values of its rows (those that have one: error rows have none)."""
+    ``model_version`` values of its rows (those that have one: error rows have none), ``failed`` the sources
+    whose every row is an error row (as stored)."""
 
     version_column = "model_version"
+    error_column = "error"
 
     def __init__(self, path: Path, schema: Mapping[str, str], source_column: str = "file") -> None:
         self.path, self.schema, self.source_column = path, dict(schema), source_column
         self.done: set[str] = _Sources()
         self.versions: set[str] = set()
+        self.failed: set[str] = set()
+        self._succeeded: set[str] = set()
         self.rows_written = 0
 
     def _read(self, row: Mapping[str, Any]) -> None:
         """Count a row already in the output as done (KeyError when it has no source column)."""
-        self.done.add(row[self.source_column])
+        source = row[self.source_column]
+        self.done.add(source)
         if row.get(self.version_column):
             self.versions.add(row[self.version_column])
+        if row.get(self.error_column):
+            if source not in self._succeeded:
+                self.failed.add(source)
+        else:
+            self._succeeded.add(source)
+            self.failed.discard(source)
+
+    def retry_failed(self, sources: Iterable[str]) -> list[str]:
+        """Take the rows of those of ``sources`` (inputs as the file system names them) that only have error
+        rows out of the output (module doc), so that they are to do again; returns them. Call it before writing."""
+        retried = [source for source in sources if stored_name(source) in self.failed]
+        if retried:
+            self._drop_failed({stored_name(source) for source in retried})
+            self.done.difference_update(stored_name(source) for source in retried)
+            self.failed.difference_update(stored_name(source) for source in retried)
+        return retried
+
+    def _drop_failed(self, stored: set[str]) -> None:
+        raise NotImplementedError
 
     def check_version(self, version: str) -> None:
         """ValueError when rows already in the output were made by another model than ``version``: a resumed run
@@ -164,6 +190,29 @@ class _TextSink(RowSink):
                     raise ValueError(f"cannot resume {self.path}: line {number} is not a row agegender wrote "
                                      f"({type(err).__name__}: {err}); choose another output") from err
 
+    def _drop_failed(self, stored: set[str]) -> None:
+        """Rewrite the file without the rows of the sources ``stored`` (beside it, then renamed over it), and
+        append to the new file."""
+        self.close()
+        tmp = self.path.with_name(f".{self.path.name}.retry.tmp")
+        with open(self.path, encoding="utf-8", newline="") as source, open(tmp, "w", encoding="utf-8",
+                                                                           newline="") as target:
+            if self.kind == "csv":
+                target.write(source.readline())  # the header
+                reader, writer = csv.DictReader(source, fieldnames=list(self.schema)), csv.writer(
+                    target, lineterminator="\n")
+                for row in reader:
+                    if row[self.source_column] not in stored:
+                        writer.writerow(row.values())
+            else:
+                for line in source:
+                    if line.strip() and json.loads(line)[self.source_column] not in stored:
+                        target.write(line)
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(tmp, self.path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+
     def _emit(self, rows: Sequence[Mapping[str, Any]], header: bool = False) -> None:
         if self.kind == "csv":
             buffer = io.StringIO()
@@ -209,7 +258,8 @@ class _ParquetSink(RowSink):
         self.parts = path.with_name(path.name + ".parts")
         for stale in self.parts.glob("*.tmp"):
             stale.unlink()  # a part cut by a crash: its rows were never counted as done
-        for file in [path] * path.exists() + sorted(self.parts.glob("part-*.parquet")):
+        self.files = [path] * path.exists() + sorted(self.parts.glob("part-*.parquet"))  # as found
+        for file in self.files:
             try:
                 written = pq.read_schema(file)
             except (OSError, pa.ArrowException) as err:
@@ -217,7 +267,7 @@ class _ParquetSink(RowSink):
             if not written.equals(self.arrow_schema, check_metadata=False):
                 raise ValueError(f"cannot resume {path}: {file} has other columns than agegender writes "
                                  f"({', '.join(written.names)}); choose another output")
-            columns = [self.source_column] + [self.version_column] * (self.version_column in schema)
+            columns = [c for c in (self.source_column, self.version_column, self.error_column) if c in schema]
             for row in pq.read_table(file, columns=columns).to_pylist():
                 self._read(row)
         self.parts.mkdir(exist_ok=True)  # after the checks: a refused output leaves nothing behind
@@ -225,6 +275,23 @@ class _ParquetSink(RowSink):
         self.pending: list[Mapping[str, Any]] = []
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.last_flush = time.monotonic()
+
+    def _drop_failed(self, stored: set[str]) -> None:
+        """Rewrite each file holding rows of the sources ``stored`` without them (beside it, then renamed over
+        it)."""
+        import pyarrow.compute as pc
+
+        failed = self.pa.array(sorted(stored), type=self.pa.string())
+        for file in self.files:
+            table = self.pq.read_table(file, schema=self.arrow_schema)
+            keep = pc.invert(pc.is_in(table[self.source_column], value_set=failed))
+            if pc.all(keep).as_py() is not False:
+                continue
+            tmp = file.with_name(f".{file.name}.retry.tmp")
+            self.pq.write_table(table.filter(keep), tmp)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, file)
 
     def _append(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.pending.extend(rows)
