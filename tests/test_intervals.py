@@ -70,6 +70,17 @@ def test_the_fit_restores_80_percent_in_every_true_age_band_on_fresh_faces() -> 
     assert np.all(new_low <= age) and np.all(age <= new_high) and np.all(new_low >= 0)
 
 
+def test_a_stored_calibration_covers_the_faces_it_was_fitted_on_as_fitted() -> None:
+    """Each scale is set at one face's score: stored rounded to the nearest 1e-6 it could fall below it and leave
+    that face outside (``evaluate`` then counted one face fewer per band than ``calibrate``)."""
+    age, low, high, true = synthetic(3_000, seed=5)
+    fitted = IntervalCalibration.fit(age, low, high, true)
+    stored = IntervalCalibration.from_json(fitted.to_json())
+    edges = age_band_edges()
+    as_fitted = band_coverage(*fitted.bounds(age, low, high), true, true, edges)
+    assert np.array_equal(band_coverage(*stored.bounds(age, low, high), true, true, edges), as_fitted)
+
+
 def test_the_predicted_age_variant_restores_80_percent_per_band_of_the_prediction() -> None:
     age, low, high, true = synthetic(20_000, seed=3)
     fitted = IntervalCalibration.fit(age, low, high, true, by="predicted_age", bands=8)
@@ -292,6 +303,21 @@ def test_calibrate_command_on_a_manifest_dry_run_no_interval_and_reset(
     assert main(["calibrate", str(path), "--reset"]) == 0
     assert OnnxAgeGender(path).age_calibration is None
     assert not OnnxAgeGender(path).metadata.get(INTERVAL_METADATA_KEY)
+
+
+def test_an_interval_fit_left_out_keeps_the_files_own(manifest: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """A fit that does not help is left out, and the file keeps the calibration it had (fitted after the same
+    correction): it was removed, leaving the interval as decoded (87% instead of 80% on validation)."""
+    path = shipped_copy(tmp_path, "flagship-int8")
+    before = OnnxAgeGender(path).interval_calibration
+    assert before is not None
+    assert main(["calibrate", str(path), "--data", "manifest", "--root", str(manifest), "--split", "all",
+                 "--interval-bands", "predicted-age", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "interval calibration left out" in out and "the file keeps its own" in out, out
+    assert "removed the interval calibration" not in out
+    assert OnnxAgeGender(path).interval_calibration == before
 
 
 @pytest.mark.slow  # about 110 s with a cold cache: builds the UTKFace split and decodes its validation faces

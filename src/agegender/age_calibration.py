@@ -298,7 +298,8 @@ class IntervalCalibration:
 
     def to_dict(self) -> dict:
         return {"format": INTERVAL_FORMAT, "by": self.by, "coverage": self.coverage, "edges": list(self.edges),
-                "scales": [round(s, 6) for s in self.scales], "min_half_width": self.min_half_width,
+                # rounded up: a scale set at a face's score, rounded down, left that face outside its interval
+                "scales": [math.ceil(s * 1e6) / 1e6 for s in self.scales], "min_half_width": self.min_half_width,
                 "fitted_after": None if self.fitted_after is None
                 else {"knee": self.fitted_after[0], "slope": self.fitted_after[1]},
                 "precision": self.precision}

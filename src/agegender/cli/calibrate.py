@@ -67,7 +67,7 @@ def coverage_lines(fit: IntervalFit) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch", "onnx")
-    from agegender.age_calibration import INTERVAL_METADATA_KEY, METADATA_KEY, AgeCalibration
+    from agegender.age_calibration import INTERVAL_METADATA_KEY, METADATA_KEY, AgeCalibration, IntervalCalibration
     from agegender.data.datasets import decode_split
     from agegender.evaluation.calibrate import fit_interval_calibration, fit_on_predictions
     from agegender.evaluation.evaluate import (
@@ -139,8 +139,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             print("interval calibration left out: it does not bring the held-out coverage per age band closer to "
                   f"{100 * interval.calibration.coverage:g}%")
-            if metadata.get(INTERVAL_METADATA_KEY):
-                updates[INTERVAL_METADATA_KEY] = ""  # the one stored was fitted before: drop it rather than keep it
+            own = IntervalCalibration.from_metadata(metadata)
+            if own is not None and not fit.helps and own.fits(correction, metadata.get("quantization")):
+                print(f"the file keeps its own ({own})")  # fitted after the correction it keeps, on other faces
+            elif own is not None:  # fitted after another correction (or precision) than the file will hold: stale
+                updates[INTERVAL_METADATA_KEY] = ""
     if args.dry_run or not updates:
         return 0
     set_metadata(args.model, updates)
