@@ -205,6 +205,22 @@ def test_identical_and_reencoded_copies_group_but_different_people_do_not(utkfac
     assert collapsed[0].group_id != collapsed[1].group_id
 
 
+def test_identical_copies_labelled_by_group_count_their_conflict_whatever_the_order(
+        utkface: list[FaceRecord], tmp_path: Path) -> None:
+    """Copies labelled by age group only (a manifest without ages): the first row's group won, uncounted, so the
+    score depended on the manifest's order."""
+    a = utkface[100]
+    copy = tmp_path / "copy.jpg"
+    shutil.copy(a.path, copy)
+    first = FaceRecord(a.path, None, AGE_GROUPS.index("15-20"), a.gender, None, a.path)
+    second = FaceRecord(str(copy), None, AGE_GROUPS.index("4-6"), a.gender, None, str(copy))
+    results = [collapse_duplicates(order, progress=False) for order in ([first, second], [second, first])]
+    assert results[0] == results[1]
+    (kept,), stats = results[0]
+    assert stats.label_conflicts == 1 and kept.age_group == AGE_GROUPS.index("4-6")  # the lower median
+    assert kept.path == min(a.path, str(copy))
+
+
 @pytest.fixture(scope="session")
 def splits_dir(isolated_cache: Path) -> Path:
     return default_cache_dir() / "splits"  # where training runs in the tests find them too

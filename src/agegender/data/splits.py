@@ -7,8 +7,9 @@ existing group (unless a new image joins two groups into one, or takes an existi
 copies are collapsed into one record (label rule below); near duplicates (mirrored, blurred, re-encoded or
 re-cropped copies: :mod:`agegender.data.dedup`) stay separate but share a group id.
 
-Label rule for identical copies whose names disagree: the median age and the majority gender; a group whose
-copies split evenly on gender is dropped, since its true gender cannot be told.
+Label rule for identical copies whose names disagree: the median age (for copies labelled by age group only, the
+lower median group) and the majority gender; a group whose copies split evenly on gender is dropped, since its
+true gender cannot be told. The record kept is the copy whose path sorts first.
 """
 
 from __future__ import annotations
@@ -96,23 +97,24 @@ def collapse_duplicates(records: Sequence[FaceRecord], max_bits: int = 6, min_co
         by_md5[digest].append(i)
     out, conflicts, ties, undecodable = [], 0, 0, []
     for members in by_md5.values():
-        rec = records[members[0]]
+        rec = min((records[i] for i in members), key=lambda r: r.path)  # whatever the order of the records
         if not fp.decoded[members[0]]:  # byte-identical copies decode alike
             undecodable += [records[i].path for i in members]
             continue
         if len(members) > 1:
             copies = [records[i] for i in members]
             ages = [c.age for c in copies if c.age is not None]
+            groups = sorted(c.age_group for c in copies if c.age is None and c.age_group is not None)
             genders = Counter(c.gender for c in copies if c.gender is not None)
-            if len(set(ages)) > 1 or len(genders) > 1:
+            if len(set(ages)) > 1 or len(set(groups)) > 1 or len(genders) > 1:
                 conflicts += 1
             top = genders.most_common(2)
             if len(top) == 2 and top[0][1] == top[1][1]:
                 ties += 1
                 continue
             age = float(np.median(ages)) if ages else None
-            rec = replace(rec, age=age, age_group=age_to_group(age) if age is not None else rec.age_group,
-                          gender=top[0][0] if top else None)
+            median_group = age_to_group(age) if age is not None else groups[(len(groups) - 1) // 2] if groups else None
+            rec = replace(rec, age=age, age_group=median_group, gender=top[0][0] if top else None)
         out.append(replace(rec, group_id=f"dup:{first_name[int(group[members[0]])]}"))
     sizes = Counter(r.group_id for r in out)
     multi_identical = [m for m in by_md5.values() if len(m) > 1]
