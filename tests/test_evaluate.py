@@ -596,6 +596,27 @@ def test_evaluate_and_calibrate_take_a_shipped_models_name(manifest: Path, tmp_p
     assert exit_.value.code == 2 and "must be a number of seconds >= 0" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_options_of_another_data_set_and_repeated_folds(
+        manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--folds 0 0 counted every face twice (and narrowed the intervals); --split with Adience and --folds with
+    a manifest were ignored without a word."""
+    adience = ["evaluate", "flagship-int8", "--data", "adience", "--root", str(tmp_path)]
+    for command, said in (([*adience, "--folds", "0", "0"], "fold 0 more than once"),
+                          ([*adience, "--split", "train"], "--split is for utkface and manifest"),
+                          (["evaluate", "flagship-int8", "--data", "manifest", "--root", str(manifest), "--folds",
+                            "3"], "--folds is for --data adience")):
+        assert main(command) == 2, command
+        assert said in capsys.readouterr().err
+
+
+def test_evaluate_into_a_folder_of_an_earlier_run_removes_its_other_reports(manifest: Path,
+                                                                             tmp_path: Path) -> None:
+    common = ["--data", "manifest", "--root", str(manifest), "--split", "all", "--out", str(tmp_path), "-q"]
+    assert main(["evaluate", "flagship", *common, "--tta", "none"]) == 0
+    assert main(["evaluate", "flagship-int8", *common, "--tta", "flip"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flip", "summary.json"]  # no float32 none/ left
+
+
 def test_data_folds_replace_an_earlier_runs(manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """--folds 4 then --folds 2 left fold2.csv and fold3.csv beside the new two, overlapping them."""
     out = tmp_path / "splits"

@@ -28,11 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "Adience image folder holding faces/ or aligned/. Images are read as they are, "
                                   "not detected or aligned: Adience's faces/ crops are not our chips, and score "
                                   "lower than `agegender bench`, which detects and aligns them")
-    p.add_argument("--split", choices=SPLIT_CHOICES, default="val",
+    p.add_argument("--split", choices=SPLIT_CHOICES,
                    help="utkface/manifest: part of the deduplicated split (default val; all = every face). The test "
                         "split is sealed: score it with --split test once per model that ships, never to choose")
-    p.add_argument("--folds", type=int, nargs="+", default=[0], metavar="K",
-                   help="adience: official fold number(s) (default 0)")
+    p.add_argument("--folds", type=int, nargs="+", metavar="K",
+                   help="adience: official fold number(s), each once (default 0)")
     p.add_argument("--adience-folds", default=None,
                    help="adience: folder holding fold_k_data.txt (default ../shared/data/adience_folds)")
     p.add_argument("--tta", choices=TTA_CHOICES, default="flip",
@@ -54,6 +54,17 @@ def run(args: argparse.Namespace) -> int:
     from agegender.reporting.metrics import METRIC_LABELS, format_metric
     from agegender.reporting.report import protocol_text
 
+    if args.data == "adience":
+        if args.split is not None:
+            raise UserError("--split is for utkface and manifest data: Adience is scored by its official --folds")
+        args.folds = args.folds or [0]
+        twice = sorted({k for k in args.folds if args.folds.count(k) > 1})
+        if twice:
+            raise UserError(f"--folds names fold {', '.join(map(str, twice))} more than once: each face would "
+                            "count again, and the intervals narrow as if there were more")
+    elif args.folds is not None:
+        raise UserError(f"--folds is for --data adience: {args.data} is scored by --split")
+    args.split = args.split or "val"
     where = f"folds{'-'.join(map(str, args.folds))}" if args.data == "adience" else args.split
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.data}_{where}"
     check_writable_folder(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,8 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
                         ttas: Sequence[str], out_dir: str | Path, progress: bool = True) -> dict[str, dict]:
     """Evaluate a loaded model (``name``: what reports call it) once per TTA mode; write ``out_dir/<tta>/``
     (metrics.json, report.md, confusion matrices as CSV and PNG, breakdown plots) and ``out_dir/summary.json``
-    (overall figures per mode). Each mode's metrics carry ``intervals``: the 95% bootstrap interval (faces
+    (overall figures per mode); an earlier run's report of another mode in ``out_dir`` is removed. Each mode's
+    metrics carry ``intervals``: the 95% bootstrap interval (faces
     resampled) of age MAE, group accuracies and gender accuracy."""
     unknown = [t for t in ttas if t not in TTA_MODES]
     if unknown:
@@ -188,6 +190,10 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
         log.info("%s has no crop margin (input %d = load size): ten_crop equals flip", config.name,
                  config.input_size)
     out = Path(out_dir)
+    for stale in (out / tta for tta in TTA_MODES if tta not in ttas):
+        if stale.is_dir():  # an earlier run's report beside this run's summary would read as this model's
+            shutil.rmtree(stale)
+            log.info("removed %s: a report of an earlier evaluation into %s", stale, out)
     results = {}
     for tta in ttas:
         decoded = predict_faces(net, data.images, tta)
