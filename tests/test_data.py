@@ -113,6 +113,7 @@ def test_manifest_round_trip_and_bad_rows(utkface: list[FaceRecord], tmp_path: P
     records, report = read_manifest(tmp_path / "bad.csv")
     assert [(r.age_group, r.gender, r.group_id) for r in records] == [(4, 1, "s1"), (0, 0, "s4")]
     assert sum(map(len, report.skipped.values())) == 3 and report.skipped["image file not found"] == ["line 6"]
+    assert "1 skipped (image file not found: line 6)" in report.summary()  # the line is said, not only counted
     (tmp_path / "ages.csv").write_text("path,age,gender\ne.jpg,nan,f\nf.jpg,inf,m\na.jpg,31,m\n")
     records, report = read_manifest(tmp_path / "ages.csv")  # an age that is not a number of years: a bad row
     assert [r.age for r in records] == [31.0] and sum(map(len, report.skipped.values())) == 2

@@ -370,7 +370,7 @@ class IntervalCalibration:
     @classmethod
     def fit(cls, age: np.ndarray, low: np.ndarray, high: np.ndarray, true: np.ndarray, by: str = "true_age",
             coverage: float = INTERVAL_COVERAGE, bands: int | None = None, min_half_width: float = 0.5,
-            rounds: int = 3) -> IntervalCalibration:
+            rounds: int = 3, warn: bool = True) -> IntervalCalibration:
         """Scales for which ``coverage`` of these faces' true ages fall inside their intervals, in every band.
 
         ``by="true_age"``: the model card's 8 bands of the true age (or ``bands`` bands of about equal counts
@@ -379,7 +379,8 @@ class IntervalCalibration:
         lowered, ``rounds`` times over the bands, as far as the faces of its band stay covered that often by the
         interval spanning the set (the span covers more than the set). ``by="predicted_age"``: ``bands`` (10)
         bands of equal counts of the predicted age, each scale the conformal quantile of its faces' scores. A band
-        without a face keeps scale 1 (the decoded interval).
+        without a face keeps scale 1 (the decoded interval); ``warn``: log such bands, and those too thin for the
+        quantile (off for the fits on halves that cross-fitting makes, which are not the one stored).
 
         >>> rng = np.random.default_rng(0)
         >>> true = rng.uniform(0, 80, 5000); age = true + rng.normal(0, 2, 5000)
@@ -404,7 +405,8 @@ class IntervalCalibration:
         band = np.searchsorted(shell.edges, age if by == "predicted_age" else true, side="right")
         score = cls.scores(age, low, high, true, min_half_width)
         members = [band == k for k in range(len(shell.scales))]
-        _warn_thin_bands(shell.band_names(), [int(m.sum()) for m in members], coverage)
+        if warn:
+            _warn_thin_bands(shell.band_names(), [int(m.sum()) for m in members], coverage)
         plain = np.array([conformal_quantile(score[m], coverage) if m.any() else 1.0 for m in members])
         scales = plain.copy()
         for _ in range(rounds if by == "true_age" else 0):

@@ -57,15 +57,15 @@ def run(args: argparse.Namespace) -> int:
     if args.data == "adience":
         if args.split is not None:
             raise UserError("--split is for utkface and manifest data: Adience is scored by its official --folds")
-        args.folds = args.folds or [0]
-        twice = sorted({k for k in args.folds if args.folds.count(k) > 1})
+        twice = sorted({k for k in args.folds or () if args.folds.count(k) > 1})
         if twice:
             raise UserError(f"--folds names fold {', '.join(map(str, twice))} more than once: each face would "
                             "count again, and the intervals narrow as if there were more")
     elif args.folds is not None:
         raise UserError(f"--folds is for --data adience: {args.data} is scored by --split")
+    folds: list[int] = args.folds or [0]
     args.split = args.split or "val"
-    where = f"folds{'-'.join(map(str, args.folds))}" if args.data == "adience" else args.split
+    where = f"folds{'-'.join(map(str, folds))}" if args.data == "adience" else args.split
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.data}_{where}"
     check_writable_folder(out)
     ttas = TTA_MODES if args.tta == "all" else (args.tta,)
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_evaluable(args.model)
     except ModelError as err:
         raise UserError(str(err)) from err
-    records, description = evaluation_records(args.data, args.root, args.split, args.folds,
+    records, description = evaluation_records(args.data, args.root, args.split, folds,
                                               args.adience_folds, progress=not args.quiet)
     results = evaluate_to_reports(model, Path(args.model).name, records, description, ttas, out,
                                   progress=not args.quiet)

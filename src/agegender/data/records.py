@@ -42,6 +42,9 @@ class ReadReport:
     def skip(self, reason: str, item: str) -> None:
         self.skipped.setdefault(reason, []).append(item)
 
-    def summary(self) -> str:
-        parts = [f"{self.read} read"] + [f"{len(v)} skipped ({k})" for k, v in sorted(self.skipped.items())]
+    def summary(self, shown: int = 3) -> str:
+        """``"201 read, 1 skipped (bad row: ...: line 203)"``: each reason with its first ``shown`` items."""
+        parts = [f"{self.read} read"] + [
+            f"{len(v)} skipped ({k}: {', '.join(v[:shown])}{f' and {len(v) - shown} more' if len(v) > shown else ''})"
+            for k, v in sorted(self.skipped.items())]
         return ", ".join(parts)

@@ -162,6 +162,6 @@ def cross_fitted_bounds(age: np.ndarray, low: np.ndarray, high: np.ndarray, true
     crossed_low, crossed_high = np.empty_like(age), np.empty_like(age)
     for side in (False, True):
         fit, score = half != side, half == side
-        fitted = IntervalCalibration.fit(age[fit], low[fit], high[fit], true[fit], by, bands=bands)
+        fitted = IntervalCalibration.fit(age[fit], low[fit], high[fit], true[fit], by, bands=bands, warn=False)
         crossed_low[score], crossed_high[score] = fitted.bounds(age[score], low[score], high[score])
     return crossed_low, crossed_high
