@@ -219,12 +219,16 @@ def test_compute_metrics_rejects_wrong_length():
         compute_metrics(None, [0, 1], None, _decoded())
 
 
-def test_summarize_folds(example):
+def test_summarize_folds(example, tmp_path):
     other = compute_metrics(TRUE_AGE, TRUE_GROUP, None, _decoded())
     s = summarize_folds([example, other])
     assert s["n_folds"] == 2
-    assert s["overall"]["age_mae"] == {"mean": 6.0, "std": 0.0}
-    assert s["overall"]["gender_accuracy"] == {"mean": 0.6, "std": None}  # one fold only: std undefined
+    assert s["overall"]["age_mae"] == {"mean": 6.0, "std": 0.0, "folds": 2}
+    # one fold only: std undefined, and the report says over how many folds (it said "over 2 folds")
+    assert s["overall"]["gender_accuracy"] == {"mean": 0.6, "std": None, "folds": 1}
+    md = write_report(s, tmp_path, "Folds", "2-fold").read_text()
+    assert "(over 1 of 2 folds)" in md and md.count("of 2 folds)") == sum(
+        v["folds"] == 1 for v in s["overall"].values())
     assert s["confusion"]["age_group"]["counts"] == (2 * np.array(example["confusion"]["age_group"]["counts"])
                                                      ).tolist()
     assert s["confusion"]["gender"]["counts"] == [[1, 1], [1, 2]]

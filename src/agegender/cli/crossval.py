@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         for key, value in summary["overall"].items():
             label = METRIC_LABELS.get(key, key).split(" (")[0]
             mean, std = format_metric(key, value["mean"]), format_metric(key, value["std"])
-            print(f"  {label:32s} {mean:>8s} ± {std}")
+            some = value.get("folds", summary["n_folds"])
+            over = f" (over {some} of {summary['n_folds']} runs)" if some != summary["n_folds"] else ""
+            print(f"  {label:32s} {mean:>8s} ± {std}{over}")
     print(f"reports: {run_dir}/test_<tta>/report.md")
     return 0

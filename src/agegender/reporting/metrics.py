@@ -325,19 +325,22 @@ def compute_metrics(
 
 
 def summarize_folds(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """k-fold summary of ``compute_metrics`` results: mean and sample std of every overall figure, confusion
-    matrices pooled over the folds (counts summed), and each fold's overall figures.
+    """k-fold summary of ``compute_metrics`` results: mean and sample std of every overall figure over the folds
+    where it is defined (``folds``: how many; a gender precision is undefined in a fold that called no face
+    female), confusion matrices pooled over the folds (counts summed), and each fold's overall figures.
 
     >>> folds = [{"overall": {"group_exact": 0.5, "n": 10}}, {"overall": {"group_exact": 0.7, "n": 12}}]
     >>> s = summarize_folds(folds)
     >>> s["n_folds"], s["overall"]["group_exact"]
-    (2, {'mean': 0.6, 'std': 0.14142135623730948})
+    (2, {'mean': 0.6, 'std': 0.14142135623730948, 'folds': 2})
     """
     keys = list(dict.fromkeys(k for fold in folds for k in fold["overall"]))
     overall = {}
     for key in keys:
-        mean, std = mean_std([fold["overall"].get(key) for fold in folds])
-        overall[key] = {"mean": _json_number(mean), "std": _json_number(std)}
+        values = [fold["overall"].get(key) for fold in folds]
+        mean, std = mean_std(values)
+        overall[key] = {"mean": _json_number(mean), "std": _json_number(std),
+                        "folds": sum(v is not None and not math.isnan(v) for v in values)}
     confusion = {}
     for name in dict.fromkeys(k for fold in folds for k in fold.get("confusion", {})):
         entries = [fold["confusion"][name] for fold in folds if name in fold.get("confusion", {})]

@@ -19,10 +19,13 @@ from agegender.reporting.metrics import METRIC_LABELS, format_metric
 BREAKDOWNS = {"by_age_group": "true age group", "by_gender": "gender", "by_race": "race"}
 
 
-def _format(key: str, value: Any) -> str:
-    """One cell: a plain figure, or ``mean ± std`` for a k-fold summary."""
+def _format(key: str, value: Any, n_folds: int | None = None) -> str:
+    """One cell: a plain figure, or ``mean ± std`` for a k-fold summary (``over k of n folds`` where the figure
+    is undefined in some of its ``n_folds``)."""
     if isinstance(value, Mapping):
-        return f"{format_metric(key, value['mean'])} ± {format_metric(key, value['std'])}"
+        some = value.get("folds", n_folds)
+        over = f" (over {some} of {n_folds} folds)" if n_folds is not None and some != n_folds else ""
+        return f"{format_metric(key, value['mean'])} ± {format_metric(key, value['std'])}{over}"
     return format_metric(key, value)
 
 
@@ -83,7 +86,7 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, title: str, pr
     md += ["## Overall", ""]
     intervals = metrics.get("intervals", {})
     md += _table(["Metric", "Value", *(["95% interval (bootstrap over faces)"] if intervals else [])],
-                 [[METRIC_LABELS.get(k, k), _format(k, v),
+                 [[METRIC_LABELS.get(k, k), _format(k, v, metrics.get("n_folds")),
                    *([" to ".join(format_metric(k, x) for x in intervals[k]) if k in intervals else ""]
                      if intervals else [])]
                   for k, v in metrics["overall"].items()])
