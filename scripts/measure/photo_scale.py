@@ -10,7 +10,7 @@ YuNet (OpenCV's was the detector before this project ran YuNet itself) timed in 
 ``--detect-size`` other than the default, the faces are also matched against
 those found at the default size (reduced decode), whose time is measured in the same rounds.
 
-Then faces with labels: ``--mosaics`` 12 MP photos (4000x3000, JPEG quality 92), each 300 UTKFace test chips
+Then faces with labels: ``--mosaics`` 12 MP photos (4000x3000, JPEG quality 92), each 300 UTKFace validation chips
 tiled 20 x 15 (the faces about 64 px wide at the 1280 px detection size), predicted by the three pipelines: faces
 found, age MAE and gender accuracy against the labels, and how often the reduced decode agrees with the full one.
 
@@ -76,15 +76,16 @@ MOSAIC_GRID = (20, 15)  # chips across, down: 4000 x 3000 pixels
 
 
 def mosaics(work: Path, count: int) -> list[tuple[Path, list[tuple[float, float, float, int]]]]:
-    """``count`` 12 MP photos of UTKFace test chips (a fixed random order, no chip twice), each with its faces'
-    (centre x, centre y, age, gender); written once to ``work``."""
-    test = dataset_splits(DataConfig(dataset="utkface", root=str(default_path("utkface"))), progress=False)["test"]
+    """``count`` 12 MP photos of UTKFace validation chips (a fixed random order, no chip twice), each with its
+    faces' (centre x, centre y, age, gender); written once to ``work``. (The test split is sealed: logs made
+    before 2026-12-07 tiled test chips.)"""
+    chips = dataset_splits(DataConfig(dataset="utkface", root=str(default_path("utkface"))), progress=False)["val"]
     cols, rows = MOSAIC_GRID
-    order = np.random.default_rng(0).permutation(len(test))
+    order = np.random.default_rng(0).permutation(len(chips))
     out = []
-    for m in range(min(count, len(test) // (cols * rows))):
-        chosen = [test[i] for i in order[m * cols * rows:(m + 1) * cols * rows]]
-        path = work / f"mosaic_{m}.jpg"
+    for m in range(min(count, len(chips) // (cols * rows))):
+        chosen = [chips[i] for i in order[m * cols * rows:(m + 1) * cols * rows]]
+        path = work / f"val_mosaic_{m}.jpg"  # not the test-chip mosaics of earlier runs
         if not path.is_file():
             tiles = [cv2.resize(cv2.imread(r.path), (200, 200)) for r in chosen]
             grid = np.vstack([np.hstack(tiles[r * cols:(r + 1) * cols]) for r in range(rows)])
@@ -109,8 +110,8 @@ def mosaic_lines(predictors: dict[str, Predictor], work: Path, count: int) -> li
     photos_ = mosaics(work, count)
     found = {name: [p.predict(path) for path, _ in photos_] for name, p in predictors.items()}
     total = sum(len(faces) for _, faces in photos_)
-    lines = ["", f"Labelled faces: {len(photos_)} photos of {MOSAIC_GRID[0]} x {MOSAIC_GRID[1]} UTKFace test chips "
-             f"(4000x3000, {total} faces).", "",
+    lines = ["", f"Labelled faces: {len(photos_)} photos of {MOSAIC_GRID[0]} x {MOSAIC_GRID[1]} UTKFace validation "
+             f"chips (4000x3000, {total} faces).", "",
              "| pipeline | faces found | age MAE | gender accuracy | same gender as full decode | median age diff |",
              "|---|---|---|---|---|---|"]
     for name, results in found.items():

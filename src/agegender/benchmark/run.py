@@ -1,5 +1,6 @@
 """The whole bench: our exported model (int8 and fp32, each with and without flip averaging, on every installed
-backend) and every peer, scored on UTKFace test chips and the Adience sample, timed per face at batch 1 and 64
+backend) and every peer, scored on UTKFace validation chips (test chips with ``--split test``, for a shipped
+model's figures) and the Adience sample, timed per face at batch 1 and 64
 and end to end on photos, all systems of a measurement timed interleaved; optionally the default pipeline's time
 per stage (:mod:`~agegender.benchmark.profile`); and photos at scale: end to end by photo size next to
 ``cv2.imread``, and the bulk path's throughput (:mod:`~agegender.benchmark.photos`). :func:`run_bench` returns
@@ -84,6 +85,7 @@ class BenchOptions:
     descriptor_weights: Path | None = None  # dlib's .dat for it (default: located like YuNet's weights)
     peers: Path | None = None
     utkface: Path | None = None
+    split: str = "val"  # the UTKFace split scored: val, or test for a shipped model's figures (sealed)
     adience_sample: Path | None = None
     adience_fold: Path | None = None
     photos: Path | None = None
@@ -202,9 +204,10 @@ def subset(records: Sequence[FaceRecord], limit: int | None) -> list[FaceRecord]
     return [records[i] for i in sorted(keep)]
 
 
-def utkface_test(root: Path) -> list[FaceRecord]:
-    """Records of our deduplicated UTKFace test split (the split training used)."""
-    return dataset_splits(DataConfig(root=str(root)))["test"]
+def utkface_split(root: Path, split: str = "val") -> list[FaceRecord]:
+    """Records of a split of our deduplicated UTKFace split (the one training used): validation by default, as
+    every comparison; the test split only for the figures of a model that ships (it is sealed)."""
+    return dataset_splits(DataConfig(root=str(root)))[split]
 
 
 def face_chips(image_bgr: np.ndarray, detector: FaceDetector) -> list[np.ndarray]:
@@ -370,21 +373,23 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     }
     timing_chips: list[np.ndarray] = []
     if opts.utkface:
-        test = utkface_test(opts.utkface)
-        records = subset(test, opts.limit)
-        logger.info("UTKFace: %d of %d test chips", len(records), len(test))
+        split = utkface_split(opts.utkface, opts.split)
+        records = subset(split, opts.limit)
+        logger.info("UTKFace: %d of %d %s chips", len(records), len(split), opts.split)
         kept, decoded = predict_all(models, ((r, load_image(r.path)) for r in records))
-        result["datasets"]["utkface"] = {"folder": str(opts.utkface), "faces": len(kept),
-                                         "test_split": len(test), "labels": _label_counts(kept)}
+        result["datasets"]["utkface"] = {"folder": str(opts.utkface), "faces": len(kept), "split": opts.split,
+                                         "split_faces": len(split), "labels": _label_counts(kept)}
         result["accuracy"]["utkface"] = score(kept, decoded, with_years=True)
         timing_chips = [load_image(r.path) for r in kept[:max(BATCH_SIZES)]]
     if detector and opts.adience_sample and opts.adience_fold:
-        records = subset(read_adience_fold(opts.adience_fold, opts.adience_sample), opts.limit)
-        logger.info("Adience: %d images", len(records))
+        fold = read_adience_fold(opts.adience_fold, opts.adience_sample)
+        records = subset(fold, opts.limit)
+        logger.info("Adience: %d of %d images", len(records), len(fold))
         missed: list[str] = []
         kept, decoded = predict_all(models, detected_faces(records, detector, missed))
         result["datasets"]["adience"] = {
             "folder": str(opts.adience_sample), "fold_file": str(opts.adience_fold), "images": len(records),
+            "fold_images": len(fold),
             "faces": len(kept), "no_face": missed, "labels": _label_counts(kept)}
         result["accuracy"]["adience"] = score(kept, decoded, with_years=False)
     if detector and opts.photos:
@@ -447,15 +452,18 @@ def _protocol(result: dict[str, Any]) -> list[str]:
     lines = []
     if "utkface" in datasets:
         d = datasets["utkface"]
-        part = "" if d["faces"] == d["test_split"] else f" (a fixed random subset of {d['test_split']})"
-        lines.append(f"- UTKFace: {d['faces']} chips of our deduplicated test split{part}. Every model gets "
+        split, size = d.get("split", "test"), d.get("split_faces", d.get("test_split"))  # logs before 12-07: test
+        part = "" if d["faces"] == size else f" (a fixed random subset of {size})"
+        lines.append(f"- UTKFace: {d['faces']} chips of our deduplicated {split} split{part}. Every model gets "
                      "the 200x200 chip as it is; peers cut their own input from it (see the model inputs).")
     if "adience" in datasets:
         d = datasets["adience"]
         groups = ", ".join(f"{g} {n}" for g, n in d["labels"]["age_group"].items())
         genders = ", ".join(f"{g} {n}" for g, n in d["labels"]["gender"].items())
         lines.append(
-            f"- Adience: {d['faces']} of {d['images']} fold-0 images in {d['folder']} ('faces' layout, not "
+            f"- Adience: {d['faces']} of {d['images']} fold-0 images"
+            + (f" (a fixed random subset of {d['fold_images']})" if d.get("fold_images", d["images"]) != d["images"]
+               else "") + f" in {d['folder']} ('faces' layout, not "
             "aligned like UTKFace). Our YuNet detector and 5-point aligner make the chip of the most "
             f"confident face for every model; {len(d['no_face'])} images without a detected face are left "
             f"out. Labels: {groups}; {genders}. Age groups only (Adience has no years): a model that "

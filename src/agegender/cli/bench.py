@@ -41,7 +41,7 @@ def _sizes(value: str) -> tuple[float, ...]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="speed and accuracy next to the peer models", description=(
         "Time our model per face (batch 1 and 64) and end to end on photos, on every installed backend, score "
-        "it on UTKFace test chips and the Adience sample, and do the same for every peer model in --peers; "
+        "it on UTKFace validation chips and the Adience sample, and do the same for every peer model in --peers; "
         "the systems of each measurement are timed interleaved. Then photos at scale: end to end by photo size "
         "next to cv2.imread, and the bulk path's throughput (--no-sweep skips them); --profile adds the time "
         "of each stage of the default pipeline. Data defaults to ../shared when it exists; a part whose data "
@@ -55,7 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peers", type=Path, default=_shared("peers"),
                    help="folder of peer models (default: ../shared/peers if present)")
     p.add_argument("--utkface", type=Path, default=_shared("utkface"),
-                   help="UTKFace chips folder; its test split is used (default: ../shared/data/UTKFace)")
+                   help="UTKFace chips folder (default: ../shared/data/UTKFace)")
+    p.add_argument("--split", choices=("val", "test"), default="val",
+                   help="the UTKFace split scored: val (default, as every comparison) or test, sealed: only for the "
+                        "figures of a model that ships, once")
     p.add_argument("--adience-sample", type=Path, default=_shared("adience_sample"),
                    help="Adience images folder (default: ../shared/data/adience_sample)")
     p.add_argument("--adience-fold", type=Path, default=_shared("adience_fold"),
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--{option.replace('_', '-')}: {path} not found")
     opts = BenchOptions(
         model=args.model, int8=args.int8, accurate=args.accurate, descriptor_weights=args.descriptor_weights,
-        peers=args.peers, utkface=args.utkface,
+        peers=args.peers, utkface=args.utkface, split=args.split,
         adience_sample=args.adience_sample, adience_fold=args.adience_fold, photos=args.photos,
         detector=args.detector, detect_size=args.detect_size, limit=args.limit, threads=args.threads, runs=args.runs,
         min_seconds=args.min_time, backend=args.backend, device=args.device, profile=args.profile,
