@@ -25,6 +25,7 @@ from tests.conftest import running_server
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is needed to talk to the server")
 pytest.importorskip("fastapi", reason="the serve extra is not installed")
 
+from agegender.cli import main  # noqa: E402
 from agegender.inference.detector import DETECT_SIZE, DETECTOR_RUNTIMES  # noqa: E402
 from agegender.serving.batching import MicroBatcher, QueueFullError  # noqa: E402
 from agegender.serving.settings import MIB, ServeSettings  # noqa: E402
@@ -404,6 +405,10 @@ def test_settings_validate_and_travel_through_the_environment(monkeypatch: pytes
         ServeSettings(batch_wait_ms=float("nan"))
     with pytest.raises(ValueError, match="max_upload_bytes must be at least 1"):
         ServeSettings(max_upload_bytes=0)
+    for option, value in (("--max-upload-mb", "nan"), ("--timeout", "inf"), ("--batch-wait-ms", "-1")):
+        with pytest.raises(SystemExit) as stop:  # named with its option ("cannot convert float NaN to integer")
+            main(["serve", option, value])
+        assert stop.value.code == 2
     settings = ServeSettings(model="m.onnx", workers=3, batch_wait_ms=0.5, flip=False)
     monkeypatch.delenv("AGEGENDER_SERVE_SETTINGS", raising=False)
     assert ServeSettings.from_env() == ServeSettings()

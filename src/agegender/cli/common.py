@@ -108,16 +108,29 @@ def whole_number(name: str, low: int, high: int | None = None) -> Callable[[str]
     return parse
 
 
-def non_negative_seconds(text: str) -> float:
-    """An argparse ``type``: a finite number of seconds, 0 or more.
+def finite_number(unit: str, above_zero: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number of ``unit``, 0 or more (more than 0 with ``above_zero``); NaN and
+    infinity are refused with the option's name, not by a conversion that fails later.
 
-    >>> non_negative_seconds("0.5")
-    0.5
+    >>> finite_number("seconds")("0.5"), finite_number("MiB", above_zero=True)("10")
+    (0.5, 10.0)
     """
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return value
+    bound = "> 0" if above_zero else ">= 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value > 0 if above_zero else value >= 0)):
+            raise argparse.ArgumentTypeError(f"must be a number of {unit} {bound}, got {text}")
+        return value
+
+    parse.__name__ = f"number of {unit}"
+    return parse
+
+
+non_negative_seconds = finite_number("seconds")
 
 
 positive_int = whole_number("positive_int", 1)

@@ -11,6 +11,7 @@ from agegender.cli.common import (
     add_detect_size_option,
     add_max_pixels_option,
     check_accurate_options,
+    finite_number,
     port_number,
     positive_int,
     require_extra,
@@ -38,14 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="server processes, each with its own model (default %(default)d)")
     p.add_argument("--threads", type=positive_int, help="inference and decoding threads per process "
                                                "(default: one per CPU, at most 4)")
-    p.add_argument("--max-upload-mb", type=float, default=_DEFAULTS.max_upload_bytes / MIB,
+    p.add_argument("--max-upload-mb", type=finite_number("MiB", above_zero=True),
+                   default=_DEFAULTS.max_upload_bytes / MIB,
                    help="largest upload in MiB, larger ones get 413 (default %(default)g)")
     add_max_pixels_option(p)
-    p.add_argument("--timeout", type=float, default=_DEFAULTS.timeout_s,
+    p.add_argument("--timeout", type=finite_number("seconds", above_zero=True), default=_DEFAULTS.timeout_s,
                    help="seconds per request before 504 (default %(default)g)")
     p.add_argument("--batch-max", type=int, default=_DEFAULTS.batch_max,
                    help="most images per forward pass; 1 turns micro-batching off (default %(default)d)")
-    p.add_argument("--batch-wait-ms", type=float, default=_DEFAULTS.batch_wait_ms,
+    p.add_argument("--batch-wait-ms", type=finite_number("milliseconds"), default=_DEFAULTS.batch_wait_ms,
                    help="how long a batch waits for more requests (default %(default)g)")
     p.add_argument("--no-flip", action="store_true",
                    help="do not average faces with their mirror image unless a request asks with ?flip=true "

@@ -1,8 +1,9 @@
 """The HTTP API and web page: ``create_app(settings)`` builds the FastAPI application, ``serve`` runs it.
 
-Every error is JSON ``{"detail": "..."}``, with a 4xx status for anything the client can fix: 400 (a body
-that is not well-formed multipart/form-data), 413 (upload too large), 422 (not a usable image, missing field,
-bad parameter); 503 (too many requests waiting) and 504 (timeout) say when to retry.
+Every error is JSON ``{"detail": "..."}``, with a 4xx status for anything the client can fix: 400 (a
+multipart/form-data body the parser cannot read), 413 (upload too large), 422 (not a usable image, no complete
+file in the field: none sent, or the body cut before its closing boundary; a bad parameter); 503 (too many
+requests waiting) and 504 (timeout) say when to retry.
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ class ErrorOut(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text} for code, text in {
-        400: "the body is not well-formed multipart/form-data",
+        400: "a multipart/form-data body the parser cannot read (bad or missing boundary, malformed part header)",
         413: "upload larger than the server's limit",
-        422: "not a usable image (empty, unknown format, truncated, too many pixels) or a bad parameter",
+        422: "not a usable image (empty, unknown format, truncated, too many pixels), no complete file in 'image' "
+             "(none sent, or the body cut before its closing boundary), or a bad parameter",
         503: "too many requests waiting; retry after the Retry-After seconds",
         504: "no answer within the server's time limit",
     }.items()}
