@@ -242,7 +242,7 @@ def test_bench_cli_small_run(tmp_path: Path, model_path: Path, shared_dir: Path,
     markdown = table.read_text()
     assert markdown.startswith("## Benchmark")
     assert f"CPU: {cpu_info().describe()}" in markdown.split("| Model |")[0]  # above the tables
-    assert "| Model | Size (MB) | UTKFace age MAE" in markdown
+    assert "| Model | Size (MiB) | UTKFace age MAE" in markdown
     assert all(f"| {name} |" in markdown for name in names)
     assert "### End-to-end photo latency" in markdown and "Photos at scale" not in markdown
 

@@ -3,10 +3,10 @@ trade on the machine at hand, alternating the two settings over a few rounds so 
 
     python scripts/measure/ort_spinning.py [--rounds 3] [--accurate]
 
-Timed per setting (2 threads, medians of each round, then the median over rounds): the shipped int8 default with
-flip on aligned chips one at a time and 64 at a time, end to end on each photo of ``../shared/photos`` (YuNet
-from ``../shared/models/yunet``), and with ``--accurate`` the accurate mode on chips (needs dlib's network, found
-as ``predict --accurate`` finds it).
+Timed per setting, on ONNX Runtime (2 threads, medians of each round, then the median over rounds): the shipped
+int8 default with flip on aligned chips one at a time and 64 at a time, end to end on each photo of
+``../shared/photos`` (YuNet from ``../shared/models/yunet``), and with ``--accurate`` the accurate mode on chips
+(needs dlib's network, found as ``predict --accurate`` finds it).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from agegender.paths import default_path
 THREADS = 2
 
 
-SESSIONS = {"session": "path", "head": "head_path", "network": "network_path"}  # session attribute: its file
+SESSIONS = {"session": "path", "head": "head_path", "network": "network_path"}  # Session attribute: its file
 
 
 def spinning_session(path: Path) -> ort.InferenceSession:
@@ -38,15 +38,15 @@ def spinning_session(path: Path) -> ort.InferenceSession:
 
 
 def measure(spin: bool, chips: list[np.ndarray], photos: dict[str, np.ndarray], accurate: bool) -> dict[str, float]:
-    predictor = Predictor(detector=default_path("yunet"), threads=THREADS)
+    predictor = Predictor(detector=default_path("yunet"), threads=THREADS, backend="onnxruntime")
     models = {"int8 flip": predictor.model}
     if accurate:
-        models["accurate"] = StackedAgeGender(threads=THREADS)
-    if spin:
+        models["accurate"] = StackedAgeGender(threads=THREADS, backend="onnxruntime")
+    if spin:  # each backends.Session wrapper runs a spinning ONNX Runtime session instead of its own
         for model in models.values():
             for session, path in SESSIONS.items():
                 if hasattr(model, session):
-                    setattr(model, session, spinning_session(getattr(model, path)))
+                    getattr(model, session).session = spinning_session(getattr(model, path))
     row = {}
     for label, model in models.items():
         for batch in (1, 64):

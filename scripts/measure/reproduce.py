@@ -673,7 +673,8 @@ def render_results(suite: Suite, results: Mapping[str, RowResult | None], contex
         "",
         "**Data.** The papers report on Adience (seeds 000, 001, 002, 004: 8 age groups, subject-exclusive "
         "folds) or on a 5,000-face UTKFace subset (seed 003). Adience images are not available here beyond a "
-        "288-face sample of one Flickr user, so **every number of ours is on UTKFace**: the project's "
+        "sample of 288 images of one Flickr user (287 of them in fold 0), so **every number of ours is on "
+        "UTKFace**: the project's "
         f"deduplicated split ({_count(context.n_train)} train faces), tested on its test "
         f"split ({_count(context.n_test)} faces). Age-group figures map UTKFace ages to the 8 Adience "
         "groups by the gap policy (an age between groups goes to the nearer edge, ties to the older group). "

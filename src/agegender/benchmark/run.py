@@ -433,7 +433,7 @@ ACCURACY_COLUMNS = (
 def _main_table(result: dict[str, Any]) -> list[str]:
     """One row per model: size, accuracy on each data set, per-face time at batch 1 and 64, throughput."""
     columns = [c for c in ACCURACY_COLUMNS if c[0] in result["accuracy"]]
-    header = ["Model", "Size (MB)", *(c[2] for c in columns), "ms/face, batch 1", "ms/face, batch 64",
+    header = ["Model", "Size (MiB)", *(c[2] for c in columns), "ms/face, batch 1", "ms/face, batch 64",
               "faces/s, batch 64"]
     rows = []
     for model in result["models"]:
