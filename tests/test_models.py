@@ -234,8 +234,12 @@ def test_real_faces_decode_and_do_not_depend_on_the_batch(name: str) -> None:
     for key in batch:
         torch.testing.assert_close(batch[key][:1], single[key], rtol=1e-4, atol=1e-4)
     decoded = decode({key: value.numpy() for key, value in batch.items()})
-    assert decoded.group_probs.shape == (6, 8) and np.allclose(decoded.group_probs.sum(1), 1)
-    assert (decoded.age_low <= decoded.age).all() and (decoded.age <= decoded.age_high).all()
+    assert decoded.age_group is not None and decoded.age_group.shape == (6,)
+    if "age" in batch and not {"age_group_logits", "age_ordinal_logits"} & set(batch):  # a point, no spread
+        assert decoded.group_probs is None and decoded.age_low is None and decoded.age_high is None
+    else:
+        assert decoded.group_probs.shape == (6, 8) and np.allclose(decoded.group_probs.sum(1), 1)
+        assert (decoded.age_low <= decoded.age).all() and (decoded.age <= decoded.age_high).all()
     assert decoded.female_prob is not None and ((decoded.female_prob > 0) & (decoded.female_prob < 1)).all()
 
 

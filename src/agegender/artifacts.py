@@ -134,10 +134,10 @@ class ShippedFile:
 ARTIFACTS: dict[str, ShippedFile | RemoteFile] = {
     "flagship-int8": ShippedFile(
         "flagship, static int8 (the default model)", "weights/flagship_int8.onnx",
-        "f30c6f84db8cf13cee5a040d96f304643b2f0f71bf68694a628fe21d62579673"),
+        "e0a0fde88c40ab9cbce8d3b61bb51920d67fd35a771375309623de64934fee17"),
     "flagship": ShippedFile(
         "flagship, float32", "weights/flagship.onnx",
-        "4ece8360a644f2b5d737664a50043afd608451294661e604c47b1835136a5f35"),
+        "9004b24c026f9d33de4fa3b41087b9e864d1c6d5396d70c9b3ca2655c3e8491e"),
     "descriptor-head": ShippedFile(
         "accurate mode's head on dlib face descriptors", "weights/descriptor_head.onnx",
         "656ec645bf037e280ddbf4442e663e4913976d68ca484680b3ce506d4c436814"),
