@@ -107,6 +107,7 @@ def test_evaluate_command_writes_a_report_per_tta_mode(checkpoint: Path, manifes
     assert {"age_mae", "group_exact", "gender_f1", "n"} <= set(summary["none"])
     # a 64 px model is fed its whole image: its 10 crops are 5 copies of it and 5 of its mirror
     assert summary["ten_crop"]["age_mae"] == pytest.approx(summary["flip"]["age_mae"], abs=1e-6)
+    assert "the same as flip" in (out / "ten_crop" / "report.md").read_text()  # it said "4 corners and center"
     assert "by_race" in json.loads((out / "none" / "metrics.json").read_text())
 
 

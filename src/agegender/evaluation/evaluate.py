@@ -186,7 +186,8 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
         raise ValueError(f"unknown TTA mode(s) {unknown}: use {', '.join(TTA_MODES)}")
     config = config_of(net)
     data = decode_split(records, config, progress)
-    if "ten_crop" in ttas and config.load_size == config.input_size:
+    no_margin = config.load_size == config.input_size  # ten crops of it: five centres and five mirrors
+    if "ten_crop" in ttas and no_margin:
         log.info("%s has no crop margin (input %d = load size): ten_crop equals flip", config.name,
                  config.input_size)
     out = Path(out_dir)
@@ -199,8 +200,11 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
         decoded = predict_faces(net, data.images, tta)
         metrics = face_metrics(data.records, decoded)
         metrics["intervals"] = face_intervals(face_arrays(data.records, decoded))
-        write_report(metrics, out / tta, title=f"{config.name} ({name})",
-                     protocol=protocol_text(description, tta))
+        protocol = protocol_text(description, tta)
+        if tta == "ten_crop" and no_margin:
+            protocol += (f" This model reads the whole {config.input_size} px chip (no crop margin): its ten crops "
+                         "are the centre five times and its mirror five times, the same as flip.")
+        write_report(metrics, out / tta, title=f"{config.name} ({name})", protocol=protocol)
         results[tta] = metrics
     (out / "summary.json").write_text(json.dumps(
         {"model": name, "data": description, **{t: m["overall"] for t, m in results.items()}},

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agegender.data.datasets import DataConfig
+from agegender.models import get_config
 from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
 from agegender.reporting.metrics import SELECTABLE_METRICS
 from agegender.training.losses import LOSS_OUTPUTS, LossSpec, scheduled_weight
@@ -269,8 +270,6 @@ def validate_config(raw: Mapping[str, Any], source: str = "config") -> TrainConf
 def model_outputs(config: TrainConfig) -> tuple[str, ...] | None:
     """The outputs ``config``'s model will have (None for a model the registry does not know: ``create_model``
     names the known ones)."""
-    from agegender.models import get_config  # the catalog: no torch
-
     if isinstance(config.model_args.get("outputs"), list | tuple):  # create_model checks the network returns them
         return tuple(map(str, config.model_args["outputs"]))
     try:
