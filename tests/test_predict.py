@@ -245,6 +245,34 @@ def test_a_point_age_model_reports_no_interval_and_no_group_confidence(
     assert "face 4: " in text and "[" not in text.split("face 0: ")[1].split(", box")[0]
 
 
+def test_an_age_only_and_a_gender_only_export_run_on_photos_as_a_pair(
+        tmp_path: Path, yunet_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Zhu's single-task nets (and Levi & Hassner's two networks) could not run on photos: the Predictor needs age
+    and gender, and each export has one."""
+    pytest.importorskip("torch", reason="exporting the networks needs torch")
+    from agegender.export import export_onnx
+    from agegender.inference.factory import load_model
+    from agegender.inference.onnx_model import ModelError
+    from agegender.models import create_model
+
+    age, gender = (export_onnx(create_model(name).eval(), tmp_path / f"{name}.onnx")
+                   for name in ("zhu_age_4conv", "zhu_gender_4conv"))
+    photo = shared_path("photos", "mowshon_test-image.jpg")
+    pair = load_model(age, gender_model=gender)
+    assert pair.config.name == "zhu_age_4conv+zhu_gender_4conv" and "zhu_gender_4conv.onnx" in pair.version_label
+    faces = Predictor(pair, detector=yunet_path).predict(photo)
+    alone = OnnxAgeGender(gender).predict(faces.crops())
+    assert len(faces) == 5 and [f.gender_confidence for f in faces] == pytest.approx(
+        [max(p, 1 - p) for p in alone.female_prob], abs=1e-6)  # the gender network's own answer
+    with pytest.raises(ModelError, match="as the age model of a pair it must predict age alone"):
+        load_model(gender, gender_model=age)
+    command = ["predict", str(photo), "--detector", str(yunet_path), "--json"]
+    assert main([*command, "--model", str(age), "--gender-model", str(gender)]) == 0
+    assert len(json.loads(capsys.readouterr().out)["faces"]) == 5
+    assert main([*command, "--gender-model", str(gender)]) == 2  # pairs with an age-only --model
+    assert "gender_model pairs an age-only export" in capsys.readouterr().err
+
+
 def test_a_cut_to_another_shot_starts_new_tracks(predictor: Predictor, tmp_path: Path) -> None:
     """After a cut, a face that stands where another stood is someone else: it once took over that track's age and
     gender (a man of about 59 went on as "49, male" for a woman of about 20)."""

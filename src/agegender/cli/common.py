@@ -80,6 +80,15 @@ def add_detect_size_option(p: argparse.ArgumentParser) -> None:
                         "on 12 MP photos and finds fewer of their smaller faces)")
 
 
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--gender-model``, as ``predict`` and ``serve`` take them."""
+    p.add_argument("--model", help="a shipped model, flagship-int8 (the default) or flagship (float32), or an "
+                                   "`agegender export` ONNX file")
+    p.add_argument("--gender-model", metavar="FILE",
+                   help="a gender-only export run beside --model, an age-only one (Levi & Hassner's two networks, "
+                        "Zhu's single-task nets)")
+
+
 def add_max_pixels_option(p: argparse.ArgumentParser) -> None:
     """``--max-pixels``, as ``predict`` and ``serve`` take it: the decompression-bomb guard, raised for cameras
     of more than 50 megapixels."""

@@ -19,6 +19,7 @@ from agegender.cli.common import (
     add_backend_options,
     add_detect_size_option,
     add_max_pixels_option,
+    add_model_options,
     check_accurate_options,
     non_negative_seconds,
     positive_int,
@@ -51,8 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--csv", action="store_true", help="one CSV row per face on stdout")
     p.add_argument("--save-dir", type=Path, help="write annotated images and face crops here")
     p.add_argument("--no-detect", action="store_true", help="inputs are aligned face chips: skip detection")
-    p.add_argument("--model", help="a shipped model, flagship-int8 (the default) or flagship (float32), or an "
-                                   "`agegender export` ONNX file")
+    add_model_options(p)
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, cache, or download)")
     add_detect_size_option(p)
     p.add_argument("--no-flip", action="store_true", help="do not average each face with its mirror image")
@@ -228,11 +228,12 @@ def run(args: argparse.Namespace) -> int:
         return run_ray(args)
     try:
         model = load_model(args.model, accurate=args.accurate, threads=args.threads,
-                           descriptor_weights=args.descriptor_weights, backend=args.backend, device=args.device)
+                           descriptor_weights=args.descriptor_weights, backend=args.backend, device=args.device,
+                           gender_model=args.gender_model)
         predictor = Predictor(model, detector=None if args.no_detect else (args.detector or "auto"),
                               threads=args.threads, flip=not args.no_flip, max_pixels=args.max_pixels,
                               detect_size=args.detect_size)
-    except (ModelError, WeightsError) as err:
+    except (ModelError, WeightsError, ValueError) as err:
         raise UserError(str(err)) from err
     return _bulk(args, predictor) if args.output is not None else _stream(args, predictor)
 

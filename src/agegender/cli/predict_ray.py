@@ -152,7 +152,8 @@ def run_ray(args: argparse.Namespace) -> int:
             ds = predict_dataset(files_dataset(todo), args.model, None if args.no_detect else (args.detector or "auto"),
                                  flip=not args.no_flip, threads=threads, backend=args.backend, device=args.device,
                                  accurate=args.accurate, descriptor_weights=args.descriptor_weights,
-                                 detect_size=args.detect_size, max_pixels=args.max_pixels, error_kinds=True)
+                                 detect_size=args.detect_size, max_pixels=args.max_pixels, error_kinds=True,
+                                 gender_model=args.gender_model)
             write_rows(ds, sink, summary)
         # after the photos, so that a worker that cannot start leaves no output behind
         for path, reason in collection.errors:

@@ -10,6 +10,7 @@ from agegender.cli.common import (
     add_backend_options,
     add_detect_size_option,
     add_max_pixels_option,
+    add_model_options,
     check_accurate_options,
     finite_number,
     port_number,
@@ -29,8 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; "
                                                        "0.0.0.0 for every interface)")
     p.add_argument("--port", type=port_number, default=8000, help="default %(default)s")
-    p.add_argument("--model", help="a shipped model, flagship-int8 (the default) or flagship (float32), or an "
-                                   "`agegender export` ONNX file")
+    add_model_options(p)
     p.add_argument("--detector", help="YuNet ONNX file (default: $AGEGENDER_YUNET, the cache, or a download)")
     add_detect_size_option(p)
     add_accurate_options(p)
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from agegender.serving.service import InferenceService
 
     settings = ServeSettings(
-        model=args.model, detector=args.detector, detect_size=args.detect_size,
+        model=args.model, gender_model=args.gender_model, detector=args.detector, detect_size=args.detect_size,
         max_upload_bytes=round(args.max_upload_mb * MIB), max_pixels=args.max_pixels, timeout_s=args.timeout,
         workers=args.workers, threads=args.threads,
         batch_max=args.batch_max, batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend, device=args.device)
     try:  # fail here with one clear line, not in every worker; also fetches YuNet once for all workers
         InferenceService(settings)
-    except (ModelError, WeightsError) as err:
+    except (ModelError, WeightsError, ValueError) as err:
         raise UserError(str(err)) from err
     serve(settings, host=args.host, port=args.port)
     return 0

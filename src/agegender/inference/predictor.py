@@ -101,7 +101,8 @@ class Predictor:
         outputs = set(self.model.config.outputs)
         if not (outputs & AGE_KEYS and outputs & GENDER_KEYS):
             raise ModelError(f"{self.model.path} predicts only {', '.join(sorted(outputs))}; the Predictor needs "
-                             "a model with both age and gender outputs")
+                             "a model with both age and gender outputs, or an age-only export paired with a "
+                             "gender-only one (--gender-model; load_model(AGE, gender_model=GENDER))")
         if isinstance(detector, str | Path):
             detector = FaceDetector(None if detector == _AUTO else detector, max_side=detect_size, threads=threads)
         elif detector is not None and not isinstance(detector, FaceDetector):

@@ -93,14 +93,14 @@ class AgeGenderBatchPredictor:
     ``detector``: a YuNet file, ``"auto"`` (found as :class:`~agegender.inference.detector.FaceDetector` says, on
     the worker) or ``None`` (the inputs are aligned chips); ``flip``, ``max_pixels``, ``reduced``, ``detect_size`` as
     the :class:`~agegender.inference.predictor.Predictor` takes them; ``threads``: the model's threads (one per CPU
-    the actor holds); ``backend``/``device``/``accurate``/``descriptor_weights`` as
+    the actor holds); ``backend``/``device``/``accurate``/``descriptor_weights``/``gender_model`` as
     :func:`~agegender.inference.factory.load_model` takes them; ``error_kinds``: append ``error_kind``.
     """
 
     def __init__(self, model: str | None = None, detector: str | None = "auto", flip: bool = True,
                  threads: int = 1, backend: str = "auto", *, device: str | None = None, accurate: bool = False,
                  descriptor_weights: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, reduced: bool = True,
-                 detect_size: int = DETECT_SIZE, error_kinds: bool = False) -> None:
+                 detect_size: int = DETECT_SIZE, error_kinds: bool = False, gender_model: str | None = None) -> None:
         import cv2
 
         from agegender.inference.factory import load_model
@@ -108,7 +108,7 @@ class AgeGenderBatchPredictor:
 
         cv2.setNumThreads(threads)  # one actor per CPU: OpenCV's own threads would only contend
         model_ = load_model(model, accurate=accurate, threads=threads, descriptor_weights=descriptor_weights,
-                            backend=backend, device=device)
+                            backend=backend, device=device, gender_model=gender_model)
         self.predictor = Predictor(model_, detector=detector, threads=threads, flip=flip, max_pixels=max_pixels,
                                    reduced=reduced, detect_size=detect_size)
         self.error_kinds = error_kinds
@@ -321,8 +321,9 @@ def predict_dataset(ds: ray.data.Dataset, model: str | os.PathLike | None = None
                     backend: str = "auto", device: str | None = None, accurate: bool = False,
                     descriptor_weights: str | os.PathLike | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                     reduced: bool = True, detect_size: int = DETECT_SIZE, actors: int | None = None,
-                    batch_size: int = BATCH_PHOTOS,
-                    error_kinds: bool = False, env: Mapping[str, str] | None = None) -> ray.data.Dataset:
+                    batch_size: int = BATCH_PHOTOS, error_kinds: bool = False,
+                    env: Mapping[str, str] | None = None, gender_model: str | os.PathLike | None = None
+                    ) -> ray.data.Dataset:
     """``ds`` (rows of :func:`files_dataset`, or ``{"path", "bytes"}``) -> a Dataset of result rows
     (:func:`arrow_schema`), through a pool of :class:`AgeGenderBatchPredictor` actors with ``threads`` CPUs each: up
     to ``actors`` of them (default: as many as the cluster's CPUs allow), ``batch_size`` photos per call. ``env``
@@ -342,7 +343,7 @@ def predict_dataset(ds: ray.data.Dataset, model: str | os.PathLike | None = None
     kwargs = dict(model=_local_file(model), detector=detector if detector in (None, "auto") else _local_file(detector),
                   flip=flip, threads=threads, backend=backend, device=device, accurate=accurate,
                   descriptor_weights=_local_file(descriptor_weights), max_pixels=max_pixels, reduced=reduced,
-                  detect_size=detect_size, error_kinds=error_kinds)
+                  detect_size=detect_size, error_kinds=error_kinds, gender_model=_local_file(gender_model))
     return ds.map_batches(AgeGenderBatchPredictor, fn_constructor_kwargs=kwargs, batch_size=batch_size,
                           batch_format="pyarrow", compute=ActorPoolStrategy(min_size=1, max_size=actors),
                           num_cpus=threads, runtime_env={"env_vars": env_vars} if env_vars else None)

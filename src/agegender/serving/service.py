@@ -57,7 +57,7 @@ class InferenceService:
         threads = settings.thread_count
         self._model = model = load_model(settings.model, accurate=settings.accurate, threads=threads,
                                          descriptor_weights=settings.descriptor_weights, backend=settings.backend,
-                                         device=settings.device)
+                                         device=settings.device, gender_model=settings.gender_model)
         # One thread per detection: the decode pool runs as many at once as the server has threads.
         self._detector = detector = FaceDetector(settings.detector, max_side=settings.detect_size, threads=1)
         # One predictor per flip setting, sharing the model and the detector.

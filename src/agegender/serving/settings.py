@@ -18,7 +18,8 @@ MIB = 1 << 20
 class ServeSettings:
     """Everything ``agegender serve`` can configure.
 
-    ``model``/``detector``: ONNX paths (``None``: the shipped model / YuNet located as ``FaceDetector`` does).
+    ``model``/``detector``: ONNX paths (``None``: the shipped model / YuNet located as ``FaceDetector`` does);
+    ``gender_model``: a gender-only export served beside ``model``, an age-only one (``load_model`` pairs them).
     ``detect_size``: the longer side photos are detected at (``FaceDetector``'s ``max_side``).
     ``max_upload_bytes``: largest accepted request body (413 above it). ``max_pixels``: largest accepted
     width * height, checked from the image header before decoding (422 above it). ``timeout_s``: per-request
@@ -33,6 +34,7 @@ class ServeSettings:
     """
 
     model: str | None = None
+    gender_model: str | None = None
     detector: str | None = None
     detect_size: int = DETECT_SIZE
     max_upload_bytes: int = 10 * MIB
