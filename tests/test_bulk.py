@@ -329,6 +329,8 @@ def test_retry_errors_predicts_failed_inputs_again_without_duplicates(
     shutil.copy(good[1], broken)  # repaired
     assert main([*run, "--retry-errors"]) == 2  # goes with --resume
     assert main([*run, "--resume"]) == 0 and read_rows(out) == before  # done, error row and all
+    one = [a if a != str(folder) else str(folder / good[0].name) for a in run]  # the failed input not among them
+    assert main([*one, "--resume", "--retry-errors"]) == 0 and read_rows(out) == before  # its error row stays
     assert main([*run, "--resume", "--retry-errors"]) == 0
     assert "retrying 1 input(s)" in capsys.readouterr().err
     after = read_rows(out)

@@ -220,6 +220,8 @@ def test_identical_copies_labelled_by_group_count_their_conflict_whatever_the_or
     (kept,), stats = results[0]
     assert stats.label_conflicts == 1 and kept.age_group == AGE_GROUPS.index("4-6")  # the lower median
     assert kept.path == min(a.path, str(copy))
+    aged = FaceRecord.from_age(a.path, 30.0, a.gender)  # 25-32 by its age, against a copy labelled 4-6
+    assert collapse_duplicates([aged, second], progress=False)[1].label_conflicts == 1
 
 
 @pytest.fixture(scope="session")

@@ -614,8 +614,11 @@ def test_evaluate_into_a_folder_of_an_earlier_run_removes_its_other_reports(mani
                                                                              tmp_path: Path) -> None:
     common = ["--data", "manifest", "--root", str(manifest), "--split", "all", "--out", str(tmp_path), "-q"]
     assert main(["evaluate", "flagship", *common, "--tta", "none"]) == 0
+    (tmp_path / "ten_crop").mkdir()
+    (tmp_path / "ten_crop" / "thesis.txt").write_text("a folder of the user's, not a report")
     assert main(["evaluate", "flagship-int8", *common, "--tta", "flip"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["flip", "summary.json"]  # no float32 none/ left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flip", "summary.json", "ten_crop"]  # no float32 none/
+    assert (tmp_path / "ten_crop" / "thesis.txt").is_file()
 
 
 def test_data_folds_replace_an_earlier_runs(manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

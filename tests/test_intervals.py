@@ -286,6 +286,21 @@ def test_compute_metrics_reports_interval_coverage_and_width_by_hand() -> None:
 
 
 
+def test_calibrate_fits_a_point_age_models_correction_without_an_interval(
+        manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Vu's net regresses one age: calibrate stopped with "no age interval" after fitting the correction."""
+    pytest.importorskip("torch", reason="exporting Vu's net needs torch")
+    from agegender.export import export_onnx
+    from agegender.models import create_model
+
+    path = export_onnx(create_model("vu_multitask").eval(), tmp_path / "vu.onnx")
+    assert main(["calibrate", str(path), "--data", "manifest", "--root", str(manifest), "--split", "all",
+                 "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "age MAE cross-fitted" in out and "the model regresses a point age: it has no interval" in out
+    assert OnnxAgeGender(path).interval_calibration is None
+
+
 def test_calibrate_command_on_a_manifest_dry_run_no_interval_and_reset(
         manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = shipped_copy(tmp_path)

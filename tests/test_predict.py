@@ -123,6 +123,16 @@ def test_save_dir_does_not_change_the_predictions_and_saves_at_full_size(
     assert cv2.imread(str(tmp_path / "out" / "big_face6.jpg")) is not None
 
 
+def test_save_dir_decodes_again_under_the_runs_max_pixels(tmp_path: Path, yunet_path: Path) -> None:
+    """A photo over 50 MP predicted with --max-pixels raised: --save-dir decoded it again under the default limit
+    and stopped the run."""
+    huge = tmp_path / "huge.jpg"
+    cv2.imwrite(str(huge), np.full((7000, 7200, 3), 128, np.uint8))  # 50.4 MP
+    command = ["predict", str(huge), "--detector", str(yunet_path), "--save-dir", str(tmp_path / "out")]
+    assert main([*command, "--max-pixels", "60000000"]) == 0
+    assert (tmp_path / "out" / "huge_annotated.jpg").is_file()
+
+
 def test_no_detect_takes_chips_and_csv_output(utkface_dir: Path) -> None:
     chip = next(utkface_dir.glob("*.jpg"))
     result = subprocess.run([sys.executable, "-m", "agegender.cli", "predict", str(chip), "--no-detect", "--csv"],
@@ -256,10 +266,12 @@ def test_an_age_only_and_a_gender_only_export_run_on_photos_as_a_pair(
     from agegender.models import create_model
 
     age, gender = (export_onnx(create_model(name).eval(), tmp_path / f"{name}.onnx")
-                   for name in ("zhu_age_4conv", "zhu_gender_4conv"))
+                   for name in ("zhu_age_4conv", "levi_hassner_gender"))
     photo = shared_path("photos", "mowshon_test-image.jpg")
     pair = load_model(age, gender_model=gender)
-    assert pair.config.name == "zhu_age_4conv+zhu_gender_4conv" and "zhu_gender_4conv.onnx" in pair.version_label
+    assert pair.config.name == "zhu_age_4conv+levi_hassner_gender" and "levi_hassner_gender" in pair.version_label
+    assert pair.input_side == 256  # faces decoded finely enough for the gender network's 256 px, not 64
+    assert pair.describe()["gender_model"]["file"] == gender.name and "path" not in pair.describe()["gender_model"]
     faces = Predictor(pair, detector=yunet_path).predict(photo)
     alone = OnnxAgeGender(gender).predict(faces.crops())
     assert len(faces) == 5 and [f.gender_confidence for f in faces] == pytest.approx(
@@ -269,8 +281,10 @@ def test_an_age_only_and_a_gender_only_export_run_on_photos_as_a_pair(
     command = ["predict", str(photo), "--detector", str(yunet_path), "--json"]
     assert main([*command, "--model", str(age), "--gender-model", str(gender)]) == 0
     assert len(json.loads(capsys.readouterr().out)["faces"]) == 5
-    assert main([*command, "--gender-model", str(gender)]) == 2  # pairs with an age-only --model
-    assert "gender_model pairs an age-only export" in capsys.readouterr().err
+    for extra in ([], ["--accurate"], ["--output", str(tmp_path / "rows.parquet"), "--ray"]):  # before any work
+        assert main([*command, "--gender-model", str(gender), *extra]) == 2
+        assert "--gender-model pairs an age-only --model" in capsys.readouterr().err
+    assert not (tmp_path / "rows.parquet").exists()
 
 
 def test_a_cut_to_another_shot_starts_new_tracks(predictor: Predictor, tmp_path: Path) -> None:

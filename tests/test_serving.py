@@ -397,7 +397,8 @@ def test_load_test_quick(server_url: str) -> None:
 
 # --- settings and the batcher, without a server ------------------------------------------------------------
 
-def test_settings_validate_and_travel_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_validate_and_travel_through_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
     for timeout in (0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="timeout_s must be a positive number"):
             ServeSettings(timeout_s=timeout)
@@ -408,7 +409,7 @@ def test_settings_validate_and_travel_through_the_environment(monkeypatch: pytes
     for option, value in (("--max-upload-mb", "nan"), ("--timeout", "inf"), ("--batch-wait-ms", "-1")):
         with pytest.raises(SystemExit) as stop:  # named with its option ("cannot convert float NaN to integer")
             main(["serve", option, value])
-        assert stop.value.code == 2
+        assert stop.value.code == 2 and f"argument {option}: must be a number of" in capsys.readouterr().err
     settings = ServeSettings(model="m.onnx", workers=3, batch_wait_ms=0.5, flip=False)
     monkeypatch.delenv("AGEGENDER_SERVE_SETTINGS", raising=False)
     assert ServeSettings.from_env() == ServeSettings()

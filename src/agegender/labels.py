@@ -31,6 +31,9 @@ GENDERS: tuple[str, ...] = ("male", "female")
 MALE, FEMALE = 0, 1
 #: How a gender label may be written (case aside) wherever people write one: manifests, ``data.filter``, Adience.
 GENDER_WORDS: dict[str, int] = {"male": MALE, "m": MALE, "0": MALE, "female": FEMALE, "f": FEMALE, "1": FEMALE}
+#: The code and the name of a gender prediction whose P(female) is exactly 0.5: neither class is chosen (the int8
+#: model's quantised, flip-averaged outputs can land there); metrics count such a face as half right.
+GENDER_TIE, TIE_NAME = -1, "unknown"
 
 
 def gender_code(text: str) -> int | None:
@@ -41,9 +44,6 @@ def gender_code(text: str) -> int | None:
     (1, 0, None)
     """
     return GENDER_WORDS.get(str(text).strip().lower())
-#: The code and the name of a gender prediction whose P(female) is exactly 0.5: neither class is chosen (the int8
-#: model's quantised, flip-averaged outputs can land there); metrics count such a face as half right.
-GENDER_TIE, TIE_NAME = -1, "unknown"
 
 
 def gender_codes(female_prob: Any) -> np.ndarray:
@@ -145,5 +145,3 @@ def adience_age_group(value: str) -> int | None:
             return age_to_group(lo)
         return age_to_group((lo + hi) / 2)
     return None
-
-

@@ -205,8 +205,10 @@ def subset(records: Sequence[FaceRecord], limit: int | None) -> list[FaceRecord]
 
 
 def utkface_split(root: Path, split: str = "val") -> list[FaceRecord]:
-    """Records of a split of our deduplicated UTKFace split (the one training used): validation by default, as
+    """Records of one part of our deduplicated UTKFace split (the one training used): validation by default, as
     every comparison; the test split only for the figures of a model that ships (it is sealed)."""
+    if split not in ("val", "test"):
+        raise ValueError(f"the bench scores the val or the test split, not {split!r}")
     return dataset_splits(DataConfig(root=str(root)))[split]
 
 

@@ -123,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
         correction = stored
     updates: dict[str, str] = {METADATA_KEY: cal.to_json()} if fit.helps else {}
 
-    if args.no_interval:
-        print("interval: not calibrated (--no-interval)")
+    if args.no_interval or decoded.age_low is None:
+        print("interval: not calibrated (" + ("--no-interval" if args.no_interval
+                                              else "the model regresses a point age: it has no interval") + ")")
         if metadata.get(INTERVAL_METADATA_KEY):
             updates[INTERVAL_METADATA_KEY] = ""
     else:

@@ -157,9 +157,14 @@ def _detect_size(text: str) -> int:
     return value
 
 
-def check_accurate_options(args: argparse.Namespace) -> None:
+def check_model_options(args: argparse.Namespace) -> None:
+    """The model options of ``predict`` and ``serve`` that only go together, checked before any work (Ray's
+    actors, or each server worker, would fail one by one)."""
     if args.descriptor_weights and not args.accurate:
         raise UserError("--descriptor-weights is for --accurate")
+    if args.gender_model and (args.model is None or args.accurate):
+        raise UserError("--gender-model pairs an age-only --model with a gender-only export: give --model (and not "
+                        "--accurate, whose model predicts both)")
 
 
 def add_force_option(p: argparse.ArgumentParser) -> None:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     cfg, raw = training_config(args)
     from agegender.data.adience import NUM_FOLDS
     from agegender.evaluation.crossval import adience_official_folds, dataset_folds, run_crossval
-    from agegender.reporting.metrics import METRIC_LABELS, format_metric
+    from agegender.reporting.metrics import METRIC_LABELS, folds_note, format_metric
     adience = args.scheme == "adience-official" or args.adience_images is not None
     if adience:
         if args.adience_images is None:
@@ -56,8 +56,6 @@ def run(args: argparse.Namespace) -> int:
         for key, value in summary["overall"].items():
             label = METRIC_LABELS.get(key, key).split(" (")[0]
             mean, std = format_metric(key, value["mean"]), format_metric(key, value["std"])
-            some = value.get("folds", summary["n_folds"])
-            over = f" (over {some} of {summary['n_folds']} runs)" if some != summary["n_folds"] else ""
-            print(f"  {label:32s} {mean:>8s} ± {std}{over}")
+            print(f"  {label:32s} {mean:>8s} ± {std}{folds_note(value, summary['n_folds'])}")
     print(f"reports: {run_dir}/test_<tta>/report.md")
     return 0

@@ -20,7 +20,7 @@ from agegender.cli.common import (
     add_detect_size_option,
     add_max_pixels_option,
     add_model_options,
-    check_accurate_options,
+    check_model_options,
     non_negative_seconds,
     positive_int,
 )
@@ -192,7 +192,7 @@ def save_stems(files: Sequence[str]) -> dict[str, str]:
     return stems
 
 
-def _save(save_dir: Path, result: ImageResult, stem: str) -> None:
+def _save(save_dir: Path, result: ImageResult, stem: str, max_pixels: int) -> None:
     """``STEM_annotated.jpg`` and the face chips ``STEM_face{i}.jpg`` (STEM: :func:`save_stems`), drawn and cut at
     full resolution (a JPEG predicted from a reduced decode is decoded again for them, and its chips aligned
     again from that: the predictions do not depend on ``--save-dir``)."""
@@ -202,7 +202,8 @@ def _save(save_dir: Path, result: ImageResult, stem: str) -> None:
 
     try:
         if result.scale != 1.0:
-            result = dataclasses.replace(result, image=load_image(result.source), scale=1.0, chips=None)
+            result = dataclasses.replace(result, image=load_image(result.source, max_pixels=max_pixels), scale=1.0,
+                                         chips=None)
         result.save(save_dir / f"{stem}_annotated.jpg")
         result.save_crops(save_dir, stem)
     except OSError as err:
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     from agegender.inference.onnx_model import ModelError
     from agegender.inference.predictor import Predictor
 
-    check_accurate_options(args)
+    check_model_options(args)
     if args.output is None and (args.resume or args.shard or args.workers is not None or args.ray):
         raise UserError("--resume, --shard, --workers and --ray go with --output FILE")
     if args.retry_errors and not args.resume:
@@ -364,7 +365,7 @@ def _stream(args: argparse.Namespace, predictor: Predictor) -> int:
             continue
         writer.result(result)
         if args.save_dir:
-            _save(args.save_dir, result, stems[file])
+            _save(args.save_dir, result, stems[file], predictor.max_pixels)
     total = len(files) + len(collection.errors)
     if not total:
         print("agegender predict: no input: the paths hold no image or video file", file=sys.stderr)

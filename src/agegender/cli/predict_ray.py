@@ -82,13 +82,13 @@ def _load_failure(err: BaseException) -> str | None:
 
 
 def _check_files_here(args: argparse.Namespace) -> None:
-    """The model, detector and dlib weights named by path exist here: every node reads them at the same path, so
+    """The models, detector and dlib weights named by path exist here: every node reads them at the same path, so
     one missing here is missing there too, found now rather than after the workers start (and Ray has printed
     each worker's traceback)."""
     from agegender.artifacts import SHIPPED_MODELS
 
     named = (("--model", None if args.model in SHIPPED_MODELS else args.model), ("--detector", args.detector),
-             ("--descriptor-weights", args.descriptor_weights))
+             ("--descriptor-weights", args.descriptor_weights), ("--gender-model", args.gender_model))
     for option, value in named:
         if value and "://" not in value and not os.path.isfile(value):
             raise UserError(f"{option} {value}: no such file on this machine (the workers read it at this path)")

@@ -11,7 +11,7 @@ from agegender.cli.common import (
     add_detect_size_option,
     add_max_pixels_option,
     add_model_options,
-    check_accurate_options,
+    check_model_options,
     finite_number,
     port_number,
     positive_int,
@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("serve", "fastapi", "uvicorn", "multipart")
-    check_accurate_options(args)
+    check_model_options(args)
     from agegender.inference.detector import WeightsError
     from agegender.inference.onnx_model import ModelError
     from agegender.serving.app import serve

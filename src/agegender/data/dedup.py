@@ -39,7 +39,9 @@ from tqdm import tqdm
 THUMB = 32  # thumbnail side
 DETAIL = 64  # band-pass image side for the second test
 DETAIL_SIGMA = 2.0  # band-pass: the 64x64 image less its Gaussian blur at this sigma
-METHOD = "md5 + mirror-aware eigenface-residual thumbnails + band-pass check, content-named groups (v3)"
+#: Stored with each split (``dedup.json``): a split made by another method is made again. v4: the label and the
+#: record kept of identical copies no longer depend on the order of the records (``splits.collapse_duplicates``).
+METHOD = "md5 + mirror-aware eigenface-residual thumbnails + band-pass check, content-named groups (v4)"
 
 
 @dataclass(frozen=True)

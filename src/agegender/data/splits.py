@@ -106,7 +106,8 @@ def collapse_duplicates(records: Sequence[FaceRecord], max_bits: int = 6, min_co
             ages = [c.age for c in copies if c.age is not None]
             groups = sorted(c.age_group for c in copies if c.age is None and c.age_group is not None)
             genders = Counter(c.gender for c in copies if c.gender is not None)
-            if len(set(ages)) > 1 or len(set(groups)) > 1 or len(genders) > 1:
+            by_age = {age_to_group(float(np.median(ages)))} if ages else set()
+            if len(set(ages)) > 1 or len(set(groups) | by_age) > 1 or len(genders) > 1:
                 conflicts += 1
             top = genders.most_common(2)
             if len(top) == 2 and top[0][1] == top[1][1]:

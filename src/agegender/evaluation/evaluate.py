@@ -178,7 +178,7 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
                         ttas: Sequence[str], out_dir: str | Path, progress: bool = True) -> dict[str, dict]:
     """Evaluate a loaded model (``name``: what reports call it) once per TTA mode; write ``out_dir/<tta>/``
     (metrics.json, report.md, confusion matrices as CSV and PNG, breakdown plots) and ``out_dir/summary.json``
-    (overall figures per mode); an earlier run's report of another mode in ``out_dir`` is removed. Each mode's
+    (overall figures per mode); then an earlier run's report of another mode in ``out_dir`` is removed. Each mode's
     metrics carry ``intervals``: the 95% bootstrap interval (faces
     resampled) of age MAE, group accuracies and gender accuracy."""
     unknown = [t for t in ttas if t not in TTA_MODES]
@@ -191,10 +191,6 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
         log.info("%s has no crop margin (input %d = load size): ten_crop equals flip", config.name,
                  config.input_size)
     out = Path(out_dir)
-    for stale in (out / tta for tta in TTA_MODES if tta not in ttas):
-        if stale.is_dir():  # an earlier run's report beside this run's summary would read as this model's
-            shutil.rmtree(stale)
-            log.info("removed %s: a report of an earlier evaluation into %s", stale, out)
     results = {}
     for tta in ttas:
         decoded = predict_faces(net, data.images, tta)
@@ -209,4 +205,18 @@ def evaluate_to_reports(net: nn.Module, name: str, records: Sequence[FaceRecord]
     (out / "summary.json").write_text(json.dumps(
         {"model": name, "data": description, **{t: m["overall"] for t, m in results.items()}},
         indent=2) + "\n")
+    for stale in (out / tta for tta in TTA_MODES if tta not in ttas):
+        _remove_report(stale)  # an earlier run's report beside this run's summary would read as this model's
     return results
+
+
+def _remove_report(folder: Path) -> None:
+    """Remove ``folder`` if it holds an evaluation report (``metrics.json``, ``report.md``) and nothing but the
+    kinds of file a report writes; otherwise leave it, saying so."""
+    if not (folder / "metrics.json").is_file() or not (folder / "report.md").is_file():
+        return
+    if all(p.is_file() and p.suffix in (".json", ".md", ".csv", ".png") for p in folder.iterdir()):
+        shutil.rmtree(folder)
+        log.info("removed %s: the report of an earlier evaluation into %s", folder, folder.parent)
+    else:
+        log.warning("%s holds an earlier evaluation's report and other files: left as it is", folder)

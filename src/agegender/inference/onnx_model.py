@@ -79,6 +79,11 @@ class OnnxAgeGender:
         #: The file and the version that exported it, as tabular outputs record them.
         self.version_label = f"{self.path.name} (agegender {self.metadata.get('version', 'unknown')})"
 
+    @property
+    def input_side(self) -> int:
+        """The side at which the network reads a face chip (its load size): how finely a face must be decoded."""
+        return self.config.load_size
+
     def raw(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs for a preprocessed batch (N x 3 x S x S float32 RGB 0..255)."""
         return self.session.run({self.session.input_name: pixels})

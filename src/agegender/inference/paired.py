@@ -17,9 +17,10 @@ __all__ = ["PairedAgeGender"]
 
 class PairedAgeGender(OnnxAgeGender):
     """An age-only export (``path``: its preprocessing, age calibration and session are this object's own) with a
-    gender-only export (``gender``) beside it. Used like :class:`OnnxAgeGender`: ``outputs`` holds both
-    networks' outputs, ``flip`` applies to both; ``config`` is the age network's with both networks' outputs, named
-    ``AGE+GENDER``."""
+    gender-only export (``gender``) beside it. Used like :class:`OnnxAgeGender`: ``outputs`` and ``predict`` hold
+    both networks' outputs, ``flip`` applies to both; ``config`` is the age network's with both networks' outputs,
+    named ``AGE+GENDER``. The single-batch stages (``network_input``, ``raw``, ``forward``) stay the age
+    network's own: each network preprocesses the chips its own way."""
 
     def __init__(self, path: str | Path, gender: str | Path, threads: int | None = None, backend: str = "auto",
                  device: str | None = None) -> None:
@@ -35,6 +36,11 @@ class PairedAgeGender(OnnxAgeGender):
                                           outputs=(*self.config.outputs, *self.gender.config.outputs))
         self.version_label = f"{self.version_label} + {self.gender.version_label}"
 
+    @property
+    def input_side(self) -> int:
+        """The finer of the two networks' load sizes: a face is decoded finely enough for both."""
+        return max(self.config.load_size, self.gender.input_side)
+
     def prepare(self, faces: int, flip: bool = True) -> None:
         super().prepare(faces, flip)
         self.gender.prepare(faces, flip)
@@ -43,4 +49,7 @@ class PairedAgeGender(OnnxAgeGender):
         return {**super().outputs(chips_bgr, flip), **self.gender.outputs(chips_bgr, flip)}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "gender_model": self.gender.describe()}
+        """The age network's description, and the gender network's under ``gender_model`` (its file's name, not its
+        path: the service publishes it)."""
+        gender = {k: v for k, v in self.gender.describe().items() if k != "path"}
+        return {**super().describe(), "gender_model": {"file": self.gender.path.name, **gender}}

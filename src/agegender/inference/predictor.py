@@ -113,8 +113,8 @@ class Predictor:
 
     @property
     def input_side(self) -> int:
-        """The side at which the network reads a chip."""
-        return self.model.config.load_size
+        """The side at which the network reads a chip (:attr:`OnnxAgeGender.input_side`)."""
+        return self.model.input_side
 
     def predict(self, image: ImageSource) -> ImageResult:
         """Faces in one image (path, bytes, BGR numpy array or PIL image), most confident detection first."""

@@ -24,7 +24,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,12 @@ class _Sources(set[str]):
 def clean_value(value: Any) -> Any:
     """NaN and None become empty (null) values."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _retry_tmp(path: Path) -> Path:
+    """Where ``path`` is rewritten without the rows of retried inputs before it replaces ``path``."""
+    path = path.resolve()
+    return path.with_name(f".{path.name}.retry.tmp")
 
 
 class RowSink:
@@ -156,6 +162,7 @@ class _TextSink(RowSink):
         self.kind = kind
         exists = path.exists() and path.stat().st_size > 0
         self.created = not path.exists()
+        _retry_tmp(path).unlink(missing_ok=True)  # a rewrite for --retry-errors cut by a crash
         if exists:
             self._truncate_partial_line()
             self._read_rows()
@@ -170,48 +177,53 @@ class _TextSink(RowSink):
                 return
             handle.truncate(data.rfind(b"\n") + 1)
 
-    def _read_rows(self) -> None:
-        """Read back the rows already written; ValueError for a file this sink did not write."""
+    def _rows(self) -> Iterator[dict[str, Any]]:
+        """The rows already written, as read back; ValueError for a file this sink did not write."""
         with open(self.path, encoding="utf-8", newline="") as handle:
             if self.kind == "csv":
                 reader = csv.DictReader(handle)
                 if reader.fieldnames != list(self.schema):
                     raise ValueError(f"cannot resume {self.path}: its columns ({', '.join(reader.fieldnames or [])}) "
                                      "are not those agegender writes; choose another output")
-                for row in reader:
-                    self._read(row)
+                yield from reader
                 return
             for number, line in enumerate(handle, 1):
                 if not line.strip():
                     continue
                 try:
-                    self._read(json.loads(line))
-                except (ValueError, KeyError, TypeError, AttributeError) as err:
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or self.source_column not in row:
+                        raise ValueError(f"no {self.source_column!r} column")
+                except ValueError as err:
                     raise ValueError(f"cannot resume {self.path}: line {number} is not a row agegender wrote "
                                      f"({type(err).__name__}: {err}); choose another output") from err
+                yield row
+
+    def _read_rows(self) -> None:
+        for row in self._rows():
+            self._read(row)
 
     def _drop_failed(self, stored: set[str]) -> None:
         """Rewrite the file without the rows of the sources ``stored`` (beside it, then renamed over it), and
         append to the new file."""
         self.close()
-        tmp = self.path.with_name(f".{self.path.name}.retry.tmp")
-        with open(self.path, encoding="utf-8", newline="") as source, open(tmp, "w", encoding="utf-8",
-                                                                           newline="") as target:
+        path = self.path.resolve()  # a link to the output stays a link
+        tmp = _retry_tmp(path)
+        with open(tmp, "w", encoding="utf-8", newline="") as target:
+            writer = csv.writer(target, lineterminator="\n")
             if self.kind == "csv":
-                target.write(source.readline())  # the header
-                reader, writer = csv.DictReader(source, fieldnames=list(self.schema)), csv.writer(
-                    target, lineterminator="\n")
-                for row in reader:
-                    if row[self.source_column] not in stored:
-                        writer.writerow(row.values())
-            else:
-                for line in source:
-                    if line.strip() and json.loads(line)[self.source_column] not in stored:
-                        target.write(line)
+                writer.writerow(self.schema)
+            for row in self._rows():
+                if row[self.source_column] in stored:
+                    continue
+                if self.kind == "csv":
+                    writer.writerow(row.values())
+                else:
+                    target.write(json.dumps(row) + "\n")
             target.flush()
             os.fsync(target.fileno())
-        os.replace(tmp, self.path)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        os.replace(tmp, path)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
     def _emit(self, rows: Sequence[Mapping[str, Any]], header: bool = False) -> None:
         if self.kind == "csv":
@@ -256,8 +268,9 @@ class _ParquetSink(RowSink):
         self.pa, self.pq = pa, pq
         self.arrow_schema = pa.schema([(name, getattr(pa, ARROW_TYPES[kind])()) for name, kind in schema.items()])
         self.parts = path.with_name(path.name + ".parts")
-        for stale in self.parts.glob("*.tmp"):
-            stale.unlink()  # a part cut by a crash: its rows were never counted as done
+        for stale in [*self.parts.glob("*.tmp"), _retry_tmp(path)]:
+            stale.unlink(missing_ok=True)  # cut by a crash: a part whose rows were never counted as done, or a
+            # rewrite for --retry-errors that never replaced its file
         self.files = [path] * path.exists() + sorted(self.parts.glob("part-*.parquet"))  # as found
         for file in self.files:
             try:
@@ -282,12 +295,13 @@ class _ParquetSink(RowSink):
         import pyarrow.compute as pc
 
         failed = self.pa.array(sorted(stored), type=self.pa.string())
-        for file in self.files:
+        for file in (f.resolve() for f in self.files):  # a link to the output stays a link
+            sources = self.pq.read_table(file, columns=[self.source_column])[self.source_column]
+            if not pc.any(pc.is_in(sources, value_set=failed)).as_py():
+                continue
             table = self.pq.read_table(file, schema=self.arrow_schema)
             keep = pc.invert(pc.is_in(table[self.source_column], value_set=failed))
-            if pc.all(keep).as_py() is not False:
-                continue
-            tmp = file.with_name(f".{file.name}.retry.tmp")
+            tmp = _retry_tmp(file)
             self.pq.write_table(table.filter(keep), tmp)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())

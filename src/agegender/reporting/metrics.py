@@ -324,6 +324,16 @@ def compute_metrics(
     return result
 
 
+def folds_note(figure: Mapping[str, Any], n_folds: int) -> str:
+    """For one figure of :func:`summarize_folds`: over how many of the ``n_folds`` it is defined, when not all.
+
+    >>> folds_note({"mean": 0.6, "std": None, "folds": 1}, 3), folds_note({"mean": 0.6, "folds": 3}, 3)
+    (' (over 1 of 3 folds)', '')
+    """
+    some = figure.get("folds", n_folds)
+    return f" (over {some} of {n_folds} folds)" if some != n_folds else ""
+
+
 def summarize_folds(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """k-fold summary of ``compute_metrics`` results: mean and sample std of every overall figure over the folds
     where it is defined (``folds``: how many; a gender precision is undefined in a fold that called no face

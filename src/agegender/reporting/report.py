@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agegender.oversample import TTA_TEXT
-from agegender.reporting.metrics import METRIC_LABELS, format_metric
+from agegender.reporting.metrics import METRIC_LABELS, folds_note, format_metric
 
 BREAKDOWNS = {"by_age_group": "true age group", "by_gender": "gender", "by_race": "race"}
 
@@ -23,8 +23,7 @@ def _format(key: str, value: Any, n_folds: int | None = None) -> str:
     """One cell: a plain figure, or ``mean ± std`` for a k-fold summary (``over k of n folds`` where the figure
     is undefined in some of its ``n_folds``)."""
     if isinstance(value, Mapping):
-        some = value.get("folds", n_folds)
-        over = f" (over {some} of {n_folds} folds)" if n_folds is not None and some != n_folds else ""
+        over = folds_note(value, n_folds) if n_folds is not None else ""
         return f"{format_metric(key, value['mean'])} ± {format_metric(key, value['std'])}{over}"
     return format_metric(key, value)
 
