@@ -164,8 +164,9 @@ class ImageResult(Sequence[Face]):
     faces. ``source`` names the input (its path, ``"image data"`` for bytes, ``"array"``, ``"PIL image"``),
     ``size`` is the image's (width, height) as displayed (EXIF orientation applied; the boxes refer to it),
     ``image`` the decoded BGR pixels (needed by ``plot`` and ``save``, and by ``crops`` and ``save_crops``
-    without ``chips``; ``None`` if the result was built without them) at ``scale`` of ``size`` (a JPEG decoded at a reduced scale keeps those
-    pixels: the plot is drawn on them), ``model`` the name of the model that predicted the faces. ``chips``: the
+    without ``chips``; ``None`` if the result was built without them) at ``scale`` of ``size`` (a JPEG decoded at
+    a reduced scale keeps those pixels: the plot is drawn on them), ``model`` the name of the model that predicted
+    the faces. ``chips``: the
     aligned chip of each face that the model read (a small face of a reduced JPEG is aligned from a finer decode
     than ``image``), which ``crops`` returns; without them, ``crops`` aligns the faces from ``image``.
 
