@@ -341,6 +341,43 @@ def test_retry_errors_predicts_failed_inputs_again_without_duplicates(
     assert main([*run, "--resume", "--retry-errors"]) == 0 and read_rows(out) == after  # nothing left to retry
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_retry_errors_clears_a_folder_that_could_not_be_read_and_keeps_the_outputs_permissions(
+        many_photos: Path, tmp_path: Path, yunet_path: Path, suffix: str) -> None:
+    """An unmounted folder's error row stayed after it was mounted and its photos predicted; the rewrite made a
+    private output readable by everyone."""
+    mount = tmp_path / "mnt"
+    out = tmp_path / f"rows{suffix}"
+    run = ["predict", str(mount), "--output", str(out), "--detector", str(yunet_path)]
+    assert main(run) == 1
+    out.chmod(0o600)
+    mount.mkdir()
+    shutil.copy(sorted(many_photos.glob("*.jpg"))[0], mount / "a.jpg")
+    assert main([*run, "--resume", "--retry-errors"]) == 0
+    rows = read_rows(out)
+    assert {r["file"] for r in rows} == {str(mount / "a.jpg")} and not any(r["error"] for r in rows)
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl", ".csv"])
+def test_names_with_a_carriage_return_or_undecodable_bytes_keep_one_row_each(
+        many_photos: Path, tmp_path: Path, yunet_path: Path, suffix: str) -> None:
+    """A bad file named with undecodable bytes stopped a CSV or Parquet run (its name in the error message could
+    not be encoded), and a name holding "\r" was not quoted in CSV (read back as two rows, predicted again on
+    every --resume)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sorted(many_photos.glob("*.jpg"))[0], folder / "cr\rret.jpg")
+    (folder / os.fsdecode(b"bad\xe9.jpg")).write_bytes(b"not a jpeg")
+    out = tmp_path / f"rows{suffix}"
+    run = ["predict", str(folder), "--output", str(out), "--detector", str(yunet_path)]
+    assert main(run) == 1
+    rows = read_rows(out)
+    assert {r["file"] for r in rows if not r["error"]} == {str(folder / "cr\rret.jpg")}
+    assert [r["file"] for r in rows if r["error"]] == [str(folder / "bad\\xe9.jpg")]
+    assert main([*run, "--resume"]) == 0 and read_rows(out) == rows  # nothing predicted again
+
+
 def test_auto_workers_start_once_the_photos_pay_for_them(many_photos: Path, tmp_path: Path, yunet_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:

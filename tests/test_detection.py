@@ -9,6 +9,7 @@ import struct
 import threading
 import urllib.error
 import urllib.request
+import warnings
 import zlib
 from pathlib import Path
 
@@ -243,6 +244,16 @@ def test_decompression_bombs_are_rejected_from_the_header() -> None:
         load_image(_encode(_gradient_rgb(), "PNG"), max_pixels=1000)
     with pytest.raises(ImageError, match="too large"):
         load_image(np.zeros((100, 100, 3), np.uint8), max_pixels=1000)
+
+
+def test_a_limit_raised_past_pillows_own_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--max-pixels above Pillow's bomb guard (179 MP by default) was refused by Pillow, with a warning past half
+    of it: here the guard is lowered to 1,000 pixels to show it on a small image."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    png = _encode(_gradient_rgb(), "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        assert load_image(png, max_pixels=10**6).shape[:2] == (48, 64)
 
 
 def test_numpy_inputs() -> None:

@@ -19,6 +19,7 @@ import io
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -237,8 +238,14 @@ def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str,
                       min_side: int | None = None) -> ScaledImage:
     """Open lazily (header only); a JPEG goes to libjpeg-turbo, at a reduced scale when ``min_side`` allows
     (Pillow's draft of the same scale where libjpeg-turbo refuses it); anything else is converted by Pillow."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        # Pillow's own bomb guard (a warning past it, an error past twice it) would refuse what the caller allows;
+        # ``max_pixels`` is checked from the header below instead. Raised for the process, never lowered.
+        Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        image = Image.open(fp, formats=ACCEPTED_FORMATS)
+        with warnings.catch_warnings():  # past Pillow's guard: ``max_pixels`` decides, below, in one message
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(fp, formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as exc:
         known = unreadable_error(name, _header(fp))
         if known is not None:
@@ -247,11 +254,9 @@ def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str,
             f"{name}: not a recognised image, or its header is invalid "
             f"(accepted formats: {', '.join(ACCEPTED_FORMATS)})", "not an image"
         ) from exc
-    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked before ``max_pixels`` can be
-        raise ImageError(
-            f"{name}: image too large ({exc}); the limit here is {max_pixels:,} pixels, and Pillow's own "
-            "(twice PIL.Image.MAX_IMAGE_PIXELS) caps it: raise that too to read larger images", "too large"
-        ) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (twice its MAX_IMAGE_PIXELS), past ours
+        raise ImageError(f"{name}: image too large ({exc}); the limit here is {max_pixels:,} pixels", "too large"
+                         ) from exc
     except (OSError, ValueError) as exc:
         raise ImageError(f"{name}: cannot read image ({exc})") from exc
     with image:

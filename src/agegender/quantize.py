@@ -69,6 +69,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, chips: np.ndarra
 
     source = onnx.load(str(fp32_path))
     int8_path = Path(int8_path)
+    int8_path.parent.mkdir(parents=True, exist_ok=True)  # as export_onnx makes its folder
     tmp = int8_path.with_name(f".{int8_path.name}.tmp")
     prepared = int8_path.with_name(f".{int8_path.name}.prepared.tmp")
     try:

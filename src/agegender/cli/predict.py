@@ -260,9 +260,19 @@ def bulk_inputs(listed: Collection, shard: tuple[int, int] | None) -> int | None
     return everything
 
 
-def retry_errors(sink: RowSink, inputs: Collection) -> None:
-    """``--retry-errors``: the inputs whose rows in the output are error rows are to do again (said on stderr)."""
-    retried = sink.retry_failed([*inputs.files, *(path for path, _ in inputs.errors)])
+def retry_errors(sink: RowSink, inputs: Collection, paths: Sequence[str]) -> None:
+    """``--retry-errors``: the inputs whose rows in the output are error rows are to do again (said on stderr), and
+    so are the error rows of ``paths`` (the command line's) and of the folders holding the inputs: a folder that
+    could not be read (unmounted, say) and now lists its files leaves no stale error row behind."""
+    folders: set[str] = set()
+    for file in inputs.files:
+        parent = os.path.dirname(file)
+        while parent and parent not in folders:
+            folders.add(parent)
+            parent, previous = os.path.dirname(parent), parent
+            if parent == previous:
+                break
+    retried = sink.retry_failed([*inputs.files, *(path for path, _ in inputs.errors), *paths, *folders])
     print(f"agegender predict: retrying {len(retried)} input(s) whose rows were errors", file=sys.stderr)
 
 
@@ -291,7 +301,7 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
     except ImportError as err:
         raise UserError(str(err)) from err
     if args.retry_errors:
-        retry_errors(sink, collection)
+        retry_errors(sink, collection, args.paths)
     try:
         summary = run_bulk(predictor, collection, sink, workers=args.workers or "auto",
                            progress=sys.stderr.isatty())

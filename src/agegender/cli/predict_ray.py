@@ -126,7 +126,7 @@ def run_ray(args: argparse.Namespace) -> int:
         return 1
     sink = open_sink(args.output, ROW_TYPES, resume=args.resume)
     if args.retry_errors:
-        retry_errors(sink, collection)
+        retry_errors(sink, collection, args.paths)
     todo = [p for p in collection.files if p not in sink.done]
     connected = False
     try:

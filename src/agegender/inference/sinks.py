@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,9 @@ __all__ = ["ARROW_TYPES", "FORMATS", "OutputExistsError", "RowSink", "check_outp
 
 #: Output formats by file ending.
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+#: CSV rows end as RFC 4180 says; with a bare "\n", a value holding "\r" (a file name may) was not quoted and
+#: read back as two rows.
+CSV_LINE_END = "\r\n"
 #: Column types a schema may use: Python type names, mapped to pyarrow's type constructors.
 ARROW_TYPES = {"str": "string", "float": "float64", "int": "int64"}
 
@@ -63,6 +67,14 @@ class _Sources(set[str]):
 def clean_value(value: Any) -> Any:
     """NaN and None become empty (null) values."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _replace_keeping_mode(tmp: Path, path: Path) -> None:
+    """``tmp`` renamed over ``path``, with ``path``'s permissions where it exists (a rewritten output kept private
+    stays private)."""
+    if path.exists():
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+    os.replace(tmp, path)
 
 
 def _retry_tmp(path: Path) -> Path:
@@ -134,11 +146,10 @@ class RowSink:
         raise NotImplementedError
 
     def _cells(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """A row's values in the schema's order, empty ones None and the source as stored."""
+        """A row's values in the schema's order, empty ones None, and text as stored (:func:`stored_name`: an
+        error message quotes the file's name too)."""
         cells = {c: clean_value(row.get(c)) for c in self.schema}
-        if isinstance(cells.get(self.source_column), str):
-            cells[self.source_column] = stored_name(cells[self.source_column])
-        return cells
+        return {c: stored_name(v) if isinstance(v, str) else v for c, v in cells.items()}
 
     def close(self) -> None:
         """Make everything written durable and final."""
@@ -210,7 +221,7 @@ class _TextSink(RowSink):
         path = self.path.resolve()  # a link to the output stays a link
         tmp = _retry_tmp(path)
         with open(tmp, "w", encoding="utf-8", newline="") as target:
-            writer = csv.writer(target, lineterminator="\n")
+            writer = csv.writer(target, lineterminator=CSV_LINE_END)
             if self.kind == "csv":
                 writer.writerow(self.schema)
             for row in self._rows():
@@ -222,13 +233,13 @@ class _TextSink(RowSink):
                     target.write(json.dumps(row) + "\n")
             target.flush()
             os.fsync(target.fileno())
-        os.replace(tmp, path)
+        _replace_keeping_mode(tmp, path)
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
     def _emit(self, rows: Sequence[Mapping[str, Any]], header: bool = False) -> None:
         if self.kind == "csv":
             buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
+            writer = csv.writer(buffer, lineterminator=CSV_LINE_END)
             for row in rows:
                 writer.writerow(["" if v is None else v for v in self._cells(row).values()])
             data = buffer.getvalue()
@@ -305,7 +316,7 @@ class _ParquetSink(RowSink):
             self.pq.write_table(table.filter(keep), tmp)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
-            os.replace(tmp, file)
+            _replace_keeping_mode(tmp, file)
 
     def _append(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.pending.extend(rows)
@@ -343,9 +354,10 @@ class _ParquetSink(RowSink):
             self.parts.rmdir()
             return
         tables = [self.pq.read_table(f, schema=self.arrow_schema) for f in [self.path] * self.path.exists() + parts]
-        tmp = self.path.with_name(f".{self.path.name}.merging.tmp")
+        target = self.path.resolve()  # a link to the output stays a link
+        tmp = target.with_name(f".{target.name}.merging.tmp")
         self.pq.write_table(self.pa.concat_tables(tables), tmp)
-        os.replace(tmp, self.path)
+        _replace_keeping_mode(tmp, target)
         for part in parts:
             part.unlink()
         self.parts.rmdir()
