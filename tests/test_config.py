@@ -29,6 +29,9 @@ BAD_VALUES = [
     ("loss.ordinal_weights=[1,2]", "loss.ordinal_weights = [1, 2]", "List should have at least 8 items"),
     # no data set but CelebA labels its outputs: it stopped at the first batch, after the data was read
     ("model=resnet34_attributes", "data.dataset = 'utkface'", "resnet34_attributes predicts CelebA's attributes"),
+    # nothing would train (a traceback at the first step)
+    ("trainable_last=0", "trainable_last = 0", "Input should be greater than or equal to 1"),
+    ("unfreeze=[[1,2]]", "unfreeze = [[1, 2]]", "nothing is frozen to unfreeze"),
 ]
 
 
@@ -164,6 +167,9 @@ def test_a_loss_setting_for_an_output_the_model_lacks_is_said_to_be_ignored(
     assert len(ignored) == 2, ignored
     assert "loss.age_group = 2.0 is ignored: vu_multitask has no age_group_logits output (its outputs: age, " \
            "gender_logit)" in ignored[0] and "loss.sigma = 3.0" in ignored[1]
+    caplog.clear()
+    load_config(config, ["model=zhu_age_4conv", "loss.label_smoothing=0.3"])  # smooths group and gender terms
+    assert "has no age_group_logits or gender_logit output" in caplog.text
 
 
 def test_every_reproduction_run_validates_with_its_budget() -> None:
@@ -183,3 +189,29 @@ def test_an_unknown_model_is_one_line_without_stray_quotes(config: Path, capsys:
     assert main(["train", str(config), "-s", "model=nosuch", "-q"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("agegender train: error: unknown model 'nosuch'; available: flagship") and '"' not in err
+
+
+def test_a_selection_the_model_cannot_give_and_a_base_that_is_not_a_path_are_refused(config: Path,
+                                                                                     tmp_path: Path) -> None:
+    """An age-only net selected by its gender loss kept epoch 1 (always 0) and stopped early; ``base: [a.yaml]``
+    was a TypeError traceback."""
+    with pytest.raises(ConfigError, match="select = 'val_gender_loss': zhu_age_4conv has no gender output"):
+        load_config(config, ["model=zhu_age_4conv", "select=val_gender_loss"])
+    with pytest.raises(ConfigError, match="also_select = 'val_group_exact': zhu_gender_4conv has no age output"):
+        load_config(config, ["model=zhu_gender_4conv", "also_select=[val_group_exact]"])
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(f"base: [{config.name}]\nepochs: 2\n")
+    with pytest.raises(ConfigError, match=r"base = \['tiny.yaml'\]: give the path of one config file"):
+        load_config(listed)
+
+
+@pytest.mark.parametrize("command", ["train", "crossval"])
+def test_a_run_dir_that_cannot_be_a_folder_stops_before_any_data_is_read(
+        command: str, config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It was "[Errno 17] File exists" after the data was read and decoded."""
+    taken = tmp_path / "afile"
+    taken.write_text("mine")
+    assert main([command, str(config), "--run-dir", str(taken), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"--run-dir: cannot write into {taken}: {taken} is a file" in err and "nowhere" not in err
+    assert taken.read_text() == "mine"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,33 @@ def test_resume_refuses_another_config_and_keeps_the_run_s_own(utkface_dir: Path
     assert (tmp_path / "run" / "config.yaml").read_text() == stored
     same, raw_same = load_config(FLAGSHIP, small(utkface_dir, 64, 1, "threads=2"))  # how it runs may change
     train(same, tmp_path / "run", resume=True, raw_config=raw_same, progress=False)
+
+
+def test_a_run_that_stopped_early_resumes_without_training_on(utkface_dir: Path, tmp_path: Path) -> None:
+    """Resumed, an early-stopped run trained one more epoch and could replace best.pt; its init source may be gone
+    by then (the resumed weights are the run's own), and a selection figure undefined in an epoch (a precision
+    when no face is called female) is never the best, where it stopped the run."""
+    init = tmp_path / "init"
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1))
+    train(cfg, init, raw_config=raw, progress=False)
+    overrides = small(utkface_dir, 64, 6, "early_stopping=1", "optimizer.lr=2.0", f"init={init}",
+                      "select=val_gender_precision")
+    cfg, raw = load_config(FLAGSHIP, overrides)
+    train(cfg, tmp_path / "run", raw_config=raw, progress=False)
+    stopped = (tmp_path / "run" / "best.pt").read_bytes(), history(tmp_path / "run")
+    assert len(stopped[1]) < 6  # stopped early (a learning rate of 2 does not improve)
+    shutil.rmtree(init)
+    train(cfg, tmp_path / "run", resume=True, raw_config=raw, progress=False)
+    assert ((tmp_path / "run" / "best.pt").read_bytes(), history(tmp_path / "run")) == stopped
+
+
+def test_resuming_another_networks_run_is_one_line(utkface_dir: Path, tmp_path: Path) -> None:
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1))
+    train(cfg, tmp_path / "run", raw_config=raw, progress=False)
+    (tmp_path / "run" / "config.yaml").unlink()  # nothing left to compare the config with
+    other, raw_other = load_config(FLAGSHIP, small(utkface_dir, 64, 1, "model_args.blocks=[1,1,1,1]"))
+    with pytest.raises(ValueError, match=r"cannot resume .* holds the weights of another network"):
+        train(other, tmp_path / "run", resume=True, raw_config=raw_other, progress=False)
 
 
 def test_an_existing_run_is_not_overwritten_without_resume(utkface_dir: Path, tmp_path: Path) -> None:

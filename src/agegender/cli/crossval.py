@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from agegender.cli.common import UserError, add_config_options, fold_count, training_config
+from agegender.paths import check_writable_folder
 
 SCHEME_HELP = (
     "group: k-fold over the config's data set by leakage group; adience-official: the 5 official Adience "
@@ -37,6 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from agegender.evaluation.crossval import adience_official_folds, dataset_folds, run_crossval
     from agegender.reporting.metrics import METRIC_LABELS, folds_note, format_metric
     adience = args.scheme == "adience-official" or args.adience_images is not None
+    run_dir = Path(args.run_dir or f"runs/crossval/{Path(args.config).stem}-{args.scheme}")
+    try:  # before any data is read
+        check_writable_folder(run_dir)
+    except ValueError as err:
+        raise UserError(f"--run-dir: {err}") from err
     if adience:
         if args.adience_images is None:
             raise UserError("--scheme adience-official needs --adience-images DIR (the folder holding "
@@ -49,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
         k = 5 if args.folds is None else args.folds
         folds = dataset_folds(cfg.data, k, progress=not args.quiet)
         source = f"{cfg.data.dataset} {cfg.data.root} (group-exclusive folds of the deduplicated faces)"
-    run_dir = Path(args.run_dir or f"runs/crossval/{Path(args.config).stem}-{args.scheme}")
     summaries = run_crossval(cfg, raw, run_dir, folds, args.scheme, source, progress=not args.quiet)
     for tta, summary in summaries.items():
         print(f"test ({tta}), {summary['n_folds']} run(s):")

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from agegender.cli.common import add_config_options, training_config
+from agegender.cli.common import UserError, add_config_options, training_config
+from agegender.paths import check_writable_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from agegender.training.engine import train
 
     run_dir = args.run_dir or f"runs/{cfg.model}"
+    try:  # before any data is read: a file in the way was an errno after minutes of decoding
+        check_writable_folder(Path(run_dir))
+    except ValueError as err:
+        raise UserError(f"--run-dir: {err}") from err
     if args.resume and not (Path(run_dir) / "last.pt").is_file():  # a mistyped --run-dir would restart a long run
         print(f"agegender train: --resume: {run_dir} holds no run to continue (no last.pt): starting a new one",
               file=sys.stderr)

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agegender.data.datasets import DataConfig
 from agegender.models import get_config
-from agegender.outputs import AUXILIARY_KEYS, OUTPUT_KEYS
+from agegender.outputs import AGE_KEYS, AUXILIARY_KEYS, GENDER_KEYS, OUTPUT_KEYS
 from agegender.reporting.metrics import SELECTABLE_METRICS
 from agegender.training.losses import LOSS_OUTPUTS, LossSpec, scheduled_weight
 
@@ -138,7 +138,7 @@ class TrainConfig(BaseModel):
     # validation age loss, 7.1 and 8.1, and by gender loss, 7.2 and 8.2); `select` still picks best.pt
     also_select: list[str] = Field(default_factory=list)
     early_stopping: int | None = Field(default=None, ge=1)  # patience in epochs
-    trainable_last: int | None = Field(default=None, ge=0)  # freeze all but the last N parameterised layers
+    trainable_last: int | None = Field(default=None, ge=1)  # freeze all but the last N parameterised layers
     unfreeze: list[_Unfreeze] = Field(default_factory=list)  # [epoch, N]: from epoch on, the last N train
     threads: int | None = Field(default=None, ge=1)
     # hold the training images in the device's memory and augment them there (DeviceBatches): for a GPU, which a
@@ -258,13 +258,30 @@ def validate_config(raw: Mapping[str, Any], source: str = "config") -> TrainConf
         raise ConfigError(source, describe_errors(err, raw)) from None
     outputs = model_outputs(config)
     for key in sorted(config.loss.model_fields_set):
-        if outputs is not None and key in LOSS_OUTPUTS and LOSS_OUTPUTS[key] not in outputs:
+        if outputs is not None and key in LOSS_OUTPUTS and not set(LOSS_OUTPUTS[key]) & set(outputs):
             log.warning("%s: loss.%s = %s is ignored: %s has no %s output (its outputs: %s)", source, key,
-                        _show(getattr(config.loss, key)), config.model, LOSS_OUTPUTS[key], ", ".join(outputs))
+                        _show(getattr(config.loss, key)), config.model, " or ".join(LOSS_OUTPUTS[key]),
+                        ", ".join(outputs))
+    problems = []
     if outputs is not None and set(outputs) <= {"attributes"} and config.data.dataset != "celeba":
-        raise ConfigError(source, [f"data.dataset = {config.data.dataset!r}: {config.model} predicts CelebA's "
-                                   f"attributes only, and only the celeba data set labels them"])
+        problems.append(f"data.dataset = {config.data.dataset!r}: {config.model} predicts CelebA's attributes only, "
+                        "and only the celeba data set labels them")
+    for key, value in (("select", config.select), *(("also_select", k) for k in config.also_select)):
+        needs = _SELECT_NEEDS.get(value.removeprefix("val_").split("_")[0])
+        if outputs is not None and needs is not None and not set(outputs) & needs[1]:
+            problems.append(f"{key} = {value!r}: {config.model} has no {needs[0]} output (its outputs: "
+                            f"{', '.join(outputs)}), so it would never change")
+    if config.unfreeze and config.trainable_last is None:
+        problems.append(f"unfreeze = {config.unfreeze}: nothing is frozen to unfreeze: give trainable_last, the "
+                        "layers that train from the start")
+    if problems:
+        raise ConfigError(source, problems)
     return config
+
+
+#: What a ``select`` key's first word needs of the model: the kind of output, and the output keys that give it.
+_SELECT_NEEDS: dict[str, tuple[str, frozenset[str]]] = {
+    "age": ("age", AGE_KEYS), "group": ("age", AGE_KEYS), "gender": ("gender", GENDER_KEYS)}
 
 
 def model_outputs(config: TrainConfig) -> tuple[str, ...] | None:
@@ -325,6 +342,8 @@ def read_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
     base = raw.pop("base", None)
     if base is None:
         return raw
+    if not isinstance(base, str):
+        raise ConfigError(str(path), [f"base = {_show(base)}: give the path of one config file, relative to this one"])
     return merge_configs(read_raw_config(path.parent / base, (*_seen, path)), raw)
 
 

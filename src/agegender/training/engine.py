@@ -77,11 +77,10 @@ def evaluate_split(model: nn.Module, data: SplitData, cfg: TrainConfig, epoch: i
 
 
 def _selected(row: dict[str, Any], key: str) -> float:
-    """The value of a ``select`` key in one epoch's history row."""
-    if key not in row:
-        raise ValueError(f"select={key!r} is not a validation quantity; choose from "
-                         f"{', '.join(k for k in row if k.startswith('val_'))}")
-    return float(row[key])
+    """The value of a ``select`` key (checked by the config) in one epoch's history row; NaN, never the best, in
+    an epoch where it is undefined (a gender precision when no face was called female)."""
+    value = row.get(key)
+    return math.nan if value is None else float(value)
 
 
 def _best_so_far(history: list[dict[str, Any]], key: str) -> bool:
@@ -113,7 +112,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = self.dist.device
         self.model = create_model(cfg.model, **cfg.model_args)
-        if cfg.init:
+        if cfg.init and not (self.run_dir / "last.pt").is_file():  # a run resumed starts from its own weights
             init_from(self.model, cfg.init)
             log.info("weights start from %s", cfg.init)
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last)
@@ -139,7 +138,10 @@ class Trainer:
         self.stored = (StoredOutputs.load(cfg.distill.stored, self.data["train"].records)
                        if cfg.distill.stored else None)
         if cfg.start_age_at_mean:
-            mean_age = float(np.mean([r.age for r in self.data["train"].records]))
+            ages = [r.age for r in self.data["train"].records if r.age is not None]
+            if not ages:
+                raise ValueError("start_age_at_mean: the training faces have no ages (labelled by age group only)")
+            mean_age = float(np.mean(ages))
             if not start_age_at(self.model, mean_age):
                 raise ValueError(f"start_age_at_mean: {cfg.model} has no `age` regression head")
             log.info("age heads start at the training mean age, %.1f years", mean_age)
@@ -180,7 +182,11 @@ class Trainer:
         if not path.is_file():
             return False
         state = torch.load(path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise ValueError(f"cannot resume {self.run_dir}: {path} holds the weights of another network than "
+                             f"{self.cfg.model} with these model_args ({str(err).splitlines()[0]})") from None
         if self.ema is not None:
             if not state.get("ema"):
                 raise ValueError(f"{path} was trained without `ema`: resume it with the config it was started with")
@@ -273,6 +279,9 @@ class Trainer:
         cfg = self.cfg
         precision = self.resolve_precision()
         while self.epoch < cfg.epochs:
+            if cfg.early_stopping and self.stale >= cfg.early_stopping:  # also a resumed run that stopped early
+                log.info("early stop: %s has not improved for %d epochs", cfg.select, self.stale)
+                break
             self._apply_unfreeze()
             start = time.time()
             train_loss = self.train_epoch()
@@ -285,7 +294,8 @@ class Trainer:
                    "images_per_s": self.images_per_s}
             self.history.append(row)
             value = _selected(row, cfg.select)
-            improved = _better(cfg.select, value, self.best)
+            # the first epoch is kept even where its figure is undefined, so that there is always a best.pt
+            improved = _better(cfg.select, value, self.best) or self.best is None
             self.best, self.stale = (value, 0) if improved else (self.best, self.stale + 1)
             kept = (["best.pt"] if improved else []) + [f"best_{key}.pt" for key in cfg.also_select
                                                          if _best_so_far(self.history, key)]
@@ -298,9 +308,6 @@ class Trainer:
                 self._write_history()
                 log.info("epoch %d: %s", self.epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                               if isinstance(v, float)))
-            if cfg.early_stopping and self.stale >= cfg.early_stopping:
-                log.info("early stop: %s has not improved for %d epochs", cfg.select, self.stale)
-                break
         return self.finish()
 
     def _write_history(self) -> None:

@@ -198,14 +198,16 @@ class LossSpec(BaseModel):
         return weight
 
 
-#: The output each setting of :class:`LossSpec` acts on: a weight (``age_group``, ...) is the weight of the term
-#: :func:`multitask_loss` adds for that output, an option (``sigma``, ...) changes that term. A model without the
-#: output ignores the setting: a config that sets it is logged as ignored (``training.config.validate_config``).
-LOSS_OUTPUTS: dict[str, str] = {
-    "age_group": "age_group_logits", "age_ordinal": "age_ordinal_logits", "ordinal_weights": "age_ordinal_logits",
-    "age": "age", "regression": "age", "age_dist": "age_dist_logits", "sigma": "age_dist_logits",
-    "l1_weight": "age_dist_logits", "joint": "joint_logits", "gender": "gender_logit",
-    "gender_schedule": "gender_logit", "attributes": "attributes",
+#: The outputs each setting of :class:`LossSpec` acts on: a weight (``age_group``, ...) is the weight of the term
+#: :func:`multitask_loss` adds for that output, an option (``sigma``, ...) changes that term (``label_smoothing``
+#: two). A model with none of them ignores the setting: a config that sets it is logged as ignored
+#: (``training.config.validate_config``).
+LOSS_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "age_group": ("age_group_logits",), "age_ordinal": ("age_ordinal_logits",),
+    "ordinal_weights": ("age_ordinal_logits",), "age": ("age",), "regression": ("age",),
+    "age_dist": ("age_dist_logits",), "sigma": ("age_dist_logits",), "l1_weight": ("age_dist_logits",),
+    "joint": ("joint_logits",), "gender": ("gender_logit",), "gender_schedule": ("gender_logit",),
+    "attributes": ("attributes",), "label_smoothing": ("age_group_logits", "gender_logit"),
 }
 
 
