@@ -167,6 +167,19 @@ def test_a_run_that_stopped_early_resumes_without_training_on(utkface_dir: Path,
     assert ((tmp_path / "run" / "best.pt").read_bytes(), history(tmp_path / "run")) == stopped
 
 
+def test_a_run_whose_faces_changed_is_not_resumed(manifest: Path, tmp_path: Path) -> None:
+    """Rows added to a manifest were trained on without a word, and with a one-cycle schedule the resumed run
+    failed in its last epoch ("Tried to step 13 times")."""
+    faces = tmp_path / "faces.csv"
+    faces.write_text(manifest.read_text())
+    overrides = ["data.dataset=manifest", f"data.root={faces}", "epochs=1", "batch_size=32", "threads=1"]
+    cfg, raw = load_config(FLAGSHIP, overrides)
+    train(cfg, tmp_path / "run", raw_config=raw, progress=False)
+    faces.write_text("\n".join(manifest.read_text().splitlines()[:-40]) + "\n")  # 40 faces fewer
+    with pytest.raises(ValueError, match="its faces changed since it started"):
+        train(cfg, tmp_path / "run", resume=True, raw_config=raw, progress=False)
+
+
 def test_resuming_another_networks_run_is_one_line(utkface_dir: Path, tmp_path: Path) -> None:
     cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1))
     train(cfg, tmp_path / "run", raw_config=raw, progress=False)

@@ -167,6 +167,16 @@ def check_no_leakage(splits: Mapping[str, Sequence[FaceRecord]]) -> None:
                 raise LeakageError(f"group {r.group_id!r} ({r.path}) is in both {other!r} and {name!r}")
 
 
+def split_fingerprint(splits: Mapping[str, Sequence[FaceRecord]]) -> str:
+    """A digest of which faces (by path) are in which of the :data:`SPLITS`: a run on other faces differs in it."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        digest.update(f"{split}\n".encode())
+        for path in sorted(r.path for r in splits[split]):
+            digest.update(f"{path}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def dataset_key(records: Sequence[FaceRecord]) -> str:
     """Fingerprint of a record list, every label and group of it, and its files' sizes and mtimes: changes whenever
     the data does (a manifest whose subjects or groups were edited must not read back the splits of the old ones)."""

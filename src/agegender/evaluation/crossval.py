@@ -20,7 +20,6 @@ cross-validation continues where it stopped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -33,7 +32,7 @@ import yaml
 from agegender.data.adience import NUM_FOLDS, read_adience
 from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.data.records import FaceRecord
-from agegender.data.splits import SPLITS, check_no_leakage, kfold_records, split_records
+from agegender.data.splits import SPLITS, check_no_leakage, kfold_records, split_fingerprint, split_records
 from agegender.paths import default_path
 from agegender.reporting.metrics import summarize_folds
 from agegender.reporting.report import protocol_text, write_report
@@ -58,12 +57,7 @@ class FoldRun:
 
     def fingerprint(self) -> str:
         """A digest of which faces are in which split: two runs of one name on other faces differ in it."""
-        digest = hashlib.sha256()
-        for split in SPLITS:
-            digest.update(f"{split}\n".encode())
-            for path in sorted(r.path for r in self.splits[split]):
-                digest.update(f"{path}\n".encode())
-        return digest.hexdigest()[:16]
+        return split_fingerprint(self.splits)
 
 
 PLAN_FILE = "crossval.json"

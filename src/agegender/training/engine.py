@@ -33,6 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from agegender.data.datasets import SplitData, SplitRecords, load_splits
+from agegender.data.splits import split_fingerprint
 from agegender.models import config_of, create_model
 from agegender.models.freezing import freeze_all_but_last, unfreeze_last
 from agegender.models.layers import start_age_at
@@ -174,7 +175,8 @@ class Trainer:
                 "schedule": self.schedule.state_dict(), "batches": self.batches.state(),
                 "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "best": self.best, "stale": self.stale,
                 "history": self.history, "model_config": self.config.to_dict(), "model_args": self.cfg.model_args,
-                "precision": self.precision, "precision_reason": self.precision_reason}
+                "precision": self.precision, "precision_reason": self.precision_reason,
+                "faces": split_fingerprint({name: split.records for name, split in self.data.items()})}
 
     def resume(self) -> bool:
         """Continue from ``last.pt`` when it exists; True if resumed."""
@@ -182,6 +184,10 @@ class Trainer:
         if not path.is_file():
             return False
         state = torch.load(path, map_location=self.device, weights_only=False)
+        faces = split_fingerprint({name: split.records for name, split in self.data.items()})
+        if state.get("faces", faces) != faces:  # runs from before it was recorded are not checked
+            raise ValueError(f"cannot resume {self.run_dir}: its faces changed since it started (files added, removed "
+                             "or moved): its history and schedule belong to the old ones; start a new run")
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
