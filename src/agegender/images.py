@@ -19,7 +19,6 @@ import io
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -243,9 +242,7 @@ def _open_and_convert(fp: Path | io.BytesIO, max_pixels: int, *, name: str,
         # ``max_pixels`` is checked from the header below instead. Raised for the process, never lowered.
         Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():  # past Pillow's guard: ``max_pixels`` decides, below, in one message
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(fp, formats=ACCEPTED_FORMATS)
+        image = Image.open(fp, formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError as exc:
         known = unreadable_error(name, _header(fp))
         if known is not None:

@@ -136,6 +136,8 @@ class Trainer:
                         if cfg.distill.teacher else None)
         with self.dist.main_first():  # rank 0 builds the split manifests and image cache, the others reuse them
             self.data = load_splits(cfg.data, self.config, progress and self.dist.is_main, records=splits)
+        #: Which faces are in which split: stored in each checkpoint, so that a run on other faces is not resumed.
+        self.faces = split_fingerprint({name: split.records for name, split in self.data.items()})
         self.stored = (StoredOutputs.load(cfg.distill.stored, self.data["train"].records)
                        if cfg.distill.stored else None)
         if cfg.start_age_at_mean:
@@ -176,7 +178,7 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(), "epoch": self.epoch, "best": self.best, "stale": self.stale,
                 "history": self.history, "model_config": self.config.to_dict(), "model_args": self.cfg.model_args,
                 "precision": self.precision, "precision_reason": self.precision_reason,
-                "faces": split_fingerprint({name: split.records for name, split in self.data.items()})}
+                "faces": self.faces}
 
     def resume(self) -> bool:
         """Continue from ``last.pt`` when it exists; True if resumed."""
@@ -184,8 +186,7 @@ class Trainer:
         if not path.is_file():
             return False
         state = torch.load(path, map_location=self.device, weights_only=False)
-        faces = split_fingerprint({name: split.records for name, split in self.data.items()})
-        if state.get("faces", faces) != faces:  # runs from before it was recorded are not checked
+        if state.get("faces", self.faces) != self.faces:  # runs from before it was recorded are not checked
             raise ValueError(f"cannot resume {self.run_dir}: its faces changed since it started (files added, removed "
                              "or moved): its history and schedule belong to the old ones; start a new run")
         try:
