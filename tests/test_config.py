@@ -32,6 +32,9 @@ BAD_VALUES = [
     # nothing would train (a traceback at the first step)
     ("trainable_last=0", "trainable_last = 0", "Input should be greater than or equal to 1"),
     ("unfreeze=[[1,2]]", "unfreeze = [[1, 2]]", "nothing is frozen to unfreeze"),
+    # YAML's true read as 1 epoch; a negative distillation weight trained away from the teacher
+    ("epochs=true", "epochs = True", "Input should be a valid integer"),
+    ("distill.heads={gender_logit: -1}", "distill.heads = {'gender_logit': -1}", "gender_logit: a weight below 0"),
 ]
 
 
@@ -64,8 +67,8 @@ def test_the_installed_command_reports_a_bad_value_in_one_line(config: Path, tmp
                             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"agegender train: error: {config}: epochs = 'ten': Input should be a valid integer, unable to parse "
-        "string as an integer; batch_size = -3: Input should be greater than or equal to 1"]
+        f"agegender train: error: {config}: epochs = 'ten': Input should be a valid integer; batch_size = -3: "
+        "Input should be greater than or equal to 1"]
     assert not run_dir.exists()
 
 
@@ -170,6 +173,26 @@ def test_a_loss_setting_for_an_output_the_model_lacks_is_said_to_be_ignored(
     caplog.clear()
     load_config(config, ["model=zhu_age_4conv", "loss.label_smoothing=0.3"])  # smooths group and gender terms
     assert "has no age_group_logits or gender_logit output" in caplog.text
+
+
+def test_settings_this_run_will_not_read_are_said_to_be_ignored(config: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Momentum under adamw, the other schedule's keys, distillation without a teacher and an unfreeze step past
+    the last epoch changed nothing without a word."""
+    cfg, _ = load_config(config, ["optimizer.momentum=0.5", "schedule.name=onecycle", "schedule.milestones=[3]",
+                                  "distill.weight=2", "trainable_last=1", "unfreeze=[[1, 2]]"])
+    assert cfg.distill.weight == 2  # still a valid config
+    ignored = [r.getMessage() for r in caplog.records if "is ignored" in r.getMessage()]
+    assert ignored == [
+        f"{config}: optimizer.momentum = 0.5 is ignored: optimizer.name = 'adamw' does not read it (only rmsprop, sgd)",
+        f"{config}: schedule.milestones = [3] is ignored: schedule.name = 'onecycle' does not read it (only "
+        "multistep)",
+        f"{config}: distill.weight = 2.0 is ignored: no distill.teacher or distill.stored",
+        f"{config}: unfreeze [1, 2] is ignored: the run's last epoch is 0 (epochs count from 0)"], ignored
+    caplog.clear()
+    load_config(config, ["optimizer.name=sgd", "optimizer.momentum=0.5", "schedule.name=multistep",
+                         "schedule.milestones=[3]", "distill.stored=x.npz", "distill.weight=2"])
+    assert "is ignored" not in caplog.text
 
 
 def test_every_reproduction_run_validates_with_its_budget() -> None:

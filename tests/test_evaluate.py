@@ -44,6 +44,7 @@ from agegender.evaluation.evaluate import (
     predict_faces,
 )
 from agegender.export import export_onnx
+from agegender.inference import backends
 from agegender.inference.backends import set_metadata
 from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
 from agegender.models import config_of, create_model
@@ -206,9 +207,28 @@ def test_evaluate_reads_the_official_adience_fold_of_the_sample(checkpoint: Path
 def test_evaluate_command_names_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["evaluate", str(tmp_path / "nope.pt"), "-q"]) == 2
     assert "model file not found" in capsys.readouterr().err
-    for command in (["evaluate", str(tmp_path), "-q"], ["models", str(tmp_path)]):
-        assert main(command) == 2
-        assert f"{tmp_path} is a folder, not a model file" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path), "-q"]) == 2  # a folder is a run: its best.pt
+    assert f"no checkpoint at {tmp_path / 'best.pt'}" in capsys.readouterr().err
+    assert main(["models", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder, not a model file" in capsys.readouterr().err
+
+
+def test_export_and_evaluate_take_a_run_folder_and_predict_names_a_checkpoint(
+        checkpoint: Path, manifest: Path, utkface_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run folder stands for its best.pt; a checkpoint given where an export is needed says how to make one
+    (OpenVINO's parse error said nothing of the kind)."""
+    run_dir, out = checkpoint.parent, tmp_path / "model.onnx"
+    assert main(["export", str(run_dir), str(out)]) == 0
+    assert OnnxAgeGender(out).config == config_of(load_model(checkpoint))
+    assert main(["evaluate", str(run_dir), "--data", "manifest", "--root", str(manifest), "--split", "all",
+                 "--tta", "none", "-q"]) == 0
+    assert (run_dir / "eval_manifest_all" / "none" / "metrics.json").is_file()  # beside its checkpoints
+    capsys.readouterr()
+    for backend in backends.available_backends():
+        assert main(["predict", str(sorted(utkface_dir.iterdir())[0]), "--model", str(checkpoint),
+                     "--backend", backend]) == 2
+        err = capsys.readouterr().err
+        assert "is a PyTorch checkpoint, not an ONNX model" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_crossval_on_two_group_folds_gives_mean_and_std_and_resumes(manifest: Path, tmp_path: Path,

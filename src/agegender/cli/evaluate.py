@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Age MAE and CS@5, 8-group exact and 1-off accuracy, gender accuracy, precision, recall and F1, "
         "normalised confusion matrices and breakdowns by age group, gender and race: JSON, CSV, PNG and a "
         "Markdown report per test-time augmentation mode."))
-    p.add_argument("model", help="checkpoint (.pt, e.g. runs/<name>/best.pt) or exported model (.onnx)")
+    p.add_argument("model", help="checkpoint (.pt, e.g. runs/<name>/best.pt), run folder (its best.pt) or "
+                                  "exported model (.onnx)")
     p.add_argument("--data", choices=("utkface", "adience", "manifest"), default="utkface",
                    help="data set (default utkface)")
     p.add_argument("--root", help="UTKFace folder (default ../shared/data/UTKFace), manifest CSV, or the "
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     folds: list[int] = args.folds or [0]
     args.split = args.split or "val"
     where = f"folds{'-'.join(map(str, folds))}" if args.data == "adience" else args.split
-    out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.data}_{where}"
+    model_dir = Path(args.model) if Path(args.model).is_dir() else Path(args.model).parent  # a run folder: in it
+    out = Path(args.out) if args.out else model_dir / f"eval_{args.data}_{where}"
     check_writable_folder(out)
     ttas = TTA_MODES if args.tta == "all" else (args.tta,)
     if args.store_metrics and Path(args.model).suffix != ".onnx":

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained checkpoint to ONNX (optionally int8)",
                        description="Export a checkpoint written by `agegender train` to ONNX. The file carries "
                                    "the model's preprocessing config, version, age groups and metrics.")
-    p.add_argument("checkpoint", type=Path, help="best.pt or last.pt of a run")
+    p.add_argument("checkpoint", type=Path, help="best.pt or last.pt of a run, or the run folder (its best.pt)")
     p.add_argument("output", type=Path, help="ONNX file to write")
     p.add_argument("--metrics", type=Path, help="JSON file of metrics to store in the model (e.g. the run's "
                                                 "val_flip/metrics.json)")
@@ -49,10 +49,9 @@ def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch", "onnx")
     from agegender.export import export_onnx
     from agegender.models import config_of
-    from agegender.training.checkpoint import load_model
+    from agegender.training.checkpoint import load_model, run_checkpoint
 
-    if not args.checkpoint.is_file():
-        raise UserError(f"checkpoint not found: {args.checkpoint}")
+    checkpoint = run_checkpoint(args.checkpoint, "checkpoint")  # FileNotFoundError: the CLI's message
     check_new_file(args.output, args.force)
     if args.int8:  # every option checked before anything is written
         check_new_file(args.int8, args.force, "--int8")
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--int8 names the float32 output: give the int8 model another path")
         check_quantization_options(args.calibration, args.calibration_size)
     metrics = read_metrics(args.metrics) if args.metrics else {}
-    model = load_model(args.checkpoint)
+    model = load_model(checkpoint)
     path = export_onnx(model, args.output, metrics=metrics)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     if args.int8:

@@ -45,9 +45,6 @@ def run(args: argparse.Namespace) -> int:
              "run it)", *config_lines(config)]))
         return 0
 
-    if args.model.endswith(".pt"):
-        raise UserError(f"{args.model} is a training checkpoint: describe its export instead "
-                        f"(`agegender export {args.model} OUT.onnx`)")
     try:
         info = OnnxAgeGender(args.model).describe()
     except ModelError as err:

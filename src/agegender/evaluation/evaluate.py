@@ -33,7 +33,7 @@ from agegender.paths import default_path
 from agegender.reporting.metrics import compute_metrics
 from agegender.reporting.report import protocol_text, write_report
 from agegender.training.batches import record_targets
-from agegender.training.checkpoint import load_model
+from agegender.training.checkpoint import load_model, run_checkpoint
 from agegender.training.forward import model_outputs
 
 log = logging.getLogger(__name__)
@@ -70,12 +70,13 @@ class ExportedModel(nn.Module):
 
 
 def load_evaluable(path: str | Path) -> nn.Module:
-    """A checkpoint the engine wrote (on the GPU when there is one), an ONNX export (CPU) or a shipped model's
-    name (:data:`~agegender.artifacts.SHIPPED_MODELS`), in eval mode."""
+    """A checkpoint the engine wrote or a run folder (its ``best.pt``; on the GPU when there is one), an ONNX
+    export (CPU) or a shipped model's name (:data:`~agegender.artifacts.SHIPPED_MODELS`), in eval mode."""
     path = shipped_model_path(path) if isinstance(path, str) and path in SHIPPED_MODELS else Path(path)
+    if path.is_dir():
+        path = run_checkpoint(path, "model")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is a folder, not a model file" if path.is_dir()
-                                else f"model file not found: {path}")
+        raise FileNotFoundError(f"model file not found: {path}")
     if path.suffix.lower() == ".onnx":
         return ExportedModel(path).eval()
     return load_model(path, "cuda" if torch.cuda.is_available() else "cpu")  # ValueError for another file

@@ -345,12 +345,28 @@ def control_flow(path: Path) -> tuple[str, ...]:
     return _control_flow(path, stat.st_size, stat.st_mtime_ns)
 
 
+#: First bytes of the files ``torch.save`` writes: a zip archive, or (before PyTorch 1.6) a pickle.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _torch_checkpoint(path: Path) -> bool:
+    """Whether ``path`` starts as a PyTorch checkpoint does (an ONNX file starts with a protobuf field tag)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(4).startswith(_TORCH_MAGIC)
+    except OSError:
+        return False
+
+
 def open_session(path: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None
                  ) -> Session:
     """Load ``path`` with ``backend`` on ``device``: ``cpu``, ``cuda`` (an error when CUDA is missing), or
     ``None`` for CUDA where ONNX Runtime has it and the backend is not OpenVINO, else the CPU. See the module doc
-    for ``auto``."""
+    for ``auto``. A PyTorch checkpoint raises :class:`ModelError` saying how to export it."""
     path = Path(path)
+    if _torch_checkpoint(path):
+        raise ModelError(f"{path} is a PyTorch checkpoint, not an ONNX model: export it first "
+                         f"(`agegender export {path} model.onnx`), then give the .onnx file")
     if device is None:
         device = "cuda" if backend != "openvino" and available_backends()[:1] == ("onnxruntime",) \
             and _cuda_available() else "cpu"

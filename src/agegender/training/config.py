@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 #: What ``select`` may name: a validation loss, or a validation figure of ``compute_metrics`` (higher is better
 #: for all but losses and the MAE).
 SELECTABLE = ("val_loss", "val_age_loss", "val_gender_loss", *(f"val_{key}" for key in SELECTABLE_METRICS))
-_Count = Annotated[int, Field(ge=0)]
+#: Whole numbers are strict: YAML's ``true`` is not an epoch count (pydantic's lax mode reads it as 1).
+_Count = Annotated[int, Field(ge=0, strict=True)]
+_Positive = Annotated[int, Field(ge=1, strict=True)]
 #: ``[epoch, N]``: from that epoch on, the last N parameterised layers train.
 _Unfreeze = Annotated[list[_Count], Field(min_length=2, max_length=2)]
 
@@ -68,11 +70,11 @@ class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Literal["none", "step", "multistep", "onecycle", "cosine", "plateau"] = "none"
-    step_size: int = Field(default=10, ge=1)  # epochs (step)
+    step_size: _Positive = 10  # epochs (step)
     milestones: list[_Count] = Field(default_factory=list)  # epochs (multistep)
     gamma: float = Field(default=0.1, gt=0, le=1)  # the factor of each decay (step, multistep, plateau)
     pct_start: float = Field(default=0.25, ge=0, le=1)  # onecycle warm-up share
-    patience: int = Field(default=3, ge=0)  # plateau
+    patience: _Count = 3  # plateau
 
 
 class DistillConfig(BaseModel):
@@ -110,6 +112,9 @@ class DistillConfig(BaseModel):
             except (TypeError, ValueError) as err:
                 raise ValueError(f"distill.heads.{head}: give a number or [epoch, weight] pairs, not {weight!r}") \
                     from err
+            if min([weight] if isinstance(weight, int | float) else [w for _, w in weight]) < 0:
+                raise ValueError(f"{head}: a weight below 0 would push the student away from its "
+                                 f"teacher ({weight!r})")
         return heads
 
     def head_weights(self, epoch: float) -> dict[str, float]:
@@ -128,8 +133,8 @@ class TrainConfig(BaseModel):
     loss: LossSpec = Field(default_factory=LossSpec)
     distill: DistillConfig = Field(default_factory=DistillConfig)
     init: str | None = None  # start from the weights of a checkpoint or run folder (its best.pt) of the same model
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    epochs: _Positive = 10
+    batch_size: _Positive = 64
     seed: int = Field(default=0, ge=0, lt=2**32)
     start_age_at_mean: bool = False  # the age regression heads' bias starts at the training set's mean age
     ema: float | None = Field(default=None, ge=0, lt=1)  # per-step decay of a moving average of the weights (0.998)
@@ -137,10 +142,10 @@ class TrainConfig(BaseModel):
     # more selections of the same run, each kept as best_<key>.pt (seed 001 Table 8: the two-head nets chosen by
     # validation age loss, 7.1 and 8.1, and by gender loss, 7.2 and 8.2); `select` still picks best.pt
     also_select: list[str] = Field(default_factory=list)
-    early_stopping: int | None = Field(default=None, ge=1)  # patience in epochs
-    trainable_last: int | None = Field(default=None, ge=1)  # freeze all but the last N parameterised layers
+    early_stopping: _Positive | None = None  # patience in epochs
+    trainable_last: _Positive | None = None  # freeze all but the last N parameterised layers
     unfreeze: list[_Unfreeze] = Field(default_factory=list)  # [epoch, N]: from epoch on, the last N train
-    threads: int | None = Field(default=None, ge=1)
+    threads: _Positive | None = None
     # hold the training images in the device's memory and augment them there (DeviceBatches): for a GPU, which a
     # CPU loop per image cannot keep busy; on a CPU it runs too (the same draws), but brings nothing
     data_on_device: bool = False
@@ -248,10 +253,13 @@ def describe_errors(err: ValidationError, raw: Any) -> list[str]:
     return out + [f"{key} = {value}: {' or '.join(messages)}" for key, (value, messages) in lines.items()]
 
 
-def validate_config(raw: Mapping[str, Any], source: str = "config") -> TrainConfig:
+def validate_config(raw: Mapping[str, Any], source: str = "config", given: Mapping[str, Any] | None = None
+                    ) -> TrainConfig:
     """``raw`` as a typed config, or a ``ConfigError`` naming every key that is wrong, its value and what is
     allowed (or data that label none of the model's outputs); a loss setting for an output the model lacks is
-    logged as ignored (a shared ``base:`` may set it for its other models)."""
+    logged as ignored (a shared ``base:`` may set it for its other models), and so is a setting of ``given`` (the
+    keys the config file itself and its overrides set, not its ``base:``; default ``raw``) that the run will not
+    read (:func:`_ignored_settings`)."""
     try:
         config = TrainConfig.model_validate(raw)
     except ValidationError as err:
@@ -262,6 +270,8 @@ def validate_config(raw: Mapping[str, Any], source: str = "config") -> TrainConf
             log.warning("%s: loss.%s = %s is ignored: %s has no %s output (its outputs: %s)", source, key,
                         _show(getattr(config.loss, key)), config.model, " or ".join(LOSS_OUTPUTS[key]),
                         ", ".join(outputs))
+    for line in _ignored_settings(config, raw if given is None else given):
+        log.warning("%s: %s", source, line)
     problems = []
     if outputs is not None and set(outputs) <= {"attributes"} and config.data.dataset != "celeba":
         problems.append(f"data.dataset = {config.data.dataset!r}: {config.model} predicts CelebA's attributes only, "
@@ -277,6 +287,40 @@ def validate_config(raw: Mapping[str, Any], source: str = "config") -> TrainConf
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+#: Settings that only some choices read: (section, key) -> the choices of the section's ``name`` that read it.
+_READ_BY: dict[tuple[str, str], frozenset[str]] = {
+    ("optimizer", "momentum"): frozenset({"sgd", "rmsprop"}),
+    ("schedule", "step_size"): frozenset({"step"}),
+    ("schedule", "milestones"): frozenset({"multistep"}),
+    ("schedule", "gamma"): frozenset({"step", "multistep", "plateau"}),
+    ("schedule", "pct_start"): frozenset({"onecycle"}),
+    ("schedule", "patience"): frozenset({"plateau"}),
+}
+
+
+def _ignored_settings(config: TrainConfig, given: Mapping[str, Any]) -> list[str]:
+    """A line for each setting of ``given`` (raw sections) that this run will not read: a key of another optimizer
+    or schedule, distillation settings without a teacher; and for an unfreeze step at or past the last epoch."""
+
+    def sets(section: str) -> set[str]:
+        keys = given.get(section)
+        return set(keys) if isinstance(keys, Mapping) else set()
+
+    lines = []
+    for (section, key), readers in _READ_BY.items():
+        part = getattr(config, section)
+        if key in sets(section) and part.name not in readers:
+            lines.append(f"{section}.{key} = {_show(getattr(part, key))} is ignored: {section}.name = {part.name!r} "
+                         f"does not read it (only {', '.join(sorted(readers))})")
+    distill = config.distill
+    if distill.teacher is None and distill.stored is None:
+        lines += [f"distill.{key} = {_show(getattr(distill, key))} is ignored: no distill.teacher or distill.stored"
+                  for key in sorted(sets("distill") & set(DistillConfig.model_fields) - {"teacher", "stored"})]
+    lines += [f"unfreeze [{start}, {n}] is ignored: the run's last epoch is {config.epochs - 1} (epochs count from 0)"
+              for start, n in config.unfreeze if start >= config.epochs]
+    return lines
 
 
 #: What a ``select`` key's first word needs of the model: the kind of output, and the output keys that give it.
@@ -353,9 +397,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[T
     that does not validate raises ``ConfigError`` before anything else happens."""
     path = Path(path)
     raw = apply_overrides(read_raw_config(path), overrides or [])
+    own = yaml.safe_load(path.read_text())  # a mapping: read_raw_config checked it
+    own.pop("base", None)
     if overrides and isinstance(raw.get("description", ""), str | None):
         raw["description"] = " ".join(filter(None, [(raw.get("description") or "").strip(),
                                                     f"Overridden on the command line: {', '.join(overrides)}."]))
     if "model" not in raw:
         raise ConfigError(str(path), ["a config needs a 'model' (see `agegender models`)"])
-    return validate_config(raw, str(path)), raw
+    return validate_config(raw, str(path), given=apply_overrides(own, overrides or [])), raw
