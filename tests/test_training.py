@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from agegender.models import create_model
 from agegender.outputs import decode
@@ -147,6 +148,21 @@ def test_resume_refuses_another_config_and_keeps_the_run_s_own(utkface_dir: Path
     assert (tmp_path / "run" / "config.yaml").read_text() == stored
     same, raw_same = load_config(FLAGSHIP, small(utkface_dir, 64, 1, "threads=2"))  # how it runs may change
     train(same, tmp_path / "run", resume=True, raw_config=raw_same, progress=False)
+    longer, raw_longer = load_config(FLAGSHIP, small(utkface_dir, 64, 2))  # onecycle spreads over the run
+    with pytest.raises(ValueError, match=r"epochs: 1 -> 2; more epochs only under a schedule that does not spread"):
+        train(longer, tmp_path / "run", resume=True, raw_config=raw_longer, progress=False)
+
+
+def test_a_run_on_a_schedule_of_its_own_length_resumes_with_more_epochs(utkface_dir: Path, tmp_path: Path) -> None:
+    """Training on past the planned end (a run that was still improving) needs no restart where the rate at an
+    epoch does not depend on the run's length."""
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 1, "schedule.name=step", "schedule.step_size=1"))
+    train(cfg, tmp_path / "run", raw_config=raw, progress=False)
+    cfg, raw = load_config(FLAGSHIP, small(utkface_dir, 64, 2, "schedule.name=step", "schedule.step_size=1"))
+    train(cfg, tmp_path / "run", resume=True, raw_config=raw, progress=False)
+    assert [row["epoch"] for row in history(tmp_path / "run")] == ["1", "2"]
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["epoch"] == 2
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["epochs"] == 2
 
 
 def test_a_run_that_stopped_early_resumes_without_training_on(utkface_dir: Path, tmp_path: Path) -> None:

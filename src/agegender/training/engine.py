@@ -42,7 +42,7 @@ from agegender.reporting.metrics import compute_metrics
 from agegender.reporting.report import protocol_text, write_report
 from agegender.training.batches import Batches, DeviceBatches, record_targets
 from agegender.training.checkpoint import init_from, save_atomic
-from agegender.training.config import TrainConfig
+from agegender.training.config import ScheduleConfig, TrainConfig
 from agegender.training.distill import StoredOutputs, Teacher
 from agegender.training.distributed import Distributed
 from agegender.training.forward import model_outputs
@@ -357,18 +357,31 @@ class Trainer:
 #: Config keys a resumed run may change: how it runs, not what it trains (precision: see ``Trainer.resume``), and
 #: the description, which lists the command line's overrides.
 RESUMABLE_CHANGES = frozenset({"threads", "precision", "description"})
+#: Schedules whose rate at an epoch does not depend on the run's length: a run on one of them may be resumed with
+#: more ``epochs`` (onecycle and cosine spread themselves over the whole run: more epochs would change every rate).
+LENGTH_FREE_SCHEDULES = frozenset({"none", "step", "multistep", "plateau"})
 
 
 def config_differences(stored: Path, raw_config: dict) -> str:
     """How ``raw_config`` differs from a run's ``config.yaml`` (``key: old -> new; ...``), bar
-    :data:`RESUMABLE_CHANGES`; empty when it does not, or when there is no such file."""
+    :data:`RESUMABLE_CHANGES` and more ``epochs`` under one of :data:`LENGTH_FREE_SCHEDULES`; empty when it does
+    not, or when there is no such file."""
     if not stored.is_file():
         return ""
     before, now = (_flat(c) for c in (yaml.safe_load(stored.read_text()) or {},
                                       yaml.safe_load(yaml.safe_dump(raw_config))))
+    defaults = TrainConfig.model_fields["epochs"].default, ScheduleConfig.model_fields["name"].default
+    epochs = [c.get("epochs", defaults[0]) for c in (before, now)]
+    longer = epochs[1] > epochs[0] and all(c.get("schedule.name", defaults[1]) in LENGTH_FREE_SCHEDULES
+                                           for c in (before, now))
     changed = sorted(k for k in before.keys() | now.keys()
-                     if before.get(k) != now.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES)
-    return "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+                     if before.get(k) != now.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES
+                     and not (k == "epochs" and longer))
+    text = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+    if "epochs" in changed and epochs[1] > epochs[0]:
+        text += (f"; more epochs only under a schedule that does not spread over the run's length "
+                 f"({', '.join(sorted(LENGTH_FREE_SCHEDULES))})")
+    return text
 
 
 def check_same_config(stored: Path, raw_config: dict) -> None:
