@@ -143,6 +143,9 @@ def test_a_file_that_is_not_a_mapping_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("model: [vu_multitask\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "broken.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="a config needs a 'model'"):
+        load_config(tmp_path / "empty.yaml")
 
 
 def test_an_override_into_a_value_is_refused(config: Path) -> None:
@@ -192,6 +195,16 @@ def test_settings_this_run_will_not_read_are_said_to_be_ignored(config: Path,
     caplog.clear()
     load_config(config, ["optimizer.name=sgd", "optimizer.momentum=0.5", "schedule.name=multistep",
                          "schedule.milestones=[3]", "distill.stored=x.npz", "distill.weight=2"])
+    assert "is ignored" not in caplog.text
+    load_config(config, ["distill.stored=x.npz", "distill.flip=true"])  # only a teacher model is flipped
+    assert "distill.flip = True is ignored: no distill.teacher\n" in caplog.text + "\n"
+    caplog.clear()
+    # a base may set them for its other configs: a child on another optimizer or schedule is not told about them
+    (config.parent / "child.yaml").write_text(yaml.safe_dump({
+        "base": config.name, "optimizer": {"name": "adamw"}, "schedule": {"name": "onecycle"}}))
+    config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()), "optimizer": {
+        "name": "sgd", "momentum": 0.5}, "schedule": {"name": "multistep", "milestones": [3]}}))
+    assert load_config(config.parent / "child.yaml")[0].optimizer.momentum == 0.5
     assert "is ignored" not in caplog.text
 
 

@@ -45,7 +45,6 @@ from agegender.inference.accurate.stacked import chip_transform, descriptor_chip
 from agegender.inference.backends import open_session, set_metadata
 from agegender.outputs import decode
 from agegender.oversample import average_outputs
-from agegender.training.checkpoint import run_checkpoint
 from agegender.training.config import load_config
 from agegender.training.descriptor_head import export_head, fit_head, head_outputs
 from agegender.training.distill import save_stored_outputs
@@ -242,7 +241,7 @@ def main() -> None:
     if args.calibrate_head is not None:
         calibrate_head(args.calibrate_head, args.report, splits, x, args.score_test)
         return
-    models = [load_evaluable(run_checkpoint(m, "models") if Path(m).is_dir() else m) for m in args.models]
+    models = [load_evaluable(m) for m in args.models]  # a run folder: its best.pt
     scored = ("train", "val", "test") if args.score_test else ("train", "val")
     ours = {name: ensemble_outputs(models, splits[name]) for name in tqdm(scored, desc="our models")}
 

@@ -37,7 +37,8 @@ class DataConfig(BaseModel):
     # folder (utkface, celeba) or CSV (manifest); None: the shared UTKFace folder (agegender.paths)
     root: str | None = None
     splits_dir: str | None = None  # where split manifests are written (default: the cache folder)
-    train_limit: int | None = Field(default=None, ge=1)  # train on a fixed sample of N faces (validate and test on N/8)
+    # train on a fixed sample of N faces (validate and test on N/8)
+    train_limit: int | None = Field(default=None, ge=1, strict=True)
     # with train_limit: "sample" trains on those N faces, "rest" on every other train face (disjoint from them:
     # a pre-training set for a run that fine-tunes on the sample); validation and test as for the sample
     train_part: Literal["sample", "rest"] = "sample"

@@ -110,9 +110,9 @@ class DistillConfig(BaseModel):
             try:
                 scheduled_weight(weight, 0)
             except (TypeError, ValueError) as err:
-                raise ValueError(f"distill.heads.{head}: give a number or [epoch, weight] pairs, not {weight!r}") \
+                raise ValueError(f"{head}: give a number or [epoch, weight] pairs, not {weight!r}") \
                     from err
-            if min([weight] if isinstance(weight, int | float) else [w for _, w in weight]) < 0:
+            if min(float(w) for w in ([weight] if isinstance(weight, int | float) else [w for _, w in weight])) < 0:
                 raise ValueError(f"{head}: a weight below 0 would push the student away from its "
                                  f"teacher ({weight!r})")
         return heads
@@ -135,7 +135,7 @@ class TrainConfig(BaseModel):
     init: str | None = None  # start from the weights of a checkpoint or run folder (its best.pt) of the same model
     epochs: _Positive = 10
     batch_size: _Positive = 64
-    seed: int = Field(default=0, ge=0, lt=2**32)
+    seed: int = Field(default=0, ge=0, lt=2**32, strict=True)
     start_age_at_mean: bool = False  # the age regression heads' bias starts at the training set's mean age
     ema: float | None = Field(default=None, ge=0, lt=1)  # per-step decay of a moving average of the weights (0.998)
     select: str = "val_loss"  # checkpoint selection: val_loss, val_age_loss, val_gender_loss or val_<metric>
@@ -301,12 +301,15 @@ _READ_BY: dict[tuple[str, str], frozenset[str]] = {
 
 
 def _ignored_settings(config: TrainConfig, given: Mapping[str, Any]) -> list[str]:
-    """A line for each setting of ``given`` (raw sections) that this run will not read: a key of another optimizer
-    or schedule, distillation settings without a teacher; and for an unfreeze step at or past the last epoch."""
+    """A line for each setting of ``given`` (raw sections) that this run will not read, unless it is the default:
+    a key of another optimizer or schedule, distillation settings without a teacher; and for an unfreeze step at or
+    past the last epoch."""
 
     def sets(section: str) -> set[str]:
-        keys = given.get(section)
-        return set(keys) if isinstance(keys, Mapping) else set()
+        """The keys ``given`` sets in ``section`` to other than their defaults (a default changes nothing)."""
+        keys, part = given.get(section), getattr(config, section)
+        return {key for key in keys if key in type(part).model_fields
+                and getattr(part, key) != type(part).model_fields[key].default} if isinstance(keys, Mapping) else set()
 
     lines = []
     for (section, key), readers in _READ_BY.items():
@@ -315,9 +318,12 @@ def _ignored_settings(config: TrainConfig, given: Mapping[str, Any]) -> list[str
             lines.append(f"{section}.{key} = {_show(getattr(part, key))} is ignored: {section}.name = {part.name!r} "
                          f"does not read it (only {', '.join(sorted(readers))})")
     distill = config.distill
-    if distill.teacher is None and distill.stored is None:
-        lines += [f"distill.{key} = {_show(getattr(distill, key))} is ignored: no distill.teacher or distill.stored"
-                  for key in sorted(sets("distill") & set(DistillConfig.model_fields) - {"teacher", "stored"})]
+    # what reads each distillation key: a teacher model, or any source of targets (a teacher or stored outputs)
+    unread = ({"flip", "runtime"} if not distill.teacher else set()) | (
+        set(DistillConfig.model_fields) - {"teacher", "stored"} if not (distill.teacher or distill.stored) else set())
+    lines += [f"distill.{key} = {_show(getattr(distill, key))} is ignored: no distill.teacher"
+              f"{'' if key in ('flip', 'runtime') else ' or distill.stored'}"
+              for key in sorted(sets("distill") & unread)]
     lines += [f"unfreeze [{start}, {n}] is ignored: the run's last epoch is {config.epochs - 1} (epochs count from 0)"
               for start, n in config.unfreeze if start >= config.epochs]
     return lines
@@ -397,7 +403,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[T
     that does not validate raises ``ConfigError`` before anything else happens."""
     path = Path(path)
     raw = apply_overrides(read_raw_config(path), overrides or [])
-    own = yaml.safe_load(path.read_text())  # a mapping: read_raw_config checked it
+    own = yaml.safe_load(path.read_text()) or {}  # a mapping (read_raw_config checked it), or nothing
     own.pop("base", None)
     if overrides and isinstance(raw.get("description", ""), str | None):
         raw["description"] = " ".join(filter(None, [(raw.get("description") or "").strip(),

@@ -161,9 +161,16 @@ class Trainer:
         self.epoch, self.stale = 0, 0
         self.best: float | None = None
         self.history: list[dict[str, Any]] = []
+        self.raw_config = raw_config or {}
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(raw_config or {}, sort_keys=False))
+        if not (self.run_dir / "last.pt").is_file():  # a run resumed keeps its own until it has resumed
+            self._save_config()
+
+    def _save_config(self) -> None:
+        """The config beside the run (``config.yaml``): what ``--resume`` compares its config with."""
+        if self.dist.is_main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.raw_config, sort_keys=False))
 
     # -- state -----------------------------------------------------------------------------------------------
     @property
@@ -213,6 +220,7 @@ class Trainer:
             log.warning("precision: the run began in %s and goes on in %s, as the config says", began,
                         self.precision)
         self._apply_unfreeze()
+        self._save_config()  # its resumable changes (threads, a longer run) now belong to it
         log.info("resumed %s at epoch %d", self.run_dir, self.epoch)
         return True
 
@@ -362,23 +370,24 @@ RESUMABLE_CHANGES = frozenset({"threads", "precision", "description"})
 LENGTH_FREE_SCHEDULES = frozenset({"none", "step", "multistep", "plateau"})
 
 
-def config_differences(stored: Path, raw_config: dict) -> str:
+def config_differences(stored: Path, raw_config: dict, allow_longer: bool = False) -> str:
     """How ``raw_config`` differs from a run's ``config.yaml`` (``key: old -> new; ...``), bar
-    :data:`RESUMABLE_CHANGES` and more ``epochs`` under one of :data:`LENGTH_FREE_SCHEDULES`; empty when it does
-    not, or when there is no such file."""
+    :data:`RESUMABLE_CHANGES` and, with ``allow_longer`` (one run resumed, not the folds of a cross-validation,
+    which must all have one length), more ``epochs`` under one of :data:`LENGTH_FREE_SCHEDULES`; empty when it
+    does not, or when there is no such file."""
     if not stored.is_file():
         return ""
     before, now = (_flat(c) for c in (yaml.safe_load(stored.read_text()) or {},
                                       yaml.safe_load(yaml.safe_dump(raw_config))))
     defaults = TrainConfig.model_fields["epochs"].default, ScheduleConfig.model_fields["name"].default
     epochs = [c.get("epochs", defaults[0]) for c in (before, now)]
-    longer = epochs[1] > epochs[0] and all(c.get("schedule.name", defaults[1]) in LENGTH_FREE_SCHEDULES
+    longer = allow_longer and epochs[1] > epochs[0] and all(c.get("schedule.name", defaults[1]) in LENGTH_FREE_SCHEDULES
                                            for c in (before, now))
     changed = sorted(k for k in before.keys() | now.keys()
                      if before.get(k) != now.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES
                      and not (k == "epochs" and longer))
     text = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
-    if "epochs" in changed and epochs[1] > epochs[0]:
+    if allow_longer and "epochs" in changed and epochs[1] > epochs[0]:
         text += (f"; more epochs only under a schedule that does not spread over the run's length "
                  f"({', '.join(sorted(LENGTH_FREE_SCHEDULES))})")
     return text
@@ -388,7 +397,7 @@ def check_same_config(stored: Path, raw_config: dict) -> None:
     """A run resumes with the config it was started with (``config.yaml``, saved at its start), but for
     :data:`RESUMABLE_CHANGES`: its checkpoints, schedule and history belong to that config. ValueError naming the
     keys that differ."""
-    differences = config_differences(stored, raw_config)
+    differences = config_differences(stored, raw_config, allow_longer=True)
     if differences:
         raise ValueError(f"--resume continues {stored.parent} with the config it was started with, and this one "
                          f"differs ({differences}): resume without those changes, or start a new run with another "
