@@ -116,6 +116,9 @@ def test_a_valid_override_loads_typed(config: Path) -> None:
     assert raw["description"].endswith("Overridden on the command line: optimizer.lr=1e-3, epochs=3, "
                                        "data.augment.flip=true, loss.gender_schedule=[[5, 0.5]], "
                                        "select=val_age_mae, ema=null.")
+    # a mapping merges into its section, as a child config's does: it replaced the section, dropping data.dataset
+    cfg, _ = load_config(config, ["data={train_limit: 5, dataset: manifest}", "data={root: elsewhere}"])
+    assert (cfg.data.dataset, cfg.data.train_limit, cfg.data.root) == ("manifest", 5, "elsewhere")
 
 
 def test_sections_build_from_python_as_before(tmp_path: Path) -> None:

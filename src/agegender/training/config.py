@@ -346,7 +346,12 @@ def model_outputs(config: TrainConfig) -> tuple[str, ...] | None:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["optimizer.lr=0.01", "epochs=2"]`` applied to a raw config dict (values parsed as YAML)."""
+    """``["optimizer.lr=0.01", "epochs=2"]`` applied to a raw config dict (values parsed as YAML). A mapping given
+    for a section merges into it as a child config's does (``data={root: X}`` keeps the section's other keys).
+
+    >>> apply_overrides({"data": {"dataset": "utkface", "root": "a"}}, ["data={root: b}"])
+    {'data': {'dataset': 'utkface', 'root': 'b'}}
+    """
     out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
@@ -359,9 +364,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {'.'.join(parents[:i + 1])} is {node!r}, not a section")
         try:
-            node[leaf] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise ValueError(f"override {item!r}: the value is not YAML ({' '.join(str(err).split())})") from None
+        both = isinstance(parsed, dict) and isinstance(node.get(leaf), dict)
+        node[leaf] = merge_configs(node[leaf], parsed) if both else parsed
     return out
 
 
