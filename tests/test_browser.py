@@ -8,7 +8,7 @@ import base64
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,15 @@ def page(browser: Any, server_url: str) -> Iterator[Any]:
         yield opened
 
 
+def _model_line_shown(page: Any) -> None:
+    """The page at / is ready: its model line came from /v1/models."""
+    page.locator("#model", has_text=re.compile(r"^model ")).wait_for()
+
+
 @contextmanager
-def open_page(browser: Any, server_url: str) -> Iterator[Any]:
-    """:func:`page` for the server at ``server_url``."""
+def open_page(browser: Any, server_url: str, path: str = "/",
+              ready: Callable[[Any], None] = _model_line_shown) -> Iterator[Any]:
+    """:func:`page` for the server at ``server_url``: the page at ``path``, once ``ready`` has waited for it."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(90_000)  # the CPU may be shared with a training job
     problems: list[str] = []
@@ -55,10 +61,10 @@ def open_page(browser: Any, server_url: str) -> Iterator[Any]:
             and problems.append(f"console error: {msg.text}"))  # 4xx answers are logged; they are tested
     page.on("request", lambda req: req.url.startswith(server_url) or req.url.startswith("data:")
             or problems.append(f"request to another site: {req.url}"))
-    page.goto(f"{server_url}/")
+    page.goto(f"{server_url}{path}")
     # Locator waits run in Playwright's isolated world; wait_for_function would need eval, which the page's
     # Content-Security-Policy rightly forbids.
-    page.locator("#model", has_text=re.compile(r"^model ")).wait_for()
+    ready(page)
     yield page
     page.close()
     assert not problems
@@ -209,3 +215,14 @@ def test_a_point_age_model_shows_no_interval_and_no_group_confidence(
             cells = page.locator("#faces tbody tr").nth(0).locator("td").all_inner_texts()
             assert cells[3] == "—" and cells[4].strip() == body["faces"][0]["age_group"], cells
             assert "%" in cells[1]  # gender keeps its confidence
+
+
+def test_the_api_docs_render_from_this_server_alone(browser: Any, server_url: str) -> None:
+    """/docs loaded Swagger UI from a CDN: blank offline. Now its operations show, and nothing is fetched from
+    another site (``open_page`` fails the test on any such request or script error)."""
+    def operations_listed(page: Any) -> None:
+        page.locator(".opblock-summary-path", has_text="/v1/predict").wait_for()
+
+    with open_page(browser, server_url, "/docs", operations_listed) as page:
+        paths = page.locator(".opblock-summary-path").all_inner_texts()
+        assert {"/v1/predict", "/v1/models", "/healthz"} <= {p.strip().replace("\u200b", "") for p in paths}, paths

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -289,7 +290,11 @@ def test_page_static_files_and_docs(client: httpx.Client) -> None:
         assert response.status_code == 200
         assert "://" not in response.text + page.text  # nothing is fetched from another site
     assert client.get("/static/../app.py").status_code == 404
-    assert client.get("/docs").status_code == 200
+    for docs in ("/docs", "/redoc"):  # their scripts and styles come from this server: they work offline
+        html = client.get(docs)
+        assert html.status_code == 200 and "://" not in html.text, docs
+        for asset in re.findall(r'(?:src|href)="(/[^"]+\.(?:js|css))"', html.text):
+            assert client.get(asset).status_code == 200, asset
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 

@@ -18,6 +18,7 @@ from fastapi import APIRouter, FastAPI, File, HTTPException, Query, Request, Upl
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, create_model
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -205,9 +206,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             app.state.service = service
             yield
 
-    app = FastAPI(title="agegender", version=__version__, lifespan=lifespan,
-                  description="Age and gender for every face in a photo. POST a photo to `/v1/predict`; "
-                              "the web page at `/` does it for you.")
+    # FastAPI with /docs and /redoc whose scripts come from this server, not a CDN: they work offline
+    app = FastAPIOffline(title="agegender", version=__version__, lifespan=lifespan,
+                         description="Age and gender for every face in a photo. POST a photo to `/v1/predict`; "
+                                     "the web page at `/` does it for you.")
     app.state.settings = settings
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
