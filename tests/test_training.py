@@ -429,3 +429,19 @@ def test_resume_of_a_folder_without_a_run_says_it_starts_anew(tmp_path: Path,
     assert main(["train", str(FLAGSHIP), "--run-dir", str(tmp_path / "typo"), "--resume", "-q",
                  "-s", f"data.root={tmp_path / 'nowhere'}"]) == 2
     assert f"--resume: {tmp_path / 'typo'} holds no run to continue (no last.pt)" in capsys.readouterr().err
+
+
+def test_a_head_whose_labels_the_data_lacks_is_said_not_to_train(utkface_dir: Path, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A regression head on faces labelled by gender only had a zero loss all run, without a word."""
+    manifest = tmp_path / "gender_only.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "gender"])
+        for path in sorted(utkface_dir.iterdir())[::100][:96]:
+            writer.writerow([path, ("male", "female")[int(path.name.split("_")[1])]])
+    cfg, raw = load_config(FLAGSHIP, ["model=vu_multitask", "model_args={}", "data.dataset=manifest",
+                                      f"data.root={manifest}", "epochs=1", "batch_size=32", "threads=1"])
+    Trainer(cfg, tmp_path / "run", raw, progress=False)
+    lines = [r.getMessage() for r in caplog.records if "does not train" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("age: none of the ") and "has age labels" in lines[0], lines

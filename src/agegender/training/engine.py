@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from agegender.data.datasets import SplitData, SplitRecords, load_splits
+from agegender.data.records import FaceRecord
 from agegender.data.splits import split_fingerprint
 from agegender.models import config_of, create_model
 from agegender.models.freezing import freeze_all_but_last, unfreeze_last
@@ -46,7 +48,7 @@ from agegender.training.config import ScheduleConfig, TrainConfig
 from agegender.training.distill import StoredOutputs, Teacher
 from agegender.training.distributed import Distributed
 from agegender.training.forward import model_outputs
-from agegender.training.losses import distillation_loss, multitask_loss
+from agegender.training.losses import OUTPUT_LABELS, distillation_loss, multitask_loss
 from agegender.training.optim import Schedule, build_optimizer
 from agegender.training.precision import autocast, bf16_hardware, check_precision, choose_precision, upcast
 
@@ -140,6 +142,8 @@ class Trainer:
         self.faces = split_fingerprint({name: split.records for name, split in self.data.items()})
         self.stored = (StoredOutputs.load(cfg.distill.stored, self.data["train"].records)
                        if cfg.distill.stored else None)
+        for line in unlabelled_outputs(config_of(self.model).outputs, self.data["train"].records):
+            log.warning("%s", line)
         if cfg.start_age_at_mean:
             ages = [r.age for r in self.data["train"].records if r.age is not None]
             if not ages:
@@ -368,6 +372,19 @@ RESUMABLE_CHANGES = frozenset({"threads", "precision", "description"})
 #: Schedules whose rate at an epoch does not depend on the run's length: a run on one of them may be resumed with
 #: more ``epochs`` (onecycle and cosine spread themselves over the whole run: more epochs would change every rate).
 LENGTH_FREE_SCHEDULES = frozenset({"none", "step", "multistep", "plateau"})
+
+
+def unlabelled_outputs(outputs: Sequence[str], records: Sequence[FaceRecord]) -> list[str]:
+    """A line for each of ``outputs`` whose loss reads a label (:data:`~agegender.training.losses.OUTPUT_LABELS`)
+    that none of ``records`` has: that head would not train."""
+    lines = []
+    for output in outputs:
+        missing = [label for label in OUTPUT_LABELS.get(output, ())
+                   if all(getattr(r, label) is None for r in records)]
+        if missing:
+            lines.append(f"{output}: none of the {len(records)} training faces has {' or '.join(missing)} labels, so "
+                         "its loss stays 0 and the head does not train")
+    return lines
 
 
 def config_differences(stored: Path, raw_config: dict, allow_longer: bool = False) -> str:

@@ -211,6 +211,15 @@ LOSS_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The labels (fields of :class:`~agegender.data.records.FaceRecord`) each output's loss term reads: a face
+#: without one of them adds nothing to that term, and data without any leaves the output untrained.
+OUTPUT_LABELS: dict[str, tuple[str, ...]] = {
+    "age": ("age",), "age_dist_logits": ("age",), "age_group_logits": ("age_group",),
+    "age_ordinal_logits": ("age_group",), "joint_logits": ("age_group", "gender"), "gender_logit": ("gender",),
+    "attributes": ("attributes",),
+}
+
+
 def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor], spec: LossSpec,
                    epoch: int = 0) -> tuple[Tensor, dict[str, float]]:
     """Weighted sum of the loss of every output the model has (one term per output, :data:`LOSS_OUTPUTS`);
