@@ -128,7 +128,7 @@ def server_args(model_path: Path, yunet_path: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def server_url(server_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A server with default settings, shared by the API and browser tests."""
-    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    pytest.importorskip("fastapi_offline", reason="the serve extra is not installed")
     pytest.importorskip("httpx", reason="httpx (dev extra) is needed to talk to the server")
     with running_server(server_args, tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url

@@ -136,7 +136,7 @@ def test_predict_accurate_from_the_command_line(utkface_dir: Path, dlib_weights:
 
 
 def test_the_service_serves_the_accurate_mode(dlib_weights: Path, yunet_path: Path, photos_dir: Path) -> None:
-    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    pytest.importorskip("fastapi_offline", reason="the serve extra is not installed")
     from agegender.serving.service import InferenceService
     from agegender.serving.settings import ServeSettings
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (dev extra) tests the API schema")
-pytest.importorskip("fastapi", reason="the serve extra is not installed")
+pytest.importorskip("fastapi_offline", reason="the serve extra is not installed")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

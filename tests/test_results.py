@@ -138,7 +138,7 @@ def test_the_cli_csv_keeps_its_columns_and_format() -> None:
 
 
 def test_the_http_face_model_is_generated_from_face_to_dict() -> None:
-    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    pytest.importorskip("fastapi_offline", reason="the serve extra is not installed")
     from agegender.serving.app import FaceOut, PredictOut
 
     for face in (make_face(), make_face(landmarks=False)):

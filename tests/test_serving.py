@@ -24,7 +24,7 @@ from PIL import Image
 from tests.conftest import running_server
 
 httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is needed to talk to the server")
-pytest.importorskip("fastapi", reason="the serve extra is not installed")
+pytest.importorskip("fastapi_offline", reason="the serve extra is not installed")
 
 from agegender.cli import main  # noqa: E402
 from agegender.inference.detector import DETECT_SIZE, DETECTOR_RUNTIMES  # noqa: E402
@@ -293,7 +293,9 @@ def test_page_static_files_and_docs(client: httpx.Client) -> None:
     for docs in ("/docs", "/redoc"):  # their scripts and styles come from this server: they work offline
         html = client.get(docs)
         assert html.status_code == 200 and "://" not in html.text, docs
-        for asset in re.findall(r'(?:src|href)="(/[^"]+\.(?:js|css))"', html.text):
+        assets = re.findall(r'(?:src|href)="(/[^"]+\.(?:js|css))"', html.text)
+        assert any(a.endswith(".js") for a in assets), (docs, assets)  # the page's script is among them
+        for asset in assets:
             assert client.get(asset).status_code == 200, asset
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 

@@ -431,6 +431,13 @@ def test_resume_of_a_folder_without_a_run_says_it_starts_anew(tmp_path: Path,
     assert f"--resume: {tmp_path / 'typo'} holds no run to continue (no last.pt)" in capsys.readouterr().err
 
 
+def test_every_output_names_the_labels_its_loss_reads() -> None:
+    from agegender.outputs import OUTPUT_KEYS
+    from agegender.training.losses import LOSS_OUTPUTS, OUTPUT_LABELS
+
+    assert set(OUTPUT_LABELS) == set(OUTPUT_KEYS) == {o for outputs in LOSS_OUTPUTS.values() for o in outputs}
+
+
 def test_a_head_whose_labels_the_data_lacks_is_said_not_to_train(utkface_dir: Path, tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """A regression head on faces labelled by gender only had a zero loss all run, without a word."""

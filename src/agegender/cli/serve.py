@@ -58,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_extra("serve", "fastapi", "uvicorn", "multipart")
+    require_extra("serve", "fastapi", "fastapi_offline", "uvicorn", "multipart")
     check_model_options(args)
     from agegender.inference.detector import WeightsError
     from agegender.inference.onnx_model import ModelError

@@ -348,7 +348,7 @@ def model_outputs(config: TrainConfig) -> tuple[str, ...] | None:
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["optimizer.lr=0.01", "epochs=2"]`` applied to a raw config dict (values parsed as YAML). A mapping given
     for a section merges into it as a child config's does (``data={root: X}`` keeps the section's other keys); an
-    empty one, ``{}``, empties it.
+    empty one, ``{}``, empties it (its keys back to their defaults; only as the whole value, not nested).
 
     >>> apply_overrides({"data": {"dataset": "utkface", "root": "a"}}, ["data={root: b}"])
     {'data': {'dataset': 'utkface', 'root': 'b'}}
@@ -370,7 +370,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise ValueError(f"override {item!r}: the value is not YAML ({' '.join(str(err).split())})") from None
-        both = isinstance(parsed, dict) and parsed and isinstance(node.get(leaf), dict)
+        both = isinstance(parsed, dict) and bool(parsed) and isinstance(node.get(leaf), dict)
         node[leaf] = merge_configs(node[leaf], parsed) if both else parsed
     return out
 

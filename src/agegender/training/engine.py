@@ -142,8 +142,13 @@ class Trainer:
         self.faces = split_fingerprint({name: split.records for name, split in self.data.items()})
         self.stored = (StoredOutputs.load(cfg.distill.stored, self.data["train"].records)
                        if cfg.distill.stored else None)
-        for line in unlabelled_outputs(config_of(self.model).outputs, self.data["train"].records):
-            log.warning("%s", line)
+        distilled = set(self.stored.outputs) if self.stored else set()  # heads a teacher trains without labels
+        if self.teacher:
+            distilled |= {key for model in self.teacher.models for key in config_of(model).outputs}
+        if self.dist.is_main:
+            for line in unlabelled_outputs([o for o in self.config.outputs if o not in distilled],
+                                           self.data["train"].records):
+                log.warning("%s", line)
         if cfg.start_age_at_mean:
             ages = [r.age for r in self.data["train"].records if r.age is not None]
             if not ages:
@@ -375,15 +380,19 @@ LENGTH_FREE_SCHEDULES = frozenset({"none", "step", "multistep", "plateau"})
 
 
 def unlabelled_outputs(outputs: Sequence[str], records: Sequence[FaceRecord]) -> list[str]:
-    """A line for each of ``outputs`` whose loss reads a label (:data:`~agegender.training.losses.OUTPUT_LABELS`)
-    that none of ``records`` has: that head would not train."""
+    """A line for each of ``outputs`` whose loss needs labels (:data:`~agegender.training.losses.OUTPUT_LABELS`,
+    all of them on one face) that none of ``records`` has: without a teacher that head would not train.
+
+    >>> faces = [FaceRecord("a.jpg", None, 3, None), FaceRecord("b.jpg", None, None, 1)]
+    >>> [line.split(":")[0] for line in unlabelled_outputs(["age", "age_group_logits", "joint_logits"], faces)]
+    ['age', 'joint_logits']
+    """
     lines = []
     for output in outputs:
-        missing = [label for label in OUTPUT_LABELS.get(output, ())
-                   if all(getattr(r, label) is None for r in records)]
-        if missing:
-            lines.append(f"{output}: none of the {len(records)} training faces has {' or '.join(missing)} labels, so "
-                         "its loss stays 0 and the head does not train")
+        labels = OUTPUT_LABELS[output]
+        if not any(all(getattr(r, label) is not None for label in labels) for r in records):
+            lines.append(f"{output}: none of the {len(records)} training faces has {' and '.join(labels)} labels, "
+                         "so its loss stays 0 and the head does not train")
     return lines
 
 
