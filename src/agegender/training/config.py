@@ -308,8 +308,9 @@ def _ignored_settings(config: TrainConfig, given: Mapping[str, Any]) -> list[str
     def sets(section: str) -> set[str]:
         """The keys ``given`` sets in ``section`` to other than their defaults (a default changes nothing)."""
         keys, part = given.get(section), getattr(config, section)
-        return {key for key in keys if key in type(part).model_fields
-                and getattr(part, key) != type(part).model_fields[key].default} if isinstance(keys, Mapping) else set()
+        fields = type(part).model_fields
+        return {key for key in keys if key in fields and getattr(part, key) != fields[key].get_default(
+            call_default_factory=True)} if isinstance(keys, Mapping) else set()
 
     lines = []
     for (section, key), readers in _READ_BY.items():
