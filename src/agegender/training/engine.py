@@ -407,8 +407,8 @@ def config_differences(stored: Path, raw_config: dict, allow_longer: bool = Fals
                                       yaml.safe_load(yaml.safe_dump(raw_config))))
     defaults = TrainConfig.model_fields["epochs"].default, ScheduleConfig.model_fields["name"].default
     epochs = [c.get("epochs", defaults[0]) for c in (before, now)]
-    longer = allow_longer and epochs[1] > epochs[0] and all(c.get("schedule.name", defaults[1]) in LENGTH_FREE_SCHEDULES
-                                           for c in (before, now))
+    length_free = all(c.get("schedule.name", defaults[1]) in LENGTH_FREE_SCHEDULES for c in (before, now))
+    longer = allow_longer and epochs[1] > epochs[0] and length_free
     changed = sorted(k for k in before.keys() | now.keys()
                      if before.get(k) != now.get(k) and k.split(".")[0] not in RESUMABLE_CHANGES
                      and not (k == "epochs" and longer))
