@@ -119,13 +119,17 @@ def open_capture(source: str | os.PathLike) -> cv2.VideoCapture:
 
 class AnnotatedVideo:
     """Writes annotated frames into one video file (``.mp4``, MPEG-4 Part 2), at the source's frame rate divided by
-    the frames skipped; opened on the first frame."""
+    the frames skipped; opened on the first frame. The codec needs even sides: an odd width or height is padded
+    by one pixel that repeats the last column or row (the encoder would otherwise drop that column or row)."""
 
     def __init__(self, path: str, source_fps: float, every: int = 1) -> None:
         self.path, self.fps = path, max((source_fps or 25.0) / max(every, 1), 1.0)
         self.writer: cv2.VideoWriter | None = None
 
     def write(self, frame: np.ndarray) -> None:
+        height, width = frame.shape[:2]
+        if height % 2 or width % 2:
+            frame = cv2.copyMakeBorder(frame, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
         if self.writer is None:
             self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter.fourcc(*"mp4v"), self.fps,
                                           (frame.shape[1], frame.shape[0]))
