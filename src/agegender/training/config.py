@@ -387,9 +387,15 @@ def merge_configs(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def read_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_raw_config(path: str | Path) -> dict[str, Any]:
     """A YAML config as a dict, with its ``base:`` file (a path relative to it) merged in underneath."""
-    path = Path(path).resolve()
+    return _read_layers(Path(path))[1]
+
+
+def _read_layers(path: Path, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keys the config file at ``path`` sets itself (``base:`` left out), and the whole config: those keys
+    merged over its ``base:`` file's (a path relative to it), recursively."""
+    path = path.resolve()
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     if path in _seen:
@@ -402,10 +408,10 @@ def read_raw_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str,
         raise ConfigError(str(path), [f"a config is a mapping of keys, not a {type(raw).__name__}"])
     base = raw.pop("base", None)
     if base is None:
-        return raw
+        return raw, raw
     if not isinstance(base, str):
         raise ConfigError(str(path), [f"base = {_show(base)}: give the path of one config file, relative to this one"])
-    return merge_configs(read_raw_config(path.parent / base, (*_seen, path)), raw)
+    return raw, merge_configs(_read_layers(path.parent / base, (*_seen, path))[1], raw)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[TrainConfig, dict[str, Any]]:
@@ -413,9 +419,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> tuple[T
     reproducibility); command-line ``overrides`` are applied and named at the end of its description. A config
     that does not validate raises ``ConfigError`` before anything else happens."""
     path = Path(path)
-    raw = apply_overrides(read_raw_config(path), overrides or [])
-    own = yaml.safe_load(path.read_text()) or {}  # a mapping (read_raw_config checked it), or nothing
-    own.pop("base", None)
+    own, merged = _read_layers(path)
+    raw = apply_overrides(merged, overrides or [])
     if overrides and isinstance(raw.get("description", ""), str | None):
         raw["description"] = " ".join(filter(None, [(raw.get("description") or "").strip(),
                                                     f"Overridden on the command line: {', '.join(overrides)}."]))
