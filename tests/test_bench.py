@@ -261,7 +261,12 @@ def test_profile_and_photo_size_sweep(tmp_path: Path, yunet_path: Path, photos_d
         assert stage["ms_per_photo"] > 0 and stage["ms_per_face"] > 0
     assert on_photos["stages"]["end_to_end"]["ms_per_photo"] > 0
     for batch in CHIP_BATCHES:
-        assert all(profile["on_chips"][str(batch)][key]["ms_per_face"] > 0 for key in (*CHIP_STAGES, CHIP_CHAINED))
+        on_chips = profile["on_chips"][str(batch)]
+        assert all(on_chips[key]["ms_per_face"] > 0 for key in (*CHIP_STAGES, CHIP_CHAINED))
+        # each stage timed inside the chained calls: its shares add up to no more than the chained call
+        in_a_row = on_chips["in_a_row"]
+        assert set(in_a_row) == set(CHIP_STAGES) and all(ms > 0 for ms in in_a_row.values())
+        assert sum(in_a_row.values()) <= 1.5 * on_chips[CHIP_CHAINED]["ms_per_face"]
     scale = result["photos_at_scale"]
     assert [row["megapixels"] for row in scale["sweep"]] == [0.3, 2.0]
     for row in scale["sweep"]:
@@ -276,6 +281,7 @@ def test_profile_and_photo_size_sweep(tmp_path: Path, yunet_path: Path, photos_d
     assert scale["detect_size"] == DETECT_SIZE and f"faces detected at {DETECT_SIZE} px" in markdown
     assert "### Where the time goes" in markdown and "| network |" in markdown
     assert "| the model's stages in a row (`OnnxAgeGender.predict`) | – | – |" in markdown
+    assert "| chips, batch 1: ms/face | chips, batch 1: ms/face, in a row |" in markdown
     assert "| 0.3 MP | " in markdown and "| 2 MP | " in markdown and "| shared photos | 2 |" in markdown
     first = tmp_path / "work" / scale["sweep"][0]["photos"][0]
     written = first.stat().st_mtime_ns

@@ -17,14 +17,18 @@ beforehand), so its time is that piece's alone:
 Photos are predicted one at a time (``Predictor.predict``'s way), chips at batch 1 and 64; every stage is timed
 interleaved with the others (:func:`~agegender.benchmark.timing.time_interleaved`), and next to them the whole
 ``Predictor.predict`` of the photos and ``OnnxAgeGender.predict`` of the chips (the model's stages in a row, each
-on the arrays the one before has just made). Chained, the network runs after Python has worked for a while, long
-enough for the runtime's worker threads to fall asleep (on a 2-core EPYC, OpenVINO at batch 2: 0.43 ms back to back,
-0.53 ms after 150 us of Python, a one-off timing), and each stage finds the caches holding the others' data; so
-the chain can cost more than the sum of its stages timed apart, and side by side they show how much.
+on the arrays the one before has just made). Chained, each stage finds the caches holding the others' data, and
+the network runs after Python has worked for a while, long enough for the runtime's worker threads to fall asleep;
+so the chain can cost more than the sum of its stages timed apart. On chips each stage is also timed inside the
+chain (``in_a_row``: the median of its share of each chained call), which shows where that extra cost lands: on
+a 2-core Xeon with AMX at batch 1 it was the Python stages after the network, not the network (bench of
+2026-12-07, ``docs/logs/bench_profile_xeon.md``).
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -33,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from agegender.benchmark.timing import time_interleaved
+from agegender.benchmark.timing import DEFAULT_WARMUP, time_interleaved
 from agegender.images import ScaledImage, finer_decoder, load_scaled
 from agegender.inference.detector import Detection
 from agegender.inference.faces import locate_faces
@@ -117,21 +121,48 @@ def profile_photos(predictor: Predictor, photos: Sequence[Path], timing: dict[st
             "decoded_at": [[s.pixels.shape[1], s.pixels.shape[0]] for s in scaled], "stages": stages}
 
 
+class _Chained:
+    """:meth:`OnnxAgeGender.predict` of ``chips`` as its three stages, each stage's time of every call kept."""
+
+    def __init__(self, model: OnnxAgeGender, chips: list[np.ndarray], flip: bool) -> None:
+        self.model, self.chips, self.flip = model, chips, flip
+        self.seconds: dict[str, list[float]] = {key: [] for key in CHIP_STAGES}
+
+    def __call__(self) -> object:
+        clock = time.perf_counter
+        start = clock()
+        pixels = self.model.network_input(self.chips, self.flip)
+        preprocessed = clock()
+        raw = self.model.raw(pixels)
+        inferred = clock()
+        decoded = self.model.finish(raw, self.flip)
+        for key, seconds in zip(CHIP_STAGES, (preprocessed - start, inferred - preprocessed, clock() - inferred),
+                                strict=True):
+            self.seconds[key].append(seconds)
+        return decoded
+
+
 def profile_chips(model: OnnxAgeGender, chips: Sequence[np.ndarray], flip: bool, timing: dict[str, Any]
                   ) -> dict[str, Any]:
-    """The model's stages on face chips at each of :data:`CHIP_BATCHES`, in ms per face."""
+    """The model's stages on face chips at each of :data:`CHIP_BATCHES`, in ms per face: each timed apart, the
+    three in a row (:data:`CHIP_CHAINED`), and each inside that row (``in_a_row``)."""
     if not chips:
         raise ValueError("no chips to profile")
     calls: dict[tuple[int, str], Callable[[], object]] = {}
+    chained: dict[int, _Chained] = {}
     for batch in CHIP_BATCHES:
         group = [chips[i % len(chips)] for i in range(batch)]
         for key, call in _Work.of(model, [group], flip).calls(model, flip).items():
             calls[batch, key] = call
-        calls[batch, CHIP_CHAINED] = partial(model.predict, group, flip)
+        calls[batch, CHIP_CHAINED] = chained[batch] = _Chained(model, group, flip)
     times = time_interleaved(calls, **timing)
-    return {str(batch): {key: {"ms_per_face": times[batch, key].median_ms / batch,
-                               "p90_ms_per_face": times[batch, key].p90_ms / batch, "runs": times[batch, key].runs}
-                         for key in (*CHIP_STAGES, CHIP_CHAINED)} for batch in CHIP_BATCHES}
+    warmup = timing.get("warmup", DEFAULT_WARMUP)  # the chained calls' first ones were warm-up calls
+    return {str(batch): {**{key: {"ms_per_face": times[batch, key].median_ms / batch,
+                                  "p90_ms_per_face": times[batch, key].p90_ms / batch, "runs": times[batch, key].runs}
+                            for key in (*CHIP_STAGES, CHIP_CHAINED)},
+                         "in_a_row": {key: 1000 * statistics.median(seconds[warmup:]) / batch
+                                      for key, seconds in chained[batch].seconds.items()}}
+            for batch in CHIP_BATCHES}
 
 
 def run_profile(predictor: Predictor, photos: Sequence[Path], chips: Sequence[np.ndarray], timing: dict[str, Any]
@@ -155,7 +186,7 @@ def profile_markdown(profile: dict[str, Any]) -> list[str]:
     if photos:
         header += ["photos: ms/photo", "photos: ms/face"]
     if chips:
-        header += [f"chips, batch {b}: ms/face" for b in CHIP_BATCHES]
+        header += [f"chips, batch {b}: ms/face{where}" for b in CHIP_BATCHES for where in ("", ", in a row")]
     rows = []
     for key, title in (*STAGES, ("end_to_end", "end to end (`Predictor.predict`)"),
                        (CHIP_CHAINED, "the model's stages in a row (`OnnxAgeGender.predict`)")):
@@ -164,14 +195,19 @@ def profile_markdown(profile: dict[str, Any]) -> list[str]:
             stage = photos["stages"].get(key)
             row += [_ms(stage["ms_per_photo"]), _ms(stage["ms_per_face"])] if stage else ["–", "–"]
         if chips:
-            row += [_ms(chips[str(b)][key]["ms_per_face"]) if key in chips[str(b)] else "–" for b in CHIP_BATCHES]
+            for b in CHIP_BATCHES:
+                on = chips[str(b)]
+                row += [_ms(on[key]["ms_per_face"]) if key in on else "–",
+                        _ms(on["in_a_row"].get(key, on[key]["ms_per_face"] if key == CHIP_CHAINED else None))]
         rows.append(row)
     if photos:
         total = sum(photos["stages"][k]["ms_per_photo"] for k, _ in STAGES)
         per_face = total * len(photos["photos"]) / photos["faces"] if photos["faces"] else None
         sums = [_ms(total), _ms(per_face)]
         if chips:
-            sums += [_ms(sum(chips[str(b)][k]["ms_per_face"] for k in CHIP_STAGES)) for b in CHIP_BATCHES]
+            sums += [_ms(sum(chips[str(b)][part][k] if part == "in_a_row" else chips[str(b)][k]["ms_per_face"]
+                             for k in CHIP_STAGES))
+                     for b in CHIP_BATCHES for part in ("apart", "in_a_row")]
         rows.insert(len(STAGES), ["sum of the stages", *sums])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -181,7 +217,8 @@ def profile_markdown(profile: dict[str, Any]) -> list[str]:
     intro = [f"Stages of the default pipeline ({what}), each piece called directly on the previous stage's output, "
              "all timed interleaved (median); beside them the whole pipeline on the photos and the model's three "
              "stages in a row on the chips, which can cost more than their sum (the runtime's threads can "
-             "fall asleep between inferences, and each stage finds the caches holding the others' data)."]
+             "fall asleep between inferences, and each stage finds the caches holding the others' data). "
+             "\"In a row\": each model stage's share of the chained calls (median), where that extra cost lands."]
     if photos:
         intro.append(f"Photos: {len(photos['photos'])} ({photos['faces']} faces), one at a time.")
     return ["### Where the time goes (`--profile`)", "", " ".join(intro), "", *lines, ""]
