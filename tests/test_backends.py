@@ -3,6 +3,7 @@ correction, and a missing backend or device is said clearly (or falls back where
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,9 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
+from agegender.age_calibration import INTERVAL_METADATA_KEY, METADATA_KEY, IntervalCalibration
 from agegender.inference import backends
-from agegender.inference.backends import BackendError, CpuInfo, choose_backend, open_session
-from agegender.inference.onnx_model import OnnxAgeGender
+from agegender.inference.accurate.stacked import StackedAgeGender
+from agegender.inference.backends import BackendError, CpuInfo, choose_backend, open_session, set_metadata
+from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
+from agegender.inference.paired import PairedAgeGender
+from agegender.outputs import Decoded, decode
 from agegender.oversample import flip_average
 from agegender.preprocess import chips_to_input
 
@@ -70,32 +75,45 @@ def test_openvino_batch_sizes_get_their_own_model_and_threads_infer_at_once(chip
     monkeypatch.setattr(backends._OpenVinoSession, "STATIC_AFTER", 3)
     model = OnnxAgeGender("flagship-int8", threads=1, backend="openvino")
     models = model.session.models  # type: ignore[attr-defined]
-    dynamic = [model.predict([c]) for c in chips[:2]]  # batch 2 (a face and its mirror): 2 of the 3 calls
-    static = [model.predict([c]) for c in chips[:6]]
+
+    def predict(chips: list[np.ndarray]) -> Decoded:  # on the network's own graph, not predict's fused one
+        return decode(model.outputs(chips))
+
+    dynamic = [predict([c]) for c in chips[:2]]  # batch 2 (a face and its mirror): 2 of the 3 calls
+    static = [predict([c]) for c in chips[:6]]
     assert list(models.compiled) == [(2, 3, 64, 64)] and (2, 3, 64, 64) not in models.seen
     for a, b in zip(dynamic, static, strict=False):
         assert np.allclose(a.age, b.age, atol=1e-4) and np.allclose(a.female_prob, b.female_prob, atol=1e-5)
-    serial = [model.predict([c]).age[0] for c in chips[:40]]
-    with ThreadPoolExecutor(4) as pool:
-        parallel = list(pool.map(lambda c: model.predict([c]).age[0], chips[:40]))
-    assert np.allclose(serial, parallel, atol=1e-4)
+    for run in (predict, model.predict):  # predict's fused graph on its own requests alike
+        serial = [run([c]).age[0] for c in chips[:40]]
+        with ThreadPoolExecutor(4) as pool:
+            parallel = list(pool.map(lambda c, run=run: run([c]).age[0], chips[:40]))
+        assert np.allclose(serial, parallel, atol=1e-4)
 
 
 @needs_openvino
 def test_prepare_compiles_for_a_batch_size_at_once(chips: list[np.ndarray]) -> None:
-    """``prepare(faces)`` gives the first call of that batch size its own compiled model (OpenVINO), the outputs
+    """``prepare(faces)`` gives the first call of that batch size its own compiled model (OpenVINO), for the
+    network's own graph (the faces and their mirrors) and for predict's fused one (the faces), the outputs
     unchanged; ONNX Runtime has nothing to prepare."""
     model = OnnxAgeGender("flagship-int8", threads=1, backend="openvino")
     models = model.session.models  # type: ignore[attr-defined]
-    before = model.predict(chips[:3])  # the dynamic model: a batch size seen once
-    assert not models.compiled and models.seen[(6, 3, 64, 64)] == 1
+    before = model.outputs(chips[:3])  # the dynamic model: a batch size seen once
+    predicted = model.predict(chips[:3])
+    fused = model._fused[True].models  # type: ignore[attr-defined]
+    # outputs, then predict: on the network's graph, the fused one not being compiled for 3 faces yet
+    assert not models.compiled and models.seen[(6, 3, 64, 64)] == 2
+    assert not fused.compiled and fused.seen[(3, 3, 64, 64)] == 1
     model.prepare(3)
     model.prepare(1, flip=False)
     assert list(models.compiled) == [(6, 3, 64, 64), (1, 3, 64, 64)] and (6, 3, 64, 64) not in models.seen
-    compiled = models.compiled[(6, 3, 64, 64)]
-    after = model.predict(chips[:3])
-    assert models.compiled[(6, 3, 64, 64)] is compiled  # used, not compiled again
-    np.testing.assert_allclose(after.age, before.age, atol=1e-4)
+    assert list(fused.compiled) == [(3, 3, 64, 64)] and (3, 3, 64, 64) not in fused.seen
+    assert list(model._fused[False].models.compiled) == [(1, 3, 64, 64)]  # type: ignore[attr-defined]
+    compiled, fused_compiled = models.compiled[(6, 3, 64, 64)], fused.compiled[(3, 3, 64, 64)]
+    after, predicted_after = model.outputs(chips[:3]), model.predict(chips[:3])
+    assert models.compiled[(6, 3, 64, 64)] is compiled and fused.compiled[(3, 3, 64, 64)] is fused_compiled
+    np.testing.assert_allclose(after["age_dist_logits"], before["age_dist_logits"], atol=1e-4)
+    np.testing.assert_allclose(predicted_after.age, predicted.age, atol=1e-4)
     OnnxAgeGender("flagship-int8", backend="onnxruntime").prepare(3)
 
 
@@ -171,3 +189,68 @@ def test_a_graph_with_control_flow_runs_on_onnxruntime_under_auto_and_keeps_its_
     assert asked.session.backend == "openvino" and asked.output_names == auto.output_names
     flagship = OnnxAgeGender("flagship")  # no control flow: OpenVINO where the CPU has its units
     assert backends.control_flow(flagship.path) == () and flagship.session.backend == "openvino"
+
+
+def _assert_same_predictions(got: Decoded, expected: Decoded) -> None:
+    """Fused float32 nodes against float64 NumPy: rounding apart, the same predictions."""
+    for field in ("age", "age_low", "age_high"):
+        np.testing.assert_allclose(getattr(got, field), getattr(expected, field), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got.female_prob, expected.female_prob, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.group_probs, expected.group_probs, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(got.age_group, expected.age_group)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=needs_openvino)])
+def test_predict_runs_flip_decoding_and_calibrations_in_the_graph(chips: list[np.ndarray], backend: str) -> None:
+    """The int8 default fuses its decoding: one inference from pixels to calibrated predictions (on OpenVINO once
+    compiled for the batch size), the same as the network followed by NumPy, with and without flip, in a batch
+    and one face at a time."""
+    model = OnnxAgeGender("flagship-int8", threads=1, backend=backend)
+    assert model.fused_why_not is None and model.interval_calibration is not None
+    expected = {flip: model.calibrate(decode(model.outputs(chips[:20], flip))) for flip in (True, False)}
+    unprepared = model.predict(chips[:20])
+    if backend == "openvino":  # a batch size the fused graph is not compiled for: the network's graph and NumPy
+        np.testing.assert_array_equal(unprepared.age, expected[True].age)
+    for flip in (True, False):
+        for faces in (20, 1):
+            model.prepare(faces, flip)
+    network_outputs = model.outputs
+    model.outputs = None  # type: ignore[assignment,method-assign]  # predict must not need them now
+    try:
+        for flip in (True, False):
+            _assert_same_predictions(model.predict(chips[:20], flip), expected[flip])
+            for i, chip in enumerate(chips[:3]):
+                single = model.predict([chip], flip)
+                assert single.n == 1 and abs(single.age[0] - expected[flip].age[i]) < 1e-4
+    finally:
+        model.outputs = network_outputs  # type: ignore[method-assign]
+
+
+def test_the_decoding_stays_in_numpy_where_it_cannot_be_fused(chips: list[np.ndarray], tmp_path: Path) -> None:
+    """Each calibration is fused only in the forms the graph restates: with none, with the age correction alone,
+    both; an interval by bands of the predicted age, a model that adds to the network's outputs and a float32 file
+    computed in bf16 keep the NumPy path (and its exact outputs)."""
+    path = Path(shutil.copy(shipped_model_path("flagship-int8"), tmp_path / "model.onnx"))
+    shipped = OnnxAgeGender(path, backend="onnxruntime")
+    hinge, precision = shipped.age_calibration, shipped.metadata["quantization"]
+    assert hinge is not None
+    for correction, interval in ((None, ""), (hinge.to_json(), "")):
+        set_metadata(path, {METADATA_KEY: correction or "", INTERVAL_METADATA_KEY: interval})
+        model = OnnxAgeGender(path, backend="onnxruntime")
+        assert model.fused_why_not is None and model.interval_calibration is None
+        assert (model.age_calibration is None) == (correction is None)
+        _assert_same_predictions(model.predict(chips[:10]), model.calibrate(decode(model.outputs(chips[:10]))))
+    by_prediction = IntervalCalibration(by="predicted_age", edges=(30.0,), scales=(0.8, 1.2),
+                                        fitted_after=(hinge.knee, hinge.slope), precision=precision)
+    set_metadata(path, {INTERVAL_METADATA_KEY: by_prediction.to_json()})
+    model = OnnxAgeGender(path, backend="onnxruntime")
+    assert model.interval_calibration == by_prediction
+    assert model.fused_why_not == "its interval is calibrated by predicted age"
+    expected = model.calibrate(decode(model.outputs(chips[:10])))
+    np.testing.assert_array_equal(model.predict(chips[:10]).age_high, expected.age_high)
+    assert StackedAgeGender.FUSE_DECODING is False and PairedAgeGender.FUSE_DECODING is False
+    float32 = OnnxAgeGender("flagship", backend="openvino" if "openvino" in backends.available_backends()
+                            else "onnxruntime")
+    bf16 = float32.session.float_precision == "bf16"
+    assert (float32.fused_why_not == "openvino computes this float32 file in bf16") if bf16 else \
+        float32.fused_why_not is None

@@ -22,7 +22,7 @@ from agegender.benchmark.peers import (
     square_crop,
 )
 from agegender.benchmark.photos import resized_photo
-from agegender.benchmark.profile import CHIP_BATCHES, CHIP_CHAINED, CHIP_STAGES, STAGES
+from agegender.benchmark.profile import CHIP_BATCHES, CHIP_CHAINED, CHIP_PREDICT, CHIP_STAGES, STAGES
 from agegender.benchmark.run import (
     BenchOptions,
     bench_runtimes,
@@ -262,7 +262,7 @@ def test_profile_and_photo_size_sweep(tmp_path: Path, yunet_path: Path, photos_d
     assert on_photos["stages"]["end_to_end"]["ms_per_photo"] > 0
     for batch in CHIP_BATCHES:
         on_chips = profile["on_chips"][str(batch)]
-        assert all(on_chips[key]["ms_per_face"] > 0 for key in (*CHIP_STAGES, CHIP_CHAINED))
+        assert all(on_chips[key]["ms_per_face"] > 0 for key in (*CHIP_STAGES, CHIP_CHAINED, CHIP_PREDICT))
         # each stage timed inside the chained calls: its shares add up to no more than the chained call
         in_a_row = on_chips["in_a_row"]
         assert set(in_a_row) == set(CHIP_STAGES) and all(ms > 0 for ms in in_a_row.values())
@@ -280,7 +280,9 @@ def test_profile_and_photo_size_sweep(tmp_path: Path, yunet_path: Path, photos_d
     markdown = to_markdown(result)
     assert scale["detect_size"] == DETECT_SIZE and f"faces detected at {DETECT_SIZE} px" in markdown
     assert "### Where the time goes" in markdown and "| network |" in markdown
-    assert "| the model's stages in a row (`OnnxAgeGender.predict`) | – | – |" in markdown
+    assert "| the model's stages in a row (the network, then NumPy) | – | – |" in markdown
+    assert profile["fused_decoding"] is True  # the default int8 file
+    assert "| `OnnxAgeGender.predict`, decoding in the graph | – | – |" in markdown
     assert "| chips, batch 1: ms/face | chips, batch 1: ms/face, in a row |" in markdown
     assert "| 0.3 MP | " in markdown and "| 2 MP | " in markdown and "| shared photos | 2 |" in markdown
     first = tmp_path / "work" / scale["sweep"][0]["photos"][0]

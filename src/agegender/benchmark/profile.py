@@ -12,17 +12,19 @@ beforehand), so its time is that piece's alone:
 - decode outputs: :meth:`OnnxAgeGender.finish` (flip averaging, :func:`agegender.outputs.decode` and the
   model's age and interval calibration).
 
-:meth:`OnnxAgeGender.predict` is these three model stages in a row.
+These three model stages in a row are the network followed by NumPy: what :meth:`OnnxAgeGender.predict` runs where
+it cannot fuse its decoding into the graph. Where it can (the shipped int8 files: :mod:`agegender.inference.fused`)
+``predict`` is one inference from pixels to predictions, timed beside them.
 
 Photos are predicted one at a time (``Predictor.predict``'s way), chips at batch 1 and 64; every stage is timed
 interleaved with the others (:func:`~agegender.benchmark.timing.time_interleaved`), and next to them the whole
-``Predictor.predict`` of the photos and ``OnnxAgeGender.predict`` of the chips (the model's stages in a row, each
-on the arrays the one before has just made). Chained, each stage finds the caches holding the others' data, and
+``Predictor.predict`` of the photos, and on the chips the model's stages in a row (each on the arrays the one before
+has just made) and ``OnnxAgeGender.predict``. Chained, each stage finds the caches holding the others' data, and
 the network runs after Python has worked for a while, long enough for the runtime's worker threads to fall asleep;
 so the chain can cost more than the sum of its stages timed apart. On chips each stage is also timed inside the
 chain (``in_a_row``: the median of its share of each chained call), which shows where that extra cost lands: on
 a 2-core Xeon with AMX at batch 1 it was the Python stages after the network, not the network (bench of
-2026-12-07, ``docs/logs/bench_profile_xeon.md``).
+2026-12-07, ``docs/logs/bench_profile_xeon.md``), which is why ``predict`` now fuses them into the graph.
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ STAGES = (("decode", "decode (reduced JPEG)"), ("detect", "detect (YuNet)"), ("a
           ("decode_outputs", "decode outputs (+ calibration)"))
 #: Stages that start from face chips (the others need a photo).
 CHIP_STAGES = ("preprocess", "network", "decode_outputs")
-#: The model's stages in a row on chips (:meth:`OnnxAgeGender.predict`).
-CHIP_CHAINED = "predict"
+#: The model's stages in a row on chips: the network, then NumPy.
+CHIP_CHAINED = "chained"
+#: :meth:`OnnxAgeGender.predict` on chips (its decoding fused into the graph where the model allows it).
+CHIP_PREDICT = "predict"
 CHIP_BATCHES = (1, 64)
 
 
@@ -122,7 +126,8 @@ def profile_photos(predictor: Predictor, photos: Sequence[Path], timing: dict[st
 
 
 class _Chained:
-    """:meth:`OnnxAgeGender.predict` of ``chips`` as its three stages, each stage's time of every call kept."""
+    """The model's three stages on ``chips`` in a row (the network, then NumPy), each stage's time of every call
+    kept."""
 
     def __init__(self, model: OnnxAgeGender, chips: list[np.ndarray], flip: bool) -> None:
         self.model, self.chips, self.flip = model, chips, flip
@@ -145,21 +150,24 @@ class _Chained:
 def profile_chips(model: OnnxAgeGender, chips: Sequence[np.ndarray], flip: bool, timing: dict[str, Any]
                   ) -> dict[str, Any]:
     """The model's stages on face chips at each of :data:`CHIP_BATCHES`, in ms per face: each timed apart, the
-    three in a row (:data:`CHIP_CHAINED`), and each inside that row (``in_a_row``)."""
+    three in a row (:data:`CHIP_CHAINED`), each inside that row (``in_a_row``), and ``predict``
+    (:data:`CHIP_PREDICT`)."""
     if not chips:
         raise ValueError("no chips to profile")
     calls: dict[tuple[int, str], Callable[[], object]] = {}
     chained: dict[int, _Chained] = {}
     for batch in CHIP_BATCHES:
+        model.prepare(batch, flip)  # the steady state, as the bench's main table times it
         group = [chips[i % len(chips)] for i in range(batch)]
         for key, call in _Work.of(model, [group], flip).calls(model, flip).items():
             calls[batch, key] = call
         calls[batch, CHIP_CHAINED] = chained[batch] = _Chained(model, group, flip)
+        calls[batch, CHIP_PREDICT] = partial(model.predict, group, flip)
     times = time_interleaved(calls, **timing)
     warmup = timing.get("warmup", DEFAULT_WARMUP)  # the chained calls' first ones were warm-up calls
     return {str(batch): {**{key: {"ms_per_face": times[batch, key].median_ms / batch,
                                   "p90_ms_per_face": times[batch, key].p90_ms / batch, "runs": times[batch, key].runs}
-                            for key in (*CHIP_STAGES, CHIP_CHAINED)},
+                            for key in (*CHIP_STAGES, CHIP_CHAINED, CHIP_PREDICT)},
                          "in_a_row": {key: 1000 * statistics.median(seconds[warmup:]) / batch
                                       for key, seconds in chained[batch].seconds.items()}}
             for batch in CHIP_BATCHES}
@@ -171,6 +179,7 @@ def run_profile(predictor: Predictor, photos: Sequence[Path], chips: Sequence[np
     info = predictor.model.describe()
     return {"model": predictor.model.path.name, "backend": info["backend"], "device": info["device"],
             "flip": predictor.flip, "reduced_decode": predictor.reduced,
+            "fused_decoding": predictor.model.fused_why_not is None,
             "on_photos": profile_photos(predictor, photos, timing) if photos else None,
             "on_chips": profile_chips(predictor.model, chips, predictor.flip, timing) if chips else None}
 
@@ -189,7 +198,9 @@ def profile_markdown(profile: dict[str, Any]) -> list[str]:
         header += [f"chips, batch {b}: ms/face{where}" for b in CHIP_BATCHES for where in ("", ", in a row")]
     rows = []
     for key, title in (*STAGES, ("end_to_end", "end to end (`Predictor.predict`)"),
-                       (CHIP_CHAINED, "the model's stages in a row (`OnnxAgeGender.predict`)")):
+                       (CHIP_CHAINED, "the model's stages in a row (the network, then NumPy)"),
+                       (CHIP_PREDICT, "`OnnxAgeGender.predict`" + (", decoding in the graph"
+                                                                   if profile["fused_decoding"] else ""))):
         row = [title]
         if photos:
             stage = photos["stages"].get(key)

@@ -61,6 +61,8 @@ def describe_lines(info: dict[str, Any]) -> list[str]:
     lines = [info["path"], *config_lines(info["config"]),
              f"  agegender        {info['version'] or 'unknown version'}",
              f"  precision        {info['quantization'] or 'float32'}",
+             f"  runs on          {info['backend']} ({info['device']}, floats in {info['float_precision']}); "
+             f"decoding {info['decoding']}",
              f"  age calibration  {AgeCalibration(**info['age_calibration']) if info['age_calibration'] else 'none'}"]
     interval = info.get("age_interval_calibration")
     lines.append(f"  age interval     {IntervalCalibration.from_dict(interval) if interval else 'as decoded'}")

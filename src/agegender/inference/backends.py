@@ -19,6 +19,7 @@ most 0.09 years on an AVX512-BF16 EPYC), as the int8 model does by its own kerne
 from __future__ import annotations
 
 import importlib.util
+import io
 import logging
 import os
 import platform
@@ -150,6 +151,10 @@ class Session(Protocol):
     def prepare(self, shape: tuple[int, ...]) -> None:
         """Get ready for inputs of ``shape`` (OpenVINO compiles for it; ONNX Runtime has nothing to do)."""
 
+    def ready_for(self, shape: tuple[int, ...]) -> bool:
+        """Whether inputs of ``shape`` run at full speed: always on ONNX Runtime; on OpenVINO on a model compiled
+        for that shape (after :meth:`prepare`, or once seen often enough: this call counts as one)."""
+
 
 def ort_session(path: Path | bytes, threads: int | None = None, device: str = "cpu") -> Any:
     """An ONNX Runtime ``InferenceSession`` of a file or a serialised model (CPU, or CUDA with the CPU as fallback
@@ -180,8 +185,10 @@ class _OrtSession:
     backend = "onnxruntime"
     float_precision = "f32"
 
-    def __init__(self, path: Path, threads: int | None, device: str) -> None:
-        self.session = ort_session(path, threads, device)
+    def __init__(self, path: Path, threads: int | None, device: str, graph: bytes | None = None) -> None:
+        if graph is not None and not path.is_file():
+            raise BackendError(f"model file not found: {path}")
+        self.session = ort_session(path if graph is None else graph, threads, device)
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata = {k[len(META_PREFIX):]: v for k, v in meta.items() if k.startswith(META_PREFIX)}
@@ -194,6 +201,9 @@ class _OrtSession:
 
     def prepare(self, shape: tuple[int, ...]) -> None:
         """Nothing: ONNX Runtime plans for any shape alike."""
+
+    def ready_for(self, shape: tuple[int, ...]) -> bool:
+        return True
 
 
 def openvino_config(threads: int | None) -> dict[str, Any]:
@@ -217,18 +227,19 @@ class OpenVinoModels:
     errors."""
 
     def __init__(self, path: Path, threads: int | None, dynamic_shape: tuple[int, ...] | None = None,
-                 static_after: int = 50, keep: int = 8) -> None:
+                 static_after: int = 50, keep: int = 8, graph: bytes | None = None) -> None:
         import openvino as ov
 
         self.core, self.config = ov.Core(), openvino_config(threads)
         self.static_after, self.keep = static_after, keep
-        #: The model as read (its metadata, inputs and outputs); compiled models are made from copies of it. Read
-        #: by the ONNX front end alone: ``Core.read_model`` tries every front end, and the TensorFlow one prints its
-        #: parse errors for a file that is not ONNX.
+        #: The model as read (its metadata, inputs and outputs; ``graph``: a serialised ONNX model in place of the
+        #: file's); compiled models are made from copies of it. Read by the ONNX front end alone:
+        #: ``Core.read_model`` tries every front end, and the TensorFlow one prints its parse errors for a file that
+        #: is not ONNX.
         from openvino.frontend import FrontEndManager
 
         onnx = FrontEndManager().load_by_framework("onnx")
-        self.model = onnx.convert(onnx.load(str(path)))
+        self.model = onnx.convert(onnx.load(str(path) if graph is None else io.BytesIO(graph)))
         self.dynamic = self._compile(dynamic_shape)
         self.compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # static models, the most recent last
         self.seen: OrderedDict[tuple[int, ...], int] = OrderedDict()  # shapes without one yet: how often seen
@@ -301,11 +312,11 @@ class _OpenVinoSession:
     #: calls (0.03 ms each at batch 2), so only a long collection or a server pays them.
     STATIC_AFTER = 1000
 
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, threads: int | None, graph: bytes | None = None) -> None:
         if not path.is_file():
             raise BackendError(f"model file not found: {path}")
         try:
-            self.models = OpenVinoModels(path, threads, static_after=self.STATIC_AFTER)
+            self.models = OpenVinoModels(path, threads, static_after=self.STATIC_AFTER, graph=graph)
         except Exception as err:  # OpenVINO raises its own untyped errors
             raise BackendError(f"OpenVINO cannot load {path}: {str(err).strip().splitlines()[-1]}") from err
         info = self.models.model.get_rt_info()  # ONNX metadata_props arrive under "framework"
@@ -323,6 +334,9 @@ class _OpenVinoSession:
 
     def prepare(self, shape: tuple[int, ...]) -> None:
         self.models.prepare(shape)
+
+    def ready_for(self, shape: tuple[int, ...]) -> bool:
+        return self.models._model_for(shape) is not self.models.dynamic
 
 
 @lru_cache(maxsize=32)
@@ -358,11 +372,12 @@ def _torch_checkpoint(path: Path) -> bool:
         return False
 
 
-def open_session(path: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None
-                 ) -> Session:
+def open_session(path: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None,
+                 graph: bytes | None = None) -> Session:
     """Load ``path`` with ``backend`` on ``device``: ``cpu``, ``cuda`` (an error when CUDA is missing), or
     ``None`` for CUDA where ONNX Runtime has it and the backend is not OpenVINO, else the CPU. See the module doc
-    for ``auto``. A PyTorch checkpoint raises :class:`ModelError` saying how to export it."""
+    for ``auto``. A PyTorch checkpoint raises :class:`ModelError` saying how to export it. ``graph``: a serialised
+    ONNX model made from the file's (e.g. :func:`agegender.inference.fused.fused_graph`), run in its place."""
     path = Path(path)
     if _torch_checkpoint(path):
         raise ModelError(f"{path} is a PyTorch checkpoint, not an ONNX model: export it first "
@@ -380,8 +395,8 @@ def open_session(path: str | Path, backend: str = "auto", device: str | None = N
                                      "plugin does not always run right"
     log.debug("backend %s on %s: %s", chosen, device, why)
     if chosen == "openvino":
-        return _OpenVinoSession(path, threads)
-    return _OrtSession(path, threads, device)
+        return _OpenVinoSession(path, threads, graph)
+    return _OrtSession(path, threads, device, graph)
 
 
 def set_metadata(path: str | Path, meta: Mapping[str, str]) -> Path:

@@ -22,6 +22,8 @@ class PairedAgeGender(OnnxAgeGender):
     named ``AGE+GENDER``. The single-batch stages (``network_input``, ``raw``, ``forward``) stay the age
     network's own: each network preprocesses the chips its own way."""
 
+    FUSE_DECODING = False  # the gender network's outputs join the age network's before decoding
+
     def __init__(self, path: str | Path, gender: str | Path, threads: int | None = None, backend: str = "auto",
                  device: str | None = None) -> None:
         super().__init__(path, threads, backend, device)

@@ -115,6 +115,8 @@ class StackedAgeGender(OnnxAgeGender):
     head's weights were chosen and its metrics measured) whose probabilities are averaged with those of a head
     on dlib face descriptors. Used like :class:`OnnxAgeGender`; ``flip`` applies to the flagship only."""
 
+    FUSE_DECODING = False  # the head's outputs join the network's before decoding
+
     def __init__(self, path: str | Path | None = None, threads: int | None = None,
                  descriptor_weights: str | os.PathLike | None = None, head: str | Path | None = None,
                  backend: str = "auto", device: str | None = None) -> None:
