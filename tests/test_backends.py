@@ -254,3 +254,24 @@ def test_the_decoding_stays_in_numpy_where_it_cannot_be_fused(chips: list[np.nda
     bf16 = float32.session.float_precision == "bf16"
     assert (float32.fused_why_not == "openvino computes this float32 file in bf16") if bf16 else \
         float32.fused_why_not is None
+
+
+def test_a_file_whose_fused_graph_cannot_be_made_predicts_through_numpy(chips: list[np.ndarray], tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A file of another opset (here 18, where ReduceMean takes its axes as an input): the fused nodes do not fit
+    it, so predict says so once and decodes in NumPy, with the network's own outputs."""
+    import onnx
+
+    proto = onnx.load(str(shipped_model_path("flagship-int8")))
+    for opset in proto.opset_import:
+        if opset.domain == "":
+            opset.version = 18
+    path = tmp_path / "opset18.onnx"
+    onnx.save(proto, str(path))
+    model = OnnxAgeGender(path, backend="onnxruntime")
+    with caplog.at_level("WARNING", logger="agegender.inference.onnx_model"):
+        got = model.predict(chips[:4])
+    assert "decoding in NumPy: the fused graph could not be made" in caplog.text
+    assert model.fused_why_not is not None and model.fused_why_not.startswith("the fused graph could not be made")
+    np.testing.assert_array_equal(got.age, model.calibrate(decode(model.outputs(chips[:4]))).age)
+    assert model.describe()["decoding"].startswith("NumPy (the fused graph could not be made")

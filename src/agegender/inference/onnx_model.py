@@ -96,12 +96,15 @@ class OnnxAgeGender:
         self.version_label = f"{self.path.name} (agegender {self.metadata.get('version', 'unknown')})"
         self._fused: dict[bool, Session] = {}  # by flip, made at the first predict of each
         self._fusing = threading.Lock()
+        self._fusion_error: str | None = None  # why the fused graph could not be made, if it could not
 
     @property
     def fused_why_not(self) -> str | None:
         """Why ``predict`` does not fuse the decoding into the graph (None: it does)."""
         if not self.FUSE_DECODING:
             return f"{type(self).__name__} adds to the network's outputs"
+        if self._fusion_error:
+            return self._fusion_error
         if self.session.float_precision != "f32" and not self.metadata.get("quantization"):
             # OpenVINO would hand the last float layer's outputs on in bf16: ages 0.01-0.04 years off on a Xeon
             return f"{self.session.backend} computes this float32 file in {self.session.float_precision}"
@@ -115,11 +118,16 @@ class OnnxAgeGender:
         with self._fusing:
             session = self._fused.get(flip)
             if session is None:
-                graph = fused_graph(self.path.read_bytes(), self.session.input_name, flip,
-                                    self.age_calibration,
-                                    self.interval_calibration)
-                session = self._fused[flip] = open_session(self.path, self.session.backend, self.session.device,
-                                                           self.threads, graph)
+                try:
+                    graph = fused_graph(self.path.read_bytes(), self.session.input_name, flip,
+                                        self.age_calibration, self.interval_calibration)
+                    session = open_session(self.path, self.session.backend, self.session.device, self.threads,
+                                           graph)
+                except Exception as err:  # e.g. a file of another opset: the NumPy path still serves it
+                    self._fusion_error = f"the fused graph could not be made ({err})"
+                    log.warning("%s: decoding in NumPy: %s", self.path.name, self._fusion_error)
+                    return None
+                self._fused[flip] = session
                 log.debug("%s: decoding fused into the graph (flip %s)", self.path.name, flip)
             return session
 
