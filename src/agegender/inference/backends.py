@@ -152,8 +152,8 @@ class Session(Protocol):
         """Get ready for inputs of ``shape`` (OpenVINO compiles for it; ONNX Runtime has nothing to do)."""
 
     def ready_for(self, shape: tuple[int, ...]) -> bool:
-        """Whether inputs of ``shape`` run at full speed: always on ONNX Runtime; on OpenVINO on a model compiled
-        for that shape (after :meth:`prepare`, or once seen often enough: this call counts as one)."""
+        """Whether inputs of ``shape`` run at full speed: always on ONNX Runtime; on OpenVINO once a model is
+        compiled for that shape (by :meth:`prepare`, or after enough runs of it)."""
 
 
 def ort_session(path: Path | bytes, threads: int | None = None, device: str = "cpu") -> Any:
@@ -276,6 +276,11 @@ class OpenVinoModels:
             compiled = self.compiled.pop(shape, None)
             self._keep(shape, self._compile(shape) if compiled is None else compiled)
 
+    def compiled_for(self, shape: tuple[int, ...]) -> bool:
+        """Whether a model compiled for ``shape`` alone is kept."""
+        with self._compiling:
+            return shape in self.compiled
+
     def _keep(self, shape: tuple[int, ...], compiled: Any) -> None:
         """Keep ``compiled`` for ``shape`` as the most recent, dropping the oldest beyond ``keep``."""
         self.compiled[shape] = compiled
@@ -336,7 +341,7 @@ class _OpenVinoSession:
         self.models.prepare(shape)
 
     def ready_for(self, shape: tuple[int, ...]) -> bool:
-        return self.models._model_for(shape) is not self.models.dynamic
+        return self.models.compiled_for(shape)
 
 
 @lru_cache(maxsize=32)

@@ -64,7 +64,7 @@ class OnnxAgeGender:
 
     ``predict`` runs the network with its decoding and calibrations fused into one graph
     (:mod:`agegender.inference.fused`) where the file's outputs and calibrations allow it (``fused_why_not`` says
-    why not otherwise) and, on OpenVINO, once that graph is compiled for the batch size (:meth:`prepare`, or a
+    why not otherwise) and, on OpenVINO, for a batch size the network is compiled for (:meth:`prepare`, or a
     thousand calls of it); the network, then NumPy elsewhere. ``outputs``, ``raw``, ``forward`` and ``finish``
     always give the network's own outputs."""
 
@@ -176,14 +176,20 @@ class OnnxAgeGender:
         """Decoded predictions for aligned BGR chips (ages corrected by the file's age calibration, if any, and
         then the interval by its interval calibration, if any); ``flip`` averages each chip with its mirror. In
         one inference where the decoding is fused into the graph (see the class doc)."""
-        fused = self._fused_session(flip)
         side = self.config.input_size
-        # OpenVINO runs the fused graph only once compiled for the batch's shape: for any shape it was slower than
-        # the network's own graph and NumPy (1.19 against 1.16 ms per face at batch 1, 0.45 against 0.39 at 64, on a
-        # 2-core Xeon with AMX; compiled for the shape 0.92 against 1.04 and 0.37 against 0.40)
-        if fused is None or not fused.ready_for((len(chips_bgr), 3, side, side)):
-            return self.calibrate(decode(self.outputs(chips_bgr, flip)))
-        return fused_decoded(fused.run({fused.input_name: self.network_input(chips_bgr, flip=False)}))
+        # On OpenVINO the fused graph pays only compiled for the batch's shape (for any shape it was slower than the
+        # network's own graph and NumPy: 1.19 against 1.16 ms per face at batch 1, 0.45 against 0.39 at 64, on a
+        # 2-core Xeon with AMX; compiled for the shape 0.92 against 1.04 and 0.37 against 0.40), and compiling it
+        # costs a fraction of a second: it takes over a batch size once the network's own graph has been compiled
+        # for it (prepare, or the thousandth call), then compiled for that size itself.
+        if self.fused_why_not is None and self.session.ready_for((len(chips_bgr) * (2 if flip else 1), 3, side, side)):
+            fused = self._fused_session(flip)
+            if fused is not None:
+                shape = (len(chips_bgr), 3, side, side)
+                if not fused.ready_for(shape):
+                    fused.prepare(shape)
+                return fused_decoded(fused.run({fused.input_name: self.network_input(chips_bgr, flip=False)}))
+        return self.calibrate(decode(self.outputs(chips_bgr, flip)))
 
     def calibrate(self, decoded: Decoded) -> Decoded:
         """The corrections stored in the file, applied to decoded outputs: the age calibration, then the interval
