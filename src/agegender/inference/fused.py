@@ -10,14 +10,16 @@ logit) with no interval calibration or one by bands of the true age, so that the
 inference. On a 2-core Xeon with AMX, OpenVINO, the int8 default with flip, each compiled for its batch size:
 0.90 against 1.03 ms per face at batch 1, 0.37 against 0.38 at batch 64 (``python
 scripts/measure/fused_decoding.py``, ``docs/logs/fused_decoding.md``). OpenVINO's model for any input shape ran the
-fused graph no faster, so ``predict`` uses it there only once compiled for the batch size.
+fused graph no faster, so ``predict`` uses it there only for batch sizes compiled for (see
+:class:`~agegender.inference.onnx_model.OnnxAgeGender`).
 
 The nodes restate, in float32, what those NumPy functions compute in float64 (ages agree within 1e-4 years,
 P(female) within 1e-6: ``tests/test_backends.py``); a change to one is a change to the other. What they compute:
 
 - with flip, the mirror of each input and both passes in one batch (faces first, then the mirrors); the mean of the
   two age distributions' probabilities and of the two P(female);
-- the 8 group probabilities (a sum over each group's one-year bins: ``BIN_GROUP``);
+- the 8 group probabilities (each group's one-year bins summed, as the cumulative distribution at its last bin
+  less that at the previous group's: ``BIN_GROUP``);
 - the median and the 10th and 90th percentiles of the distribution, each bin's mass spread over its year
   (:func:`~agegender.outputs.age_quantiles`), the interval widened to hold the age;
 - the age correction's hinge on all three (:class:`~agegender.age_calibration.AgeCalibration`);

@@ -94,7 +94,7 @@ class OnnxAgeGender:
         self.output_names = self.session.output_names
         #: The file and the version that exported it, as tabular outputs record them.
         self.version_label = f"{self.path.name} (agegender {self.metadata.get('version', 'unknown')})"
-        self._fused: dict[bool, Session] = {}  # by flip, made at the first predict of each
+        self._fused: dict[bool, Session] = {}  # by flip, made when first prepared or used
         self._fusing = threading.Lock()
         self._fusion_error: str | None = None  # why the fused graph could not be made, if it could not
 
