@@ -7,7 +7,9 @@ cannot fuse), without flip, and the retail model, on aligned validation chips.
 
 It prints the largest differences between the two paths' outputs, then ms per face at batch 1 and 64, every path
 timed interleaved (the bench's timing, :func:`agegender.benchmark.timing.time_interleaved`) after each was prepared
-for its batch size.
+for its batch size. On OpenVINO it then times both graphs as compiled for any input shape (what a batch size runs on
+before it is prepared or seen a thousand times), which is why ``predict`` switches to the fused graph only for a
+batch size compiled for.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from agegender.benchmark.timing import batch_call, time_interleaved
 from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.images import load_image
 from agegender.inference.backends import cpu_info
+from agegender.inference.fused import fused_decoded
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.outputs import Decoded, decode
 from agegender.paths import default_path
@@ -72,7 +75,29 @@ def main() -> int:
         if RETAIL in ms:
             cells += [f"{ms[NUMPY] / ms[RETAIL]:.2f}", f"{ms[FUSED] / ms[RETAIL]:.2f}"]
         print(f"| batch {batch} | " + " | ".join(cells) + " |")
+    if model.session.backend == "openvino":
+        print_any_shape(args, chips)
     return 0
+
+
+def print_any_shape(args: argparse.Namespace, chips: list[np.ndarray]) -> None:
+    """Both graphs of a fresh model on OpenVINO's model for any input shape, never compiled for one."""
+    model = OnnxAgeGender(args.model, threads=args.threads, backend=args.backend)
+    fused = model._fused_session(True)
+    assert fused is not None
+    for session in (model.session, fused):
+        session.models.static_after = 10 ** 9  # type: ignore[attr-defined]  # no batch size compiled for
+
+    def fused_any_shape(chips: list[np.ndarray]) -> Decoded:
+        return fused_decoded(fused.run({fused.input_name: model.network_input(chips, flip=False)}))
+
+    paths = {NUMPY: lambda c: model.predict(c), "fused": fused_any_shape}
+    print("\nBoth graphs compiled for any input shape (OpenVINO, before a batch size is compiled for):\n")
+    print("| ms per face | " + " | ".join(paths) + " | fused / NumPy |\n|---|---|---|---|")
+    for batch in BATCHES:
+        timings = time_interleaved({name: batch_call(fn, chips, batch) for name, fn in paths.items()})
+        ms = {name: t.median_ms / batch for name, t in timings.items()}
+        print(f"| batch {batch} | {ms[NUMPY]:.3f} | {ms['fused']:.3f} | {ms['fused'] / ms[NUMPY]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ time: right after each inference it finds cold caches and runs at about half its
 ONNX nodes, for the output family of the shipped models (an age distribution over one-year bins and a gender
 logit) with no interval calibration or one by bands of the true age, so that the runtime runs them in the same
 inference. On a 2-core Xeon with AMX, OpenVINO, the int8 default with flip, each compiled for its batch size:
-0.90 against 1.03 ms per face at batch 1, 0.37 against 0.38 at batch 64 (``python
-scripts/measure/fused_decoding.py``, ``docs/logs/fused_decoding.md``). OpenVINO's model for any input shape ran the
-fused graph no faster, so ``predict`` uses it there only for batch sizes compiled for (see
+0.91 against 1.08 ms per face at batch 1, 0.39 against 0.40 at batch 64 (``python
+scripts/measure/fused_decoding.py``, ``docs/logs/fused_decoding.md``; ONNX Runtime: ``--backend onnxruntime``,
+``docs/logs/fused_decoding_ort.md``). OpenVINO's model for any input shape ran the fused graph no faster (the same
+log), so ``predict`` uses it there only for batch sizes compiled for (see
 :class:`~agegender.inference.onnx_model.OnnxAgeGender`).
 
 The nodes restate, in float32, what those NumPy functions compute in float64 (ages agree within 1e-4 years,

@@ -177,11 +177,10 @@ class OnnxAgeGender:
         then the interval by its interval calibration, if any); ``flip`` averages each chip with its mirror. In
         one inference where the decoding is fused into the graph (see the class doc)."""
         side = self.config.input_size
-        # On OpenVINO the fused graph pays only compiled for the batch's shape (for any shape it was slower than the
-        # network's own graph and NumPy: 1.19 against 1.16 ms per face at batch 1, 0.45 against 0.39 at 64, on a
-        # 2-core Xeon with AMX; compiled for the shape 0.92 against 1.04 and 0.37 against 0.40), and compiling it
-        # costs a fraction of a second: it takes over a batch size once the network's own graph has been compiled
-        # for it (prepare, or the thousandth call), then compiled for that size itself.
+        # On OpenVINO the fused graph pays only compiled for the batch's shape (for any shape it was no faster than
+        # the network's own graph and NumPy: docs/logs/fused_decoding.md), and making it costs a fraction of a
+        # second: it takes over a batch size once the network's own graph has been compiled for it (prepare, or
+        # the thousandth call), then is compiled for that size itself.
         if self.fused_why_not is None and self.session.ready_for((len(chips_bgr) * (2 if flip else 1), 3, side, side)):
             fused = self._fused_session(flip)
             if fused is not None:
