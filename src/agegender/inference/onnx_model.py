@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,14 @@ class OnnxAgeGender:
     @property
     def fused_why_not(self) -> str | None:
         """Why ``predict`` does not fuse the decoding into the graph (None: it does)."""
+        return self._fusion_error or self._unfusable
+
+    @cached_property
+    def _unfusable(self) -> str | None:
+        """What in the model itself keeps its decoding out of the graph (it does not change: read once, off
+        ``predict``'s path)."""
         if not self.FUSE_DECODING:
             return f"{type(self).__name__} adds to the network's outputs"
-        if self._fusion_error:
-            return self._fusion_error
         if self.session.float_precision != "f32" and not self.metadata.get("quantization"):
             # OpenVINO would hand the last float layer's outputs on in bf16: ages 0.01-0.04 years off on a Xeon
             return f"{self.session.backend} computes this float32 file in {self.session.float_precision}"
@@ -144,11 +149,15 @@ class OnnxAgeGender:
         """Get the runtime ready for batches of ``faces`` faces (OpenVINO compiles for that input shape now rather
         than after its first thousand calls: :meth:`Session.prepare <agegender.inference.backends.Session.prepare>`),
         both the network's own graph and, where ``predict`` fuses the decoding, that graph."""
-        side = self.config.input_size
-        self.session.prepare((faces * (2 if flip else 1), 3, side, side))
+        self.session.prepare(self._input_shape(faces, flip))
         fused = self._fused_session(flip)
         if fused is not None:
-            fused.prepare((faces, 3, side, side))
+            fused.prepare(self._input_shape(faces, flip=False))
+
+    def _input_shape(self, faces: int, flip: bool) -> tuple[int, int, int, int]:
+        """The network's input shape for ``faces`` faces, with their mirrors when ``flip``."""
+        side = self.config.input_size
+        return faces * (2 if flip else 1), 3, side, side
 
     def network_input(self, chips_bgr: Sequence[np.ndarray], flip: bool = True) -> np.ndarray:
         """The batch the network runs on for aligned BGR chips: their pixels, each followed by its mirror when
@@ -176,15 +185,14 @@ class OnnxAgeGender:
         """Decoded predictions for aligned BGR chips (ages corrected by the file's age calibration, if any, and
         then the interval by its interval calibration, if any); ``flip`` averages each chip with its mirror. In
         one inference where the decoding is fused into the graph (see the class doc)."""
-        side = self.config.input_size
         # On OpenVINO the fused graph pays only compiled for the batch's shape (for any shape it was no faster than
         # the network's own graph and NumPy: docs/logs/fused_decoding.md), and making it costs a fraction of a
         # second: it takes over a batch size once the network's own graph has been compiled for it (prepare, or
         # the thousandth call), then is compiled for that size itself.
-        if self.fused_why_not is None and self.session.ready_for((len(chips_bgr) * (2 if flip else 1), 3, side, side)):
+        if self.fused_why_not is None and self.session.ready_for(self._input_shape(len(chips_bgr), flip)):
             fused = self._fused_session(flip)
             if fused is not None:
-                shape = (len(chips_bgr), 3, side, side)
+                shape = self._input_shape(len(chips_bgr), flip=False)
                 if not fused.ready_for(shape):
                     fused.prepare(shape)
                 return fused_decoded(fused.run({fused.input_name: self.network_input(chips_bgr, flip=False)}))
