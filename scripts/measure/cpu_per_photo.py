@@ -9,7 +9,7 @@ shared photos, and their copies upscaled to 12 MP (aspect kept, cubic, JPEG qual
     python scripts/measure/cpu_per_photo.py --markdown docs/logs/cpu_per_photo.md
 
 ``--processes N`` runs the same in N processes at once (one row each): where N processes of one thread are each as
-fast as one alone, the machine gives them N cores (OpenVINO once pinned them all to one core: README, "The bulk
+fast as one alone, the machine gives them N cores (OpenVINO once pinned them all to one core: docs/photos.md, "The bulk
 path").
 """
 

@@ -211,7 +211,7 @@ def openvino_config(threads: int | None) -> dict[str, Any]:
     OpenVINO's choice), and the threads not pinned to cores. OpenVINO pins them by default, and processes of one
     thread each (bulk workers, Ray actors) then all run on the same core: two such processes predicting 12 MP
     photos took 85-94 ms each per photo pinned and 57-60 unpinned, on a 2-core EPYC (one-off timing, 2026-12-06;
-    ``scripts/measure/cpu_per_photo.py --processes 2`` measures it: README, "The bulk path")."""
+    ``scripts/measure/cpu_per_photo.py --processes 2`` measures it: docs/photos.md, "The bulk path")."""
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 YUNET = cast(RemoteFile, artifact("yunet"))
 # The longer side photos are detected at (larger photos are downscaled, a JPEG decoded at the DCT scale that holds
 # it). 640 (YuNet's own input size) was about twice as fast on 12 MP photos and found fewer of their smaller faces
-# (README, "Photos at scale"). MIN_DETECT_SIZE: the smallest accepted.
+# (docs/photos.md). MIN_DETECT_SIZE: the smallest accepted.
 DETECT_SIZE = 1280
 MIN_DETECT_SIZE = 32
 #: What runs YuNet: ``auto`` (:func:`detector_runtime`), ONNX Runtime, OpenVINO or OpenCV's DNN module.
