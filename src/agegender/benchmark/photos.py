@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from statistics import fmean, median
 from typing import Any
 
 import cv2
@@ -78,26 +79,30 @@ def _pixels(path: Path) -> tuple[int, int]:
         return image.size
 
 
-def _each(call: Callable[[Any], object], items: Sequence[Any]) -> list[object]:
-    return [call(item) for item in items]
-
-
 def size_sweep(predictor: Predictor, photos: Sequence[Path], sizes: Sequence[float], folder: Path,
                timing: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per size: the photos' pixels and faces, and the time per photo of ``predictor.predict(path)`` and of
-    ``cv2.imread(path)``, timed interleaved (a call: every photo of that size once)."""
+    """Per size: the photos' pixels and faces, and the time of ``predictor.predict(path)`` and of
+    ``cv2.imread(path)`` for each photo, all timed interleaved (each photo's share of ``min_seconds`` so that a size
+    takes as long as one call of every photo would). ``ratio``: the sum of the end-to-end times over the sum of the
+    ``imread`` times; ``photo_ratios``: each photo's own."""
     rows = []
     for size in sizes:  # one size at a time: a call's length differs a hundredfold between sizes
         paths = [resized_photo(p, size, folder) for p in photos]
-        times = time_interleaved({"predict": partial(_each, predictor.predict, paths),
-                                  "imread": partial(_each, cv2.imread, [str(p) for p in paths])}, **timing)
-        predict, imread, n = times["predict"], times["imread"], len(paths)
+        calls: dict[tuple[str, int], Callable[[], object]] = {}
+        for i, path in enumerate(paths):
+            calls["predict", i] = partial(predictor.predict, path)
+            calls["imread", i] = partial(cv2.imread, str(path))
+        times = time_interleaved(calls, **{**timing, "min_seconds": timing["min_seconds"] / len(paths)})
+        predict = [times["predict", i] for i in range(len(paths))]
+        imread = [times["imread", i] for i in range(len(paths))]
         rows.append({
             "megapixels": size, "photos": [p.name for p in paths], "pixels": [list(_pixels(p)) for p in paths],
             "faces": sum(len(predictor.predict(p)) for p in paths),
-            "predict_ms": predict.median_ms / n, "predict_p90_ms": predict.p90_ms / n,
-            "imread_ms": imread.median_ms / n, "imread_p90_ms": imread.p90_ms / n,
-            "ratio": predict.median_ms / imread.median_ms, "runs": predict.runs})
+            "predict_ms": fmean(t.median_ms for t in predict), "predict_p90_ms": fmean(t.p90_ms for t in predict),
+            "imread_ms": fmean(t.median_ms for t in imread), "imread_p90_ms": fmean(t.p90_ms for t in imread),
+            "ratio": sum(t.median_ms for t in predict) / sum(t.median_ms for t in imread),
+            "photo_ratios": [p.median_ms / i.median_ms for p, i in zip(predict, imread, strict=True)],
+            "runs": min(t.runs for t in predict)})
     return rows
 
 
@@ -164,9 +169,15 @@ def targets(sweep: Sequence[dict[str, Any]], bulk: Sequence[dict[str, Any]]) -> 
     """The issue's targets that these figures check: what, target, measured, met."""
     out = []
     twelve = [r for r in sweep if r["megapixels"] == BULK_SIZE]
-    if twelve:
-        out.append({"what": "12 MP JPEG end to end / cv2.imread", "target": f"<= {TARGET_IMREAD_RATIO}",
-                    "measured": twelve[0]["ratio"], "met": twelve[0]["ratio"] <= TARGET_IMREAD_RATIO})
+    if twelve:  # a 12 MP JPEG against an imread of that file: each photo on its own, every one of them held to it
+        ratios = twelve[0]["photo_ratios"]
+        within = sum(r <= TARGET_IMREAD_RATIO for r in ratios)
+        out.append({"what": f"12 MP JPEG end to end / cv2.imread of that file, the median of {len(ratios)} photos "
+                            f"({within} of {len(ratios)} within the target; all of them summed: "
+                            f"{twelve[0]['ratio']:.2f})",
+                    "target": f"<= {TARGET_IMREAD_RATIO} for each", "measured": median(ratios),
+                    "met": within == len(ratios)})
+
     def rate(row: dict[str, Any]) -> float:
         return row["steady_photos_per_s"] or row["photos_per_s"]
 
@@ -189,14 +200,17 @@ def photos_markdown(result: dict[str, Any]) -> list[str]:
     lines = ["### Photos at scale", ""]
     if sweep:
         lines += ["End to end per photo (file in, faces out: `Predictor().predict(path)`, reduced JPEG decode) next "
-                  "to a plain `cv2.imread` of the same file, timed interleaved (median). The shared photos resized "
-                  f"to each size, JPEG quality {JPEG_QUALITY}; faces detected at "
-                  f"{result.get('detect_size')} px (`--detect-size`).", "",
+                  "to a plain `cv2.imread` of the same file, each photo timed on its own, all interleaved (median). "
+                  f"The shared photos resized to each size, JPEG quality {JPEG_QUALITY}; faces detected at "
+                  f"{result.get('detect_size')} px (`--detect-size`). End to end / imread: the photos' times summed, "
+                  "and each photo's own ratio (their median, lowest and highest).", "",
                   "| Size | Pixels | Photos | Faces | End to end (ms/photo) | cv2.imread (ms/photo) "
-                  "| End to end / imread |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| End to end / imread, summed | per photo: median (range) |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['megapixels']:g} MP | {_pixels_range(r['pixels'])} | {len(r['photos'])} | {r['faces']} | "
-                  f"{_fmt(r['predict_ms'])} | {_fmt(r['imread_ms'])} | {r['ratio']:.2f} |" for r in sweep]
+                  f"{_fmt(r['predict_ms'])} | {_fmt(r['imread_ms'])} | {r['ratio']:.2f} | "
+                  f"{median(r['photo_ratios']):.2f} ({min(r['photo_ratios']):.2f}-{max(r['photo_ratios']):.2f}) |"
+                  for r in sweep]
         lines.append("")
     if bulk:
         lines += [f"Bulk (`run_bulk`, one process running the model, `--workers` processes decoding, detecting and "
