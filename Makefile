@@ -70,6 +70,7 @@ logs: $(VENV)/.full
 	$(LOG) docs/logs/age_group_rule.md -- $(BIN)/python scripts/measure/age_group_rule.py src/agegender/weights/flagship_int8.onnx
 	$(LOG) docs/logs/direct_alignment.md -- $(BIN)/python scripts/measure/direct_alignment.py
 	$(LOG) docs/logs/chip_resolution.md -- $(BIN)/python scripts/measure/chip_resolution.py
+	$(LOG) docs/logs/dlib_equivalence.md -- $(BIN)/python scripts/measure/dlib_equivalence.py
 	$(LOG) docs/logs/interval_by_age.md -- $(BIN)/python scripts/measure/interval_by_age.py
 	$(LOG) docs/logs/split_overlap.md -- $(BIN)/python scripts/measure/split_overlap.py --rev e1618da --out ../runs/split_overlap
 	$(LOG) docs/logs/load_test.md -- $(BIN)/python scripts/measure/load_test.py --start-server --clients 50 --requests 400
