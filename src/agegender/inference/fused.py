@@ -60,11 +60,145 @@ def why_not_fused(output_names: Sequence[str], interval: IntervalCalibration | N
 PREFIX = "fused/"
 
 
-def _const(name: str, value: object, dtype: type = np.float32) -> Any:
-    """A constant named ``PREFIX + name``."""
-    from onnx import numpy_helper
+class _Nodes:
+    """The nodes appended to ``graph``, in order, and the constants they read: every name the fusion makes gets
+    :data:`PREFIX`, the names in ``outside`` (the network's input and raw outputs, the fused outputs) do not."""
 
-    return numpy_helper.from_array(np.asarray(value, dtype), PREFIX + name)
+    def __init__(self, graph: Any, outside: set[str]) -> None:
+        self.graph, self.outside = graph, outside
+        self.nodes: list[Any] = []
+
+    def _name(self, name: str) -> str:
+        return name if name in self.outside else PREFIX + name
+
+    def __call__(self, op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> None:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, [self._name(x) for x in inputs], [self._name(x) for x in outputs],
+                                           **attrs))
+
+    def const(self, dtype: type = np.float32, /, **values: Any) -> None:
+        """Constants of ``dtype``, by name."""
+        from onnx import numpy_helper
+
+        for name, value in values.items():
+            self.graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype), PREFIX + name))
+
+
+def _mirror(add: _Nodes, input_name: str, views: str) -> None:
+    """``views``: the input's faces, then their mirrors (the network's input once flip averaging is fused)."""
+    add.const(np.int64, mirror_starts=[-1], mirror_ends=[-(2 ** 62)], mirror_axes=[3], mirror_steps=[-1])
+    add("Slice", [input_name, "mirror_starts", "mirror_ends", "mirror_axes", "mirror_steps"], ["mirror"])
+    add("Concat", [input_name, "mirror"], [views], axis=0)
+
+
+def _probabilities(add: _Nodes, raw: Mapping[str, str], flip: bool) -> None:
+    """``probs`` (N x bins) and ``female_prob`` (N): with ``flip``, the mean over the two views of each."""
+    if not flip:
+        add("Softmax", [raw["age_dist_logits"]], ["probs"], axis=-1)
+        add("Sigmoid", [raw["gender_logit"]], ["female_prob"])
+        return
+    add.const(np.int64, views2=[2, -1], views3=[2, -1, MAX_AGE + 1])
+    add("Reshape", [raw["age_dist_logits"], "views3"], ["age_views"])
+    add("Softmax", ["age_views"], ["age_view_probs"], axis=-1)
+    add("ReduceMean", ["age_view_probs"], ["probs"], axes=[0], keepdims=0)
+    add("Reshape", [raw["gender_logit"], "views2"], ["gender_views"])
+    add("Sigmoid", ["gender_views"], ["female_views"])
+    add("ReduceMean", ["female_views"], ["female_prob"], axes=[0], keepdims=0)
+
+
+def _groups_and_quantiles(add: _Nodes) -> None:
+    """``group_probs`` (N x 8) and ``quantiles`` (N x 3: the median, the 10th and the 90th percentile)."""
+    from onnx import TensorProto
+
+    group_ends = np.flatnonzero(np.diff(BIN_GROUP, append=NUM_AGE_GROUPS))  # each group's last bin
+    add.const(np.int64, group_ends=group_ends, cdf_pad=[0, 1, 0, 0])
+    add.const(q=[[[0.5], [0.1], [0.9]]], q_row=[0.5, 0.1, 0.9], tiny=np.finfo(np.float32).tiny, half=0.5, one=1.0)
+    add("CumSum", ["probs", "axis1"], ["cdf"])
+    # each group's probability: the cumulative distribution at its last bin less that at the previous group's
+    # (float32 elementwise: a MatMul ran in bf16 on OpenVINO)
+    add("Gather", ["cdf", "group_ends"], ["cdf_at_ends"], axis=1)
+    add("Slice", ["cdf_at_ends", "i0", "last", "i1"], ["cdf_before_last"])
+    add("Pad", ["cdf_before_last", "cdf_pad"], ["cdf_at_starts"])
+    add("Sub", ["cdf_at_ends", "cdf_at_starts"], ["group_probs"])
+    # each quantile: the bin k where the cumulative distribution reaches q, then linear inside that bin
+    add("Unsqueeze", ["cdf", "i1"], ["cdf3"])
+    add("Less", ["cdf3", "q"], ["under"])
+    add("Cast", ["under"], ["under_f"], to=TensorProto.FLOAT)
+    add("ReduceSum", ["under_f", "last"], ["k_all"], keepdims=0)
+    add("Min", ["k_all", "max_age"], ["k_f"])
+    add("Cast", ["k_f"], ["k"], to=TensorProto.INT64)
+    add("Sub", ["k_f", "one"], ["k1_all"])
+    add("Max", ["k1_all", "zero"], ["k1_f"])
+    add("Cast", ["k1_f"], ["k1"], to=TensorProto.INT64)
+    add("GatherElements", ["cdf", "k1"], ["cdf_k1"], axis=1)
+    add("Greater", ["k_f", "zero"], ["k_positive"])
+    add("Where", ["k_positive", "cdf_k1", "zero"], ["below"])
+    add("GatherElements", ["probs", "k"], ["p_k"], axis=1)
+    add("Max", ["p_k", "tiny"], ["p_k_safe"])
+    add("Sub", ["q_row", "below"], ["rest"])
+    add("Div", ["rest", "p_k_safe"], ["inside"])
+    add("Sub", ["k_f", "half"], ["bin_start"])
+    add("Add", ["bin_start", "inside"], ["q_all"])
+    add("Max", ["q_all", "zero"], ["q_pos"])
+    add("Min", ["q_pos", "max_age"], ["quantiles"])
+
+
+def _hinge(add: _Nodes, calibration: AgeCalibration, quantiles: str) -> str:
+    """The age correction on the age and both ends of its interval; returns the corrected values' name."""
+    add.const(knee=calibration.knee, slope=calibration.slope)
+    add("Sub", [quantiles, "knee"], ["over"])
+    add("Mul", ["over", "slope"], ["over_scaled"])
+    add("Add", ["over_scaled", "knee"], ["hinged"])
+    add("Greater", [quantiles, "knee"], ["past_knee"])
+    add("Where", ["past_knee", "hinged", quantiles], ["corrected"])
+    return "corrected"
+
+
+def _age_and_interval(add: _Nodes, quantiles: str) -> tuple[str, str]:
+    """``age`` (N x 1) and the interval's ends (their names), the interval widened to hold the age."""
+    add.const(np.int64, i2=[2], i3=[3])
+    add("Slice", [quantiles, "i0", "i1", "i1"], ["age"])
+    add("Slice", [quantiles, "i1", "i2", "i1"], ["lo_q"])
+    add("Slice", [quantiles, "i2", "i3", "i1"], ["hi_q"])
+    add("Min", ["lo_q", "age"], ["low"])
+    add("Max", ["hi_q", "age"], ["high"])
+    return "low", "high"
+
+
+def _calibrated_interval(add: _Nodes, interval: IntervalCalibration, low: str, high: str) -> tuple[str, str]:
+    """:meth:`IntervalCalibration.bounds <agegender.age_calibration.IntervalCalibration.bounds>` by bands of the
+    true age; returns the calibrated ends' names."""
+    add.const(min_half=interval.min_half_width, scales=interval.scales, band_starts=[-np.inf, *interval.edges],
+              band_ends=[*interval.edges, np.inf], inf=np.inf, ninf=-np.inf)
+    add("Sub", ["age", low], ["reach_lo_all"])
+    add("Max", ["reach_lo_all", "min_half"], ["reach_lo"])
+    add("Sub", [high, "age"], ["reach_hi_all"])
+    add("Max", ["reach_hi_all", "min_half"], ["reach_hi"])
+    # the lowest age of any band the scaled reach gets into, the highest likewise
+    add("Mul", ["scales", "reach_lo"], ["down"])
+    add("Sub", ["age", "down"], ["lows_all"])
+    add("Max", ["band_starts", "lows_all"], ["lows"])
+    add("Min", ["band_ends", "age"], ["band_tops"])
+    add("Less", ["lows", "band_tops"], ["low_reached"])
+    add("Where", ["low_reached", "lows", "inf"], ["lows_kept"])
+    add("ReduceMin", ["lows_kept"], ["lowest"], axes=[-1], keepdims=1)
+    add("Min", ["age", "lowest"], ["low_new"])
+    add("Mul", ["scales", "reach_hi"], ["up"])
+    add("Add", ["age", "up"], ["highs_all"])
+    add("Min", ["band_ends", "highs_all"], ["highs"])
+    add("Max", ["band_starts", "age"], ["band_bottoms"])
+    add("Greater", ["highs", "band_bottoms"], ["high_reached"])
+    add("Where", ["high_reached", "highs", "ninf"], ["highs_kept"])
+    add("ReduceMax", ["highs_kept"], ["highest"], axes=[-1], keepdims=1)
+    add("Max", ["age", "highest"], ["high_new"])
+    # 0 <= low <= age <= high <= max(age, MAX_AGE)
+    add("Max", ["low_new", "zero"], ["low_pos"])
+    add("Min", ["low_pos", "age"], ["low_c"])
+    add("Max", ["high_new", "age"], ["high_up"])
+    add("Max", ["age", "max_age"], ["cap"])
+    add("Min", ["high_up", "cap"], ["high_c"])
+    return "low_c", "high_c"
 
 
 def fused_graph(model: bytes, input_name: str, flip: bool, calibration: AgeCalibration | None,
@@ -85,120 +219,25 @@ def fused_graph(model: bytes, input_name: str, flip: bool, calibration: AgeCalib
     for node in graph.node:
         node.output[:] = [raw.get(x, x) for x in node.output]
     views = f"{input_name}_views"
-    outside = {input_name, views, *raw.values(), *FUSED_OUTPUTS}  # the names not prefixed
-
-    def n(op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> Any:
-        """A node whose own values are named with :data:`PREFIX`."""
-        return helper.make_node(op, [x if x in outside else PREFIX + x for x in inputs],
-                                [x if x in outside else PREFIX + x for x in outputs], **attrs)
-
-    bins = MAX_AGE + 1
-    group_ends = np.flatnonzero(np.diff(BIN_GROUP, append=NUM_AGE_GROUPS))  # each group's last bin
-    graph.initializer.extend([
-        _const("axis1", 1, np.int64), _const("last", [-1], np.int64),
-        _const("i0", [0], np.int64), _const("i1", [1], np.int64), _const("i2", [2], np.int64),
-        _const("i3", [3], np.int64), _const("q", [[[0.5], [0.1], [0.9]]]),
-        _const("q_row", [0.5, 0.1, 0.9]), _const("zero", 0.0), _const("one", 1.0),
-        _const("half", 0.5), _const("max_age", float(MAX_AGE)),
-        _const("tiny", np.finfo(np.float32).tiny), _const("group_ends", group_ends, np.int64),
-        _const("cdf_pad", [0, 1, 0, 0], np.int64),
-    ])
-    nodes: list[Any] = []
+    network = list(graph.node)
+    add = _Nodes(graph, {input_name, views, *raw.values(), *FUSED_OUTPUTS})
+    add.const(np.int64, axis1=1, last=[-1], i0=[0], i1=[1])
+    add.const(zero=0.0, max_age=float(MAX_AGE))
     if flip:
         del graph.value_info[:]  # shapes inferred at export: the network now runs on twice the batch
-        for node in graph.node:
+        for node in network:
             node.input[:] = [views if x == input_name else x for x in node.input]
-        graph.initializer.extend([
-            _const("mirror_starts", [-1], np.int64), _const("mirror_ends", [-(2 ** 62)], np.int64),
-            _const("mirror_axes", [3], np.int64), _const("mirror_steps", [-1], np.int64),
-            _const("views2", [2, -1], np.int64), _const("views3", [2, -1, bins], np.int64)])
-        nodes += [n("Slice", [input_name, "mirror_starts", "mirror_ends", "mirror_axes",
-                              "mirror_steps"], ["mirror"]),
-                  n("Concat", [input_name, "mirror"], [views], axis=0)]
-    nodes += list(graph.node)
-    if flip:  # the mean over the two views of each output's probabilities
-        nodes += [n("Reshape", [raw["age_dist_logits"], "views3"], ["age_views"]),
-                  n("Softmax", ["age_views"], ["age_view_probs"], axis=-1),
-                  n("ReduceMean", ["age_view_probs"], ["probs"], axes=[0], keepdims=0),
-                  n("Reshape", [raw["gender_logit"], "views2"], ["gender_views"]),
-                  n("Sigmoid", ["gender_views"], ["female_views"]),
-                  n("ReduceMean", ["female_views"], ["female_prob"], axes=[0], keepdims=0)]
-    else:
-        nodes += [n("Softmax", [raw["age_dist_logits"]], ["probs"], axis=-1),
-                  n("Sigmoid", [raw["gender_logit"]], ["female_prob"])]
-    nodes += [
-        # each quantile: the bin k where the cumulative distribution reaches q, then linear inside that bin
-        n("CumSum", ["probs", "axis1"], ["cdf"]),
-        # each group's probability: the cumulative distribution at its last bin less that at the previous group's
-        # (float32 elementwise: a MatMul ran in bf16 on OpenVINO)
-        n("Gather", ["cdf", "group_ends"], ["cdf_at_ends"], axis=1),
-        n("Slice", ["cdf_at_ends", "i0", "last", "i1"], ["cdf_before_last"]),
-        n("Pad", ["cdf_before_last", "cdf_pad"], ["cdf_at_starts"]),
-        n("Sub", ["cdf_at_ends", "cdf_at_starts"], ["group_probs"]),
-        n("Unsqueeze", ["cdf", "i1"], ["cdf3"]),
-        n("Less", ["cdf3", "q"], ["under"]),
-        n("Cast", ["under"], ["under_f"], to=TensorProto.FLOAT),
-        n("ReduceSum", ["under_f", "last"], ["k_all"], keepdims=0),
-        n("Min", ["k_all", "max_age"], ["k_f"]),
-        n("Cast", ["k_f"], ["k"], to=TensorProto.INT64),
-        n("Sub", ["k_f", "one"], ["k1_all"]), n("Max", ["k1_all", "zero"], ["k1_f"]),
-        n("Cast", ["k1_f"], ["k1"], to=TensorProto.INT64),
-        n("GatherElements", ["cdf", "k1"], ["cdf_k1"], axis=1),
-        n("Greater", ["k_f", "zero"], ["k_positive"]),
-        n("Where", ["k_positive", "cdf_k1", "zero"], ["below"]),
-        n("GatherElements", ["probs", "k"], ["p_k"], axis=1),
-        n("Max", ["p_k", "tiny"], ["p_k_safe"]),
-        n("Sub", ["q_row", "below"], ["rest"]),
-        n("Div", ["rest", "p_k_safe"], ["inside"]),
-        n("Sub", ["k_f", "half"], ["bin_start"]),
-        n("Add", ["bin_start", "inside"], ["q_all"]),
-        n("Max", ["q_all", "zero"], ["q_pos"]),
-        n("Min", ["q_pos", "max_age"], ["quantiles"]),
-    ]
-    quantiles = "quantiles"
-    if calibration is not None:  # the hinge, on the age and both ends
-        graph.initializer.extend([_const("knee", calibration.knee), _const("slope", calibration.slope)])
-        nodes += [n("Sub", [quantiles, "knee"], ["over"]),
-                  n("Mul", ["over", "slope"], ["over_scaled"]),
-                  n("Add", ["over_scaled", "knee"], ["hinged"]),
-                  n("Greater", [quantiles, "knee"], ["past_knee"]),
-                  n("Where", ["past_knee", "hinged", quantiles], ["corrected"])]
-        quantiles = "corrected"
-    nodes += [n("Slice", [quantiles, "i0", "i1", "i1"], ["age"]),
-              n("Slice", [quantiles, "i1", "i2", "i1"], ["lo_q"]),
-              n("Slice", [quantiles, "i2", "i3", "i1"], ["hi_q"]),
-              n("Min", ["lo_q", "age"], ["low"]), n("Max", ["hi_q", "age"], ["high"])]
-    low, high = "low", "high"
-    if interval is not None:  # IntervalCalibration._bounds, by bands of the true age
-        graph.initializer.extend([
-            _const("min_half", interval.min_half_width), _const("scales", interval.scales),
-            _const("band_starts", [-np.inf, *interval.edges]), _const("band_ends", [*interval.edges, np.inf]),
-            _const("inf", np.inf), _const("ninf", -np.inf)])
-        age = "age"
-        nodes += [
-            n("Sub", [age, low], ["reach_lo_all"]), n("Max", ["reach_lo_all", "min_half"], ["reach_lo"]),
-            n("Sub", [high, age], ["reach_hi_all"]), n("Max", ["reach_hi_all", "min_half"], ["reach_hi"]),
-            n("Mul", ["scales", "reach_lo"], ["down"]), n("Sub", [age, "down"], ["lows_all"]),
-            n("Max", ["band_starts", "lows_all"], ["lows"]),
-            n("Min", ["band_ends", age], ["band_tops"]),
-            n("Less", ["lows", "band_tops"], ["low_reached"]),
-            n("Where", ["low_reached", "lows", "inf"], ["lows_kept"]),
-            n("ReduceMin", ["lows_kept"], ["lowest"], axes=[-1], keepdims=1),
-            n("Min", [age, "lowest"], ["low_new"]),
-            n("Mul", ["scales", "reach_hi"], ["up"]), n("Add", [age, "up"], ["highs_all"]),
-            n("Min", ["band_ends", "highs_all"], ["highs"]),
-            n("Max", ["band_starts", age], ["band_bottoms"]),
-            n("Greater", ["highs", "band_bottoms"], ["high_reached"]),
-            n("Where", ["high_reached", "highs", "ninf"], ["highs_kept"]),
-            n("ReduceMax", ["highs_kept"], ["highest"], axes=[-1], keepdims=1),
-            n("Max", [age, "highest"], ["high_new"]),
-            n("Max", ["low_new", "zero"], ["low_pos"]), n("Min", ["low_pos", age], ["low_c"]),
-            n("Max", ["high_new", age], ["high_up"]), n("Max", [age, "max_age"], ["cap"]),
-            n("Min", ["high_up", "cap"], ["high_c"])]
-        low, high = "low_c", "high_c"
-    nodes.append(n("Concat", ["age", low, high], ["ages"], axis=1))
+        _mirror(add, input_name, views)
+    add.nodes += network
+    _probabilities(add, raw, flip)
+    _groups_and_quantiles(add)
+    quantiles = "quantiles" if calibration is None else _hinge(add, calibration, "quantiles")
+    low, high = _age_and_interval(add, quantiles)
+    if interval is not None:
+        low, high = _calibrated_interval(add, interval, low, high)
+    add("Concat", ["age", low, high], ["ages"], axis=1)
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(add.nodes)
     del graph.output[:]
     graph.output.extend([helper.make_tensor_value_info("ages", TensorProto.FLOAT, ["batch", 3]),
                          helper.make_tensor_value_info("group_probs", TensorProto.FLOAT, ["batch", NUM_AGE_GROUPS]),
