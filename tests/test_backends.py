@@ -61,7 +61,7 @@ def test_openvino_threads_are_not_pinned_to_cores(yunet_path: Path) -> None:
     model = OnnxAgeGender("flagship-int8", threads=1, backend="openvino")
     detector = FaceDetector(yunet_path, threads=1, runtime="openvino")
     for models in (model.session.models, detector._yunet.models):  # type: ignore[attr-defined]
-        static = models._compile((2, 3, 64, 64) if models is model.session.models else (1, 3, 640, 640))
+        static = models._compile((2, 3, 64, 64) if models is model.session.models else (1, 640, 640, 3))
         for compiled in (models.dynamic, static):
             assert compiled.get_property("ENABLE_CPU_PINNING") is False
             assert compiled.get_property("INFERENCE_NUM_THREADS") == 1

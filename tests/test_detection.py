@@ -630,13 +630,34 @@ def test_realigning_utkface_chips_is_near_identity(detector: FaceDetector) -> No
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (31, 33), (64, 64), (853, 1280), (100, 7)])
-def test_yunet_input_is_the_image_as_planes_zero_padded_to_multiples_of_32(height: int, width: int,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    padded = np.zeros((1, 3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
-    padded[0, :, :height, :width] = image.transpose(2, 0, 1)
-    with monkeypatch.context() as patch:  # fresh memory is zero already: start the blob as garbage instead
-        patch.setattr(detector_module.np, "empty", lambda shape, dtype: np.full(shape, np.nan, dtype))
-        blob = detector_module._blob(image)
-    assert blob.dtype == np.float32
-    np.testing.assert_array_equal(blob, padded)
+def test_yunet_input_is_the_image_zero_padded_to_multiples_of_32(height: int, width: int) -> None:
+    image = np.random.default_rng(height * width).integers(1, 256, (height, width, 3), dtype=np.uint8)
+    padded = detector_module._padded(image)
+    assert padded.dtype == np.uint8 and padded.shape == (1, -(-height // 32) * 32, -(-width // 32) * 32, 3)
+    np.testing.assert_array_equal(padded[0, :height, :width], image)
+    assert not padded[0, height:].any() and not padded[0, :, width:].any()
+
+
+def test_the_graph_makes_the_float_planes_itself(yunet_path: Path, photos_dir: Path) -> None:
+    """The uint8 image cast and transposed inside the graph: the outputs of the file fed the float32 planes."""
+    import onnx
+    import onnxruntime as ort
+
+    image = cv2.resize(load_image(photos_dir / "dlib_2007_007763.jpg"), (1000, 750))
+    padded = detector_module._padded(image)
+    planes = padded.transpose(0, 3, 1, 2).astype(np.float32)
+    model = onnx.load(str(yunet_path))
+    for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        dim.Clear()
+    for out in model.graph.output:
+        out.type.tensor_type.shape.dim[1].Clear()
+    del model.graph.value_info[:]
+    as_floats = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    as_uint8 = ort.InferenceSession(detector_module._uint8_graph(yunet_path, "ONNX Runtime"),
+                                    providers=["CPUExecutionProvider"])
+    assert as_uint8.get_inputs()[0].type == "tensor(uint8)"
+    expected = as_floats.run(None, {as_floats.get_inputs()[0].name: planes})
+    got = as_uint8.run(None, {as_uint8.get_inputs()[0].name: padded})
+    assert [o.shape for o in got] == [o.shape for o in expected] and len(got) == 12
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
