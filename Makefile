@@ -76,6 +76,7 @@ logs: $(VENV)/.full
 	$(LOG) docs/logs/load_test.md -- $(BIN)/python scripts/measure/load_test.py --start-server --clients 50 --requests 400
 	$(LOG) docs/logs/ray_throughput.md -- $(BIN)/python scripts/measure/ray_throughput.py --photos 300 --rounds 2
 	$(LOG) docs/logs/ray_throughput_600.md -- $(BIN)/python scripts/measure/ray_throughput.py --photos 600 --rounds 1
+	$(LOG) docs/logs/sink_scale.md -- $(BIN)/python scripts/measure/sink_scale.py --rows 2000000
 
 reproduce: $(VENV)/.full
 	$(BIN)/python scripts/measure/reproduce.py

@@ -485,3 +485,34 @@ def test_each_failed_input_is_named_on_stderr(collection_dir: Path, tmp_path: Pa
     assert result.returncode == 1
     failed = [r for r in read_rows(out) if r["error"]]
     assert failed and all(r["error"] in result.stderr.splitlines() for r in failed), result.stderr
+
+
+def test_a_parquet_output_is_merged_and_retried_a_row_group_at_a_time(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run over millions of photos leaves thousands of parts: closing streams them into row groups of
+    ``ROW_GROUP_ROWS`` rather than holding the whole output in memory, and a resume and a retry keep every row,
+    in order. (A small row group here so that a few parts span several.)"""
+    from agegender.inference import sinks
+    from agegender.inference.results import ROW_TYPES
+
+    monkeypatch.setattr(sinks, "ROW_GROUP_ROWS", 5)
+    out = tmp_path / "rows.parquet"
+    names = [f"img{i:02d}.jpg" for i in range(23)]
+    sink = sinks._ParquetSink(out, ROW_TYPES, flush_rows=4)
+    for name in names[:13]:
+        sink.write([{"file": name, "face": 0, "age": 30.0}])
+    sink.close()
+    assert [g.num_rows for g in (pq.ParquetFile(out).metadata.row_group(i) for i in range(3))] == [5, 5, 3]
+    sink = sinks._ParquetSink(out, ROW_TYPES, flush_rows=4)  # resumed: the output and new parts are merged
+    assert set(sink.done) == set(names[:13])
+    for name in names[13:]:
+        sink.write([{"file": name, "error": "corrupt"} if name == "img20.jpg" else {"file": name, "face": 0}])
+    sink.close()
+    metadata = pq.ParquetFile(out).metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [5, 5, 5, 5, 3]
+    assert [r["file"] for r in read_rows(out)] == names
+    sink = sinks._ParquetSink(out, ROW_TYPES)
+    assert sink.retry_failed([str(tmp_path / "elsewhere.jpg"), "img20.jpg"]) == ["img20.jpg"]
+    sink.close()
+    assert [r["file"] for r in read_rows(out)] == [n for n in names if n != "img20.jpg"]
+    assert read_rows(out)[0]["age"] == 30.0 and pq.ParquetFile(out).metadata.num_row_groups == 5

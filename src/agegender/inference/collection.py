@@ -58,8 +58,30 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _suffix(name: str) -> str:
+    """A file name's ending as :attr:`pathlib.PurePath.suffix` gives it, lower case, without making a path.
+
+    >>> _suffix("IMG_0001.JPG"), _suffix(".hidden"), _suffix("name."), _suffix("README")
+    ('.jpg', '', '', '')
+    """
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
+
+
+def _add(path: str, suffix: str, out: Collection, named: bool, videos: bool) -> None:
+    """Add a regular file by its ending: an input, or a skip."""
+    if named or suffix in IMAGE_SUFFIXES or suffix in UNREADABLE_SUFFIXES or not suffix or (
+            videos and suffix in VIDEO_SUFFIXES):
+        out.files.append(path)
+    elif suffix in VIDEO_SUFFIXES:
+        out.skip("video (predict it on its own: agegender predict VIDEO)", path)
+    else:
+        out.skip(f"not an image ({suffix})", path)
+
+
 def _classify(path: Path, out: Collection, named: bool, videos: bool) -> None:
-    """Add one non-folder path: an input, an error, or a skip."""
+    """Add one non-folder path whose kind is not known yet (a link, a named path): an input, an error, or a
+    skip."""
     try:
         mode = path.stat().st_mode
     except OSError as err:
@@ -69,14 +91,7 @@ def _classify(path: Path, out: Collection, named: bool, videos: bool) -> None:
     if not stat.S_ISREG(mode):
         out.errors.append((str(path), f"cannot read: {_kind(mode)}"))
         return
-    suffix = path.suffix.lower()
-    if named or suffix in IMAGE_SUFFIXES or suffix in UNREADABLE_SUFFIXES or not suffix or (
-            videos and suffix in VIDEO_SUFFIXES):
-        out.files.append(str(path))
-    elif suffix in VIDEO_SUFFIXES:
-        out.skip("video (predict it on its own: agegender predict VIDEO)", str(path))
-    else:
-        out.skip(f"not an image ({suffix})", str(path))
+    _add(str(path), _suffix(path.name), out, named, videos)
 
 
 def _walk(root: Path, out: Collection, videos: bool) -> None:
@@ -96,15 +111,17 @@ def _walk(root: Path, out: Collection, videos: bool) -> None:
             continue
         subfolders = []
         for entry in entries:
-            path = Path(entry.path)
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
+                regular = entry.is_file(follow_symlinks=False)  # from the folder listing: no stat for most files
             except OSError:
-                is_dir = False
+                is_dir = regular = False
             if is_dir:
-                subfolders.append(path)
+                subfolders.append(Path(entry.path))
+            elif regular:
+                _add(entry.path, _suffix(entry.name), out, named=False, videos=videos)
             else:
-                _classify(path, out, named=False, videos=videos)
+                _classify(Path(entry.path), out, named=False, videos=videos)
         stack.extend(reversed(subfolders))  # depth first, in sorted order
 
 

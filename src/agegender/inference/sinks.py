@@ -9,7 +9,8 @@ nor drops an input.
 - **Parquet**: a Parquet file cannot be appended to and is unreadable until its footer is written, so rows are
   flushed as small complete files into ``OUTPUT.parts/`` (each written beside and renamed into place), every
   ``flush_rows`` rows or ``flush_seconds``; closing merges the existing output and the parts into one file,
-  renamed over the output, and only then removes the parts.
+  renamed over the output, and only then removes the parts. The merge, the rewrite for a retry and the resume's
+  read stream the rows in batches, so their memory does not grow with the output (millions of rows).
 
 An existing output is never overwritten: without ``resume`` the sink refuses to start. A resumed run may retry its
 failed inputs (:meth:`RowSink.retry_failed`): the rows of inputs that only have error rows are taken out of the
@@ -25,7 +26,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,10 @@ FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv":
 CSV_LINE_END = "\r\n"
 #: Column types a schema may use: Python type names, mapped to pyarrow's type constructors.
 ARROW_TYPES = {"str": "string", "float": "float64", "int": "int64"}
+#: Rows per row group of a merged Parquet output, and per batch when one is read back: bounds the memory of a
+#: merge or a resume (about 100 MB of the bulk path's rows). Smaller row groups made the file larger: 2 million
+#: rows took 98 MiB in groups of 65,536, 73 in groups of a million (scripts/measure/sink_scale.py).
+ROW_GROUP_ROWS = 262_144
 
 
 class OutputExistsError(FileExistsError):
@@ -292,8 +297,9 @@ class _ParquetSink(RowSink):
                 raise ValueError(f"cannot resume {path}: {file} has other columns than agegender writes "
                                  f"({', '.join(written.names)}); choose another output")
             columns = [c for c in (self.source_column, self.version_column, self.error_column) if c in schema]
-            for row in pq.read_table(file, columns=columns).to_pylist():
-                self._read(row)
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=ROW_GROUP_ROWS, columns=columns):
+                for row in batch.to_pylist():
+                    self._read(row)
         self.parts.mkdir(exist_ok=True)  # after the checks: a refused output leaves nothing behind
         self.next_part = 1 + max((int(p.stem.split("-")[1]) for p in self.parts.glob("part-*.parquet")), default=0)
         self.pending: list[Mapping[str, Any]] = []
@@ -310,13 +316,29 @@ class _ParquetSink(RowSink):
             sources = self.pq.read_table(file, columns=[self.source_column])[self.source_column]
             if not pc.any(pc.is_in(sources, value_set=failed)).as_py():
                 continue
-            table = self.pq.read_table(file, schema=self.arrow_schema)
-            keep = pc.invert(pc.is_in(table[self.source_column], value_set=failed))
             tmp = _retry_tmp(file)
-            self.pq.write_table(table.filter(keep), tmp)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
+            self._stream([file], tmp, lambda rows: pc.invert(pc.is_in(rows[self.source_column], value_set=failed)))
             _replace_keeping_mode(tmp, file)
+
+    def _stream(self, files: Sequence[Path], target: Path,
+                keep: Callable[[Any], Any] | None = None) -> None:
+        """Write the rows of ``files`` in order (those of each record batch that ``keep`` gives a true mask for)
+        into one Parquet file at ``target``, made durable: read and written a batch at a time, in row groups of
+        :data:`ROW_GROUP_ROWS`, so its memory stays bounded whatever the files hold."""
+        held = self.arrow_schema.empty_table()
+        with self.pq.ParquetWriter(target, self.arrow_schema) as writer:
+            for file in files:
+                for batch in self.pq.ParquetFile(file).iter_batches(batch_size=ROW_GROUP_ROWS):
+                    table = self.pa.Table.from_batches([batch]).cast(self.arrow_schema)
+                    held = self.pa.concat_tables([held, table.filter(keep(table)) if keep else table])
+                    whole = held.num_rows - held.num_rows % ROW_GROUP_ROWS
+                    if whole:
+                        writer.write_table(held.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+                        held = held.slice(whole)
+            if held.num_rows:
+                writer.write_table(held, row_group_size=ROW_GROUP_ROWS)
+        with open(target, "rb") as handle:
+            os.fsync(handle.fileno())
 
     def _append(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.pending.extend(rows)
@@ -353,10 +375,9 @@ class _ParquetSink(RowSink):
                 self.pq.write_table(self.arrow_schema.empty_table(), self.path)
             self.parts.rmdir()
             return
-        tables = [self.pq.read_table(f, schema=self.arrow_schema) for f in [self.path] * self.path.exists() + parts]
         target = self.path.resolve()  # a link to the output stays a link
         tmp = target.with_name(f".{target.name}.merging.tmp")
-        self.pq.write_table(self.pa.concat_tables(tables), tmp)
+        self._stream([self.path] * self.path.exists() + parts, tmp)
         _replace_keeping_mode(tmp, target)
         for part in parts:
             part.unlink()
