@@ -516,3 +516,20 @@ def test_a_parquet_output_is_merged_and_retried_a_row_group_at_a_time(tmp_path: 
     sink.close()
     assert [r["file"] for r in read_rows(out)] == [n for n in names if n != "img20.jpg"]
     assert read_rows(out)[0]["age"] == 30.0 and pq.ParquetFile(out).metadata.num_row_groups == 5
+
+
+def test_a_flood_of_bad_files_names_the_first_of_each_kind_and_counts_the_rest(
+        tmp_path: Path, yunet_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for i in range(bulk.NAMED_ERRORS + 5):
+        (folder / f"IMG_{i:03d}.jpg").touch()
+    out = tmp_path / "rows.jsonl"
+    with caplog.at_level("WARNING", logger="agegender"):
+        assert main(["predict", str(folder), "--output", str(out), "--workers", "1", "--detector",
+                     str(yunet_path)]) == 1
+    named = [r.getMessage() for r in caplog.records if "IMG_" in r.getMessage()]
+    assert len(named) == bulk.NAMED_ERRORS and "IMG_000.jpg" in named[0]
+    assert sum("counted in the summary, not named here" in r.getMessage() for r in caplog.records) == 1
+    assert len(read_rows(out)) == bulk.NAMED_ERRORS + 5  # every one has its error row
+    assert f"errors, empty: {bulk.NAMED_ERRORS + 5}" in capsys.readouterr().err

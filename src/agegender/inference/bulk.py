@@ -37,7 +37,8 @@ from agegender.inference.sinks import RowSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUTO_WORKERS_BYTES", "BulkSummary", "WorkerDied", "auto_workers", "run_bulk", "unsupported_format"]
+__all__ = ["AUTO_WORKERS_BYTES", "NAMED_ERRORS", "BulkSummary", "WorkerDied", "auto_workers", "run_bulk",
+           "unsupported_format"]
 
 #: Faces per forward pass: the model's time per face flattens out from about 64 (docs/bench.md).
 BATCH_FACES = 64
@@ -47,6 +48,9 @@ BATCH_FACES = 64
 AUTO_WORKERS_BYTES = 32 * 2**20
 #: Photos submitted to the worker processes ahead of the one the model waits for, per worker.
 AHEAD_PER_WORKER = 4
+#: Failed inputs of one kind named in the log; those after are counted in the summary (the output's ``error``
+#: column names every one): a million broken files should not print a million lines.
+NAMED_ERRORS = 20
 
 
 @dataclass
@@ -74,9 +78,13 @@ class BulkSummary:
 
     def failed(self, kind: str, message: str) -> None:
         """Count an input that failed, and name it in the log (a warning): as without ``--output``, a bad file
-        gets one line."""
+        gets one line, up to :data:`NAMED_ERRORS` of each kind."""
         self.errors[kind] += 1
-        log.warning("%s", message)
+        if self.errors[kind] <= NAMED_ERRORS:
+            log.warning("%s", message)
+        elif self.errors[kind] == NAMED_ERRORS + 1:
+            log.warning("more inputs failed (%s): counted in the summary, not named here; the output's error "
+                        "column names each", kind)
 
     def lines(self) -> list[str]:
         rate = self.photos / self.seconds if self.seconds else 0.0
