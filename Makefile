@@ -77,6 +77,7 @@ logs: $(VENV)/.full
 	$(LOG) docs/logs/ray_throughput.md -- $(BIN)/python scripts/measure/ray_throughput.py --photos 300 --rounds 2
 	$(LOG) docs/logs/ray_throughput_600.md -- $(BIN)/python scripts/measure/ray_throughput.py --photos 600 --rounds 1
 	$(LOG) docs/logs/sink_scale.md -- $(BIN)/python scripts/measure/sink_scale.py --rows 2000000
+	$(LOG) docs/logs/sink_scale_jsonl.md -- $(BIN)/python scripts/measure/sink_scale.py --rows 2000000 --format jsonl
 
 reproduce: $(VENV)/.full
 	$(BIN)/python scripts/measure/reproduce.py

@@ -533,3 +533,24 @@ def test_a_flood_of_bad_files_names_the_first_of_each_kind_and_counts_the_rest(
     assert sum("counted in the summary, not named here" in r.getMessage() for r in caplog.records) == 1
     assert len(read_rows(out)) == bulk.NAMED_ERRORS + 5  # every one has its error row
     assert f"errors, empty: {bulk.NAMED_ERRORS + 5}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_resume_cuts_a_long_partial_last_line_and_keeps_every_whole_row(tmp_path: Path, suffix: str) -> None:
+    """The last line a crash cut is found from the end of the file (not by reading it all), also when it is longer
+    than the block read back, or the file's only line."""
+    from agegender.inference.results import ROW_TYPES
+    from agegender.inference.sinks import open_sink
+
+    out = tmp_path / f"rows{suffix}"
+    with open_sink(out, ROW_TYPES) as sink:
+        sink.write([{"file": f"img{i}.jpg", "face": 0} for i in range(3)])
+    whole = out.read_bytes()
+    for partial in (b'{"file": "' + b"x" * 200_000, b"y"):
+        out.write_bytes(whole + partial)
+        with open_sink(out, ROW_TYPES, resume=True) as sink:
+            assert set(sink.done) == {"img0.jpg", "img1.jpg", "img2.jpg"}
+        assert out.read_bytes() == whole
+    out.write_bytes(b"no newline at all")
+    open_sink(out, ROW_TYPES, resume=True).close()
+    assert out.read_bytes() == (b"" if suffix == ".jsonl" else whole.split(b"\r\n")[0] + b"\r\n")

@@ -1,8 +1,10 @@
-"""Time and peak memory of the bulk path's Parquet output at millions of rows: writing them as the bulk path
-does (whole photos, part files every 512 rows), closing (the parts merged into one file), and a resume reading
-back which photos are done. Each phase runs in its own process, so each peak is its own.
+"""Time and peak memory of the bulk path's output at millions of rows: writing them as the bulk path does (whole
+photos; Parquet as part files every 512 rows), a resume after a crash (reading back which photos are done), closing
+(Parquet: the parts merged into one file) and a resume of the finished output. Each phase runs in its own process,
+so each peak is its own.
 
     python scripts/measure/sink_scale.py --rows 2000000
+    python scripts/measure/sink_scale.py --rows 2000000 --format jsonl
 
 The rows are the bulk path's columns (``agegender.inference.results.ROW_TYPES``) with values shaped like real ones
 (a distinct path per photo, one or two faces per photo, floats at the output's precision), made before the clock
@@ -76,6 +78,7 @@ def phase(name: str, out: Path, rows: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--format", choices=("parquet", "jsonl", "csv"), default="parquet")
     parser.add_argument("--phase", choices=("write", "close", "resume"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -84,20 +87,24 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="agegender_sink_scale_"))
     try:
-        out = work / "rows.parquet"
+        out = work / f"rows.{args.format}"
+        parquet = args.format == "parquet"
         results = {}
-        # resume on the parts a crash left, the merge, then a resume of the merged file
-        for name, label in (("write", "write (parts)"), ("resume", "resume from the parts"), ("close", "close (merge)"),
-                            ("resume", "resume from the merged file")):
+        for name, label in (("write", "write (parts)" if parquet else "write"),
+                            ("resume", "resume from the parts" if parquet else "resume after a crash"),
+                            ("close", "close (merge)" if parquet else "close"),
+                            ("resume", "resume from the merged file" if parquet else "resume of the finished file")):
             run = subprocess.run([sys.executable, __file__, "--phase", name, "--out", str(out), "--rows",
                                   str(args.rows)], check=True, capture_output=True, text=True)
             results[label] = json.loads(run.stdout.strip().splitlines()[-1])
         size = out.stat().st_size / 2**20
-        import pyarrow.parquet as pq
+        if parquet:
+            import pyarrow.parquet as pq
 
-        groups = pq.ParquetFile(out).metadata.num_row_groups
-        print(f"{args.rows:,} rows of the bulk path's {len(ROW_TYPES)} columns; merged file {size:.0f} MiB in "
-              f"{groups} row groups\n")
+            layout = f"merged file {size:.0f} MiB in {pq.ParquetFile(out).metadata.num_row_groups} row groups"
+        else:
+            layout = f"{args.format} file {size:.0f} MiB"
+        print(f"{args.rows:,} rows of the bulk path's {len(ROW_TYPES)} columns; {layout}\n")
         print("| phase | seconds | peak resident memory (MB) | notes |\n|---|---|---|---|")
         for label, result in results.items():
             note = (f"{result['rows_held_mb']:.0f} MB of it the rows made beforehand" if "rows_held_mb" in result

@@ -176,22 +176,33 @@ class _TextSink(RowSink):
     def __init__(self, path: Path, schema: Mapping[str, str], kind: str) -> None:
         super().__init__(path, schema)
         self.kind = kind
-        exists = path.exists() and path.stat().st_size > 0
         self.created = not path.exists()
         _retry_tmp(path).unlink(missing_ok=True)  # a rewrite for --retry-errors cut by a crash
-        if exists:
+        if path.exists() and path.stat().st_size > 0:
             self._truncate_partial_line()
+        exists = path.exists() and path.stat().st_size > 0  # a CSV header cut by a crash is written again
+        if exists:
             self._read_rows()
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if kind == "csv" and not exists:
             self._emit([dict(zip(self.schema, self.schema, strict=True))], header=True)
 
     def _truncate_partial_line(self) -> None:
+        """Cut a last line that a crash left without its newline, reading back from the end a block at a time
+        (the output may hold millions of rows)."""
         with open(self.path, "rb+") as handle:
-            data = handle.read()
-            if data.endswith(b"\n"):
-                return
-            handle.truncate(data.rfind(b"\n") + 1)
+            end = position = handle.seek(0, os.SEEK_END)
+            cut = 0
+            while position > 0:
+                start = max(0, position - 2**16)
+                handle.seek(start)
+                newline = handle.read(position - start).rfind(b"\n")
+                if newline >= 0:
+                    cut = start + newline + 1
+                    break
+                position = start
+            if cut != end:
+                handle.truncate(cut)
 
     def _rows(self) -> Iterator[dict[str, Any]]:
         """The rows already written, as read back; ValueError for a file this sink did not write."""
