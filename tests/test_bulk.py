@@ -554,3 +554,36 @@ def test_a_resume_cuts_a_long_partial_last_line_and_keeps_every_whole_row(tmp_pa
     out.write_bytes(b"no newline at all")
     open_sink(out, ROW_TYPES, resume=True).close()
     assert out.read_bytes() == (b"" if suffix == ".jsonl" else whole.split(b"\r\n")[0] + b"\r\n")
+
+
+def test_files_from_a_list_gives_the_rows_of_the_same_paths_named(collection_dir: Path, tmp_path: Path,
+                                                                  yunet_path: Path, capsys: pytest.CaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--files-from LIST` (a database's export, a `find` run): files and folders, one per line, blank lines and
+    CRLF endings tolerated, a missing path an error row; the same rows as naming them; '-' reads standard input."""
+    import io
+
+    photo = collection_dir / "dlib_2007_007763.jpg"
+    monkeypatch.chdir(collection_dir)
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(f"{photo}\r\n\nsub\nmissing.jpg\n".encode())
+    by_list, by_name = tmp_path / "list.jsonl", tmp_path / "named.jsonl"
+    detector = ["--detector", str(yunet_path), "--workers", "1"]
+    assert main(["predict", "--files-from", str(listing), "--output", str(by_list), *detector]) == 1
+    assert main(["predict", str(photo), "sub", "missing.jpg", "--output", str(by_name), *detector]) == 1
+    rows = read_rows(by_list)
+    assert rows == read_rows(by_name)
+    assert {r["file"] for r in rows} == {str(photo), "sub/kid_no_ending", "sub/truncated.jpg", "missing.jpg"}
+    assert [r["error"] for r in rows if r["file"] == "missing.jpg"] == ["missing.jpg: no such file or folder"]
+    piped = tmp_path / "piped.jsonl"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(listing.read_bytes())))
+    assert main(["predict", str(photo), "--files-from", "-", "--output", str(piped), *detector]) == 1
+    assert read_rows(piped) == rows  # the photo named and listed is one input
+    capsys.readouterr()
+    assert main(["predict", "--output", str(tmp_path / "none.jsonl")]) == 2
+    assert "give one or more PATHs, or --files-from LIST" in capsys.readouterr().err
+    assert main(["predict", "--files-from", str(tmp_path / "absent.txt"), "--output", str(tmp_path / "n.jsonl")]) == 2
+    assert "--files-from" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("\n")
+    assert main(["predict", "--files-from", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "e.jsonl")]) == 1
+    assert "names no path" in capsys.readouterr().err and not (tmp_path / "e.jsonl").exists()

@@ -46,7 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="age and gender for every face in images, folders or videos",
                        description="Detect every face, align it and predict age and gender. PATH may be an image, "
                                    "a folder (searched recursively), a video file, or a webcam index such as 0.")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--files-from", metavar="LIST",
+                   help="also read PATHs from this file, one per line ('-': standard input): for collections too "
+                        "large to name or to walk, e.g. `find /archive -name '*.jpg' > LIST`")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per file on stdout (JSON Lines)")
     out.add_argument("--csv", action="store_true", help="one CSV row per face on stdout")
@@ -217,6 +220,18 @@ def run(args: argparse.Namespace) -> int:
     from agegender.inference.predictor import Predictor
 
     check_model_options(args)
+    if args.files_from is not None:
+        from agegender.inference.collection import read_list
+
+        try:
+            args.paths = [*args.paths, *read_list(args.files_from)]
+        except OSError as err:
+            raise UserError(f"--files-from {args.files_from}: {err.strerror or err}") from err
+        if not args.paths:
+            print(f"agegender predict: no input: {args.files_from} names no path", file=sys.stderr)
+            return 1
+    elif not args.paths:
+        raise UserError("give one or more PATHs, or --files-from LIST")
     if args.output is None and (args.resume or args.shard or args.workers is not None or args.ray):
         raise UserError("--resume, --shard, --workers and --ray go with --output FILE")
     if args.retry_errors and not args.resume:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from agegender.images import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, VIDEO_SUFFIXES
 
-__all__ = ["Collection", "check_shard", "collect", "in_shard", "parse_shard", "shard_paths"]
+__all__ = ["Collection", "check_shard", "collect", "in_shard", "parse_shard", "read_list", "shard_paths"]
 
 
 @dataclass
@@ -80,18 +81,21 @@ def _add(path: str, suffix: str, out: Collection, named: bool, videos: bool) -> 
 
 
 def _classify(path: Path, out: Collection, named: bool, videos: bool) -> None:
-    """Add one non-folder path whose kind is not known yet (a link, a named path): an input, an error, or a
-    skip."""
+    """Add one path whose kind is not known yet (named by the command or a list, or a link in a folder) with one
+    ``stat``: a folder named is read, a regular file is an input or a skip, the rest an error entry."""
     try:
         mode = path.stat().st_mode
     except OSError as err:
-        reason = "a symbolic link loop" if err.errno == 40 else (err.strerror or str(err))
-        out.errors.append((str(path), f"cannot read: {reason}"))
+        reason = ("no such file or folder" if not os.path.lexists(path)
+                  else "cannot read: " + ("a symbolic link loop" if err.errno == 40 else (err.strerror or str(err))))
+        out.errors.append((str(path), reason))
         return
-    if not stat.S_ISREG(mode):
+    if named and stat.S_ISDIR(mode):
+        _walk(path, out, videos)
+    elif stat.S_ISREG(mode):
+        _add(str(path), _suffix(path.name), out, named, videos)
+    else:
         out.errors.append((str(path), f"cannot read: {_kind(mode)}"))
-        return
-    _add(str(path), _suffix(path.name), out, named, videos)
 
 
 def _walk(root: Path, out: Collection, videos: bool) -> None:
@@ -130,16 +134,25 @@ def collect(inputs: Iterable[str | os.PathLike], videos: bool = False) -> Collec
     are inputs too (else skipped by type). A path that does not exist is an error entry."""
     out = Collection()
     for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            _walk(path, out, videos)
-        elif not os.path.lexists(path):
-            out.errors.append((str(path), "no such file or folder"))
-        else:
-            _classify(path, out, named=True, videos=videos)
+        _classify(Path(item), out, named=True, videos=videos)
     out.files = list(dict.fromkeys(out.files))  # a file named twice (or inside a folder also named) is one input
     out.errors = list(dict.fromkeys(out.errors))
     return out
+
+
+def read_list(source: str | os.PathLike) -> list[str]:
+    """The paths a list file names, one per line (``"-"``: standard input), for collections too large to name on a
+    command line or to walk (a database's export, ``find ... > list``). Empty lines are ignored and a line's
+    ending ``\\r`` dropped; names are decoded as the file system's (bytes that are not UTF-8 kept), so a name
+    holding a newline cannot be listed (name its folder instead). OSError when the list cannot be read."""
+    if os.fspath(source) == "-":
+        return _names(sys.stdin.buffer)
+    with open(source, "rb") as handle:
+        return _names(handle)
+
+
+def _names(lines: Iterable[bytes]) -> list[str]:
+    return [os.fsdecode(name) for line in lines if (name := line.rstrip(b"\r\n"))]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
