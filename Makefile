@@ -78,6 +78,7 @@ logs: $(VENV)/.full
 	$(LOG) docs/logs/ray_throughput_600.md -- $(BIN)/python scripts/measure/ray_throughput.py --photos 600 --rounds 1
 	$(LOG) docs/logs/sink_scale.md -- $(BIN)/python scripts/measure/sink_scale.py --rows 2000000
 	$(LOG) docs/logs/sink_scale_jsonl.md -- $(BIN)/python scripts/measure/sink_scale.py --rows 2000000 --format jsonl
+	$(LOG) docs/logs/resampling.md -- $(BIN)/python scripts/measure/resampling.py --rounds 15
 
 reproduce: $(VENV)/.full
 	$(BIN)/python scripts/measure/reproduce.py

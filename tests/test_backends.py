@@ -3,6 +3,7 @@ correction, and a missing backend or device is said clearly (or falls back where
 
 from __future__ import annotations
 
+import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +20,7 @@ from agegender.inference.onnx_model import OnnxAgeGender, shipped_model_path
 from agegender.inference.paired import PairedAgeGender
 from agegender.outputs import Decoded, decode
 from agegender.oversample import flip_average
-from agegender.preprocess import chips_to_input
+from agegender.preprocess import chips_to_input, resize_square
 
 needs_openvino = pytest.mark.skipif("openvino" not in backends.available_backends(),
                                     reason="openvino is not installed (pip install 'agegender[openvino]')")
@@ -276,3 +277,18 @@ def test_a_file_whose_fused_graph_cannot_be_made_predicts_through_numpy(chips: l
     assert model.fused_why_not is not None and model.fused_why_not.startswith("the fused graph could not be made")
     np.testing.assert_array_equal(got.age, model.calibrate(decode(model.outputs(chips[:4]))).age)
     assert model.describe()["decoding"].startswith("NumPy (the fused graph could not be made")
+
+
+def test_a_file_reads_its_chips_by_the_resampling_its_config_names(chips: list[np.ndarray], tmp_path: Path) -> None:
+    """The resampling travels in the file's config, so that a model is served as it was trained; a file exported
+    before the field existed (as the shipped ones) was trained on "area", and reads so."""
+    area = OnnxAgeGender("flagship", backend="onnxruntime")
+    assert "resampling" not in json.loads(area.metadata["config"]) and area.config.resampling == "area"
+    copy = shutil.copy(area.path, tmp_path / "linear.onnx")
+    set_metadata(copy, {"config": area.config.replace(resampling="linear").to_json()})
+    linear = OnnxAgeGender(copy, backend="onnxruntime")
+    assert linear.config.resampling == "linear"
+    expected = np.stack([resize_square(c, 72, resampling="linear")[4:68, 4:68, ::-1] for c in chips[:3]])
+    np.testing.assert_array_equal(linear.network_input(chips[:3], flip=False), expected.transpose(0, 3, 1, 2))
+    assert not np.array_equal(area.network_input(chips[:3], flip=False), expected.transpose(0, 3, 1, 2))
+    np.testing.assert_allclose(linear.predict(chips[:3]).age, area.predict(chips[:3]).age, atol=3.0)

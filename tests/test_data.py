@@ -86,6 +86,9 @@ def test_malformed_names_and_truncated_images_are_skipped_not_fatal(utkface: lis
     images, ok = cached_images(records, 32, cache_dir=tmp_path / "cache", progress=False)
     truncated = [r.path.endswith("30_0_1_20170101000000000.jpg.chip.jpg") for r in records]
     assert images.shape == (4, 32, 32, 3) and ok.tolist() == [not t for t in truncated]
+    linear, _ = cached_images(records, 32, resampling="linear", cache_dir=tmp_path / "cache", progress=False)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # a cache per resampling, as per size
+    assert not np.array_equal(linear, images)
 
 
 def test_adience_sample_reads_with_the_official_labels() -> None:
@@ -296,6 +299,10 @@ def test_fast_resize_stays_close_to_one_area_resize(utkface: list[FaceRecord]) -
     for side, size in ((200, 72), (200, 64), (201, 64), (100, 72), (50, 64)):  # the float32 path: the same values
         for chip in chips:
             crop = np.ascontiguousarray(chip[:side, :side])
-            as_float = resize_square(crop, size, as_float32=True)
-            assert as_float.dtype == np.float32
-            np.testing.assert_array_equal(as_float, resize_square(crop, size))
+            for resampling in ("area", "linear"):
+                as_float = resize_square(crop, size, resampling=resampling, as_float32=True)
+                assert as_float.dtype == np.float32
+                np.testing.assert_array_equal(as_float, resize_square(crop, size, resampling=resampling))
+    boxed = cv2.resize(chips[0], (100, 100), interpolation=cv2.INTER_AREA)  # "linear": the same box step, then bilinear
+    np.testing.assert_array_equal(resize_square(chips[0], 72, resampling="linear"),
+                                  cv2.resize(boxed, (72, 72), interpolation=cv2.INTER_LINEAR))

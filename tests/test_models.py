@@ -215,7 +215,8 @@ def load_utkface(config: ModelConfig, count: int = 6) -> tuple[torch.Tensor, lis
     if not UTKFACE.is_dir():
         pytest.skip(f"{UTKFACE} is absent: real-data tests need the ../shared checkout beside the repository")
     paths = sorted(UTKFACE.glob("*.jpg"))[::997][:count]
-    rgb = np.stack([chip_to_rgb(cv2.imread(str(p)), config.load_size, config.face_crop) for p in paths])
+    rgb = np.stack([chip_to_rgb(cv2.imread(str(p)), config.load_size, config.face_crop, config.resampling)
+                    for p in paths])
     ages = [parse_utkface_name(p.name)[0] for p in paths]
     return normalize(center_crop(rgb, config.input_size), config).contiguous(), ages
 
@@ -270,6 +271,7 @@ def test_a_descriptor_head_exists_in_training_only(tmp_path: Path) -> None:
     ({"std": (0, 0, 0)}, "std must be above 0"),
     ({"mean": (1, 2)}, "mean must be three numbers"),
     ({"face_crop": 5.0}, "face_crop must be in (0, 1]"),
+    ({"resampling": "cubic"}, "resampling must be one of area, linear, got 'cubic'"),
     ({"outputs": "gender_logit"}, "outputs must be a tuple of output names"),
     ({"outputs": ("gender_logit",)}, "returns age_dist_logits, gender_logit whatever its config says"),
     ({"name": "mine"}, "a registered model keeps its name"),

@@ -8,6 +8,12 @@ from typing import Any
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+#: How a chip is brought to the network's load size after the exact k x k box average
+#: (:func:`agegender.preprocess.resize_square`): ``"area"`` averages the rest of the way (what every model was
+#: trained on until 2026-12-07); ``"linear"`` interpolates it, about a third of the time (26 against 74-83 us a
+#: face) for the shipped int8 model's validation figures within noise (``scripts/measure/resampling.py``,
+#: ``docs/logs/resampling.md``). A model is trained and served with its own.
+RESAMPLINGS = ("area", "linear")
 
 
 @dataclass(frozen=True)
@@ -15,8 +21,8 @@ class ModelConfig:
     """Preprocessing and head layout of a registered model.
 
     Images are RGB, scaled 0..255. A face chip is center-cropped to ``face_crop`` of its side, resized to
-    ``resize`` pixels, then center-cropped (random crop in training) to ``input_size``; the network sees
-    ``(pixel - mean) / std``.
+    ``resize`` pixels (by ``resampling``, one of :data:`RESAMPLINGS`), then center-cropped (random crop in
+    training) to ``input_size``; the network sees ``(pixel - mean) / std``.
     """
 
     name: str
@@ -24,6 +30,7 @@ class ModelConfig:
     outputs: tuple[str, ...]
     resize: int | None = None  # None: resize straight to input_size
     face_crop: float = 1.0
+    resampling: str = "area"  # a file exported before the field existed was trained on "area"
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
     paper_params: float | None = None  # parameter count the source document gives, if any
@@ -32,8 +39,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         """ValueError for a config no model can be fed by: sizes that are not whole numbers of pixels, a resize
-        smaller than the crop taken from it, a face crop outside (0, 1], ``mean``/``std`` not three numbers (``std``
-        above 0), outputs not a tuple of names."""
+        smaller than the crop taken from it, a face crop outside (0, 1], an unknown resampling, ``mean``/``std`` not
+        three numbers (``std`` above 0), outputs not a tuple of names."""
         def whole(value: Any) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
 
@@ -45,6 +52,8 @@ class ModelConfig:
                             f"got {self.resize!r}")
         if not (isinstance(self.face_crop, int | float) and 0 < self.face_crop <= 1):
             problems.append(f"face_crop must be in (0, 1], got {self.face_crop!r}")
+        if self.resampling not in RESAMPLINGS:
+            problems.append(f"resampling must be one of {', '.join(RESAMPLINGS)}, got {self.resampling!r}")
         for name in ("mean", "std"):
             value = getattr(self, name)
             if not (isinstance(value, tuple) and len(value) == 3 and all(isinstance(v, int | float) for v in value)):

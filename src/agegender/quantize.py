@@ -112,8 +112,8 @@ def quantization_chips(config: ModelConfig, n: int, root: str | Path | None = No
         raise ValueError(f"the number of quantisation chips must be at least 1, got {n}")
     train = dataset_splits(DataConfig(root=None if root is None else str(root)), progress=False)["train"]
     train = train[:: max(len(train) // n, 1)][:n]
-    images, ok = cached_images(train, config.load_size, config.face_crop, progress=False) if train else (
-        np.zeros((0,)), np.zeros((0,), bool))
+    images, ok = (cached_images(train, config.load_size, config.face_crop, config.resampling, progress=False)
+                  if train else (np.zeros((0,)), np.zeros((0,), bool)))
     if not np.any(ok):  # quantising on nothing writes a file whose every activation range is wrong
         raise ValueError(f"no quantisation chip in {root or 'the shared UTKFace folder'}: its training split holds "
                          "no readable UTKFace chip (files named AGE_GENDER_RACE_DATE.jpg)")

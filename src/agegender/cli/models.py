@@ -81,6 +81,7 @@ def config_lines(cfg: dict[str, Any]) -> list[str]:
     return [f"  network          {cfg['name']} ({cfg['source']})",
             f"  input            RGB {cfg['input_size']}x{cfg['input_size']}: the chip "
             + (f"resized to {cfg['resize']}, centre crop" if cfg.get("resize") else "resized to it")
+            + f" ({cfg.get('resampling', 'area')} resampling)"
             + f"; (x - [{mean}]) / [{std}]",
             f"  outputs          {', '.join(cfg['outputs'])}"]
 

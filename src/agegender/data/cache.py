@@ -15,10 +15,10 @@ from agegender.data.records import FaceRecord
 from agegender.data.splits import dataset_key
 from agegender.images import ImageError, load_image
 from agegender.paths import default_cache_dir
-from agegender.preprocess import RESAMPLING, chip_to_rgb
+from agegender.preprocess import chip_to_rgb
 
 
-def cached_images(records: Sequence[FaceRecord], size: int, face_crop: float = 1.0,
+def cached_images(records: Sequence[FaceRecord], size: int, face_crop: float = 1.0, resampling: str = "area",
                   cache_dir: str | Path | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(images N x size x size x 3 RGB uint8 memmap, ok mask). Undecodable images are zeros with ok False.
 
@@ -27,7 +27,7 @@ def cached_images(records: Sequence[FaceRecord], size: int, face_crop: float = 1
     """
     folder = Path(cache_dir) if cache_dir else default_cache_dir() / "arrays"
     folder.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha1(f"{dataset_key(records)}|{size}|{face_crop}|{RESAMPLING}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{dataset_key(records)}|{size}|{face_crop}|box-then-{resampling}".encode()).hexdigest()[:16]
     array_file, meta_file = folder / f"{key}.npy", folder / f"{key}.json"
     if array_file.is_file() and meta_file.is_file():
         ok = np.array(json.loads(meta_file.read_text())["ok"], dtype=bool)
@@ -37,12 +37,13 @@ def cached_images(records: Sequence[FaceRecord], size: int, face_crop: float = 1
     ok = np.zeros(len(records), dtype=bool)
     for i, rec in enumerate(tqdm(records, desc=f"decoding to {size}px", unit="img", disable=not progress)):
         try:
-            images[i] = chip_to_rgb(load_image(rec.path), size, face_crop)
+            images[i] = chip_to_rgb(load_image(rec.path), size, face_crop, resampling)
             ok[i] = True
         except (ImageError, OSError):
             continue
     images.flush()
     del images
     tmp.replace(array_file)
-    meta_file.write_text(json.dumps({"size": size, "face_crop": face_crop, "n": len(records), "ok": ok.tolist()}))
+    meta_file.write_text(json.dumps({"size": size, "face_crop": face_crop, "resampling": resampling, "n": len(records),
+                                     "ok": ok.tolist()}))
     return np.load(array_file, mmap_mode="r"), ok

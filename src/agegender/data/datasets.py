@@ -177,7 +177,7 @@ def select_records(splits: SplitRecords, cfg: DataConfig) -> dict[str, list[Face
 
 def decode_split(records: Sequence[FaceRecord], config: ModelConfig, progress: bool = True) -> SplitData:
     """Records' images decoded (and cached) at the model's load size; undecodable ones are left out."""
-    images, ok = cached_images(records, config.load_size, config.face_crop, progress=progress)
+    images, ok = cached_images(records, config.load_size, config.face_crop, config.resampling, progress=progress)
     if ok.all():
         return SplitData(list(records), images)
     log.warning("%d of %d images could not be decoded and are left out", int((~ok).sum()), len(records))

@@ -82,7 +82,7 @@ def _init_trunk(model: nn.Module, source: nn.Module, path: str | Path) -> None:
     """:func:`init_from` across networks: the trunk and whatever else matches by name and shape."""
     theirs, ours = config_of(source), config_of(model)
     names = f"init: {path} holds a {theirs.name}, not a {ours.name}"
-    inputs = ("input_size", "resize", "face_crop", "mean", "std")
+    inputs = ("input_size", "resize", "face_crop", "resampling", "mean", "std")
     differ = [f"{key} {getattr(theirs, key)} vs {getattr(ours, key)}" for key in inputs
               if getattr(theirs, key) != getattr(ours, key)]
     if differ:
