@@ -23,11 +23,10 @@ from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.images import load_image
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.labels import gender_codes
+from agegender.model_config import RESAMPLINGS
 from agegender.paths import default_path
 from agegender.preprocess import chips_to_input
 from agegender.reporting.metrics import compute_metrics
-
-RESAMPLINGS = ("area", "linear")
 
 
 def paired(diff: np.ndarray, rng: np.random.Generator, draws: int = 2000) -> str:

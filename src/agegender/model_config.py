@@ -10,9 +10,9 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 #: How a chip is brought to the network's load size after the exact k x k box average
 #: (:func:`agegender.preprocess.resize_square`): ``"area"`` averages the rest of the way (what every model was
-#: trained on until 2026-12-07); ``"linear"`` interpolates it, about a third of the time (26 against 74-83 us a
-#: face) for the shipped int8 model's validation figures within noise (``scripts/measure/resampling.py``,
-#: ``docs/logs/resampling.md``). A model is trained and served with its own.
+#: trained on until 2026-12-07); ``"linear"`` interpolates it, in about half the preprocessing time (44 against
+#: 83 us a face at batch 64), the shipped int8 model's validation figures within noise when it reads so
+#: (``scripts/measure/resampling.py``, ``docs/logs/resampling.md``). A model is trained and served with its own.
 RESAMPLINGS = ("area", "linear")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from agegender.model_config import ModelConfig
+from agegender.model_config import RESAMPLINGS, ModelConfig
 
 #: Side of a face chip: UTKFace's 200 x 200 chips, the frame every face is aligned to (its landmark template is
 #: expressed in it) and the models were trained on.
@@ -15,8 +15,8 @@ def resize_square(image: np.ndarray, size: int, *, resampling: str = "area",
     """A square uint8 image resized to ``size`` x ``size``. Shrinking by 2x or more first averages k x k blocks
     (OpenCV's fast integer-factor area path, after trimming at most k - 1 border pixels), then goes the rest of the
     way by ``resampling`` (:data:`~agegender.model_config.RESAMPLINGS`): ``"area"`` averages (0.1 ms for a 200 px
-    chip to 72 px, against 0.2 ms for one non-integer area resize), ``"linear"`` interpolates (about a third of
-    that). Enlarging interpolates either way.
+    chip to 72 px, against 0.2 ms for one non-integer area resize), ``"linear"`` interpolates (about half that).
+    Enlarging interpolates either way. ValueError for another resampling.
 
     ``as_float32`` gives the same values as float32 (what a network takes): an area step then runs in float32 and
     is rounded, which OpenCV does faster than in uint8 (48 against 66 us for 100 -> 72 px, one timing on a 2-core
@@ -27,6 +27,8 @@ def resize_square(image: np.ndarray, size: int, *, resampling: str = "area",
     >>> resize_square(np.full((200, 200, 3), 7, np.uint8), 72, resampling="linear", as_float32=True).dtype
     dtype('float32')
     """
+    if resampling not in RESAMPLINGS:
+        raise ValueError(f"resampling must be one of {', '.join(RESAMPLINGS)}, got {resampling!r}")
     side = image.shape[0]
     factor = side // size
     if factor >= 2:
