@@ -516,6 +516,10 @@ def test_a_parquet_output_is_merged_and_retried_a_row_group_at_a_time(tmp_path: 
     sink.close()
     assert [r["file"] for r in read_rows(out)] == [n for n in names if n != "img20.jpg"]
     assert read_rows(out)[0]["age"] == 30.0 and pq.ParquetFile(out).metadata.num_row_groups == 5
+    stale = tmp_path / ".rows.parquet.merging.tmp"  # a merge a crash cut: removed when the output is opened again
+    stale.write_bytes(b"half a merge")
+    sinks._ParquetSink(out, ROW_TYPES).close()
+    assert not stale.exists() and len(read_rows(out)) == 22
 
 
 def test_a_flood_of_bad_files_names_the_first_of_each_kind_and_counts_the_rest(

@@ -88,6 +88,12 @@ def _retry_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.retry.tmp")
 
 
+def _merge_tmp(path: Path) -> Path:
+    """Where a Parquet output and its parts are merged before the result replaces ``path``."""
+    path = path.resolve()
+    return path.with_name(f".{path.name}.merging.tmp")
+
+
 class RowSink:
     """Base class: ``done`` holds the ``file`` (the source) of every image already in the output, ``versions`` the
     ``model_version`` values of its rows (those that have one: error rows have none), ``failed`` the sources
@@ -295,9 +301,9 @@ class _ParquetSink(RowSink):
         self.pa, self.pq = pa, pq
         self.arrow_schema = pa.schema([(name, getattr(pa, ARROW_TYPES[kind])()) for name, kind in schema.items()])
         self.parts = path.with_name(path.name + ".parts")
-        for stale in [*self.parts.glob("*.tmp"), _retry_tmp(path)]:
+        for stale in [*self.parts.glob("*.tmp"), _retry_tmp(path), _merge_tmp(path)]:
             stale.unlink(missing_ok=True)  # cut by a crash: a part whose rows were never counted as done, or a
-            # rewrite for --retry-errors that never replaced its file
+            # rewrite for --retry-errors or a merge that never replaced its file
         self.files = [path] * path.exists() + sorted(self.parts.glob("part-*.parquet"))  # as found
         for file in self.files:
             try:
@@ -386,10 +392,9 @@ class _ParquetSink(RowSink):
                 self.pq.write_table(self.arrow_schema.empty_table(), self.path)
             self.parts.rmdir()
             return
-        target = self.path.resolve()  # a link to the output stays a link
-        tmp = target.with_name(f".{target.name}.merging.tmp")
+        tmp = _merge_tmp(self.path)
         self._stream([self.path] * self.path.exists() + parts, tmp)
-        _replace_keeping_mode(tmp, target)
+        _replace_keeping_mode(tmp, self.path.resolve())  # a link to the output stays a link
         for part in parts:
             part.unlink()
         self.parts.rmdir()
