@@ -17,7 +17,7 @@ import pytest
 
 from agegender.cli import main
 from agegender.inference import bulk
-from agegender.inference.collection import collect, shard_paths
+from agegender.inference.collection import collect, collect_listed, in_shard, shard_paths
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import ROW_COLUMNS
 
@@ -114,6 +114,47 @@ def test_shards_are_disjoint_and_cover_the_inputs(collection_dir: Path, tmp_path
     shares = [listed.part((i, 3)).skipped_counts() for i in range(3)]
     assert sum(shares, Counter()) == listed.skipped_counts() == Counter({"not an image (.txt)": 12})
     assert sum(1 for share in shares if share) >= 2  # shared out, not all given to each (1 in 10^5 fails by chance)
+
+
+def test_a_list_is_shared_out_by_its_lines_before_any_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --files-from and --shard, N machines each read (stat) a N-th of the lines, not the whole list; the
+    parts are disjoint and together the unsharded collection, with folders, nested folders, files also named on
+    their own line, missing paths and skipped files among the lines."""
+    root = tmp_path / "archive"
+    for year in range(6):
+        for month in range(3):
+            folder = root / str(2018 + year) / f"{month:02d}"
+            folder.mkdir(parents=True)
+            for i in range(4):
+                (folder / f"img{i}.jpg").write_bytes(b"not decoded here")
+            (folder / "notes.txt").write_text("skipped by type")
+    lines = [str(root / "2018"), str(root / "2018" / "01"), str(root / "2019" / "00" / "img1.jpg"), str(root / "2019"),
+             *(str(f) for f in sorted((root / "2020").rglob("*.jpg"))), str(root / "2021") + "/", "./missing.jpg",
+             str(root / "2022" / "00" / "img0.jpg"), str(root / "2022" / "00" / "img0.jpg")]  # one line twice
+    whole = collect(lines)
+    stats: set[str] = set()
+    real_stat = Path.stat
+
+    def counted(self: Path, **kwargs: bool) -> os.stat_result:
+        stats.add(str(self))
+        return real_stat(self, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", counted)
+    named = {str(Path(line.rstrip("/"))) for line in lines}
+    parts = []
+    for i in range(3):
+        stats.clear()
+        parts.append(collect_listed(lines, (i, 3)))
+        owned = {line for line in named if in_shard(line, (i, 3))}
+        below = {line for line in named if any(line.startswith(folder + "/") for folder in owned)}
+        assert owned <= stats & named <= owned | below  # its own lines read, no other (but a folder's insides)
+    files = [f for part in parts for f in part.files]
+    assert sorted(files) == sorted(whole.files) and len(files) == len(set(files))  # disjoint, all covered
+    assert sorted(e for part in parts for e in part.errors) == sorted(whole.errors)
+    assert sum((part.skipped_counts() for part in parts), Counter()) == whole.skipped_counts()
+    assert whole.skipped_counts() == Counter({"not an image (.txt)": 9})  # 2018/01's once, though named twice
+    assert sum(1 for part in parts if part.files) == 3  # the lines were shared out, not given to one shard
+    assert collect_listed(lines, None).files == whole.files
 
 
 @pytest.fixture(scope="module")
@@ -591,3 +632,8 @@ def test_files_from_a_list_gives_the_rows_of_the_same_paths_named(collection_dir
     (tmp_path / "empty.txt").write_text("\n")
     assert main(["predict", "--files-from", str(tmp_path / "empty.txt"), "--output", str(tmp_path / "e.jsonl")]) == 1
     assert "names no path" in capsys.readouterr().err and not (tmp_path / "e.jsonl").exists()
+    shards = [tmp_path / f"shard{i}.jsonl" for i in range(2)]  # the lines shared out: the same rows between them
+    assert {main(["predict", "--files-from", str(listing), "--output", str(out), "--shard", f"{i}/2", *detector])
+            for i, out in enumerate(shards)} <= {0, 1}
+    assert sorted(json.dumps(r, sort_keys=True) for out in shards for r in read_rows(out)) == sorted(
+        json.dumps(r, sort_keys=True) for r in rows)

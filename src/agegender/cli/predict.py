@@ -7,7 +7,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -73,7 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="with --resume: predict again the inputs whose rows in --output are error rows (a disk "
                            "or network that failed, a file since repaired), their error rows taken out of it")
     bulk.add_argument("--shard", metavar="I/N", help="take the I-th of N disjoint parts of the inputs (0 <= I < N), "
-                                                     "so that N machines or array jobs cover all of them")
+                                                     "so that N machines or array jobs cover all of them; with "
+                                                     "--files-from, the list's lines are shared out before any is "
+                                                     "read (a folder's files go to its line's part)")
     bulk.add_argument("--flush-seconds", type=non_negative_seconds, default=10.0,
                       help="Parquet: make the rows written so far durable at least this often (default 10)")
     bulk.add_argument("--workers", type=_workers, metavar="K|auto",
@@ -260,19 +262,28 @@ def report_skipped(collection: Collection) -> None:
         print(f"agegender predict: skipped {len(paths)} file(s), {reason}: {shown}", file=sys.stderr)
 
 
-def bulk_inputs(listed: Collection, shard: tuple[int, int] | None) -> int | None:
-    """The inputs of a bulk run (local or Ray), taken before its output is created: ``listed`` keeps ``shard``'s
-    part (:meth:`Collection.part`), whose skipped files are named. Returns how many inputs the paths hold, or None
-    (said on stderr) when they hold none, so that the command, fixed, can run again."""
+def bulk_inputs(args: argparse.Namespace, shard: tuple[int, int] | None,
+                lister: Callable[[list[str]], Collection]) -> tuple[Collection, str] | None:
+    """The inputs of ``shard`` for a bulk run (local or Ray; ``lister`` lists paths), taken before its output is
+    created, their skipped files named, and what the whole of the inputs is (for :func:`report_empty_shard`).
+    With ``--files-from``, the lines are shared out before they are read
+    (:func:`~agegender.inference.collection.collect_listed`; the command line's paths count as lines). Returns None
+    (said on stderr) when the paths hold no input, so that the command, fixed, can run again."""
+    from agegender.inference.collection import collect_listed
+
+    if args.files_from is not None and shard is not None:
+        part = collect_listed(args.paths, shard, lister)
+        report_skipped(part)
+        return part, f"{len(args.paths)} listed path(s)"
+    listed = lister(args.paths)
     if not (listed.files or listed.errors):
         report_skipped(listed)
         print("agegender predict: no input: the paths hold no image file", file=sys.stderr)
         return None
     everything = len(listed.files) + len(listed.errors)
     part = listed.part(shard)
-    listed.files, listed.errors, listed.skipped = part.files, part.errors, part.skipped
-    report_skipped(listed)
-    return everything
+    report_skipped(part)
+    return part, f"{everything} input(s)"
 
 
 def retry_errors(sink: RowSink, inputs: Collection, paths: Sequence[str]) -> None:
@@ -291,11 +302,11 @@ def retry_errors(sink: RowSink, inputs: Collection, paths: Sequence[str]) -> Non
     print(f"agegender predict: retrying {len(retried)} input(s) whose rows were errors", file=sys.stderr)
 
 
-def report_empty_shard(shard_text: str | None, inputs: int, everything: int) -> None:
+def report_empty_shard(shard_text: str | None, inputs: int, everything: str) -> None:
     """A shard that got none of the inputs is not an error (the other shards hold them): say so."""
     if shard_text and not inputs:
-        print(f"agegender predict: shard {shard_text} holds none of the {everything} input(s) (the other shards "
-              "hold them all)", file=sys.stderr)
+        print(f"agegender predict: shard {shard_text} holds none of the {everything} (the other shards hold them "
+              "all)", file=sys.stderr)
 
 
 def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
@@ -306,10 +317,10 @@ def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
 
     shard = parse_shard(args.shard) if args.shard else None
     check_output(args.output, args.resume)
-    collection = collect(args.paths)
-    everything = bulk_inputs(collection, shard)
-    if everything is None:
+    inputs = bulk_inputs(args, shard, collect)
+    if inputs is None:
         return 1
+    collection, everything = inputs
     try:
         sink = open_sink(args.output, ROW_TYPES, resume=args.resume, flush_seconds=args.flush_seconds,
                          model_version=predictor.model.version_label)

@@ -120,10 +120,10 @@ def run_ray(args: argparse.Namespace) -> int:
     _check_files_here(args)
 
     start = time.perf_counter()
-    collection = list_images(args.paths)
-    everything = bulk_inputs(collection, shard)
-    if everything is None:
+    inputs = bulk_inputs(args, shard, list_images)
+    if inputs is None:
         return 1
+    collection, everything = inputs
     sink = open_sink(args.output, ROW_TYPES, resume=args.resume)
     if args.retry_errors:
         retry_errors(sink, collection, args.paths)

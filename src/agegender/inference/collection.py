@@ -8,6 +8,12 @@ A file named on the command line is always an input. In a folder, a file whose e
 bytes decide) is an input; any other file is skipped by type and named in the summary. What cannot be read at all
 (a missing path, a folder without permission, a FIFO, a link loop) becomes an error entry, so that it gets an error
 row too.
+
+``--shard I/N`` shares the inputs out by a hash of each file's path (:func:`in_shard`). A list of paths
+(:func:`read_list`) is shared out by its lines instead, before any line is read (:func:`collect_listed`): N machines
+then each ``stat`` (or, for URIs, list) a N-th of a list of millions rather than all of it, which on a network file
+system is minutes to hours each. A line that names a folder gives its files to the line's shard, except those
+that a more specific line names (the file itself, or a folder between them).
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import os
 import stat
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agegender.images import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, VIDEO_SUFFIXES
 
-__all__ = ["Collection", "check_shard", "collect", "in_shard", "parse_shard", "read_list", "shard_paths"]
+__all__ = ["Collection", "check_shard", "collect", "collect_listed", "in_shard", "is_uri", "parse_shard", "read_list",
+           "shard_paths"]
 
 
 @dataclass
@@ -46,9 +53,13 @@ class Collection:
         names its own, so that their summaries add up to the collection's."""
         if shard is None:
             return self
-        skipped = {reason: kept for reason, paths in self.skipped.items() if (kept := shard_paths(paths, shard))}
-        return Collection(shard_paths(self.files, shard), [(p, r) for p, r in self.errors if in_shard(p, shard)],
-                          skipped)
+        shard = check_shard(shard)
+        return self.where(lambda path: in_shard(path, shard))
+
+    def where(self, keep: Callable[[str], bool]) -> Collection:
+        """The inputs, errors and skipped files whose path ``keep`` accepts, order kept."""
+        skipped = {reason: kept for reason, paths in self.skipped.items() if (kept := [p for p in paths if keep(p)])}
+        return Collection([p for p in self.files if keep(p)], [(p, r) for p, r in self.errors if keep(p)], skipped)
 
 
 def _kind(mode: int) -> str:
@@ -137,7 +148,62 @@ def collect(inputs: Iterable[str | os.PathLike], videos: bool = False) -> Collec
         _classify(Path(item), out, named=True, videos=videos)
     out.files = list(dict.fromkeys(out.files))  # a file named twice (or inside a folder also named) is one input
     out.errors = list(dict.fromkeys(out.errors))
+    out.skipped = {reason: list(dict.fromkeys(paths)) for reason, paths in out.skipped.items()}  # counted once too
     return out
+
+
+def is_uri(source: str | os.PathLike) -> bool:
+    """Whether ``source`` names a URI (``s3://bucket/key``, ``file://...``) rather than a local path."""
+    return isinstance(source, str) and "://" in source and not os.path.exists(source)
+
+
+def _line_key(line: str) -> str:
+    """A list's line as the inputs it gives are named: a local path as :func:`collect` names it (``./a//b.jpg`` is
+    ``a/b.jpg``), a URI without its closing slash. No file system call (a line holding ``://`` is taken for a URI:
+    at worst a local file so named is kept by the shard that owns its line, never lost).
+
+    >>> _line_key("./photos//2019/"), _line_key("s3://bucket/photos/")
+    ('photos/2019', 's3://bucket/photos')
+    """
+    if "://" in line:
+        return line.rstrip("/")
+    if "//" in line or "/./" in line or line.startswith("./") or line.endswith(("/", "/.")):
+        return str(Path(line))
+    return line  # already as Path names it: a list of millions is read without making a Path of each line
+
+
+def _owner(path: str, keys: set[str]) -> str | None:
+    """The most specific line (of ``keys``) that names ``path`` or a folder above it."""
+    while path not in keys:
+        parent = os.path.dirname(path)
+        if parent == path or not parent:
+            return None
+        path = parent
+    return path
+
+
+def collect_listed(lines: Sequence[str], shard: tuple[int, int] | None,
+                   lister: Callable[[list[str]], Collection] = collect) -> Collection:
+    """The inputs that the lines of a list (:func:`read_list`) give ``shard`` (all of them for None), listed by
+    ``lister`` (:func:`collect`, or one that lists URIs too). The lines are shared out as they are, before any is
+    read (module doc), so N shards read a N-th of them each: a line's inputs go to the line's shard, those of a
+    folder too, except the files a more specific line names. Disjoint across the N shards, and together all of
+    ``lister(lines)``."""
+    if shard is None:
+        return lister(list(lines))
+    shard = check_shard(shard)
+    owned = [line for line in lines if in_shard(_line_key(line), shard)]
+    out = lister(owned)
+    named = {_line_key(line) for line in owned}
+    if not out.skipped and all(p in named for p in out.files) and all(p in named for p, _ in out.errors):
+        return out  # no line of this shard was a folder: nothing to give back (the usual list of files)
+    keys = {_line_key(line) for line in lines}
+
+    def mine(path: str) -> bool:
+        owner = _owner(path, keys)
+        return owner is None or in_shard(owner, shard)  # None: named otherwise than its line; kept, never lost
+
+    return out.where(mine)
 
 
 def read_list(source: str | os.PathLike) -> list[str]:

@@ -35,7 +35,7 @@ from agegender.images import (
     load_scaled,
 )
 from agegender.inference import bulk
-from agegender.inference.collection import Collection, check_shard, collect, shard_paths
+from agegender.inference.collection import Collection, check_shard, collect, is_uri, shard_paths
 from agegender.inference.detector import DETECT_SIZE
 from agegender.inference.results import ROW_COLUMNS, ROW_TYPES, ImageFailure, ImageResult
 from agegender.inference.sinks import ARROW_TYPES, RowSink, clean_value, open_sink, stored_name
@@ -151,7 +151,7 @@ class AgeGenderBatchPredictor:
         host, made once per actor). Raises OSError (an error row)."""
         if path.startswith("file://"):  # a local name Arrow cannot hold as text (:func:`_location`)
             return Path(os.fsdecode(unquote_to_bytes(urlsplit(path).path))).read_bytes()
-        if not _is_uri(path):
+        if not is_uri(path):
             return Path(path).read_bytes()
         from pyarrow import fs as pafs
 
@@ -185,10 +185,6 @@ def _location(path: str) -> str:
     """Where an actor reads a local file: its path, or a ``file://`` URI of its bytes where the name is not UTF-8
     (Arrow strings cannot hold it; the row names it by :func:`~agegender.inference.sinks.stored_name`)."""
     return path if stored_name(path) == path else "file://" + quote(os.fsencode(path))
-
-
-def _is_uri(source: str | os.PathLike) -> bool:
-    return isinstance(source, str) and "://" in source and not os.path.exists(source)
 
 
 def _uri_prefix(uri: str, path: str) -> str:
@@ -232,8 +228,8 @@ def list_images(sources: str | os.PathLike | Iterable[str | os.PathLike]) -> Col
     if isinstance(sources, str | os.PathLike):
         sources = [sources]
     sources = list(sources)
-    out = collect(s for s in sources if not _is_uri(s))
-    for uri in (s for s in sources if _is_uri(s)):
+    out = collect(s for s in sources if not is_uri(s))
+    for uri in (s for s in sources if is_uri(s)):
         _list_uri(str(uri), out)
     return out
 
@@ -267,12 +263,12 @@ def files_dataset(files: Sequence[str], *, with_bytes: bool = False, **read_args
         if read_args:
             raise TypeError(f"read_args ({', '.join(read_args)}) go to read_binary_files: pass with_bytes=True")
         table = pa.table({"path": [stored_name(file) for file in files],
-                          "location": [file if _is_uri(file) else _location(os.path.abspath(file)) for file in files]})
+                          "location": [file if is_uri(file) else _location(os.path.abspath(file)) for file in files]})
         rows = min(BLOCK_PATHS, -(-len(files) // 200))
         return ray.data.from_arrow([table.slice(start, rows) for start in range(0, len(files), rows)])
     groups: dict[str, list[str]] = {}
     for file in files:
-        parts = urlsplit(file) if _is_uri(file) else None
+        parts = urlsplit(file) if is_uri(file) else None
         groups.setdefault(f"{parts.scheme}://{parts.netloc}" if parts else "", []).append(file)
     datasets = []
     for key, group in groups.items():
