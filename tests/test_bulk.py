@@ -489,6 +489,28 @@ def test_resume_refuses_an_output_of_another_model(collection_dir: Path, tmp_pat
     assert out.read_bytes() == before and not out.with_name(out.name + ".parts").exists()
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_resume_knows_which_inputs_only_failed_whatever_the_order_of_their_rows(tmp_path: Path,
+                                                                                 suffix: str) -> None:
+    """An input is failed (for --retry-errors) when every one of its rows is an error row, whichever comes first."""
+    from agegender.inference.results import ROW_TYPES
+    from agegender.inference.sinks import open_sink
+
+    def ok(file: str) -> dict:
+        return {"file": file, "face": 0, "model_version": "m.onnx (agegender 1)"}
+
+    def error(file: str) -> dict:
+        return {"file": file, "error": "corrupt"}
+
+    out = tmp_path / f"rows{suffix}"
+    with open_sink(out, ROW_TYPES) as sink:
+        for rows in ([error("a")], [ok("b")], [error("c"), ok("c")], [ok("d"), error("d")], [error("e"), error("e")],
+                     [error("f")], [ok("f")]):
+            sink.write(rows)
+    with open_sink(out, ROW_TYPES, resume=True) as sink:
+        assert set(sink.done) == set("abcdef") and sink.failed == {"a", "e"}
+
+
 def test_a_sink_takes_no_rows_of_a_second_model(tmp_path: Path) -> None:
     """The rule holds for every writer of a sink (the Ray path's too), not only for the CLI's check up front."""
     from agegender.inference.results import ROW_TYPES

@@ -10,7 +10,14 @@ from agegender.cli.common import UserError, require_extra
 from agegender.models import config_of
 
 if TYPE_CHECKING:
-    from agegender.evaluation.calibrate import IntervalFit
+    from collections.abc import Sequence
+
+    from torch import nn
+
+    from agegender.age_calibration import AgeCalibration
+    from agegender.data.records import FaceRecord
+    from agegender.evaluation.calibrate import CalibrationFit, IntervalFit
+    from agegender.outputs import Decoded
 
 INTERVAL_BANDS = {"true-age": "true_age", "predicted-age": "predicted_age"}
 
@@ -67,36 +74,13 @@ def coverage_lines(fit: IntervalFit) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     require_extra("train", "torch", "onnx")
-    from agegender.age_calibration import INTERVAL_METADATA_KEY, METADATA_KEY, AgeCalibration, IntervalCalibration
     from agegender.data.datasets import decode_split
-    from agegender.evaluation.calibrate import fit_interval_calibration, fit_on_predictions
-    from agegender.evaluation.evaluate import (
-        ExportedModel,
-        evaluation_records,
-        load_evaluable,
-        predict_faces,
-    )
-    from agegender.inference.backends import set_metadata
-    from agegender.inference.onnx_model import ModelError, model_path
+    from agegender.evaluation.calibrate import fit_on_predictions
+    from agegender.evaluation.evaluate import ExportedModel, evaluation_records, predict_faces
 
-    try:
-        args.model = model_path(args.model)  # a shipped name, or the file as given
-    except ModelError as err:
-        raise UserError(str(err)) from err
-    if args.model.suffix.lower() != ".onnx":
-        raise UserError(f"{args.model} is not an exported model: calibrate an .onnx file from `agegender export`")
-    try:
-        model = load_evaluable(args.model)
-    except ModelError as err:
-        raise UserError(str(err)) from err
+    model = _open(args)
     if args.reset:
-        if args.dry_run:
-            print(f"would remove the age calibration and the interval calibration of {args.model} (--dry-run: "
-                  "nothing written)")
-            return 0
-        set_metadata(args.model, {METADATA_KEY: "", INTERVAL_METADATA_KEY: ""})
-        print(f"removed the age calibration and the interval calibration of {args.model}")
-        return 0
+        return _reset(args)
     if args.data == "utkface" and args.split == "all":
         raise UserError("--split all would fit on UTKFace's test split too: fit on --split val, or on a manifest "
                         "of held-out faces")
@@ -106,47 +90,96 @@ def run(args: argparse.Namespace) -> int:
     if decoded.age is None:
         raise UserError(f"{config_of(model).name} predicts no age: there is nothing to calibrate")
     fit = fit_on_predictions(decoded.age, data.records)
-    cal = fit.calibration
     print(f"{description}; test-time augmentation {args.tta}")
-    print(f"correction: {cal}")
+    print(f"correction: {fit.calibration}")
     print(f"age MAE as decoded      {fit.mae_decoded:.3f} ({fit.n} faces)")
     print(f"age MAE corrected       {fit.mae_calibrated:.3f} (on the faces it was fitted to)")
     print(f"age MAE cross-fitted    {fit.mae_cross_fitted:.3f} (fitted on one half, scored on the other)")
     metadata: dict[str, str] = dict(model.onnx.metadata) if isinstance(model, ExportedModel) else {}
-    stored = AgeCalibration.from_json(metadata[METADATA_KEY]) if metadata.get(METADATA_KEY) else None
-    correction: AgeCalibration | None
+    correction, updates = _correction(fit, metadata)
+    updates.update(_interval_updates(args, decoded, data.records, fit.helps, correction, metadata))
+    if not args.dry_run and updates:
+        _store(args, updates, metadata)
+    return 0
+
+
+def _open(args: argparse.Namespace) -> nn.Module:
+    """The model to calibrate: a shipped name or an exported file (``args.model`` becomes its path)."""
+    from agegender.evaluation.evaluate import load_evaluable
+    from agegender.inference.onnx_model import ModelError, model_path
+
+    try:
+        args.model = model_path(args.model)  # a shipped name, or the file as given
+    except ModelError as err:
+        raise UserError(str(err)) from err
+    if args.model.suffix.lower() != ".onnx":
+        raise UserError(f"{args.model} is not an exported model: calibrate an .onnx file from `agegender export`")
+    try:
+        return load_evaluable(args.model)
+    except ModelError as err:
+        raise UserError(str(err)) from err
+
+
+def _reset(args: argparse.Namespace) -> int:
+    """``--reset``: both calibrations taken out of the file (or said, with ``--dry-run``)."""
+    from agegender.age_calibration import INTERVAL_METADATA_KEY, METADATA_KEY
+    from agegender.inference.backends import set_metadata
+
+    if args.dry_run:
+        print(f"would remove the age calibration and the interval calibration of {args.model} (--dry-run: "
+              "nothing written)")
+        return 0
+    set_metadata(args.model, {METADATA_KEY: "", INTERVAL_METADATA_KEY: ""})
+    print(f"removed the age calibration and the interval calibration of {args.model}")
+    return 0
+
+
+def _correction(fit: CalibrationFit, metadata: dict[str, str]) -> tuple[AgeCalibration | None, dict[str, str]]:
+    """The age correction the file will hold (the new fit where it helps held-out faces, else the file's own) and
+    the metadata to write for it."""
+    from agegender.age_calibration import METADATA_KEY, AgeCalibration
+
     if fit.helps:
-        correction = cal
-    else:
-        print("not stored: the correction does not lower the error of faces it was not fitted to"
-              + (f"; the file keeps its own ({stored})" if stored else ""))
-        correction = stored
-    updates: dict[str, str] = {METADATA_KEY: cal.to_json()} if fit.helps else {}
+        return fit.calibration, {METADATA_KEY: fit.calibration.to_json()}
+    stored = AgeCalibration.from_json(metadata[METADATA_KEY]) if metadata.get(METADATA_KEY) else None
+    print("not stored: the correction does not lower the error of faces it was not fitted to"
+          + (f"; the file keeps its own ({stored})" if stored else ""))
+    return stored, {}
+
+
+def _interval_updates(args: argparse.Namespace, decoded: Decoded, records: Sequence[FaceRecord], refitted: bool,
+                      correction: AgeCalibration | None, metadata: dict[str, str]) -> dict[str, str]:
+    """The metadata to write for the interval: its calibration, fitted after ``correction``, where it brings the
+    held-out coverage closer to 80%; an empty value to remove one that would be stale; nothing to keep the file's."""
+    from agegender.age_calibration import INTERVAL_METADATA_KEY, IntervalCalibration
+    from agegender.evaluation.calibrate import fit_interval_calibration
 
     if args.no_interval or decoded.age_low is None:
         print("interval: not calibrated (" + ("--no-interval" if args.no_interval
                                               else "the model regresses a point age: it has no interval") + ")")
-        if metadata.get(INTERVAL_METADATA_KEY):
-            updates[INTERVAL_METADATA_KEY] = ""
-    else:
-        interval = fit_interval_calibration(decoded, data.records, INTERVAL_BANDS[args.interval_bands],
-                                            correction, metadata.get("quantization"))
-        print(f"interval: {interval.calibration}")
-        print("\n".join(coverage_lines(interval)))
-        print("(the interval fitted on one half of the faces and scored on the other for cross-fitted, after the "
-              "age correction above)")
-        if interval.helps:
-            updates[INTERVAL_METADATA_KEY] = interval.calibration.to_json()
-        else:
-            print("interval calibration left out: it does not bring the held-out coverage per age band closer to "
-                  f"{100 * interval.calibration.coverage:g}%")
-            own = IntervalCalibration.from_metadata(metadata)
-            if own is not None and not fit.helps and own.fits(correction, metadata.get("quantization")):
-                print(f"the file keeps its own ({own})")  # fitted after the correction it keeps, on other faces
-            elif own is not None:  # fitted after another correction (or precision) than the file will hold: stale
-                updates[INTERVAL_METADATA_KEY] = ""
-    if args.dry_run or not updates:
-        return 0
+        return {INTERVAL_METADATA_KEY: ""} if metadata.get(INTERVAL_METADATA_KEY) else {}
+    interval = fit_interval_calibration(decoded, records, INTERVAL_BANDS[args.interval_bands], correction,
+                                        metadata.get("quantization"))
+    print(f"interval: {interval.calibration}")
+    print("\n".join(coverage_lines(interval)))
+    print("(the interval fitted on one half of the faces and scored on the other for cross-fitted, after the "
+          "age correction above)")
+    if interval.helps:
+        return {INTERVAL_METADATA_KEY: interval.calibration.to_json()}
+    print("interval calibration left out: it does not bring the held-out coverage per age band closer to "
+          f"{100 * interval.calibration.coverage:g}%")
+    own = IntervalCalibration.from_metadata(metadata)
+    if own is not None and not refitted and own.fits(correction, metadata.get("quantization")):
+        print(f"the file keeps its own ({own})")  # fitted after the correction it keeps, on other faces
+        return {}
+    return {INTERVAL_METADATA_KEY: ""} if own is not None else {}  # fitted after another correction: stale
+
+
+def _store(args: argparse.Namespace, updates: dict[str, str], metadata: dict[str, str]) -> None:
+    """Write ``updates`` into the file and say what changed."""
+    from agegender.age_calibration import INTERVAL_METADATA_KEY, METADATA_KEY
+    from agegender.inference.backends import set_metadata
+
     set_metadata(args.model, updates)
     stored_what = " and ".join(w for k, w in ((METADATA_KEY, "the correction"),
                                               (INTERVAL_METADATA_KEY, "the interval calibration"))
@@ -156,4 +189,3 @@ def run(args: argparse.Namespace) -> int:
               f"with `agegender evaluate {args.model} --tta {args.tta} --store-metrics`")
     if INTERVAL_METADATA_KEY in updates and not updates[INTERVAL_METADATA_KEY]:
         print(f"removed the interval calibration of {args.model}")
-    return 0

@@ -107,21 +107,20 @@ class RowSink:
         self.done: set[str] = _Sources()
         self.versions: set[str] = set()
         self.failed: set[str] = set()
-        self._succeeded: set[str] = set()
         self.rows_written = 0
 
     def _read(self, row: Mapping[str, Any]) -> None:
-        """Count a row already in the output as done (KeyError when it has no source column)."""
+        """Count a row already in the output as done (KeyError when it has no source column). A source seen
+        before and not failed has a row that is not an error: no second set of every source is needed to know."""
         source = row[self.source_column]
+        seen = source in self.done
         self.done.add(source)
         if row.get(self.version_column):
             self.versions.add(row[self.version_column])
-        if row.get(self.error_column):
-            if source not in self._succeeded:
-                self.failed.add(source)
-        else:
-            self._succeeded.add(source)
+        if not row.get(self.error_column):
             self.failed.discard(source)
+        elif not seen:
+            self.failed.add(source)
 
     def retry_failed(self, sources: Iterable[str]) -> list[str]:
         """Take the rows of those of ``sources`` (inputs as the file system names them) that only have error
