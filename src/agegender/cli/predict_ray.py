@@ -127,7 +127,8 @@ def run_ray(args: argparse.Namespace) -> int:
     sink = open_sink(args.output, ROW_TYPES, resume=args.resume)
     if args.retry_errors:
         retry_errors(sink, collection, args.paths)
-    todo = [p for p in collection.files if p not in sink.done]
+    todo = sink.done.missing(collection.files)
+    new_errors = set(sink.done.missing([path for path, _ in collection.errors]))
     connected = False
     try:
         if todo:
@@ -137,7 +138,7 @@ def run_ray(args: argparse.Namespace) -> int:
         raise
     summary = BulkSummary(inputs=len(collection.files) + len(collection.errors),
                           skipped=collection.skipped_counts())
-    summary.resumed = sum(p in sink.done for p in collection.files) + sum(p in sink.done for p, _ in collection.errors)
+    summary.resumed = len(collection.files) - len(todo) + sum(1 for p, _ in collection.errors if p not in new_errors)
     try:
         if todo:
             import ray
@@ -157,7 +158,7 @@ def run_ray(args: argparse.Namespace) -> int:
             write_rows(ds, sink, summary)
         # after the photos, so that a worker that cannot start leaves no output behind
         for path, reason in collection.errors:
-            if path not in sink.done:
+            if path in new_errors:
                 failure = ImageFailure(path, "cannot read", f"{path}: {reason}")
                 sink.write(failure.rows())
                 summary.add(failure)

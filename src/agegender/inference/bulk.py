@@ -222,14 +222,14 @@ def run_bulk(predictor: Predictor, collection: Collection, sink: RowSink, worker
     :func:`auto_workers` of the files to do). Returns the summary."""
     start = time.perf_counter()
     summary = BulkSummary(inputs=len(collection.files) + len(collection.errors), skipped=collection.skipped_counts())
+    new_errors = set(sink.done.missing([path for path, _ in collection.errors]))
     for path, reason in collection.errors:
-        if path not in sink.done:
+        if path in new_errors:
             failure = ImageFailure(path, "cannot read", f"{path}: {reason}")
             sink.write(failure.rows())
             summary.add(failure)
-    todo = [p for p in collection.files if p not in sink.done]
-    summary.resumed = summary.inputs - len(todo) - len(collection.errors) + sum(
-        1 for p, _ in collection.errors if p in sink.done)
+    todo = sink.done.missing(collection.files)
+    summary.resumed = len(collection.files) - len(todo) + sum(1 for p, _ in collection.errors if p not in new_errors)
     summary.workers = workers = auto_workers(todo) if workers == "auto" else workers
     # closing: stopped by an exception, the workers are stopped now, not when the traceback is freed
     with (_CtrlC() as ctrl_c,
