@@ -87,7 +87,7 @@ def test_a_shard_without_files_is_not_an_error_and_a_file_named_twice_is_one_inp
         assert main(["predict", photo, photo, "--output", str(out), "--shard", f"{i}/2",
                      "--detector", str(yunet_path)]) == 0
     rows = [r for out in outs for r in read_rows(out)]
-    assert [r["file"] for r in rows] == [photo] * 7 and "holds none of the 1 input(s)" in capsys.readouterr().err
+    assert [r["file"] for r in rows] == [photo] * 7 and "none of the 1 input(s) is in it" in capsys.readouterr().err
 
 
 def test_links_to_folders_read_already_are_skipped_not_failed(many_photos: Path, tmp_path: Path) -> None:

@@ -232,7 +232,7 @@ def test_cli_an_empty_shard_no_input_and_too_many_threads(local_ray: Any, collec
     outs = [tmp_path / f"shard{i}.parquet" for i in range(2)]
     assert [main(["predict", photo, "--ray", "--shard", f"{i}/2", "--output", str(out)]) for i, out in
             enumerate(outs)] == [0, 0]
-    assert "holds none of the 1 input(s)" in capsys.readouterr().err
+    assert "none of the 1 input(s) is in it" in capsys.readouterr().err
     assert sum(len(rows_of(out)) for out in outs) == 1
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -265,7 +265,7 @@ def report_skipped(collection: Collection) -> None:
 def bulk_inputs(args: argparse.Namespace, shard: tuple[int, int] | None,
                 lister: Callable[[list[str]], Collection]) -> tuple[Collection, str] | None:
     """The inputs of ``shard`` for a bulk run (local or Ray; ``lister`` lists paths), taken before its output is
-    created, their skipped files named, and what the whole of the inputs is (for :func:`report_empty_shard`).
+    created, their skipped files named, and what to say if the shard holds none (:func:`report_empty_shard`).
     With ``--files-from``, the lines are shared out before they are read
     (:func:`~agegender.inference.collection.collect_listed`; the command line's paths count as lines). Returns None
     (said on stderr) when the paths hold no input, so that the command, fixed, can run again."""
@@ -274,7 +274,8 @@ def bulk_inputs(args: argparse.Namespace, shard: tuple[int, int] | None,
     if args.files_from is not None and shard is not None:
         part = collect_listed(args.paths, shard, lister)
         report_skipped(part)
-        return part, f"{len(args.paths)} listed path(s)"
+        return part, (f"its lines of the {len(args.paths)} listed path(s) name no input (each shard reads only its "
+                      "own lines)")
     listed = lister(args.paths)
     if not (listed.files or listed.errors):
         report_skipped(listed)
@@ -283,7 +284,7 @@ def bulk_inputs(args: argparse.Namespace, shard: tuple[int, int] | None,
     everything = len(listed.files) + len(listed.errors)
     part = listed.part(shard)
     report_skipped(part)
-    return part, f"{everything} input(s)"
+    return part, f"none of the {everything} input(s) is in it (the other shards hold them all)"
 
 
 def retry_errors(sink: RowSink, inputs: Collection, paths: Sequence[str]) -> None:
@@ -302,11 +303,10 @@ def retry_errors(sink: RowSink, inputs: Collection, paths: Sequence[str]) -> Non
     print(f"agegender predict: retrying {len(retried)} input(s) whose rows were errors", file=sys.stderr)
 
 
-def report_empty_shard(shard_text: str | None, inputs: int, everything: str) -> None:
-    """A shard that got none of the inputs is not an error (the other shards hold them): say so."""
+def report_empty_shard(shard_text: str | None, inputs: int, why: str) -> None:
+    """A shard that got none of the inputs is not an error (the other shards hold them): say so, and ``why``."""
     if shard_text and not inputs:
-        print(f"agegender predict: shard {shard_text} holds none of the {everything} (the other shards hold them "
-              "all)", file=sys.stderr)
+        print(f"agegender predict: shard {shard_text} is empty: {why}", file=sys.stderr)
 
 
 def _bulk(args: argparse.Namespace, predictor: Predictor) -> int:
