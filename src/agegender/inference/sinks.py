@@ -73,7 +73,7 @@ def _digest(stored: str) -> bytes:
 
 class Sources:
     """The sources an output holds, as the 16-byte digests (:func:`_digest`) of their stored names in one sorted
-    NumPy array: 16 bytes a source, where a set of the names took about 140 (a resume of millions of photos).
+    NumPy array: 16 bytes a source, where a set held every name as a string (a resume of millions of photos).
     ``in`` takes a source as the file system names it. Sources are added while the output is read, then
     :meth:`freeze` sorts them."""
 
@@ -184,7 +184,7 @@ class RowSink:
     def _read_all(self) -> None:
         """After the last :meth:`_read`: ``done`` and ``failed`` from what was read (the digests of the sources
         with a row that is not an error, and the names of those with an error row, usually few)."""
-        self.failed = {source for source in self.failed if source not in self._succeeded}
+        self.failed = set(self._succeeded.missing(sorted(self.failed)))
         self.done, self._succeeded = self._succeeded, Sources()
         for source in self.failed:
             self.done.add(source)
