@@ -11,9 +11,9 @@ row too.
 
 ``--shard I/N`` shares the inputs out by a hash of each file's path (:func:`in_shard`). A list of paths
 (:func:`read_list`) is shared out by its lines instead, before any line is read (:func:`collect_listed`): N machines
-then each ``stat`` (or, for URIs, list) a N-th of a list of millions rather than all of it, which on a network file
-system is minutes to hours each. A line that names a folder gives its files to the line's shard, except those
-that a more specific line names (the file itself, or a folder between them).
+then each ``stat`` (or, for URIs, list) a N-th of a list of millions rather than all of it, each of those calls a
+round trip on a network file system or an object store. A line that names a folder gives its files to the line's
+shard, except those that a more specific line names (the file itself, or a folder between them).
 """
 
 from __future__ import annotations
