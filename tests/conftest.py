@@ -137,11 +137,15 @@ def server_url(server_args: list[str], tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def manifest(tmp_path_factory: pytest.TempPathFactory, utkface_dir: Path) -> Path:
     """300 real UTKFace faces (every 70th file) as a CSV manifest: small splits and caches of their own."""
-    path = tmp_path_factory.mktemp("data") / "faces.csv"
+    return write_manifest(tmp_path_factory.mktemp("data") / "faces.csv", utkface_dir)
+
+
+def write_manifest(path: Path, utkface_dir: Path, start: int = 0) -> Path:
+    """A CSV manifest of 300 real UTKFace faces: every 70th file from the ``start``-th."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "age", "gender", "race"])
-        for file in sorted(utkface_dir.iterdir())[::70][:300]:
+        for file in sorted(utkface_dir.iterdir())[start::70][:300]:
             labels = parse_utkface_name(file.name)
             assert labels is not None, file
             age, gender, race = labels

@@ -33,19 +33,21 @@ def chips(utkface_dir: Path) -> list[np.ndarray]:
 
 @needs_openvino
 @pytest.mark.parametrize(("name", "max_age", "mean_age", "gender_flips"),
-                         [("flagship", 1e-3, 1e-4, 0), ("flagship-int8", 1.5, 0.25, 3)])
+                         [("flagship", 1e-3, 1e-4, 0), ("flagship-int8", 2.5, 0.25, 3)])
 def test_openvino_agrees_with_onnxruntime(chips: list[np.ndarray], name: str, max_age: float, mean_age: float,
                                           gender_flips: int) -> None:
     """float32 agrees to rounding where OpenVINO computes in f32; where it computes in bf16 (a CPU with AVX512-BF16
-    or AMX: on 100 UTKFace chips at most 0.09 years apart on an EPYC) and for int8 (its own int8 kernels: a mean
-    0.11 years apart, at most 0.87, one gender of 100 flipped) within the int8 tolerance."""
+    or AMX: on 100 UTKFace chips at most 0.09 years apart for v14 on an EPYC, 0.23 for v18 on a Xeon with AMX) and
+    for int8 (its own int8 kernels: v14 a mean 0.11 years apart, at most 0.87, one gender of 100 flipped; v18 on
+    the Xeon 0.13, at most 1.74, none flipped) within the int8 tolerance (at most 2.5 years apart, as for the
+    int8 file quantised again, `test_quantize.py`)."""
     ort_model = OnnxAgeGender(name, threads=1, backend="onnxruntime")
     ov_model = OnnxAgeGender(name, threads=1, backend="openvino")
     assert ov_model.metadata == ort_model.metadata and ov_model.age_calibration == ort_model.age_calibration
     assert ov_model.age_calibration is not None  # the shipped files carry a correction: both apply it
     assert ort_model.describe()["float_precision"] == "f32"
     if ov_model.describe()["float_precision"] == "bf16":
-        max_age, mean_age, gender_flips = 1.5, 0.25, 3
+        max_age, mean_age, gender_flips = 2.5, 0.25, 3
     a, b = ort_model.predict(chips), ov_model.predict(chips)
     diff = np.abs(a.age - b.age)
     assert diff.max() <= max_age and diff.mean() <= mean_age
@@ -280,14 +282,15 @@ def test_a_file_whose_fused_graph_cannot_be_made_predicts_through_numpy(chips: l
 
 
 def test_a_file_reads_its_chips_by_the_resampling_its_config_names(chips: list[np.ndarray], tmp_path: Path) -> None:
-    """The resampling travels in the file's config, so that a model is served as it was trained; a file exported
-    before the field existed (as the shipped ones) was trained on "area", and reads so."""
-    area = OnnxAgeGender("flagship", backend="onnxruntime")
-    assert "resampling" not in json.loads(area.metadata["config"]) and area.config.resampling == "area"
-    copy = shutil.copy(area.path, tmp_path / "linear.onnx")
-    set_metadata(copy, {"config": area.config.replace(resampling="linear").to_json()})
-    linear = OnnxAgeGender(copy, backend="onnxruntime")
-    assert linear.config.resampling == "linear"
+    """The resampling travels in the file's config, so that a model is served as it was trained (the shipped v18
+    names "linear"); a file exported before the field existed (as v14) was trained on "area", and reads so."""
+    linear = OnnxAgeGender("flagship", backend="onnxruntime")
+    config = json.loads(linear.metadata["config"])
+    assert config.pop("resampling") == "linear" == linear.config.resampling
+    copy = shutil.copy(linear.path, tmp_path / "area.onnx")
+    set_metadata(copy, {"config": json.dumps(config)})
+    area = OnnxAgeGender(copy, backend="onnxruntime")
+    assert area.config.resampling == "area"
     expected = np.stack([resize_square(c, 72, resampling="linear")[4:68, 4:68, ::-1] for c in chips[:3]])
     np.testing.assert_array_equal(linear.network_input(chips[:3], flip=False), expected.transpose(0, 3, 1, 2))
     assert not np.array_equal(area.network_input(chips[:3], flip=False), expected.transpose(0, 3, 1, 2))

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -329,6 +331,28 @@ def test_seed_config_loads_and_builds_its_model(path: Path) -> None:
     with torch.device("meta"):  # shapes only: VGG-16 and ResNet-34 need no real memory
         model = create_model(cfg.model, **(args if "pretrained" in cfg.model_args else cfg.model_args))
     assert config_of(model).name == cfg.model and cfg.select.startswith("val_")
+
+
+def test_compare_models_on_the_adience_sample(shared_dir: Path, yunet_path: Path, tmp_path: Path) -> None:
+    """Two exported models compared on the Adience sample's detected faces: groups and gender, no years (Adience
+    has none); a model against itself differs by exactly nothing; ten crops or a checkpoint are refused."""
+    script = REPO / "scripts" / "measure" / "compare_models.py"
+    model = str(shipped_model_path("flagship-int8"))
+    env = {**os.environ, "AGEGENDER_SHARED": str(shared_dir)}
+    run = subprocess.run([sys.executable, str(script), model, model, "--data", "adience-sample"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {line.split(" | ")[0].strip("| "): line for line in run.stdout.splitlines() if line.startswith("| ")}
+    assert "287 faces (0 images without one)" in run.stdout
+    assert set(rows) == {"Figure", "group_exact", "group_one_off", "gender_accuracy"}  # no age_mae
+    assert all("| +0.00 pts | +0.00 to +0.00 |" in rows[k] for k in ("group_exact", "gender_accuracy"))
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"")
+    for extra in (["--tta", "ten_crop"], []):
+        other = str(checkpoint) if not extra else model
+        refused = subprocess.run([sys.executable, str(script), model, other, "--data", "adience-sample", *extra],
+                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert refused.returncode == 2 and "compares exported models (.onnx)" in refused.stderr, refused.stderr
 
 
 def _reproduce() -> ModuleType:

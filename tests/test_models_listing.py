@@ -102,9 +102,9 @@ def test_an_export_without_a_resize_is_described_in_words() -> None:
     from agegender.inference.onnx_model import OnnxAgeGender
 
     info = OnnxAgeGender("flagship").describe()
-    assert "the chip resized to 72, centre crop (area resampling);" in describe_lines(info)[2]
-    info["config"] = {**info["config"], "resize": None, "resampling": "linear"}
-    assert "RGB 64x64: the chip resized to it (linear resampling); (x - " in describe_lines(info)[2]
+    assert "the chip resized to 72, centre crop (linear resampling);" in describe_lines(info)[2]
+    info["config"] = {**info["config"], "resize": None, "resampling": "area"}
+    assert "RGB 64x64: the chip resized to it (area resampling); (x - " in describe_lines(info)[2]
 
 
 def test_building_a_model_without_torch_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -63,7 +63,7 @@ def test_shipped_int8_is_quantised_and_predicts_as_the_float_model(test_chips: t
 
 def test_quantize_command_remakes_the_shipped_int8_model(tmp_path: Path, utkface_dir: Path,
                                                           test_chips: tuple) -> None:
-    """The shipped int8 file (v14) was quantised by `agegender export --int8` on 512 chips of today's train split, as
+    """The shipped int8 file (v18) was quantised by `agegender export --int8` on 512 chips of today's train split, as
     the command draws them: the remade model stays within the bounds below (ages a mean 0.4 years, at most 2.5,
     P(female) a mean 0.01) of the shipped one's. Run where torch cannot be imported, as in the base install (the
     command needed the train extra, and crashed without it), into a folder not made yet (the command read the data

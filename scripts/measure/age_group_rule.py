@@ -56,8 +56,8 @@ def main() -> None:
     lines = ["| data | accuracy | faces | most probable group % | group of the age % | difference (age - argmax), "
              "95% interval |", "|---|---|---|---|---|---|"]
     lines += score("UTKFace validation", *groups(model, val, [cv2.imread(r.path) for r in val]))
-    fold = default_path("adience_folds") / "original_txt_files" / "fold_0_data.txt"
-    adience = [r for r in read_adience_fold(fold, default_path("adience_sample")) if r.age_group is not None]
+    adience = [r for r in read_adience_fold(default_path("adience_fold"), default_path("adience_sample"))
+               if r.age_group is not None]
     faces = list(detected_faces(adience, FaceDetector(default_path("yunet")), []))  # as the bench finds them
     if faces:
         lines += score("Adience sample", *groups(model, [r for r, _ in faces], [c for _, c in faces]))

@@ -4,27 +4,50 @@ Both models (checkpoints or exported ONNX) predict every face; for each figure t
 resampled (`agegender.evaluation.compare`, as `reproduce.py` judges the papers' claims) and the mean with its 95%
 interval is printed. Examples: ``python scripts/measure/compare_models.py src/agegender/weights/flagship.onnx
 OLD.onnx`` (the validation split), ``... A.onnx B.onnx --data manifest --root unseen_val.csv --split all`` (faces
-neither model was trained on, from ``scripts/measure/split_overlap.py``).
+neither model was trained on, from ``scripts/measure/split_overlap.py``), ``... A.onnx B.onnx --data adience-sample``
+(the Adience sample's faces found and aligned as `agegender bench` finds them: groups and gender, no years; exported
+models only).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
+from agegender.benchmark.run import detected_faces
+from agegender.data.adience import read_adience_fold
 from agegender.data.datasets import decode_split
 from agegender.evaluation.compare import COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import evaluation_records, load_evaluable, predict_faces
+from agegender.inference.detector import FaceDetector
+from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.models import config_of
 from agegender.oversample import TTA_MODES
+from agegender.paths import default_path
+
+
+def adience_faces(paths: tuple[Path, Path], root: str | None, flip: bool) -> tuple[list[dict[str, Any]], str]:
+    """Both models' faces on the Adience sample (fold 0's labelled images in ``root``), each image's most confident
+    face detected by YuNet and aligned, as `agegender bench` scores it."""
+    folder = Path(root) if root else default_path("adience_sample")
+    records = [r for r in read_adience_fold(default_path("adience_fold"), folder) if r.age_group is not None]
+    missed: list[str] = []
+    found = list(detected_faces(records, FaceDetector(default_path("yunet")), missed))
+    if not found:
+        raise SystemExit(f"no face found in the {len(records)} labelled Adience images of {folder}")
+    kept, chips = [r for r, _ in found], [c for _, c in found]
+    faces = [face_arrays(kept, OnnxAgeGender(path).predict(chips, flip=flip)) for path in paths]
+    return faces, f"the Adience sample {folder}: {len(kept)} faces ({len(missed)} images without one)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="model A (.pt or .onnx)")
     parser.add_argument("b", type=Path, help="model B (.pt or .onnx)")
-    parser.add_argument("--data", default="utkface", choices=("utkface", "manifest"))
-    parser.add_argument("--root", help="UTKFace folder (default: the shared one) or manifest CSV")
+    parser.add_argument("--data", default="utkface", choices=("utkface", "manifest", "adience-sample"))
+    parser.add_argument("--root",
+                        help="UTKFace folder (default: the shared one), manifest CSV or Adience sample folder")
     parser.add_argument("--split", default="val", choices=("test", "val", "all"),
                         help="part of the split (default val; the test split is for a shipped model, once)")
     parser.add_argument("--tta", default="flip", choices=TTA_MODES)
@@ -32,12 +55,17 @@ def main() -> None:
     for path in (args.a, args.b):
         if not path.is_file():
             parser.error(f"{path}: no such model file")
-    records, which = evaluation_records(args.data, args.root, args.split, progress=False)
-    faces = []
-    for path in (args.a, args.b):
-        model = load_evaluable(path)
-        data = decode_split(records, config_of(model), progress=True)
-        faces.append(face_arrays(data.records, predict_faces(model, data.images, args.tta)))
+    if args.data == "adience-sample":
+        if args.tta == "ten_crop" or any(path.suffix != ".onnx" for path in (args.a, args.b)):
+            parser.error("--data adience-sample compares exported models (.onnx), with --tta none or flip")
+        faces, which = adience_faces((args.a, args.b), args.root, flip=args.tta == "flip")
+    else:
+        records, which = evaluation_records(args.data, args.root, args.split, progress=False)
+        faces = []
+        for path in (args.a, args.b):
+            model = load_evaluable(path)
+            data = decode_split(records, config_of(model), progress=True)
+            faces.append(face_arrays(data.records, predict_faces(model, data.images, args.tta)))
     print(f"A = {args.a}, B = {args.b}; {which}; tta {args.tta}")
     print("| Figure | A - B (better is positive) | 95% interval |\n|---|---|---|")
     for metric, unit in COMPARABLE.items():

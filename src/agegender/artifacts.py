@@ -134,13 +134,13 @@ class ShippedFile:
 ARTIFACTS: dict[str, ShippedFile | RemoteFile] = {
     "flagship-int8": ShippedFile(
         "flagship, static int8 (the default model)", "weights/flagship_int8.onnx",
-        "e0a0fde88c40ab9cbce8d3b61bb51920d67fd35a771375309623de64934fee17"),
+        "0b2ad40b731f2eb7b78a0ad3e08d623c450094d047dbb39b9cc75ffb069fb869"),
     "flagship": ShippedFile(
         "flagship, float32", "weights/flagship.onnx",
-        "9004b24c026f9d33de4fa3b41087b9e864d1c6d5396d70c9b3ca2655c3e8491e"),
+        "0640f4e1b1f843a544b98301e1b5b31ac253ada437f5db9c514f19dadcbf01c3"),
     "descriptor-head": ShippedFile(
         "accurate mode's head on dlib face descriptors", "weights/descriptor_head.onnx",
-        "656ec645bf037e280ddbf4442e663e4913976d68ca484680b3ce506d4c436814"),
+        "9f748131ce36a6765f501b6a12afd7ae4bba322f79ecac1dd18f97245cda2b27"),
     "chip-template": ShippedFile(
         "five-landmark template of the UTKFace chips", "inference/chip_template.json",
         "4670322cd0efc52eb56c44251699b197f35d0a554525a4246958703594993a0f"),

@@ -20,6 +20,7 @@ SHARED_LAYOUT = {
     "utkface": ("data", "UTKFace"),
     "adience_folds": ("data", "adience_folds"),
     "adience_sample": ("data", "adience_sample"),
+    "adience_fold": ("data", "adience_folds", "original_txt_files", "fold_0_data.txt"),  # the sample's fold
     "photos": ("photos",),
     "peers": ("peers",),
     "yunet": ("models", "yunet", "yunet_s_640_640.onnx"),

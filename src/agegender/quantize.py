@@ -35,7 +35,7 @@ def quantize_int8(fp32_path: str | Path, int8_path: str | Path, chips: np.ndarra
     inputs, N x 3 x S x S float32, 0..255; :func:`quantization_chips`): per-channel
     int8 weights, uint8 activations. ``keep_float``: names of nodes left in float, by default the first
     convolution (quantising it, i.e. the normalised pixels, cost flagship v5 about 0.3 years of MAE and 1.2-1.6 points
-    of gender on its validation split, and every other layer together nothing measurable; on v14 it costs
+    of gender on its validation split, and every other layer together nothing measurable; on v14 and v18 it costs
     nothing measurable either: ``scripts/measure/int8_settings.py``, the model card); ``[]`` quantises every
     layer. ``method``: minmax,
     percentile or entropy. The file keeps the source's metadata except its metrics and age calibration, which

@@ -23,8 +23,7 @@ BENCH_DATA = ("peers", "utkface", "adience_sample", "adience_fold", "photos", "d
 
 def _shared(name: str) -> Path | None:
     """The default ``name`` in the shared folder (:mod:`agegender.paths`), when it is there."""
-    path = default_path("adience_folds") / "original_txt_files" / "fold_0_data.txt" if name == "adience_fold" \
-        else default_path("yunet" if name == "detector" else name)
+    path = default_path("yunet" if name == "detector" else name)
     return path if path.exists() else None
 
 

@@ -15,7 +15,8 @@ from agegender.model_config import IMAGENET_MEAN, IMAGENET_STD, ModelConfig
 
 FLAGSHIP = ModelConfig(
     "flagship", input_size=64, resize=72, outputs=("age_dist_logits", "gender_logit"),
-    source="agegender flagship (its shape from model_args; by default v1's, 1.58 M; the shipped v14: blocks 1-1-2-1)",
+    source="agegender flagship (its shape from model_args; by default v1's, 1.58 M; the shipped v18: blocks 1-1-2-1, "
+           "linear resampling)",
 )
 
 # --- levi_hassner: seed 000 §3.1 and seed 001's ablations and joint heads --------------------------------------
