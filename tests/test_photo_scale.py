@@ -49,7 +49,9 @@ def test_a_12_mp_photo_decoded_reduced_gives_the_faces_of_a_full_decode(
     for a, b in pairs:
         assert np.allclose(a.box, b.box, atol=0.01 * 4032)  # detected on the same working-size pixels
     ages = np.abs([a.age - b.age for a, b in pairs])
-    assert np.median(ages) < 1.0 and ages.max() < 3.0
+    # Flagship v14 (area resampling) differed by a median 0.3 years here, v18 (linear) by 1.3 (0.8 to 2.0): it is
+    # more sensitive to how the photo was scaled down, and level with v14 on labelled faces (docs/photos.md).
+    assert np.median(ages) < 1.6 and ages.max() < 3.0
     # The same gender wherever either decode is sure of it; a face near 50% may land either side (over 1,193
     # labelled faces in 12 MP photos the two agree on 99.2%: docs/logs/photo_scale.md).
     assert all(a.gender == b.gender for a, b in pairs if max(a.gender_confidence, b.gender_confidence) >= 0.6)

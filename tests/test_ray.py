@@ -159,6 +159,31 @@ def test_paths_come_in_blocks_for_every_actor(local_ray: Any) -> None:
     assert big.num_blocks() == 201 and big.take(1)[0]["location"] == "s3://bucket/0.jpg"
 
 
+def test_read_images_shares_out_listed_lines(local_ray: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                              ) -> None:
+    """``listed=True``: the lines go to the shards before any is listed (a missing line is logged by its own shard
+    alone, not listed by the others), a folder's files go with its line, and the shards together hold every input
+    of the list once."""
+    folder = tmp_path / "album"
+    folder.mkdir()
+    album = {str(folder / f"{i}.jpg") for i in range(6)}
+    loose = [str(tmp_path / f"loose{i}.jpg") for i in range(30)]
+    for file in [*album, *loose]:
+        Path(file).write_bytes(b"listed, never decoded here")
+    lines = [str(folder), *loose, str(tmp_path / "missing.jpg")]
+    everything = [row["path"] for row in ray_pipeline.read_images(lines).take_all()]
+    assert set(everything) == album | set(loose)
+    parts, warned = [], []
+    for i in range(3):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=ray_pipeline.log.name):
+            parts.append([row["path"] for row in ray_pipeline.read_images(lines, shard=(i, 3), listed=True).take_all()])
+        warned.append("missing.jpg" in caplog.text)
+    assert warned.count(True) == 1
+    assert sorted(p for part in parts for p in part) == sorted(everything)
+    assert sum(album <= set(part) for part in parts) == 1  # the folder's files all in its line's shard
+
+
 def test_the_python_api_checks_its_arguments(tmp_path: Path) -> None:
     """A path as a string became 22 one-character paths; shard (0, 0) and threads=0 divided by zero."""
     with pytest.raises(TypeError, match="takes a list of files"):

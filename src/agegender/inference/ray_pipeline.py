@@ -35,7 +35,7 @@ from agegender.images import (
     load_scaled,
 )
 from agegender.inference import bulk
-from agegender.inference.collection import Collection, check_shard, collect, is_uri, shard_paths
+from agegender.inference.collection import Collection, check_shard, collect, collect_listed, is_uri
 from agegender.inference.detector import DETECT_SIZE
 from agegender.inference.results import ROW_COLUMNS, ROW_TYPES, ImageFailure, ImageResult
 from agegender.inference.sinks import ARROW_TYPES, RowSink, clean_value, open_sink, stored_name
@@ -287,19 +287,25 @@ def files_dataset(files: Sequence[str], *, with_bytes: bool = False, **read_args
 
 
 def read_images(sources: str | os.PathLike | Iterable[str | os.PathLike], *, shard: tuple[int, int] | None = None,
-                exclude: Iterable[str] = (), with_bytes: bool = False, **read_args: Any) -> ray.data.Dataset:
+                listed: bool = False, exclude: Iterable[str] = (), with_bytes: bool = False,
+                **read_args: Any) -> ray.data.Dataset:
     """A Dataset of :func:`files_dataset`'s rows (``with_bytes`` and ``read_args`` as it takes them), one per input
     under ``sources`` (:func:`list_images`): a folder, files, or URIs; ``shard`` (I, N) keeps the I-th of N parts
-    (:func:`~agegender.inference.collection.shard_paths`), ``exclude`` drops inputs already done. What could not
-    be listed is logged (the CLI writes it as error rows)."""
+    (:meth:`~agegender.inference.collection.Collection.part`), ``exclude`` drops inputs already done. ``listed``: the
+    sources are the lines of a list, as ``--files-from`` reads them, shared out among the shards before any is
+    listed (:func:`~agegender.inference.collection.collect_listed`), so that each of N machines lists a N-th of
+    them. What could not be listed is logged (the CLI writes it as error rows)."""
     if shard is not None:
         check_shard(shard)
-    collection = list_images(sources)
+    if listed:
+        lines = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+        collection = collect_listed([str(line) for line in lines], shard, list_images)
+    else:
+        collection = list_images(sources).part(shard)
     for path, reason in collection.errors:
         log.warning("%s: %s", path, reason)
     done = set(exclude)
-    return files_dataset([f for f in shard_paths(collection.files, shard) if f not in done], with_bytes=with_bytes,
-                         **read_args)
+    return files_dataset([f for f in collection.files if f not in done], with_bytes=with_bytes, **read_args)
 
 
 # --- the pipeline ----------------------------------------------------------------------------------------------
