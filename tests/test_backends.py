@@ -291,6 +291,7 @@ def test_a_file_reads_its_chips_by_the_resampling_its_config_names(chips: list[n
     set_metadata(copy, {"config": json.dumps(config)})
     area = OnnxAgeGender(copy, backend="onnxruntime")
     assert area.config.resampling == "area"
+    assert (linear.input_side, area.input_side) == (100, 72)  # faces decoded finely enough for what each reads
     expected = np.stack([resize_square(c, 72, resampling="linear")[4:68, 4:68, ::-1] for c in chips[:3]])
     np.testing.assert_array_equal(linear.network_input(chips[:3], flip=False), expected.transpose(0, 3, 1, 2))
     assert not np.array_equal(area.network_input(chips[:3], flip=False), expected.transpose(0, 3, 1, 2))

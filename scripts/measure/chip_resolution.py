@@ -1,7 +1,8 @@
 """How finely must a face be decoded? The model on validation chips that held fewer pixels than it reads.
 
 A JPEG decoded at a reduced DCT scale holds a small face at fewer pixels than the network reads from its chip
-(``input_side`` across the chip, 72 for the flagship). ``agegender.inference.faces`` then decodes the photo again,
+(``input_side`` across the chip: 72 for a model that averages its chip down to 72 px, 100 for one that
+interpolates it, as the shipped flagship v18 does). ``agegender.inference.faces`` then decodes the photo again,
 finer, rather than align the face from the coarse pixels. This measures what the second decode buys: each
 validation chip is shrunk so that it holds ``q x input_side`` pixels across (area averaging, as a reduced decode
 gives them), enlarged back to the chip's size (bilinear, as aligning from coarse pixels does), and predicted with

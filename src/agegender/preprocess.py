@@ -44,6 +44,20 @@ def resize_square(image: np.ndarray, size: int, *, resampling: str = "area",
     return resized.astype(np.float32) if as_float32 else resized
 
 
+def detail_side(size: int, resampling: str, side: int = CHIP_SIZE) -> int:
+    """How many pixels across a ``side`` px image :func:`resize_square` reads detail from when it makes it
+    ``size`` px: ``size`` by area averaging (each output pixel averages its own patch); by linear interpolation the
+    side after its whole k x k block average, whose pixels it samples between (finer detail shows through as
+    aliasing). So a face must be decoded at least this finely for its chip to read as it does from a sharp image.
+
+    >>> detail_side(72, "area"), detail_side(72, "linear"), detail_side(224, "linear")
+    (72, 100, 224)
+    """
+    if resampling == "area" or side <= size:
+        return size
+    return side // (side // size)
+
+
 def chip_to_bgr(chip_bgr: np.ndarray, size: int, face_crop: float = 1.0, *, resampling: str = "area",
                 as_float32: bool = False) -> np.ndarray:
     """Center-crop ``face_crop`` of a BGR chip's side and resize it to ``size`` x ``size`` by ``resampling``

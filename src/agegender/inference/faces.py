@@ -4,9 +4,10 @@ network's resolution.
 A JPEG decoded at 1/2, 1/4 or 1/8 scale (:func:`agegender.images.load_scaled`) still holds every face the
 detector can find, and a face that is large there is aligned from it. A face is *small* when the reduced image
 holds fewer pixels across its chip than the network reads from a chip (``CHIP_SIZE / input_side`` chip pixels per
-image pixel, e.g. 200 / 72): the photo is decoded once more, at the coarsest DCT scale that holds the smallest such
-face at the network's resolution (often 1/2 rather than full size, a quarter of the pixels), and the small faces
-are aligned from that. Boxes and landmarks are always in full-resolution coordinates.
+image pixel, e.g. 200 / 72 for a model that averages its chip down to 72 px, 200 / 100 for one that interpolates:
+:func:`agegender.preprocess.detail_side`): the photo is decoded once more, at the coarsest DCT scale that holds
+the smallest such face at the network's resolution (often 1/2 rather than full size, a quarter of the pixels),
+and the small faces are aligned from that. Boxes and landmarks are always in full-resolution coordinates.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ class PairedAgeGender(OnnxAgeGender):
 
     @property
     def input_side(self) -> int:
-        """The finer of the two networks' load sizes: a face is decoded finely enough for both."""
-        return max(self.config.load_size, self.gender.input_side)
+        """The finer of the two networks' input sides: a face is decoded finely enough for both."""
+        return max(super().input_side, self.gender.input_side)
 
     def prepare(self, faces: int, flip: bool = True) -> None:
         super().prepare(faces, flip)
