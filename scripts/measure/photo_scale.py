@@ -13,9 +13,12 @@ those found at the default size (reduced decode), whose time is measured in the 
 Then faces with labels: ``--mosaics`` 12 MP photos (4000x3000, JPEG quality 92), each 300 UTKFace validation chips
 tiled 20 x 15 (the faces about 64 px wide at the 1280 px detection size), predicted by the three pipelines: faces
 found, age MAE and gender accuracy against the labels, and how often the reduced decode agrees with the full one.
+``--tile 800`` tiles the chips enlarged to 800 px instead (5 x 3 a photo, 4000x2400): large faces, as in a photo
+enlarged from a smaller one.
 
     python scripts/measure/photo_scale.py --markdown docs/logs/photo_scale.md
     python scripts/measure/photo_scale.py --detect-size 640 --markdown docs/logs/photo_scale_640.md
+    python scripts/measure/photo_scale.py --mosaics 80 --tile 800 --rounds 1
 """
 
 from __future__ import annotations
@@ -72,53 +75,57 @@ def photos(work: Path) -> list[tuple[str, Path]]:
     return out
 
 
-MOSAIC_GRID = (20, 15)  # chips across, down: 4000 x 3000 pixels
+MOSAIC_SIZE = (4000, 3000)  # pixels across, down
+MOSAIC_TILE = 200  # a chip's side in a mosaic: 20 x 15 chips
 
 
-def mosaics(work: Path, count: int) -> list[tuple[Path, list[tuple[float, float, float, int]]]]:
-    """``count`` 12 MP photos of UTKFace validation chips (a fixed random order, no chip twice), each with its
-    faces' (centre x, centre y, age, gender); written once to ``work``. (The test split is sealed: logs made
-    before 2026-12-07 tiled test chips.)"""
+def mosaics(work: Path, count: int, tile: int = MOSAIC_TILE
+            ) -> list[tuple[Path, list[tuple[float, float, float, int]]]]:
+    """``count`` 12 MP photos of UTKFace validation chips (a fixed random order, no chip twice) resized to ``tile``
+    px, each with its faces' (centre x, centre y, age, gender); written once to ``work``. (The test split is
+    sealed: logs made before 2026-12-07 tiled test chips.)"""
     chips = dataset_splits(DataConfig(dataset="utkface", root=str(default_path("utkface"))), progress=False)["val"]
-    cols, rows = MOSAIC_GRID
+    cols, rows = MOSAIC_SIZE[0] // tile, MOSAIC_SIZE[1] // tile
     order = np.random.default_rng(0).permutation(len(chips))
     out = []
     for m in range(min(count, len(chips) // (cols * rows))):
         chosen = [chips[i] for i in order[m * cols * rows:(m + 1) * cols * rows]]
-        path = work / f"val_mosaic_{m}.jpg"  # not the test-chip mosaics of earlier runs
+        # not the test-chip mosaics of earlier runs
+        path = work / (f"val_mosaic_{m}.jpg" if tile == MOSAIC_TILE else f"val_mosaic_{tile}px_{m}.jpg")
         if not path.is_file():
-            tiles = [cv2.resize(cv2.imread(r.path), (200, 200)) for r in chosen]
+            tiles = [cv2.resize(cv2.imread(r.path), (tile, tile)) for r in chosen]
             grid = np.vstack([np.hstack(tiles[r * cols:(r + 1) * cols]) for r in range(rows)])
             work.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(path), grid, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        out.append((path, [(200 * (k % cols) + 100.0, 200 * (k // cols) + 100.0, float(r.age), int(r.gender))
+        out.append((path, [(tile * (k % cols + 0.5), tile * (k // cols + 0.5), float(r.age), int(r.gender))
                            for k, r in enumerate(chosen)]))
     return out
 
 
-def on_tile(result: ImageResult, x: float, y: float) -> int | None:
-    """The index of the face whose box centre lies within the chip centred at (x, y), or None."""
+def on_tile(result: ImageResult, x: float, y: float, tile: int) -> int | None:
+    """The index of the face whose box centre lies within the ``tile`` px chip centred at (x, y), or None."""
     for i, face in enumerate(result):
         bx, by, bw, bh = face.box
-        if abs(bx + bw / 2 - x) < 100 and abs(by + bh / 2 - y) < 100:
+        if abs(bx + bw / 2 - x) < tile / 2 and abs(by + bh / 2 - y) < tile / 2:
             return i
     return None
 
 
-def mosaic_lines(predictors: dict[str, Predictor], work: Path, count: int) -> list[str]:
+def mosaic_lines(predictors: dict[str, Predictor], work: Path, count: int, tile: int = MOSAIC_TILE) -> list[str]:
     """The labelled-faces table: per pipeline, faces found, MAE and gender accuracy; reduced against full."""
-    photos_ = mosaics(work, count)
+    photos_ = mosaics(work, count, tile)
     found = {name: [p.predict(path) for path, _ in photos_] for name, p in predictors.items()}
     total = sum(len(faces) for _, faces in photos_)
-    lines = ["", f"Labelled faces: {len(photos_)} photos of {MOSAIC_GRID[0]} x {MOSAIC_GRID[1]} UTKFace validation "
-             f"chips (4000x3000, {total} faces).", "",
+    cols, rows = MOSAIC_SIZE[0] // tile, MOSAIC_SIZE[1] // tile
+    lines = ["", f"Labelled faces: {len(photos_)} photos of {cols} x {rows} UTKFace validation chips at {tile} px "
+             f"({cols * tile}x{rows * tile}, {total} faces).", "",
              "| pipeline | faces found | age MAE | gender accuracy | same gender as full decode | median age diff |",
              "|---|---|---|---|---|---|"]
     for name, results in found.items():
         errors, right, same, diffs = [], [], [], []
         for (_, faces), result, full in zip(photos_, results, found["full"], strict=True):
             for x, y, age, gender in faces:
-                i, j = on_tile(result, x, y), on_tile(full, x, y)
+                i, j = on_tile(result, x, y, tile), on_tile(full, x, y, tile)
                 if i is None:
                     continue
                 errors.append(abs(result[i].age - age))
@@ -144,7 +151,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--detect-size", type=int, default=DETECT_SIZE,
                         help=f"the longer side faces are detected at (default {DETECT_SIZE})")
-    parser.add_argument("--mosaics", type=int, default=4, help="12 MP photos of 300 labelled faces each (0: none)")
+    parser.add_argument("--mosaics", type=int, default=4,
+                        help="12 MP photos of labelled faces, 300 each at the default --tile (0: none)")
+    parser.add_argument("--tile", type=int, default=MOSAIC_TILE,
+                        help=f"side of each chip in the mosaics (default {MOSAIC_TILE}; 800: large faces)")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     args = parser.parse_args()
     default = Predictor(threads=args.threads, detect_size=args.detect_size)
@@ -225,7 +235,7 @@ def main() -> None:
                          f"{np.median(s['base_ages']) if s['base_ages'] else 0:.2f} | "
                          f"{statistics.median(s['ratio']):.2f} | {statistics.median(s['base_ratio']):.2f} |")
     if args.mosaics:
-        lines += mosaic_lines(predictors, args.work, args.mosaics)
+        lines += mosaic_lines(predictors, args.work, args.mosaics, args.tile)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.markdown:
