@@ -17,7 +17,7 @@ import pytest
 
 from agegender.cli import main
 from agegender.inference import bulk
-from agegender.inference.collection import collect, collect_listed, in_shard, shard_paths
+from agegender.inference.collection import collect, collect_listed, in_shard
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import ROW_COLUMNS
 
@@ -104,8 +104,9 @@ def test_links_to_folders_read_already_are_skipped_not_failed(many_photos: Path,
 
 
 def test_shards_are_disjoint_and_cover_the_inputs(collection_dir: Path, tmp_path: Path) -> None:
-    files = collect([collection_dir]).files
-    parts = [shard_paths(files, (i, 3)) for i in range(3)]
+    collection = collect([collection_dir])
+    files = collection.files
+    parts = [collection.part((i, 3)).files for i in range(3)]
     assert sorted(sum(parts, [])) == sorted(files) and not set(parts[0]) & set(parts[1])
     # the files skipped are shared out too: three shards' summaries once each counted all of them
     for i in range(12):

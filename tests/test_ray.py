@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agegender.cli import main
-from agegender.inference.collection import collect, shard_paths
+from agegender.inference.collection import collect
 from agegender.inference.predictor import Predictor
 from agegender.inference.results import ROW_COLUMNS, ROW_TYPES
 
@@ -234,7 +234,8 @@ def test_cli_shard_then_resume(local_ray: Any, sources: list[str], collection_di
     main(["predict", *sources, "--ray", "--shard", "0/2", "--output", str(out)])  # the detector from AGEGENDER_YUNET
     first = {r["file"] for r in rows_of(out)}
     listed = collect(sources)
-    assert first == set(shard_paths(listed.files + [p for p, _ in listed.errors], (0, 2)))
+    part = listed.part((0, 2))
+    assert first == set(part.files + [p for p, _ in part.errors])
     assert 0 < len(first) < 9
     capsys.readouterr()
 

@@ -15,15 +15,12 @@ import argparse
 import cv2
 import numpy as np
 
-from agegender.benchmark.run import detected_faces
-from agegender.data.adience import read_adience_fold
+from agegender.benchmark.run import adience_sample_faces
 from agegender.data.datasets import DataConfig, dataset_splits
 from agegender.data.records import FaceRecord
 from agegender.evaluation.compare import paired_bootstrap
-from agegender.inference.detector import FaceDetector
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.labels import age_to_group
-from agegender.paths import default_path
 
 
 def groups(model: OnnxAgeGender, records: list[FaceRecord], chips: list[np.ndarray]
@@ -56,9 +53,7 @@ def main() -> None:
     lines = ["| data | accuracy | faces | most probable group % | group of the age % | difference (age - argmax), "
              "95% interval |", "|---|---|---|---|---|---|"]
     lines += score("UTKFace validation", *groups(model, val, [cv2.imread(r.path) for r in val]))
-    adience = [r for r in read_adience_fold(default_path("adience_fold"), default_path("adience_sample"))
-               if r.age_group is not None]
-    faces = list(detected_faces(adience, FaceDetector(default_path("yunet")), []))  # as the bench finds them
+    faces, _ = adience_sample_faces()  # as the bench finds them
     if faces:
         lines += score("Adience sample", *groups(model, [r for r, _ in faces], [c for _, c in faces]))
     print("\n".join(lines))

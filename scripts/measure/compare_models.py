@@ -15,30 +15,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from agegender.benchmark.run import detected_faces
-from agegender.data.adience import read_adience_fold
+from agegender.benchmark.run import adience_sample_faces
 from agegender.data.datasets import decode_split
 from agegender.evaluation.compare import COMPARABLE, compare_faces, face_arrays
 from agegender.evaluation.evaluate import evaluation_records, load_evaluable, predict_faces
-from agegender.inference.detector import FaceDetector
 from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.models import config_of
 from agegender.oversample import TTA_MODES
-from agegender.paths import default_path
 
 
 def adience_faces(paths: tuple[Path, Path], root: str | None, flip: bool) -> tuple[list[dict[str, Any]], str]:
-    """Both models' faces on the Adience sample (fold 0's labelled images in ``root``), each image's most confident
-    face detected by YuNet and aligned, as `agegender bench` scores it."""
-    folder = Path(root) if root else default_path("adience_sample")
-    records = [r for r in read_adience_fold(default_path("adience_fold"), folder) if r.age_group is not None]
-    missed: list[str] = []
-    found = list(detected_faces(records, FaceDetector(default_path("yunet")), missed))
+    """Both models' faces on the Adience sample in ``root`` (:func:`adience_sample_faces`, as the bench scores it)."""
+    found, missed = adience_sample_faces(Path(root) if root else None)
     if not found:
-        raise SystemExit(f"no face found in the {len(records)} labelled Adience images of {folder}")
+        raise SystemExit(f"no face found in the {len(missed)} labelled Adience images of {root or 'the sample'}")
     kept, chips = [r for r, _ in found], [c for _, c in found]
     faces = [face_arrays(kept, OnnxAgeGender(path).predict(chips, flip=flip)) for path in paths]
-    return faces, f"the Adience sample {folder}: {len(kept)} faces ({len(missed)} images without one)"
+    return faces, f"the Adience sample: {len(kept)} faces ({len(missed)} images without one)"
 
 
 def main() -> None:

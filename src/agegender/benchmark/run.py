@@ -62,6 +62,7 @@ from agegender.inference.onnx_model import OnnxAgeGender
 from agegender.inference.predictor import Predictor
 from agegender.labels import AGE_GROUPS, GENDERS
 from agegender.outputs import Decoded
+from agegender.paths import default_path
 from agegender.preprocess import CHIP_SIZE
 from agegender.reporting.metrics import compute_metrics, format_metric
 
@@ -226,6 +227,17 @@ def detected_faces(records: Iterable[FaceRecord], detector: FaceDetector, missed
             yield record, chips[0]
         else:
             missed.append(record.path)
+
+
+def adience_sample_faces(folder: Path | None = None) -> tuple[list[tuple[FaceRecord, np.ndarray]], list[str]]:
+    """The Adience sample as the bench scores it, for scripts that compare models on it: (record, chip) for fold
+    0's images in ``folder`` (default: the shared sample) that have an age group, each image's most confident face
+    detected by YuNet and aligned; and the images in which no face was found."""
+    fold = read_adience_fold(default_path("adience_fold"), folder or default_path("adience_sample"))
+    missed: list[str] = []
+    found = list(detected_faces((r for r in fold if r.age_group is not None), FaceDetector(default_path("yunet")),
+                                missed))
+    return found, missed
 
 
 def concat_decoded(parts: Sequence[Decoded]) -> Decoded:

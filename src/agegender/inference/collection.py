@@ -29,8 +29,8 @@ from pathlib import Path
 
 from agegender.images import IMAGE_SUFFIXES, UNREADABLE_SUFFIXES, VIDEO_SUFFIXES
 
-__all__ = ["Collection", "check_shard", "collect", "collect_listed", "in_shard", "is_uri", "parse_shard", "read_list",
-           "shard_paths"]
+__all__ = ["Collection", "check_shard", "collect", "collect_listed", "in_shard", "is_uri", "parse_shard",
+           "read_list"]
 
 
 @dataclass
@@ -254,11 +254,3 @@ def in_shard(path: str, shard: tuple[int, int]) -> bool:
     index, count = shard
     digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % count == index
-
-
-def shard_paths(paths: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
-    """The paths of ``shard`` (all of them for ``None``), order kept."""
-    if shard is None:
-        return list(paths)
-    shard = check_shard(shard)
-    return [p for p in paths if in_shard(p, shard)]
