@@ -84,4 +84,4 @@ reproduce: $(VENV)/.full
 	$(BIN)/python scripts/measure/reproduce.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info src/agegender/*.so .pytest_cache

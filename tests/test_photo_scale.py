@@ -78,8 +78,8 @@ def test_small_faces_come_from_the_coarsest_decode_that_holds_them(
     finer = finer_decoder(path, scaled)
     assert finer is not None
 
-    def redecode(*, min_side: int) -> ScaledImage:
-        asked.append(finer(min_side=min_side))
+    def redecode(*, min_side: int, box: tuple[float, float, float, float] | None = None) -> ScaledImage:
+        asked.append(finer(min_side=min_side, box=box))  # a window where the extension is built, as the Predictor's
         return asked[-1]
 
     detections, chips = locate_faces(scaled, detector, INPUT_SIDE, redecode)
@@ -172,3 +172,100 @@ def test_the_finer_decode_has_the_first_decodes_orientation_and_pixels(
     from_bytes = finer_decoder(path.read_bytes(), first)
     assert from_bytes is not None and np.array_equal(from_bytes(min_side=1200).pixels, finer(min_side=1200).pixels)
     assert finer_decoder(path, load_scaled(path)) is None  # already at full scale
+
+
+needs_window = pytest.mark.skipif(
+    images._jpeg_region is None,
+    reason="the agegender._jpeg_region extension was not built (libjpeg's headers, e.g. Debian's libjpeg62-turbo-dev, "
+           "were missing at install)")
+
+
+@needs_window
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_window_holds_the_whole_decodes_pixels_at_every_scale_and_orientation(
+        photos_dir: Path, tmp_path: Path, orientation: int) -> None:
+    """A window decoded alone is the whole decode's pixels where it lies, for all 8 EXIF orientations, at full and
+    half scale, for boxes inside the photo, at its edges and past them, in baseline, progressive and greyscale
+    JPEGs (chroma subsampled 4:2:0: the edge columns a crop must not upsample alone)."""
+    image = Image.open(photos_dir / "mowshon_test-image.jpg").convert("RGB").resize((2403, 1801))
+    exif = image.getexif()
+    exif[274] = orientation
+    shown = (2403, 1801) if orientation < 5 else (1801, 2403)
+    boxes = [(0.0, 0.0, 1.0, 1.0), (1000.4, 700.6, 1133.2, 901.9), (17.0, 1500.5, 1790.0, 1799.0),
+             (-40.0, -3.0, 77.7, 2500.0), (1700.0, 1.0, 1801.0, 20.0)]
+    for kind, options in (("baseline", {}), ("progressive", {"progressive": True}), ("grey", {})):
+        path = tmp_path / f"{kind}.jpg"
+        (image.convert("L") if kind == "grey" else image).save(path, quality=90, exif=exif.tobytes(), **options)
+        first = load_scaled(path, min_side=500)
+        assert first.full_size == shown
+        finer = finer_decoder(path, first)
+        assert finer is not None
+        for min_side in (1200, 2403):
+            whole = finer(min_side=min_side)
+            for box in boxes:
+                window = finer(min_side=min_side, box=box)
+                assert (window.scale, window.full_size) == (whole.scale, whole.full_size)
+                (x, y), (h, w) = window.origin, window.pixels.shape[:2]
+                assert np.array_equal(window.pixels, whole.pixels[y:y + h, x:x + w]), (kind, min_side, box)
+                # it holds the box, widened by the pad, within the photo
+                s, pad = window.scale, images.WINDOW_PAD
+                assert x <= max(0, box[0] * s - pad) and y <= max(0, box[1] * s - pad)
+                assert x + w >= min(whole.pixels.shape[1], box[2] * s + pad)
+                assert y + h >= min(whole.pixels.shape[0], box[3] * s + pad)
+                assert w * h < whole.pixels.shape[0] * whole.pixels.shape[1] or box[3] >= 2400
+
+
+@needs_window
+def test_a_window_falls_back_to_the_whole_decode_and_its_errors(photos_dir: Path, tmp_path: Path) -> None:
+    """What libjpeg-turbo will not decode as a window (CMYK) is decoded whole, as before; a file cut after its
+    first decode raises the whole decode's error; the extension checks what it is given."""
+    image = Image.open(photos_dir / "mowshon_test-image.jpg").convert("RGB").resize((2400, 1800))
+    cmyk = tmp_path / "cmyk.jpg"
+    image.convert("CMYK").save(cmyk, quality=90)
+    first = load_scaled(cmyk, min_side=500)
+    finer = finer_decoder(cmyk, first)
+    assert finer is not None
+    window = finer(min_side=2400, box=(10.0, 10.0, 50.0, 50.0))
+    assert window.origin == (0, 0) and window.pixels.shape == (1800, 2400, 3)
+    path = tmp_path / "cut.jpg"
+    image.save(path, quality=90)
+    first = load_scaled(path, min_side=500)
+    finer = finer_decoder(path, first)
+    assert finer is not None
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(images.ImageError):
+        finer(min_side=2400, box=(10.0, 1700.0, 50.0, 1750.0))
+    data = (photos_dir / "mowshon_test-image.jpg").read_bytes()
+    with pytest.raises(ValueError, match="1/3"):
+        images._jpeg_region.decode(data, 3, 0, 0, 10, 10)
+    with pytest.raises(ValueError, match="outside"):
+        images._jpeg_region.decode(data, 1, 0, 0, 100_000, 10)
+    with pytest.raises(ValueError, match="empty"):
+        images._jpeg_region.decode(data, 1, 5, 0, 5, 10)
+
+
+@needs_window
+def test_small_faces_from_a_window_are_those_from_the_whole_decode(
+        photos_dir: Path, detector: FaceDetector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Predictor decodes only the part of a 24 MP photo that its small faces' chips are sampled from, and reads
+    the same faces as from the whole decode (up to the rounding of landmarks moved by the window's origin)."""
+    path = upscaled(photos_dir, "mowshon_test-image-2.jpg", 5664, tmp_path)  # its smallest faces need full scale
+    predictor = Predictor(detector=detector)
+    asked: list[ScaledImage] = []
+    decode = images.redecode_jpeg
+
+    def spy(*args: object, **kwargs: object) -> ScaledImage:
+        asked.append(decode(*args, **kwargs))  # type: ignore[arg-type]
+        return asked[-1]
+
+    monkeypatch.setattr(images, "redecode_jpeg", spy)
+    windowed = predictor.predict(path)
+    assert len(asked) == 1 and asked[0].scale == 1.0 and asked[0].origin != (0, 0)
+    assert asked[0].pixels.size < 0.2 * 5664 * 3776 * 3  # the faces at the top of the photo only
+    monkeypatch.setattr(images, "_jpeg_region", None)
+    whole = predictor.predict(path)
+    assert asked[-1].origin == (0, 0) and len(windowed) == len(whole) > 0
+    for a, b in zip(windowed, whole, strict=True):
+        assert a.box == b.box and abs(a.age - b.age) < 0.2 and a.gender == b.gender
+    for a, b in zip(windowed.crops(), whole.crops(), strict=True):
+        assert np.abs(a.astype(np.int16) - b).max() <= 2

@@ -30,6 +30,11 @@ import numpy as np
 import simplejpeg
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
+try:
+    import agegender._jpeg_region as _jpeg_region
+except ImportError:  # an optional extension, built where libjpeg's headers were found: whole images are decoded again
+    _jpeg_region = None  # type: ignore[assignment]
+
 __all__ = ["ARRAY_NAME", "BYTES_NAME", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "PIL_NAME", "UNREADABLE_SUFFIXES",
            "VIDEO_SUFFIXES", "ImageError", "ImageSource", "ScaledImage", "unreadable_error", "unreadable_format",
            "finer_decoder", "load_image", "load_scaled", "redecode_jpeg"]
@@ -73,11 +78,14 @@ class ImageError(ValueError):
 @dataclass(frozen=True)
 class ScaledImage:
     """An image decoded at ``scale`` of its full size (1.0: not reduced): ``pixels`` is BGR ``uint8``
-    ``(round(H * scale), round(W * scale), 3)``, ``full_size`` the ``(width, height)`` as displayed."""
+    ``(round(H * scale), round(W * scale), 3)``, ``full_size`` the ``(width, height)`` as displayed. A window of it
+    (:func:`redecode_jpeg` with ``box``) holds only part of those pixels, ``origin`` (x, y) being where its top-left
+    pixel lies in the whole image at that scale: a full-resolution point ``p`` is at ``p * scale - origin``."""
 
     pixels: np.ndarray
     scale: float
     full_size: tuple[int, int]
+    origin: tuple[int, int] = (0, 0)
 
 
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -173,19 +181,76 @@ def _orientation(image: Image.Image) -> int:
         return 1
 
 
+#: EXIF orientation -> where the stored pixel (x, y) of a w x h image is displayed, as :data:`_ORIENTATIONS` turns it.
+_TURNED_POINT: dict[int, Callable[[int, int, int, int], tuple[int, int]]] = {
+    1: lambda x, y, w, h: (x, y), 2: lambda x, y, w, h: (w - 1 - x, y), 3: lambda x, y, w, h: (w - 1 - x, h - 1 - y),
+    4: lambda x, y, w, h: (x, h - 1 - y), 5: lambda x, y, w, h: (y, x), 6: lambda x, y, w, h: (h - 1 - y, x),
+    7: lambda x, y, w, h: (h - 1 - y, w - 1 - x), 8: lambda x, y, w, h: (y, w - 1 - x)}
+#: Pixels a window is widened by on each side, at its scale: what aligning a face reads around its chip's footprint
+#: (bilinear sampling: 1; the area prefilter of a face shrunk 2-3x at the window's scale: 3 + 3; see ``faces``).
+WINDOW_PAD = 8
+
+
 def redecode_jpeg(source: str | os.PathLike | bytes | bytearray | memoryview, *, full_size: tuple[int, int],
-                  min_side: int) -> ScaledImage:
+                  min_side: int, box: tuple[float, float, float, float] | None = None) -> ScaledImage:
     """A JPEG that :func:`load_scaled` has already decoded at a reduced scale, decoded again at the smallest DCT
     scale whose longer side holds ``min_side`` pixels (for the faces too small in the first decode), as
     :func:`load_scaled` decodes it. ``full_size``: the first decode's ``full_size`` (as displayed); a file that no
-    longer has it raises :class:`ImageError`.
+    longer has it raises :class:`ImageError`. ``box`` (x0, y0, x1, y1, full-resolution pixels as displayed): only
+    that part is needed, so only it (widened by :data:`WINDOW_PAD`) is decoded where the ``_jpeg_region``
+    extension is built and libjpeg-turbo takes the file; its pixels are the whole decode's (``origin`` says where).
     """
     name = str(source) if isinstance(source, (str, os.PathLike)) else BYTES_NAME
+    if box is not None and _jpeg_region is not None:
+        window = _decode_window(source, full_size, min_side, box, name)
+        if window is not None:
+            return window
     again = load_scaled(source, min_side=min_side, max_pixels=full_size[0] * full_size[1], name=name)
     if again.full_size != full_size:
         raise ImageError(f"{name}: the JPEG changed between its two decodes ({full_size[0]}x{full_size[1]}, now "
                          f"{again.full_size[0]}x{again.full_size[1]})", "corrupt")
     return again
+
+
+def _decode_window(source: str | os.PathLike | bytes | bytearray | memoryview, full_size: tuple[int, int],
+                   min_side: int, box: tuple[float, float, float, float], name: str) -> ScaledImage | None:
+    """:func:`redecode_jpeg`'s window, or None where it must decode the whole image (not a colour or greyscale
+    JPEG, or one libjpeg-turbo refuses: the whole decode then says why)."""
+    data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else bytes(source)
+    try:
+        with Image.open(io.BytesIO(data), formats=JPEG_FORMATS) as image:
+            (width, height), mode, orientation = image.size, image.mode, _orientation(image)
+    except (OSError, ValueError):
+        return None
+    if mode not in ("RGB", "L"):
+        return None
+    turned = orientation in (5, 6, 7, 8)
+    if ((height, width) if turned else (width, height)) != full_size:
+        raise ImageError(f"{name}: the JPEG changed between its two decodes ({full_size[0]}x{full_size[1]}, now "
+                         f"{width}x{height} stored)", "corrupt")
+    k = _jpeg_scale(width, height, min_side)
+    w, h = math.ceil(width / k), math.ceil(height / k)  # libjpeg's size at 1/k, as stored
+    shown = (h, w) if turned else (w, h)
+    scale = shown[0] / full_size[0]
+    x0, y0 = (max(0, math.floor(v * scale) - WINDOW_PAD) for v in box[:2])
+    x1 = min(shown[0], math.ceil(box[2] * scale) + WINDOW_PAD)
+    y1 = min(shown[1], math.ceil(box[3] * scale) + WINDOW_PAD)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    # the stored window: the orientations are their own inverses but for 6 and 8, which are each other's
+    inverse = _TURNED_POINT[{6: 8, 8: 6}.get(orientation, orientation)]
+    corners = [inverse(x, y, *shown) for x, y in ((x0, y0), (x1 - 1, y1 - 1))]
+    sx0, sx1 = min(c[0] for c in corners), max(c[0] for c in corners) + 1
+    sy0, sy1 = min(c[1] for c in corners), max(c[1] for c in corners) + 1
+    try:
+        buffer, out_w, out_h = _jpeg_region.decode(data, k, sx0, sy0, sx1, sy1)
+    except ValueError:
+        return None
+    if (out_w, out_h) != (w, h):  # a libjpeg that scales otherwise: the whole decode is the reference
+        return None
+    pixels = np.frombuffer(buffer, np.uint8).reshape(sy1 - sy0, sx1 - sx0, 3)
+    turn = _ORIENTATIONS.get(orientation)
+    return ScaledImage(pixels if turn is None else turn(pixels), scale, full_size, (x0, y0))
 
 
 def finer_decoder(source: ImageSource, scaled: ScaledImage) -> Callable[..., ScaledImage] | None:
