@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agegender import images
 from tests.conftest import shared_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +24,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("setuptools", reason="building the wheel without network needs setuptools in the venv")
     work = tmp_path_factory.mktemp("wheel")
     source = work / "source"
-    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    # without the extension built in place: the wheel builds its own
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
@@ -54,6 +56,8 @@ def test_the_wheel_carries_its_weights_and_predicts(installed: Path, utkface_dir
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert Path(out["module"]).is_relative_to(installed)  # the installed copy, not the source tree
+    if images._jpeg_region is not None:  # libjpeg's headers are here, so the wheel has the window decoder too
+        assert list((installed / "agegender").glob("_jpeg_region*.so")), "the wheel lacks agegender._jpeg_region"
     assert out["face"]["gender"] == "female" and out["face"]["age"] > 45
 
     photo = shared_path("photos", "mowshon_test-image.jpg")
