@@ -10,9 +10,10 @@ reduced DCT scale where asked (the same pixels as Pillow's decode, without its c
 EXIF orientation applied as Pillow's ``exif_transpose`` does; a JPEG it refuses goes to Pillow, whose message then
 says why. Decoded again for the faces that a reduced decode holds too small (:func:`redecode_jpeg` with ``box``),
 only the window they are aligned from is decoded where the optional C extension ``agegender._jpeg_region`` is built
-(the same pixels there). The pixel count is read from the header and checked against ``max_pixels`` before any pixel data is
-decoded, so decompression bombs are rejected cheaply. Truncated files raise instead of being grey-filled, as long
-as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default ``False`` (this package never changes it).
+(the same pixels there). The pixel count is read from the header and checked against ``max_pixels`` before any
+pixel data is decoded, so decompression bombs are rejected cheaply. Truncated files raise instead of being
+grey-filled, as long as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default ``False`` (this package never
+changes it).
 """
 
 from __future__ import annotations
