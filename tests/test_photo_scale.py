@@ -236,6 +236,19 @@ def test_a_window_falls_back_to_the_whole_decode_and_its_errors(photos_dir: Path
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(images.ImageError):
         finer(min_side=2400, box=(10.0, 1700.0, 50.0, 1750.0))
+    path.unlink()  # gone between the two decodes: the whole decode's message
+    with pytest.raises(images.ImageError, match="cannot read"):
+        finer(min_side=2400, box=(10.0, 1700.0, 50.0, 1750.0))
+    odd = tmp_path / "odd.jpg"  # an EXIF orientation outside 1-8 turns nothing, window or not
+    exif = image.getexif()
+    exif[274] = 9
+    image.save(odd, quality=90, exif=exif.tobytes())
+    first = load_scaled(odd, min_side=500)
+    finer = finer_decoder(odd, first)
+    assert finer is not None and first.full_size == (2400, 1800)
+    window, whole = finer(min_side=2400, box=(100.0, 200.0, 300.0, 400.0)), finer(min_side=2400)
+    (x, y), (h, w) = window.origin, window.pixels.shape[:2]
+    assert (x, y) == (92, 192) and np.array_equal(window.pixels, whole.pixels[y:y + h, x:x + w])
     data = (photos_dir / "mowshon_test-image.jpg").read_bytes()
     with pytest.raises(ValueError, match="1/3"):
         images._jpeg_region.decode(data, 3, 0, 0, 10, 10)

@@ -219,8 +219,8 @@ def _decode_window(source: str | os.PathLike | bytes | bytearray | memoryview, f
                    min_side: int, box: tuple[float, float, float, float], name: str) -> ScaledImage | None:
     """:func:`redecode_jpeg`'s window, or None where it must decode the whole image (not a colour or greyscale
     JPEG, or one libjpeg-turbo refuses: the whole decode then says why)."""
-    data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else bytes(source)
     try:
+        data = Path(source).read_bytes() if isinstance(source, (str, os.PathLike)) else bytes(source)
         with Image.open(io.BytesIO(data), formats=JPEG_FORMATS) as image:
             (width, height), mode, orientation = image.size, image.mode, _orientation(image)
     except (OSError, ValueError):
@@ -240,8 +240,9 @@ def _decode_window(source: str | os.PathLike | bytes | bytearray | memoryview, f
     y1 = min(shown[1], math.ceil(box[3] * scale) + WINDOW_PAD)
     if x1 <= x0 or y1 <= y0:
         return None
-    # the stored window: the orientations are their own inverses but for 6 and 8, which are each other's
-    inverse = _TURNED_POINT[{6: 8, 8: 6}.get(orientation, orientation)]
+    # the stored window: the orientations are their own inverses but for 6 and 8, which are each other's (a value
+    # outside 1-8 is not turned, as by _ORIENTATIONS)
+    inverse = _TURNED_POINT.get({6: 8, 8: 6}.get(orientation, orientation), _TURNED_POINT[1])
     corners = [inverse(x, y, *shown) for x, y in ((x0, y0), (x1 - 1, y1 - 1))]
     sx0, sx1 = min(c[0] for c in corners), max(c[0] for c in corners) + 1
     sy0, sy1 = min(c[1] for c in corners), max(c[1] for c in corners) + 1
