@@ -248,7 +248,8 @@ def test_a_window_falls_back_to_the_whole_decode_and_its_errors(photos_dir: Path
     assert finer is not None and first.full_size == (2400, 1800)
     window, whole = finer(min_side=2400, box=(100.0, 200.0, 300.0, 400.0)), finer(min_side=2400)
     (x, y), (h, w) = window.origin, window.pixels.shape[:2]
-    assert (x, y) == (92, 192) and np.array_equal(window.pixels, whole.pixels[y:y + h, x:x + w])
+    pad = images.WINDOW_PAD
+    assert (x, y) == (100 - pad, 200 - pad) and np.array_equal(window.pixels, whole.pixels[y:y + h, x:x + w])
     data = (photos_dir / "mowshon_test-image.jpg").read_bytes()
     with pytest.raises(ValueError, match="1/3"):
         images._jpeg_region.decode(data, 3, 0, 0, 10, 10)

@@ -189,9 +189,11 @@ _TURNED_POINT: dict[int, Callable[[int, int, int, int], tuple[int, int]]] = {
     1: lambda x, y, w, h: (x, y), 2: lambda x, y, w, h: (w - 1 - x, y), 3: lambda x, y, w, h: (w - 1 - x, h - 1 - y),
     4: lambda x, y, w, h: (x, h - 1 - y), 5: lambda x, y, w, h: (y, x), 6: lambda x, y, w, h: (h - 1 - y, x),
     7: lambda x, y, w, h: (h - 1 - y, w - 1 - x), 8: lambda x, y, w, h: (y, w - 1 - x)}
-#: Pixels a window is widened by on each side, at its scale: what aligning a face reads around its chip's footprint
-#: (bilinear sampling: 1; the area prefilter of a face shrunk 2-3x at the window's scale: 3 + 3; see ``faces``).
-WINDOW_PAD = 8
+#: Pixels a window is widened by on each side, at its scale: what aligning a face reads around its chip's footprint.
+#: Bilinear sampling reads 1 more; the area prefilter (``agegender.inference.align``) of a face shrunk k x onto its
+#: chip 3 + k. A face that needs this decode is held by the first one at more than 200 / 224 chip pixels per image
+#: pixel (no network reads more than 224 px of the 200 px chip) and DCT scales differ by at most 8x, so here k < 9.
+WINDOW_PAD = 16
 
 
 def redecode_jpeg(source: str | os.PathLike | bytes | bytearray | memoryview, *, full_size: tuple[int, int],
