@@ -236,6 +236,10 @@ def test_a_window_falls_back_to_the_whole_decode_and_its_errors(photos_dir: Path
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(images.ImageError):
         finer(min_side=2400, box=(10.0, 1700.0, 50.0, 1750.0))
+    image.resize((1200, 900)).save(path, quality=90)  # another photo under the same name: refused, window or not
+    for box in ((10.0, 10.0, 50.0, 50.0), None):
+        with pytest.raises(images.ImageError, match="changed between its two decodes"):
+            finer(min_side=2400, box=box)
     path.unlink()  # gone between the two decodes: the whole decode's message
     with pytest.raises(images.ImageError, match="cannot read"):
         finer(min_side=2400, box=(10.0, 1700.0, 50.0, 1750.0))

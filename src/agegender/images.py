@@ -211,10 +211,15 @@ def redecode_jpeg(source: str | os.PathLike | bytes | bytearray | memoryview, *,
         if window is not None:
             return window
     again = load_scaled(source, min_side=min_side, max_pixels=full_size[0] * full_size[1], name=name)
-    if again.full_size != full_size:
-        raise ImageError(f"{name}: the JPEG changed between its two decodes ({full_size[0]}x{full_size[1]}, now "
-                         f"{again.full_size[0]}x{again.full_size[1]})", "corrupt")
+    _check_unchanged(name, full_size, again.full_size)
     return again
+
+
+def _check_unchanged(name: str, first: tuple[int, int], now: tuple[int, int]) -> None:
+    """Raise :class:`ImageError` where a file's displayed size ``now`` is not its first decode's ``first``."""
+    if now != first:
+        raise ImageError(f"{name}: the JPEG changed between its two decodes ({first[0]}x{first[1]}, now "
+                         f"{now[0]}x{now[1]})", "corrupt")
 
 
 def _decode_window(source: str | os.PathLike | bytes | bytearray | memoryview, full_size: tuple[int, int],
@@ -230,9 +235,7 @@ def _decode_window(source: str | os.PathLike | bytes | bytearray | memoryview, f
     if mode not in ("RGB", "L"):
         return None
     turned = orientation in (5, 6, 7, 8)
-    if ((height, width) if turned else (width, height)) != full_size:
-        raise ImageError(f"{name}: the JPEG changed between its two decodes ({full_size[0]}x{full_size[1]}, now "
-                         f"{width}x{height} stored)", "corrupt")
+    _check_unchanged(name, full_size, (height, width) if turned else (width, height))
     k = _jpeg_scale(width, height, min_side)
     w, h = math.ceil(width / k), math.ceil(height / k)  # libjpeg's size at 1/k, as stored
     shown = (h, w) if turned else (w, h)

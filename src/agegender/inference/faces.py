@@ -19,11 +19,10 @@ import math
 from dataclasses import replace
 from typing import Protocol
 
-import cv2
 import numpy as np
 
 from agegender.images import ScaledImage
-from agegender.inference.align import align_face, similarity_matrix
+from agegender.inference.align import align_face, chip_corners_in_image, similarity_matrix
 from agegender.inference.detector import Detection
 from agegender.preprocess import CHIP_SIZE
 
@@ -80,9 +79,7 @@ def locate_faces(image: ScaledImage, detector: Detects, input_side: int,
 def _footprint(landmarks: list[np.ndarray]) -> tuple[float, float, float, float]:
     """The box (x0, y0, x1, y1) of the pixels the chips of these faces are sampled from (the chip's corners mapped
     back into the image), which a window decode widens by what sampling reads around it."""
-    corners = np.array([[0, 0, 1], [CHIP_SIZE, 0, 1], [0, CHIP_SIZE, 1], [CHIP_SIZE, CHIP_SIZE, 1]], np.float64)
-    points = np.concatenate([corners @ cv2.invertAffineTransform(similarity_matrix(marks, CHIP_SIZE)).T
-                             for marks in landmarks])
+    points = np.concatenate([chip_corners_in_image(similarity_matrix(marks, CHIP_SIZE)) for marks in landmarks])
     (x0, y0), (x1, y1) = points.min(axis=0), points.max(axis=0)
     return float(x0), float(y0), float(x1), float(y1)
 
